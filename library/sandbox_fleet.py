@@ -1,0 +1,222 @@
+#!/usr/bin/python
+"""Ansible module: a fleet of real systemd machines (systemd-nspawn) on the controller."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: sandbox_fleet
+short_description: Bring a sandbox fleet of systemd-nspawn machines up or down
+description:
+  - Manages a fleet named O(name) on the controller - a bridge C(<name>-br) holding the
+    first address of O(subnet), and O(size) machines C(<name>-1) ... C(<name>-N), each an
+    overlayfs copy of O(image) booted by systemd-nspawn (systemd as PID 1) in its own
+    network namespace C(<name>-N), joined to the bridge by a veth pair, with address
+    C(.10+N) and no default route.
+  - Each machine gets its own SSH host key; the fleet gets one client key
+    (C(<state_dir>/<name>/id_ed25519)) and a known_hosts file, so SSH keeps strict
+    host key checking.
+  - With O(state=present), running machines are kept (C(changed=false)); missing ones
+    are created; machines that are half there (left by a killed run, or built on another
+    image or subnet) are rebuilt; machines beyond O(size) are removed.
+  - With O(state=absent), every machine is stopped (SIGTERM, then SIGKILL after
+    O(stop_timeout)), and its mount, namespace, veth, bridge, keys and files are removed.
+  - Runs on the controller, as root. Check mode reports what would change.
+options:
+  name:
+    description: Fleet name, 1-10 lowercase letters or digits, starting with a letter.
+    type: str
+    required: true
+  state:
+    description: Whether the fleet should exist.
+    type: str
+    default: present
+    choices: [present, absent]
+  size:
+    description: Number of machines (1-16).
+    type: int
+    default: 2
+  subnet:
+    description: Private IPv4 network of the fleet (/27 or larger); must be unused on the
+      controller. Required with O(state=present).
+    type: str
+  image:
+    description: Root directory of the base image (see M(sandbox_image)). Required with
+      O(state=present).
+    type: path
+  state_dir:
+    description: Where fleets keep machine layers, keys and logs.
+    type: path
+    default: /var/lib/flipback/sandbox
+  boot_timeout:
+    description: Seconds to wait for new machines to finish booting.
+    type: int
+    default: 120
+  stop_timeout:
+    description: Seconds to wait for a clean shutdown before killing a machine.
+    type: int
+    default: 15
+author: flipback
+"""
+
+EXAMPLES = r"""
+- name: Bring up two machines
+  sandbox_fleet:
+    name: sandbox
+    size: 2
+    subnet: 10.213.1.0/24
+    image: /var/lib/flipback/images/0123456789ab
+  register: sandbox_fleet_state
+
+- name: Tear the fleet down
+  sandbox_fleet:
+    name: sandbox
+    state: absent
+"""
+
+RETURN = r"""
+machines:
+  description: The fleet's machines (empty after O(state=absent)).
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"name": "sandbox-1", "address": "10.213.1.11"}]
+key:
+  description: Private SSH key that logs in as root on every machine.
+  type: str
+  returned: always
+known_hosts:
+  description: known_hosts file holding every machine's host key.
+  type: str
+  returned: always
+kept:
+  description: Machines that were already running.
+  type: list
+  elements: str
+  returned: always
+created:
+  description: Machines created.
+  type: list
+  elements: str
+  returned: always
+repaired:
+  description: Machines rebuilt (half there, or on another image or subnet).
+  type: list
+  elements: str
+  returned: always
+removed:
+  description: Machines stopped and removed.
+  type: list
+  elements: str
+  returned: always
+elapsed:
+  description: Seconds the module took.
+  type: float
+  returned: always
+retryable:
+  description: Whether running the same task again is safe and may succeed.
+  type: bool
+  returned: failure
+"""
+
+import ipaddress
+import os
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_sandbox import (
+    Fleet,
+    FleetSpec,
+    Host,
+    SandboxError,
+    parse_subnet,
+    validate_fleet_name,
+    validate_size,
+)
+
+# Absent needs no subnet: only names and paths are used to find what to remove.
+_UNUSED_SUBNET = ipaddress.IPv4Network("10.255.255.0/24")
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise SandboxError(
+            "the sandbox needs root (mounts, network namespaces, systemd-nspawn); "
+            f"running as uid {os.geteuid()}. Run it as root; nothing was changed"
+        )
+    missing = [
+        tool for tool in ("systemd-nspawn", "ip", "ssh", "ssh-keygen") if shutil.which(tool) is None
+    ]
+    if missing:
+        raise SandboxError(
+            f"missing on the controller: {', '.join(missing)}; expected systemd-nspawn "
+            "(package systemd-container), iproute2 and openssh-client. `make setup` "
+            "installs them; nothing was changed"
+        )
+
+
+def build_fleet(params: dict) -> Fleet:
+    present = params["state"] == "present"
+    if present:
+        for required in ("subnet", "image"):
+            if not params[required]:
+                raise SandboxError(
+                    f"{required}: missing; expected a value with state=present",
+                    field=required,
+                )
+        if not os.path.isdir(params["image"]):
+            raise SandboxError(
+                f"image: got {params['image']!r}, expected an existing base image directory "
+                "(built by sandbox_image)",
+                field="image",
+                value=params["image"],
+            )
+    spec = FleetSpec(
+        name=validate_fleet_name(params["name"]),
+        size=validate_size(params["size"]) if present else 1,
+        subnet=parse_subnet(params["subnet"]) if present else _UNUSED_SUBNET,
+        image=params["image"] or "",
+        state_dir=params["state_dir"],
+    )
+    return Fleet(
+        spec, Host(), boot_timeout=params["boot_timeout"], stop_timeout=params["stop_timeout"]
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "size": {"type": "int", "default": 2},
+            "subnet": {"type": "str"},
+            "image": {"type": "path"},
+            "state_dir": {"type": "path", "default": "/var/lib/flipback/sandbox"},
+            "boot_timeout": {"type": "int", "default": 120},
+            "stop_timeout": {"type": "int", "default": 15},
+        },
+        required_if=[("state", "present", ("subnet", "image"))],
+        supports_check_mode=True,
+    )
+    started = time.monotonic()
+    try:
+        preflight()
+        fleet = build_fleet(module.params)
+        if module.params["state"] == "present":
+            result = fleet.present(module.check_mode)
+        else:
+            result = fleet.absent(module.check_mode)
+            result["machines"] = []
+    except SandboxError as exc:
+        module.fail_json(
+            msg=exc.msg,
+            retryable=exc.retryable,
+            elapsed=round(time.monotonic() - started, 3),
+            **exc.details,
+        )
+    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+
+
+if __name__ == "__main__":
+    main()

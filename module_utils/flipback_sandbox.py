@@ -1,0 +1,986 @@
+"""Sandbox fleets: real systemd machines (systemd-nspawn) on one controller.
+
+A fleet is a bridge on the controller plus N machines. Each machine is an
+overlayfs copy of a debootstrapped base image, booted by systemd-nspawn inside
+its own network namespace, joined to the bridge by a veth pair and reached over
+SSH with a key generated for the fleet. Nothing here routes beyond the fleet's
+own private subnet: machines get no default route.
+
+The pure functions (names, addresses, planning) are separated from `Host`,
+which is the only class that touches the system, so the planning and the order
+of operations can be unit-tested with a fake host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globmod
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+FLEET_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+MAX_SIZE = 16
+# Machine N gets host address FIRST_HOST_OFFSET + N in the subnet; .1 is the bridge.
+FIRST_HOST_OFFSET = 10
+NSPAWN_RUNTIME_DIR = "/run/systemd/nspawn"
+IMAGE_RECIPE_VERSION = 1
+IMAGE_MARKER = ".flipback-image.json"
+
+
+class SandboxError(Exception):
+    """A failure with what was observed, what was expected, and whether a retry is safe."""
+
+    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.retryable = retryable
+        self.details = details
+
+
+# --------------------------------------------------------------------------- names
+
+
+def validate_fleet_name(name: str) -> str:
+    if not isinstance(name, str) or not FLEET_NAME_RE.match(name):
+        raise SandboxError(
+            f"name: got {name!r}, expected 1-10 characters, a lowercase letter then "
+            "lowercase letters or digits (it prefixes interface names, limited to 15 "
+            "characters by Linux)",
+            field="name",
+            value=name,
+        )
+    return name
+
+
+def validate_size(size: int) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
+        raise SandboxError(
+            f"size: got {size!r}, expected an integer from 1 to {MAX_SIZE}",
+            field="size",
+            value=size,
+        )
+    return size
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
+        raise SandboxError(
+            f"subnet: got {text!r}, expected an IPv4 network such as 10.213.1.0/24 ({exc})",
+            field="subnet",
+            value=text,
+        ) from exc
+    if not net.is_private or net.is_loopback or net.is_link_local:
+        raise SandboxError(
+            f"subnet: got {text!r}, expected a private range (10/8, 172.16/12, 192.168/16): "
+            "sandbox machines must never use addresses that exist elsewhere",
+            field="subnet",
+            value=text,
+        )
+    if net.num_addresses < FIRST_HOST_OFFSET + MAX_SIZE + 2:
+        raise SandboxError(
+            f"subnet: got {text!r}, expected a /27 or larger (room for {MAX_SIZE} machines "
+            f"from .{FIRST_HOST_OFFSET + 1})",
+            field="subnet",
+            value=text,
+        )
+    return net
+
+
+def machine_index(fleet: str, machine: str) -> int | None:
+    """The index N of machine '<fleet>-N', or None if it is not one of this fleet's names."""
+    match = re.fullmatch(re.escape(fleet) + r"-([1-9][0-9]?)", machine)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    index: int
+    address: str
+    prefixlen: int
+    veth: str
+    dir: str
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.dir, "root")
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.dir, "upper")
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.dir, "work")
+
+    @property
+    def console_log(self) -> str:
+        return os.path.join(self.dir, "console.log")
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    name: str
+    size: int
+    subnet: ipaddress.IPv4Network
+    image: str
+    state_dir: str
+
+    @property
+    def dir(self) -> str:
+        return os.path.join(self.state_dir, self.name)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.name}-br"
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.dir, "id_ed25519")
+
+    @property
+    def known_hosts(self) -> str:
+        return os.path.join(self.dir, "known_hosts")
+
+    @property
+    def config_file(self) -> str:
+        return os.path.join(self.dir, "fleet.json")
+
+    def machine(self, index: int) -> MachineSpec:
+        name = f"{self.name}-{index}"
+        return MachineSpec(
+            name=name,
+            index=index,
+            address=str(self.subnet.network_address + FIRST_HOST_OFFSET + index),
+            prefixlen=self.subnet.prefixlen,
+            veth=f"v{name}",
+            dir=os.path.join(self.dir, "machines", name),
+        )
+
+    def machines(self) -> list[MachineSpec]:
+        return [self.machine(i) for i in range(1, self.size + 1)]
+
+    def recorded_config(self) -> dict[str, str]:
+        """What a running machine depends on: a change to either means a rebuild."""
+        return {"subnet": str(self.subnet), "image": self.image}
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class MachineState:
+    """What was found on the controller for one machine name."""
+
+    name: str
+    pid: int | None = None
+    mounted: bool = False
+    netns: bool = False
+    dir_exists: bool = False
+    ssh_open: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and self.mounted and self.netns and self.ssh_open
+
+    @property
+    def leftovers(self) -> bool:
+        return bool(self.pid or self.mounted or self.netns or self.dir_exists)
+
+
+@dataclass
+class Plan:
+    keep: list[str] = field(default_factory=list)
+    create: list[str] = field(default_factory=list)
+    repair: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.create or self.repair or self.remove)
+
+
+def plan_present(spec: FleetSpec, observed: dict[str, MachineState], config_changed: bool) -> Plan:
+    """Which machines to keep, create, rebuild (repair) and remove for state=present."""
+    plan = Plan()
+    wanted = {m.name for m in spec.machines()}
+    for machine in spec.machines():
+        state = observed.get(machine.name)
+        if state is None or not state.leftovers:
+            plan.create.append(machine.name)
+        elif state.running and not config_changed:
+            plan.keep.append(machine.name)
+        else:
+            plan.repair.append(machine.name)
+    plan.remove = sorted(
+        (name for name, state in observed.items() if name not in wanted and state.leftovers),
+        key=lambda n: machine_index(spec.name, n) or 0,
+    )
+    return plan
+
+
+def plan_absent(fleet: str, observed: dict[str, MachineState]) -> Plan:
+    names = [name for name, state in observed.items() if state.leftovers]
+    return Plan(remove=sorted(names, key=lambda n: machine_index(fleet, n) or 0))
+
+
+def overlapping_networks(
+    subnet: ipaddress.IPv4Network,
+    interfaces: Iterable[tuple[str, str]],
+    own_bridge: str,
+) -> list[str]:
+    """Interfaces (other than our own bridge) holding an address or route inside `subnet`.
+
+    `interfaces` yields (interface name, CIDR) pairs for addresses and routes.
+    """
+    conflicts = []
+    for ifname, cidr in interfaces:
+        if ifname == own_bridge:
+            continue
+        try:
+            net = ipaddress.IPv4Network(cidr, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen == 0:
+            # The default route covers everything; it is not a conflict.
+            continue
+        if net.overlaps(subnet):
+            conflicts.append(f"{cidr} on {ifname}")
+    return conflicts
+
+
+def parse_nspawn_cmdline(argv: Sequence[str]) -> str | None:
+    """The machine name of a systemd-nspawn command line (`-M name` or `--machine=name`)."""
+    if not argv or os.path.basename(argv[0]) != "systemd-nspawn":
+        return None
+    for i, arg in enumerate(argv):
+        if arg in ("-M", "--machine") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--machine="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_mountinfo(text: str) -> list[str]:
+    """Mount points listed in /proc/self/mountinfo, with octal escapes decoded."""
+    points = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
+
+
+def image_key(suite: str, variant: str, packages: Sequence[str], mirror: str) -> str:
+    """A short content key for a base image: it changes when its package list does."""
+    recipe = {
+        "version": IMAGE_RECIPE_VERSION,
+        "suite": suite,
+        "variant": variant,
+        "packages": sorted(set(packages)),
+        "mirror": mirror,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- the system
+
+
+class Host:
+    """Every operation that reads or changes the controller lives here."""
+
+    def run(self, argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+        )
+        if check and proc.returncode != 0:
+            raise SandboxError(
+                f"command failed: {' '.join(argv)} (exit {proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}",
+                retryable=True,
+            )
+        return proc
+
+    # -- observation
+    def nspawn_pids(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+            except OSError:
+                continue
+            name = parse_nspawn_cmdline(argv)
+            if name:
+                found[name] = int(entry)
+        return found
+
+    def mount_points(self) -> set[str]:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            return set(parse_mountinfo(fh.read()))
+
+    def netns_names(self) -> set[str]:
+        try:
+            return set(os.listdir("/run/netns"))
+        except FileNotFoundError:
+            return set()
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except FileNotFoundError:
+            return []
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def link_exists(self, ifname: str) -> bool:
+        return os.path.exists(f"/sys/class/net/{ifname}")
+
+    def tcp_open(self, address: str, port: int, timeout: float = 0.3) -> bool:
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    def ssh_banner(self, address: str, timeout: float = 1.0) -> bool:
+        try:
+            with socket.create_connection((address, 22), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                return sock.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def interface_networks(self) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = []
+        addrs = json.loads(self.run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+        for link in addrs:
+            for info in link.get("addr_info", []):
+                pairs.append((link["ifname"], f"{info['local']}/{info['prefixlen']}"))
+        routes = json.loads(self.run(["ip", "-j", "-4", "route", "show"]).stdout or "[]")
+        for route in routes:
+            if route.get("dst") and route["dst"] != "default":
+                pairs.append((route.get("dev", "?"), route["dst"]))
+        return pairs
+
+    def read_json(self, path: str) -> dict | None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    def read_text(self, path: str) -> str:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+
+    # -- changes
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def write_file(self, path: str, content: str, mode: int = 0o644) -> None:
+        tmp = f"{path}.tmp.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+
+    def rmtree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def ensure_nspawn_runtime_dir(self) -> None:
+        # nspawn refuses to clean its propagation directory on this disk unless
+        # /run/systemd/nspawn is a tmpfs (measured; see DESIGN.md).
+        os.makedirs(NSPAWN_RUNTIME_DIR, exist_ok=True)
+        if NSPAWN_RUNTIME_DIR not in self.mount_points():
+            self.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", NSPAWN_RUNTIME_DIR])
+
+    def start_nspawn(self, machine: MachineSpec) -> int:
+        log = open(machine.console_log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [
+                    "systemd-nspawn",
+                    "--boot",
+                    "--quiet",
+                    "--register=no",
+                    "--keep-unit",
+                    "--link-journal=no",
+                    f"--directory={machine.root}",
+                    "-M",
+                    machine.name,
+                    f"--network-namespace-path=/run/netns/{machine.name}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            log.close()
+        return proc.pid
+
+    def signal(self, pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def alive(self, pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # A zombie left by our own Popen still answers kill(0); reap it.
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            return done == 0
+        except ChildProcessError:
+            return os.path.exists(f"/proc/{pid}")
+
+    def overlay_lowerdirs(self) -> set[str]:
+        dirs = set()
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            for line in fh:
+                for option in line.split()[-1].split(","):
+                    if option.startswith("lowerdir="):
+                        dirs.update(option[len("lowerdir=") :].split(":"))
+        return dirs
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(globmod.glob(pattern))
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def symlink(self, target: str, path: str) -> None:
+        self.remove(path)
+        os.symlink(target, path)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def ssh_run_many(
+        self,
+        targets: Sequence[tuple[str, str]],
+        command: str,
+        key: str,
+        known_hosts: str,
+        timeout: float,
+    ) -> dict[str, tuple[int, str]]:
+        """Run `command` on every (name, address) at once over SSH; {name: (rc, output)}."""
+        procs = {}
+        for name, address in targets:
+            procs[name] = subprocess.Popen(
+                [
+                    "ssh",
+                    "-i",
+                    key,
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    f"UserKnownHostsFile={known_hosts}",
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    f"ConnectTimeout={max(1, int(timeout))}",
+                    f"root@{address}",
+                    command,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        results = {}
+        for name, proc in procs.items():
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+                results[name] = (proc.returncode, out.strip())
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+                results[name] = (124, (out or "").strip() + " (timed out)")
+        return results
+
+
+# --------------------------------------------------------------------------- the fleet
+
+
+class Fleet:
+    """Desired-vs-actual for one fleet; `Host` does the work."""
+
+    def __init__(
+        self,
+        spec: FleetSpec,
+        host: Host,
+        *,
+        boot_timeout: float = 120,
+        stop_timeout: float = 15,
+    ) -> None:
+        self.spec = spec
+        self.host = host
+        self.boot_timeout = boot_timeout
+        self.stop_timeout = stop_timeout
+
+    # -- observation
+    def observe(self) -> dict[str, MachineState]:
+        fleet = self.spec.name
+        states: dict[str, MachineState] = {}
+
+        def state(name: str) -> MachineState:
+            return states.setdefault(name, MachineState(name=name))
+
+        for name, pid in self.host.nspawn_pids().items():
+            if machine_index(fleet, name):
+                state(name).pid = pid
+        machines_dir = os.path.join(self.spec.dir, "machines")
+        mounts = self.host.mount_points()
+        for name in self.host.listdir(machines_dir):
+            if machine_index(fleet, name):
+                st = state(name)
+                st.dir_exists = True
+                st.mounted = os.path.join(machines_dir, name, "root") in mounts
+        for name in self.host.netns_names():
+            if machine_index(fleet, name):
+                state(name).netns = True
+        for name, st in states.items():
+            if st.pid is not None and st.mounted and st.netns:
+                index = machine_index(fleet, name)
+                assert index is not None
+                st.ssh_open = self.host.tcp_open(self.spec.machine(index).address, 22)
+        return states
+
+    def config_changed(self) -> bool:
+        recorded = self.host.read_json(self.spec.config_file)
+        return recorded is not None and recorded != self.spec.recorded_config()
+
+    # -- preflight
+    def check_subnet_free(self) -> None:
+        conflicts = overlapping_networks(
+            self.spec.subnet, self.host.interface_networks(), self.spec.bridge
+        )
+        if conflicts:
+            raise SandboxError(
+                f"subnet: {self.spec.subnet} is already in use on this machine "
+                f"({', '.join(conflicts)}); expected a range nothing else uses. "
+                "Choose another (e.g. -e sandbox_subnet=10.213.42.0/24); nothing was changed",
+                field="subnet",
+                value=str(self.spec.subnet),
+                conflicts=conflicts,
+            )
+
+    # -- state=present
+    def present(self, check_mode: bool) -> dict:
+        observed = self.observe()
+        plan = plan_present(self.spec, observed, self.config_changed())
+        bridge_missing = not self.host.link_exists(self.spec.bridge)
+        if bridge_missing:
+            self.check_subnet_free()
+        changed = plan.changes or bridge_missing
+        if check_mode or not changed:
+            return self._result(plan, changed)
+
+        for name in plan.remove + plan.repair:
+            self._destroy_machine(name, observed[name])
+        self.host.makedirs(self.spec.dir, 0o700)
+        self.host.ensure_nspawn_runtime_dir()
+        self._ensure_key()
+        self._ensure_bridge()
+        self.host.write_file(
+            self.spec.config_file, json.dumps(self.spec.recorded_config(), indent=2) + "\n"
+        )
+        to_start = [
+            self.spec.machine(machine_index(self.spec.name, n) or 0)
+            for n in plan.create + plan.repair
+        ]
+        for machine in to_start:
+            self._prepare_machine(machine)
+            self.host.start_nspawn(machine)
+        self._write_known_hosts()
+        self._wait_booted(to_start)
+        return self._result(plan, True)
+
+    # -- state=absent
+    def absent(self, check_mode: bool) -> dict:
+        observed = self.observe()
+        plan = plan_absent(self.spec.name, observed)
+        leftovers = self.host.exists(self.spec.dir) or self.host.link_exists(self.spec.bridge)
+        changed = plan.changes or leftovers
+        if check_mode or not changed:
+            return self._result(plan, changed)
+        for name in plan.remove:
+            self._destroy_machine(name, observed[name])
+        if self.host.link_exists(self.spec.bridge):
+            self.host.run(["ip", "link", "del", self.spec.bridge])
+        self.host.rmtree(self.spec.dir)
+        return self._result(plan, True)
+
+    # -- steps
+    def _destroy_machine(self, name: str, state: MachineState) -> None:
+        index = machine_index(self.spec.name, name)
+        assert index is not None
+        machine = self.spec.machine(index)
+        if state.pid is not None:
+            self._stop(state.pid)
+        mounted = state.mounted or machine.root in self.host.mount_points()
+        if mounted and self.host.run(["umount", machine.root], check=False).returncode != 0:
+            # Something still holds the mount (a shell cd'ed into it); detach it
+            # lazily so the machine can be rebuilt now.
+            self.host.run(["umount", "--lazy", machine.root])
+        if state.netns or name in self.host.netns_names():
+            # Deleting the namespace also destroys both ends of the veth pair.
+            self.host.run(["ip", "netns", "del", name])
+        if self.host.link_exists(machine.veth):
+            self.host.run(["ip", "link", "del", machine.veth])
+        self.host.rmtree(machine.dir)
+
+    def _stop(self, pid: int) -> None:
+        # SIGTERM makes nspawn ask the machine's systemd for a clean shutdown.
+        self.host.signal(pid, signal.SIGTERM)
+        deadline = self.host.now() + self.stop_timeout
+        while self.host.alive(pid):
+            if self.host.now() >= deadline:
+                self.host.signal(pid, signal.SIGKILL)
+                kill_deadline = self.host.now() + 5
+                while self.host.alive(pid) and self.host.now() < kill_deadline:
+                    self.host.sleep(0.1)
+                return
+            self.host.sleep(0.1)
+
+    def _ensure_key(self) -> None:
+        if not self.host.exists(self.spec.key):
+            self.host.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"flipback-sandbox-{self.spec.name}",
+                    "-f",
+                    self.spec.key,
+                ]
+            )
+
+    def _ensure_bridge(self) -> None:
+        bridge = self.spec.bridge
+        if not self.host.link_exists(bridge):
+            self.host.run(["ip", "link", "add", bridge, "type", "bridge"])
+        self.host.run(
+            [
+                "ip",
+                "addr",
+                "replace",
+                f"{self.spec.gateway}/{self.spec.subnet.prefixlen}",
+                "dev",
+                bridge,
+            ]
+        )
+        self.host.run(["ip", "link", "set", bridge, "up"])
+
+    def _prepare_machine(self, machine: MachineSpec) -> None:
+        host = self.host
+        host.rmtree(machine.dir)
+        for path in (machine.upper, machine.work, machine.root):
+            host.makedirs(path)
+        host.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={self.spec.image},upperdir={machine.upper},workdir={machine.work}",
+                machine.root,
+            ]
+        )
+        # Every machine gets its own SSH host key (the image ships none).
+        host.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                machine.name,
+                "-f",
+                os.path.join(machine.root, "etc/ssh/ssh_host_ed25519_key"),
+            ]
+        )
+        ssh_dir = os.path.join(machine.root, "root/.ssh")
+        host.makedirs(ssh_dir, 0o700)
+        host.write_file(
+            os.path.join(ssh_dir, "authorized_keys"), host.read_text(self.spec.key + ".pub"), 0o600
+        )
+        host.write_file(os.path.join(machine.root, "etc/hostname"), machine.name + "\n")
+        host.write_file(
+            os.path.join(machine.root, "etc/hosts"),
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{machine.name}\n"
+            f"::1\tlocalhost ip6-localhost ip6-loopback\n",
+        )
+        ns = machine.name
+        host.run(["ip", "netns", "add", ns])
+        host.run(
+            [
+                "ip",
+                "link",
+                "add",
+                machine.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "host0",
+                "netns",
+                ns,
+            ]
+        )
+        host.run(["ip", "link", "set", machine.veth, "master", self.spec.bridge, "up"])
+        host.run(
+            [
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                f"{machine.address}/{machine.prefixlen}",
+                "dev",
+                "host0",
+            ]
+        )
+        host.run(["ip", "-n", ns, "link", "set", "host0", "up"])
+        host.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for machine in self.spec.machines():
+            pub = os.path.join(machine.upper, "etc/ssh/ssh_host_ed25519_key.pub")
+            if self.host.exists(pub):
+                keytype, key = self.host.read_text(pub).split()[:2]
+                lines.append(f"{machine.address} {keytype} {key}\n")
+        self.host.write_file(self.spec.known_hosts, "".join(lines), 0o644)
+
+    def _wait_booted(self, machines: list[MachineSpec]) -> None:
+        """Wait until each machine's sshd answers and its systemd has finished booting."""
+        if not machines:
+            return
+        deadline = self.host.now() + self.boot_timeout
+        waiting = {m.name: m for m in machines}
+        while waiting:
+            for name, machine in list(waiting.items()):
+                if self.host.ssh_banner(machine.address):
+                    del waiting[name]
+            if not waiting:
+                break
+            if self.host.now() >= deadline:
+                raise self._boot_error(list(waiting.values()), "sshd never answered")
+            self.host.sleep(0.2)
+        remaining = max(5.0, deadline - self.host.now())
+        results = self.host.ssh_run_many(
+            [(m.name, m.address) for m in machines],
+            "systemctl is-system-running --wait",
+            self.spec.key,
+            self.spec.known_hosts,
+            remaining,
+        )
+        bad = [m for m in machines if results[m.name][1].splitlines()[-1:] != ["running"]]
+        if bad:
+            observed = {m.name: results[m.name][1][-300:] for m in bad}
+            raise self._boot_error(bad, f"systemd did not reach 'running' (observed: {observed})")
+
+    def _boot_error(self, machines: list[MachineSpec], what: str) -> SandboxError:
+        tails = {}
+        for machine in machines:
+            try:
+                tails[machine.name] = self.host.read_text(machine.console_log)[-1500:]
+            except OSError:
+                tails[machine.name] = ""
+        return SandboxError(
+            f"machines {', '.join(m.name for m in machines)} did not boot within "
+            f"{self.boot_timeout:g}s: {what}; expected sshd on port 22 and systemd 'running'. "
+            "Re-running the same command is safe: it rebuilds machines that are not running",
+            retryable=True,
+            console=tails,
+        )
+
+    def _result(self, plan: Plan, changed: bool) -> dict:
+        return {
+            "changed": changed,
+            "fleet": self.spec.name,
+            "bridge": self.spec.bridge,
+            "subnet": str(self.spec.subnet),
+            "key": self.spec.key,
+            "known_hosts": self.spec.known_hosts,
+            "machines": [{"name": m.name, "address": m.address} for m in self.spec.machines()],
+            "kept": plan.keep,
+            "created": plan.create,
+            "repaired": plan.repair,
+            "removed": plan.remove,
+        }
+
+
+# --------------------------------------------------------------------------- base image
+
+
+# Written into the image after debootstrap: sshd takes only keys, and only the
+# per-machine host key; the apt timers are masked because machines have no
+# network to reach a mirror.
+IMAGE_FILES = {
+    "etc/ssh/sshd_config.d/flipback-sandbox.conf": (
+        "# Written by the flipback sandbox image build.\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n"
+        "UseDNS no\n"
+    ),
+}
+IMAGE_MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    suite: str
+    variant: str
+    packages: tuple[str, ...]
+    mirror: str
+    images_dir: str
+    cache_dir: str
+
+    @property
+    def key(self) -> str:
+        return image_key(self.suite, self.variant, self.packages, self.mirror)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.images_dir, self.key)
+
+    def debootstrap_argv(self, target: str) -> list[str]:
+        argv = [
+            "debootstrap",
+            f"--variant={self.variant}",
+            f"--cache-dir={self.cache_dir}",
+            f"--include={','.join(sorted(set(self.packages)))}",
+            self.suite,
+            target,
+        ]
+        return [*argv, self.mirror] if self.mirror else argv
+
+
+def validate_packages(packages: Sequence[str]) -> tuple[str, ...]:
+    bad = [p for p in packages if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
+    if bad or not packages:
+        raise SandboxError(
+            f"packages: got {list(packages)!r}, expected a non-empty list of Debian package "
+            f"names (invalid: {bad})",
+            field="packages",
+            value=list(packages),
+        )
+    return tuple(packages)
+
+
+class Image:
+    """A debootstrapped base image, cached under a key of its package list."""
+
+    def __init__(self, spec: ImageSpec, host: Host) -> None:
+        self.spec = spec
+        self.host = host
+
+    def present(self) -> bool:
+        return self.host.read_json(os.path.join(self.spec.path, IMAGE_MARKER)) is not None
+
+    def unused_images(self, building: str) -> list[str]:
+        """Other cached images, and builds left by killed runs, that no overlay mount uses."""
+        in_use = self.host.overlay_lowerdirs()
+        stale = []
+        for entry in sorted(self.host.listdir(self.spec.images_dir)):
+            path = os.path.join(self.spec.images_dir, entry)
+            if entry != self.spec.key and path != building and path not in in_use:
+                stale.append(path)
+        return stale
+
+    def ensure(self, check_mode: bool) -> dict:
+        result = {"path": self.spec.path, "key": self.spec.key, "pruned": []}
+        if self.present():
+            result["changed"] = False
+            return result
+        result["changed"] = True
+        if check_mode:
+            return result
+        self.host.makedirs(self.spec.images_dir)
+        self.host.makedirs(self.spec.cache_dir)
+        tmp = os.path.join(self.spec.images_dir, f".build-{self.spec.key}-{os.getpid()}")
+        self.host.rmtree(tmp)
+        proc = self.host.run(self.spec.debootstrap_argv(tmp), check=False)
+        if proc.returncode != 0:
+            self.host.rmtree(tmp)
+            raise SandboxError(
+                f"debootstrap of {self.spec.suite} failed (exit {proc.returncode}); "
+                f"expected a complete base image. Last output: "
+                f"{(proc.stdout + proc.stderr).strip()[-1200:]}",
+                retryable=True,
+            )
+        self._customize(tmp)
+        self.host.write_file(
+            os.path.join(tmp, IMAGE_MARKER),
+            json.dumps(
+                {
+                    "key": self.spec.key,
+                    "suite": self.spec.suite,
+                    "packages": sorted(set(self.spec.packages)),
+                },
+                indent=2,
+            )
+            + "\n",
+        )
+        result["pruned"] = self.unused_images(building=tmp)
+        for path in result["pruned"]:
+            self.host.rmtree(path)
+        self.host.rename(tmp, self.spec.path)
+        return result
+
+    def _customize(self, root: str) -> None:
+        for path in self.host.glob(os.path.join(root, "etc/ssh/ssh_host_*")):
+            self.host.remove(path)
+        for rel, content in IMAGE_FILES.items():
+            self.host.makedirs(os.path.dirname(os.path.join(root, rel)))
+            self.host.write_file(os.path.join(root, rel), content)
+        for unit in IMAGE_MASKED_UNITS:
+            self.host.symlink("/dev/null", os.path.join(root, "etc/systemd/system", unit))
+        # An empty machine-id makes each machine generate its own at boot.
+        self.host.write_file(os.path.join(root, "etc/machine-id"), "", 0o444)
+        for deb in self.host.glob(os.path.join(root, "var/cache/apt/archives/*.deb")):
+            self.host.remove(deb)

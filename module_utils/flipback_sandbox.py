@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 FLEET_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -33,6 +33,11 @@ MAX_SIZE = 16
 # Machine N gets host address FIRST_HOST_OFFSET + N in the subnet; .1 is the bridge.
 FIRST_HOST_OFFSET = 10
 NSPAWN_RUNTIME_DIR = "/run/systemd/nspawn"
+# RFC 1918 only: ipaddress's is_private also admits 0.0.0.0/8, 198.18.0.0/15,
+# documentation ranges and 240.0.0.0/4.
+PRIVATE_RANGES = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
 IMAGE_RECIPE_VERSION = 1
 IMAGE_MARKER = ".flipback-image.json"
 
@@ -51,7 +56,7 @@ class SandboxError(Exception):
 
 
 def validate_fleet_name(name: str) -> str:
-    if not isinstance(name, str) or not FLEET_NAME_RE.match(name):
+    if not isinstance(name, str) or not FLEET_NAME_RE.fullmatch(name):
         raise SandboxError(
             f"name: got {name!r}, expected 1-10 characters, a lowercase letter then "
             "lowercase letters or digits (it prefixes interface names, limited to 15 "
@@ -81,7 +86,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
             field="subnet",
             value=text,
         ) from exc
-    if not net.is_private or net.is_loopback or net.is_link_local:
+    if not any(net.subnet_of(private) for private in PRIVATE_RANGES):
         raise SandboxError(
             f"subnet: got {text!r}, expected a private range (10/8, 172.16/12, 192.168/16): "
             "sandbox machines must never use addresses that exist elsewhere",
@@ -287,6 +292,28 @@ def parse_mountinfo(text: str) -> list[str]:
     return points
 
 
+def cgroup_roots(has_procs_file: Callable[[str], bool]) -> list[str]:
+    """The cgroup hierarchies a machine needs its own cgroup in.
+
+    With --keep-unit and no systemd on the controller, nspawn hands the machine the
+    cgroup it was started in; without a cgroup of its own, every machine's systemd would
+    manage the same tree (seen here: units of one machine failing with 219/CGROUP).
+    Hybrid layout: the unified and name=systemd hierarchies; pure cgroup v2: the root.
+    """
+    hybrid = [
+        root
+        for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
+        if has_procs_file(os.path.join(root, "cgroup.procs"))
+    ]
+    if hybrid:
+        return hybrid
+    return ["/sys/fs/cgroup"] if has_procs_file("/sys/fs/cgroup/cgroup.procs") else []
+
+
+def machine_cgroups(roots: Sequence[str], fleet: str, machine: str) -> list[str]:
+    return [os.path.join(root, "flipback", fleet, machine) for root in roots]
+
+
 def image_key(suite: str, variant: str, packages: Sequence[str], mirror: str) -> str:
     """A short content key for a base image: it changes when its package list does."""
     recipe = {
@@ -419,7 +446,27 @@ class Host:
         if NSPAWN_RUNTIME_DIR not in self.mount_points():
             self.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", NSPAWN_RUNTIME_DIR])
 
-    def start_nspawn(self, machine: MachineSpec) -> int:
+    def cgroups(self, fleet: str, machine: str) -> list[str]:
+        return machine_cgroups(cgroup_roots(os.path.exists), fleet, machine)
+
+    def remove_cgroups(self, paths: Sequence[str]) -> None:
+        """Remove cgroups bottom-up (a cgroup can only be removed once it is empty)."""
+        for path in paths:
+            if not os.path.isdir(path):
+                continue
+            for dirpath, _dirs, _files in os.walk(path, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+
+    def start_nspawn(self, machine: MachineSpec, cgroups: Sequence[str]) -> int:
+        for path in cgroups:
+            os.makedirs(path, exist_ok=True)
+
+        def enter_cgroups() -> None:
+            for path in cgroups:
+                with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as fh:
+                    fh.write("0")
+
         log = open(machine.console_log, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
@@ -440,6 +487,8 @@ class Host:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                # A module is single-threaded, so preexec_fn is safe here.
+                preexec_fn=enter_cgroups,
             )
         finally:
             log.close()
@@ -552,7 +601,7 @@ class Fleet:
         self.stop_timeout = stop_timeout
 
     # -- observation
-    def observe(self) -> dict[str, MachineState]:
+    def observe(self, probe_ssh: bool = True) -> dict[str, MachineState]:
         fleet = self.spec.name
         states: dict[str, MachineState] = {}
 
@@ -573,7 +622,7 @@ class Fleet:
             if machine_index(fleet, name):
                 state(name).netns = True
         for name, st in states.items():
-            if st.pid is not None and st.mounted and st.netns:
+            if probe_ssh and st.pid is not None and st.mounted and st.netns:
                 index = machine_index(fleet, name)
                 assert index is not None
                 st.ssh_open = self.host.tcp_open(self.spec.machine(index).address, 22)
@@ -601,9 +650,11 @@ class Fleet:
     # -- state=present
     def present(self, check_mode: bool) -> dict:
         observed = self.observe()
-        plan = plan_present(self.spec, observed, self.config_changed())
+        config_changed = self.config_changed()
+        plan = plan_present(self.spec, observed, config_changed)
         bridge_missing = not self.host.link_exists(self.spec.bridge)
-        if bridge_missing:
+        if bridge_missing or config_changed:
+            # A changed subnet must be as free as a new one.
             self.check_subnet_free()
         changed = plan.changes or bridge_missing
         if check_mode or not changed:
@@ -613,7 +664,7 @@ class Fleet:
         self.host.makedirs(self.spec.dir, 0o700)
         self.host.ensure_nspawn_runtime_dir()
         self._ensure_key()
-        self._ensure_bridge()
+        self._ensure_bridge(readdress=config_changed)
         self.host.write_file(
             self.spec.config_file, json.dumps(self.spec.recorded_config(), indent=2) + "\n"
         )
@@ -623,14 +674,15 @@ class Fleet:
         ]
         for machine in to_start:
             self._prepare_machine(machine)
-            self.host.start_nspawn(machine)
+            self.host.start_nspawn(machine, self.host.cgroups(self.spec.name, machine.name))
         self._write_known_hosts()
         self._wait_booted(to_start)
         return self._result(plan, True)
 
     # -- state=absent
     def absent(self, check_mode: bool) -> dict:
-        observed = self.observe()
+        # Absent has no real subnet to probe: an SSH probe would leave the fleet.
+        observed = self.observe(probe_ssh=False)
         plan = plan_absent(self.spec.name, observed)
         leftovers = self.host.exists(self.spec.dir) or self.host.link_exists(self.spec.bridge)
         changed = plan.changes or leftovers
@@ -639,6 +691,9 @@ class Fleet:
         self._destroy_machines(plan.remove, observed)
         if self.host.link_exists(self.spec.bridge):
             self.host.run(["ip", "link", "del", self.spec.bridge])
+        self.host.remove_cgroups(
+            [os.path.dirname(path) for path in self.host.cgroups(self.spec.name, "-")]
+        )
         self.host.rmtree(self.spec.dir)
         return self._result(plan, True)
 
@@ -669,6 +724,7 @@ class Fleet:
                     f"could not delete veth {machine.veth}: {proc.stderr.strip()}",
                     retryable=True,
                 )
+        self.host.remove_cgroups(self.host.cgroups(self.spec.name, machine.name))
         self.host.rmtree(machine.dir)
 
     def _stop(self, pids: list[int]) -> None:
@@ -709,10 +765,14 @@ class Fleet:
                 ]
             )
 
-    def _ensure_bridge(self) -> None:
+    def _ensure_bridge(self, readdress: bool) -> None:
         bridge = self.spec.bridge
         if not self.host.link_exists(bridge):
             self.host.run(["ip", "link", "add", bridge, "type", "bridge"])
+        elif readdress:
+            # `addr replace` adds the new gateway beside the old one; the old
+            # subnet's address and route would otherwise stay on the bridge.
+            self.host.run(["ip", "addr", "flush", "dev", bridge])
         self.host.run(
             [
                 "ip",

@@ -1,0 +1,56 @@
+# flipback: the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+# Controller packages: the sandbox (debootstrap, systemd-nspawn, iproute2), SSH and venv.
+APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client python3-venv git make
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
+
+.PHONY: help setup demo test lint unit molecule sandbox-down clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Install OS packages (if missing) and the .venv from pyproject.toml
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make setup needs root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	@touch $@
+
+demo: setup ## Bring the sandbox fleet up and run the main job on it
+	$(BIN)/ansible-playbook playbooks/sandbox.yml
+	$(BIN)/ansible all -m ansible.builtin.ping
+
+test: setup lint unit molecule ## Run every check: linters, unit tests, molecule scenarios
+
+lint: setup ## ruff, yamllint, ansible-lint (production profile)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --nocolor
+
+unit: setup ## Unit tests of modules and module_utils
+	$(BIN)/pytest tests/unit
+
+molecule: setup ## Every molecule scenario, on real sandbox machines
+	$(BIN)/molecule test --all
+
+sandbox-down: setup ## Tear the sandbox fleet down
+	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_state=absent
+
+clean: ## Remove the virtualenv and caches (not the sandbox; see sandbox-down)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

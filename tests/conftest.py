@@ -1,0 +1,33 @@
+"""Make the project's module_utils and library modules importable, as Ansible would.
+
+Ansible ships `module_utils/` next to a playbook as `ansible.module_utils.*` and
+runs `library/*.py` as scripts; the tests reproduce both without installing
+anything: the module_utils directory joins the `ansible.module_utils` package
+path, and each library module is loaded from its file under its own name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import ansible.module_utils
+
+ROOT = Path(__file__).resolve().parent.parent
+
+if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
+
+
+def _load_library_module(name: str) -> None:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+for _name in ("sandbox_fleet", "sandbox_image"):
+    if _name not in sys.modules:
+        _load_library_module(_name)

@@ -28,6 +28,6 @@ def _load_library_module(name: str) -> None:
     spec.loader.exec_module(module)
 
 
-for _name in ("sandbox_fleet", "sandbox_image"):
+for _name in ("sandbox_fleet", "sandbox_image", "health_check", "release_build"):
     if _name not in sys.modules:
         _load_library_module(_name)

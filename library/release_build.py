@@ -1,0 +1,135 @@
+#!/usr/bin/python
+"""Ansible module (controller): build a service's release artifact once per content."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: release_build
+short_description: Build a flipback release artifact (source at a git ref + a wheelhouse)
+description:
+  - Runs on the controller. Mirrors O(source) (a git repository path or URL), resolves
+    O(ref) to a commit, takes the service directory O(subdir) at that commit with
+    C(git archive), downloads every dependency in its C(pyproject.toml) as a wheel
+    (the hosts have no network), and writes one deterministic tar under O(cache_dir).
+  - The release id is C(<commit time UTC>-<hash of the source tree and wheels>), so the
+    same content gives the same id and the same artifact (C(changed=false)).
+  - Changes nothing on any host. Check mode still builds (the artifact is a cache on
+    the controller), so that a dry run can name the release that would go live.
+options:
+  service:
+    description: Service name (names the artifact).
+    type: str
+    required: true
+  source:
+    description: Git repository (path or URL) reachable from the controller.
+    type: str
+    required: true
+  subdir:
+    description: Directory of the service inside the repository; empty for the root.
+    type: str
+    default: ""
+  ref:
+    description: Branch, tag or commit to build.
+    type: str
+    default: HEAD
+  cache_dir:
+    description: Controller directory for git mirrors, wheelhouses and artifacts.
+    type: path
+    default: ~/.cache/flipback
+  pip:
+    description: pip command used to download wheels (its Python must match the hosts').
+    type: list
+    elements: str
+    default: []
+author: flipback
+"""
+
+EXAMPLES = r"""
+- name: Build hello at v2
+  release_build:
+    service: hello
+    source: https://git.example.com/acme/services.git
+    subdir: hello
+    ref: v2
+  delegate_to: localhost
+  run_once: true
+  register: deploy_build
+"""
+
+RETURN = r"""
+id:
+  description: Release id.
+  type: str
+  returned: success
+  sample: 20261129T141500-3f2a9c1d0e
+git_sha:
+  description: Commit the ref resolved to.
+  type: str
+  returned: success
+artifact:
+  description: Path of the artifact on the controller.
+  type: str
+  returned: success
+checksum:
+  description: sha256 of the artifact.
+  type: str
+  returned: success
+dependencies:
+  description: Requirements taken from pyproject.toml.
+  type: list
+  elements: str
+  returned: success
+elapsed:
+  description: Seconds the module took.
+  type: float
+  returned: always
+retryable:
+  description: Whether running the same task again is safe and may succeed.
+  type: bool
+  returned: failure
+"""
+
+import sys
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_build import Builder, BuildError, BuildSpec
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "service": {"type": "str", "required": True},
+            "source": {"type": "str", "required": True},
+            "subdir": {"type": "str", "default": ""},
+            "ref": {"type": "str", "default": "HEAD"},
+            "cache_dir": {"type": "path", "default": "~/.cache/flipback"},
+            "pip": {"type": "list", "elements": "str", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    started = time.monotonic()
+    params = module.params
+    spec = BuildSpec(
+        service=params["service"],
+        source=params["source"],
+        subdir=params["subdir"].strip("/"),
+        ref=params["ref"],
+        cache_dir=params["cache_dir"],
+        pip=params["pip"] or [sys.executable, "-m", "pip"],
+    )
+    try:
+        result = Builder(spec).build()
+    except BuildError as exc:
+        module.fail_json(
+            msg=exc.msg,
+            retryable=exc.retryable,
+            elapsed=round(time.monotonic() - started, 3),
+            **exc.details,
+        )
+    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+
+
+if __name__ == "__main__":
+    main()

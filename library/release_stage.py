@@ -1,0 +1,140 @@
+#!/usr/bin/python
+"""Ansible module (host): stage a release from its uploaded artifact."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: release_stage
+short_description: Stage a flipback release on a host (unpack, virtualenv, offline install)
+description:
+  - Unpacks the uploaded artifact into C(<root>/releases/<release>), creates the
+    virtualenv at that final path, installs the dependencies from the artifact's
+    wheelhouse with no network, precompiles bytecode, links C(sock) to the release's
+    private socket, and writes the manifest. Code and virtualenv are owned by root.
+  - A release already staged is left alone (C(changed=false)). A release left
+    half-finished by a killed run is wiped and staged again; one being staged by a live
+    run is refused (retryable).
+  - Appends a C(staged) event to the service's history; removes the artifact after use.
+options:
+  service:
+    description: Service name.
+    type: str
+    required: true
+  root:
+    description: Service root; default C(/srv/<service>).
+    type: path
+  release:
+    description: Release id.
+    type: str
+    required: true
+  artifact:
+    description: Path of the uploaded artifact on the host.
+    type: path
+    required: true
+  checksum:
+    description: Expected sha256 of the artifact.
+    type: str
+    required: true
+  socket_dir:
+    description: Socket directory (C(<release>/app.sock)); default C(/run/flipback-<service>).
+    type: path
+  python:
+    description: Interpreter that creates the virtualenv.
+    type: path
+    default: /usr/bin/python3
+  manifest:
+    description: Extra manifest fields (git_sha, ref, health, ...).
+    type: dict
+    default: {}
+  by:
+    description: Who deploys (recorded in manifest and history).
+    type: str
+    default: unknown
+author: flipback
+"""
+
+EXAMPLES = r"""
+- name: Stage hello's new release
+  release_stage:
+    service: hello
+    release: 20261129T141500-3f2a9c1d0e
+    artifact: /srv/hello/.incoming/20261129T141500-3f2a9c1d0e.tar
+    checksum: "{{ deploy_build.checksum }}"
+    manifest:
+      git_sha: "{{ deploy_build.git_sha }}"
+"""
+
+RETURN = r"""
+release:
+  description: The release id.
+  type: str
+  returned: always
+path:
+  description: The release directory.
+  type: str
+  returned: always
+replaces:
+  description: The release that was current when this one was staged.
+  type: str
+  returned: when changed
+elapsed:
+  description: Seconds the module took.
+  type: float
+  returned: always
+retryable:
+  description: Whether running the same task again is safe and may succeed.
+  type: bool
+  returned: failure
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_release import ReleaseError
+from ansible.module_utils.flipback_stage import Stager, StageSpec
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "service": {"type": "str", "required": True},
+            "root": {"type": "path"},
+            "release": {"type": "str", "required": True},
+            "artifact": {"type": "path", "required": True},
+            "checksum": {"type": "str", "required": True},
+            "socket_dir": {"type": "path"},
+            "python": {"type": "path", "default": "/usr/bin/python3"},
+            "manifest": {"type": "dict", "default": {}},
+            "by": {"type": "str", "default": "unknown"},
+        },
+        supports_check_mode=True,
+    )
+    started = time.monotonic()
+    params = module.params
+    service = params["service"]
+    spec = StageSpec(
+        service=service,
+        root=params["root"] or f"/srv/{service}",
+        release=params["release"],
+        artifact=params["artifact"],
+        checksum=params["checksum"],
+        socket_dir=params["socket_dir"] or f"/run/flipback-{service}",
+        python=params["python"],
+        manifest=params["manifest"],
+        by=params["by"],
+    )
+    try:
+        result = Stager(spec).stage(module.check_mode)
+    except ReleaseError as exc:
+        module.fail_json(
+            msg=exc.msg,
+            retryable=exc.retryable,
+            elapsed=round(time.monotonic() - started, 3),
+            **exc.details,
+        )
+    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+#!/usr/bin/python
+"""Ansible module (controller): check service definitions and selectors before any change."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: service_config
+short_description: Validate flipback service definitions and command-line selectors
+description:
+  - Checks every service definition (name, source, subdir, ref, app, port, workers,
+    health, env, keep_releases, user), that names, ports and users are unique, and the
+    selectors given on the command line (service, ref, source, release, steps).
+  - Reports every problem at once, each naming the field, the value received and what
+    was expected; values of C(env) are never echoed (they may be secrets).
+  - Returns the selected services with defaults filled in. Changes nothing; runs in
+    check mode.
+options:
+  services:
+    description: The service definitions (C(flipback_services)).
+    type: raw
+    required: true
+  service:
+    description: Only this service (C(-e service=)); empty for all.
+    type: str
+    default: ""
+  ref:
+    description: Override every selected service's ref (C(-e ref=)).
+    type: str
+    default: ""
+  source:
+    description: Override every selected service's source repository (C(-e source=)).
+    type: str
+    default: ""
+  release:
+    description: A release id to roll back to (C(-e release=)).
+    type: str
+    default: ""
+  steps:
+    description: Roll back this many good releases (C(-e steps=)).
+    type: raw
+author: flipback
+"""
+
+EXAMPLES = r"""
+- name: Check the service definitions and the request
+  service_config:
+    services: "{{ flipback_services }}"
+    service: "{{ service | default('') }}"
+  delegate_to: localhost
+  run_once: true
+  register: deploy_request
+"""
+
+RETURN = r"""
+services:
+  description: Selected services, defaults filled in, overrides applied; C(env) is
+    replaced by C(env_names) (values may be secrets).
+  type: list
+  elements: dict
+  returned: success
+names:
+  description: Names of the selected services.
+  type: list
+  elements: str
+  returned: success
+problems:
+  description: Every problem found.
+  type: list
+  elements: str
+  returned: failure
+elapsed:
+  description: Seconds the module took.
+  type: float
+  returned: always
+retryable:
+  description: Always false - invalid input fails the same way until it is fixed.
+  type: bool
+  returned: failure
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_config import ConfigError, check_request
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "services": {"type": "raw", "required": True},
+            "service": {"type": "str", "default": ""},
+            "ref": {"type": "str", "default": ""},
+            "source": {"type": "str", "default": ""},
+            "release": {"type": "str", "default": ""},
+            "steps": {"type": "raw"},
+        },
+        supports_check_mode=True,
+    )
+    started = time.monotonic()
+    params = module.params
+    try:
+        result = check_request(
+            params["services"],
+            service=params["service"],
+            ref=params["ref"],
+            source=params["source"],
+            release=params["release"],
+            steps=params["steps"],
+        )
+    except ConfigError as exc:
+        module.fail_json(
+            msg=exc.msg,
+            problems=exc.problems,
+            retryable=False,
+            elapsed=round(time.monotonic() - started, 3),
+        )
+    # Environment values may be secrets: they are checked but never returned, so they
+    # cannot reach the output; the role writes them from the definitions with no_log.
+    for svc in result["services"]:
+        svc["env_names"] = sorted(svc.pop("env"))
+    module.exit_json(changed=False, elapsed=round(time.monotonic() - started, 3), **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Build a release artifact on the controller: source at a git ref plus a wheelhouse.
+
+The artifact is a tar with `src/` (the service directory at the commit, from
+`git archive`) and `wheels/` (every dependency as a wheel, so hosts install
+offline). Its release id is `<commit time UTC>-<content hash>`: sortable, and the
+same for the same content, so building the same ref twice yields the same id and
+the deploy has nothing to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import tarfile
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}^~-]{0,199}$")
+SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$|^$")
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+class BuildError(Exception):
+    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.retryable = retryable
+        self.details = details
+
+
+def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+    )
+
+
+def validate_ref(ref: str) -> str:
+    if not isinstance(ref, str) or not REF_RE.match(ref) or ".." in ref:
+        raise BuildError(
+            f"ref: got {ref!r}, expected a branch, tag or commit (letters, digits, ._/-)",
+            field="ref",
+            value=ref,
+        )
+    return ref
+
+
+def validate_subdir(subdir: str) -> str:
+    parts = subdir.split("/") if subdir else []
+    if not SUBDIR_RE.match(subdir) or any(p in (".", "..") for p in parts):
+        raise BuildError(
+            f"subdir: got {subdir!r}, expected a relative path inside the repository "
+            "(no '..', no leading '/')",
+            field="subdir",
+            value=subdir,
+        )
+    return subdir
+
+
+def release_id(commit_time: int, tree: str, wheel_hashes: Sequence[str]) -> str:
+    """`YYYYmmddTHHMMSS-<10 hex>`: commit time first (sortable), then a content hash."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(commit_time))
+    content = "\n".join([tree, *sorted(wheel_hashes)]).encode()
+    return f"{stamp}-{hashlib.sha256(content).hexdigest()[:10]}"
+
+
+def dependencies_of(pyproject_text: str) -> list[str]:
+    try:
+        data = tomllib.loads(pyproject_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(
+            f"pyproject.toml: not valid TOML ({exc}); expected a [project] table with dependencies",
+            field="pyproject.toml",
+        ) from exc
+    deps = data.get("project", {}).get("dependencies")
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise BuildError(
+            "pyproject.toml: [project] dependencies missing or not a list of strings; "
+            'expected e.g. dependencies = ["fastapi==0.165.0", "uvicorn==0.54.0"]',
+            field="pyproject.toml",
+        )
+    return sorted(deps)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = mtime
+    info.mode = mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_artifact(
+    path: str, source_tar: bytes, wheels: Sequence[str], mtime: int, meta: dict
+) -> None:
+    """A deterministic tar: fixed order, owner and mtime, so equal content gives equal bytes."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
+        _add_bytes(out, "flipback.json", json.dumps(meta, sort_keys=True).encode(), mtime, 0o644)
+        with tarfile.open(fileobj=io.BytesIO(source_tar)) as src:
+            for member in sorted(src.getmembers(), key=lambda m: m.name):
+                if not (member.isfile() or member.isdir()):
+                    continue  # links and devices are not part of a Python service's source
+                # Only the "./" prefix goes: lstrip("./") would turn ".env" into "env".
+                rel = member.name.removeprefix("./").lstrip("/")
+                if not rel or ".." in rel.split("/"):
+                    continue  # never written outside src/
+                name = "src/" + rel
+                if member.isdir():
+                    info = tarfile.TarInfo(name.rstrip("/"))
+                    info.type = tarfile.DIRTYPE
+                    info.mode, info.mtime, info.uid, info.gid = 0o755, mtime, 0, 0
+                    out.addfile(info)
+                    continue
+                fh = src.extractfile(member)
+                assert fh is not None
+                mode = 0o755 if member.mode & 0o111 else 0o644
+                _add_bytes(out, name, fh.read(), mtime, mode)
+        for wheel in sorted(wheels, key=os.path.basename):
+            with open(wheel, "rb") as fh:
+                _add_bytes(out, "wheels/" + os.path.basename(wheel), fh.read(), mtime, 0o644)
+    os.replace(tmp, path)
+
+
+@dataclass
+class BuildSpec:
+    service: str
+    source: str
+    subdir: str
+    ref: str
+    cache_dir: str
+    pip: Sequence[str]
+
+
+class Builder:
+    def __init__(self, spec: BuildSpec, run: Runner = run_command) -> None:
+        self.spec = spec
+        self.run = run
+
+    def git(self, *args: str) -> str:
+        proc = self.run(["git", "-C", self.mirror, *args])
+        if proc.returncode != 0:
+            raise BuildError(
+                f"git {' '.join(args)} failed in the mirror of {self.spec.source}: "
+                f"{proc.stderr.strip()[-500:]}",
+                retryable=False,
+            )
+        return proc.stdout
+
+    @property
+    def mirror(self) -> str:
+        key = hashlib.sha256(self.spec.source.encode()).hexdigest()[:16]
+        return os.path.join(self.spec.cache_dir, "git", f"{key}.git")
+
+    def sync_mirror(self) -> None:
+        """A bare mirror of the source, fetched every build, so refs are current."""
+        if not os.path.isdir(self.mirror):
+            os.makedirs(os.path.dirname(self.mirror), exist_ok=True)
+            proc = self.run(["git", "clone", "--quiet", "--mirror", self.spec.source, self.mirror])
+            if proc.returncode != 0:
+                raise BuildError(
+                    f"source: got {self.spec.source!r}, expected a git repository reachable "
+                    f"from the controller ({proc.stderr.strip()[-400:]}); nothing was changed",
+                    field="source",
+                    value=self.spec.source,
+                    retryable=False,
+                )
+            return
+        proc = self.run(["git", "-C", self.mirror, "fetch", "--quiet", "--prune", "origin"])
+        if proc.returncode != 0:
+            raise BuildError(
+                f"source: could not fetch {self.spec.source!r} ({proc.stderr.strip()[-400:]}); "
+                "retrying is safe, nothing was changed",
+                field="source",
+                value=self.spec.source,
+                retryable=True,
+            )
+
+    def resolve(self) -> str:
+        proc = self.run(
+            [
+                "git",
+                "-C",
+                self.mirror,
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                f"{self.spec.ref}^{{commit}}",
+            ]
+        )
+        if proc.returncode != 0:
+            raise BuildError(
+                f"ref: got {self.spec.ref!r}, expected a branch, tag or commit of "
+                f"{self.spec.source}; nothing was changed",
+                field="ref",
+                value=self.spec.ref,
+                retryable=False,
+            )
+        return proc.stdout.strip()
+
+    def wheelhouse(self, deps: Sequence[str]) -> list[str]:
+        key = hashlib.sha256("\n".join(deps).encode()).hexdigest()[:16]
+        dest = os.path.join(self.spec.cache_dir, "wheels", key)
+        done = os.path.join(dest, ".complete")
+        if not os.path.exists(done):
+            os.makedirs(dest, exist_ok=True)
+            if deps:  # pip download fails when given no requirement at all
+                proc = self.run(
+                    [
+                        *self.spec.pip,
+                        "download",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "--only-binary=:all:",
+                        "--dest",
+                        dest,
+                        *deps,
+                    ]
+                )
+                if proc.returncode != 0:
+                    raise BuildError(
+                        f"could not download wheels for {list(deps)}: "
+                        f"{proc.stderr.strip()[-600:]}; expected every dependency as a wheel "
+                        "for the hosts' Python",
+                        retryable=True,
+                    )
+            with open(done, "w", encoding="utf-8") as fh:
+                fh.write("\n".join(deps) + "\n")
+        return sorted(
+            os.path.join(dest, name) for name in os.listdir(dest) if name.endswith(".whl")
+        )
+
+    def build(self) -> dict:
+        spec = self.spec
+        validate_ref(spec.ref)
+        validate_subdir(spec.subdir)
+        self.sync_mirror()
+        sha = self.resolve()
+        treeish = f"{sha}:{spec.subdir}" if spec.subdir else f"{sha}^{{tree}}"
+        pyproject_path = (
+            f"{sha}:{spec.subdir}/pyproject.toml" if spec.subdir else f"{sha}:pyproject.toml"
+        )
+        proc = self.run(["git", "-C", self.mirror, "show", pyproject_path])
+        if proc.returncode != 0:
+            raise BuildError(
+                f"subdir: {spec.subdir or '.'!r} at {spec.ref} has no pyproject.toml; "
+                "expected the service's directory",
+                field="subdir",
+                value=spec.subdir,
+            )
+        tree = self.git("rev-parse", "--verify", "--quiet", treeish).strip()
+        deps = dependencies_of(proc.stdout)
+        wheels = self.wheelhouse(deps)
+        # The last commit that changed the service, not `sha` itself: a commit elsewhere
+        # in the repository must leave the id, and so the artifact, as it was.
+        commit_time = int(
+            self.git("log", "-1", "--format=%ct", sha, "--", spec.subdir or ".").strip()
+        )
+        rid = release_id(commit_time, tree, [sha256_file(w) for w in wheels])
+        artifacts = os.path.join(spec.cache_dir, "artifacts")
+        os.makedirs(artifacts, exist_ok=True)
+        artifact = os.path.join(artifacts, f"{spec.service}-{rid}.tar")
+        changed = not os.path.exists(artifact)
+        meta = {
+            "service": spec.service,
+            "id": rid,
+            "git_sha": sha,
+            "tree": tree,
+            "dependencies": deps,
+        }
+        if changed:
+            archive = subprocess.run(
+                ["git", "-C", self.mirror, "archive", "--format=tar", treeish],
+                capture_output=True,
+                check=False,
+            )
+            if archive.returncode != 0:
+                raise BuildError(
+                    f"git archive of {treeish} failed: {archive.stderr.decode()[-400:]}",
+                    retryable=True,
+                )
+            write_artifact(artifact, archive.stdout, wheels, commit_time, meta)
+        return {
+            "changed": changed,
+            "id": rid,
+            "git_sha": sha,
+            "ref": spec.ref,
+            "tree": tree,
+            "commit_time": commit_time,
+            "artifact": artifact,
+            "checksum": sha256_file(artifact),
+            "dependencies": deps,
+            "wheels": [os.path.basename(w) for w in wheels],
+        }

@@ -1,0 +1,293 @@
+"""Service definitions and command-line selectors, checked before anything changes.
+
+Every problem is reported at once, each naming the field, the value received and
+what was expected; none of them is fixed by retrying the same command.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+APP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
+REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@^~{}-]{0,199}$")
+SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$")
+# Ports a service must not take on a flipback host: sshd, and nginx's default site.
+RESERVED_PORTS = {22: "sshd", 80: "nginx's default site"}
+# Names systemd, the system or Debian already use; a service user must be its own.
+RESERVED_USERS = {"root", "daemon", "bin", "sys", "nobody", "www-data", "systemd-network"}
+
+DEFAULTS: dict[str, Any] = {
+    "subdir": "",
+    "ref": "HEAD",
+    "workers": 1,
+    "env": {},
+    "keep_releases": 5,
+    "health": {},
+}
+HEALTH_DEFAULTS: dict[str, Any] = {
+    "path": "/health",
+    "expect_status": [200],
+    "expect_json": {"ok": True},
+    "timeout": 30,
+}
+KNOWN_KEYS = {"name", "source", "app", "port", "user", *DEFAULTS}
+HEALTH_KEYS = set(HEALTH_DEFAULTS)
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+        self.msg = (
+            f"invalid input ({len(problems)} problem{'s' if len(problems) != 1 else ''}), "
+            "nothing was changed on any host; fix it and run again (retrying as-is "
+            "fails the same way): " + "; ".join(problems)
+        )
+        self.retryable = False
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        return int(value)
+    return None
+
+
+def _problem(field: str, value: Any, expected: str) -> str:
+    return f"{field}: got {value!r}, expected {expected}"
+
+
+def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, Any] | None:
+    where = f"flipback_services[{index}]"
+    if not isinstance(raw, Mapping):
+        problems.append(_problem(where, raw, "a mapping with name, source, app and port"))
+        return None
+    svc: dict[str, Any] = {**DEFAULTS, **raw}
+    name = svc.get("name")
+    if isinstance(name, str) and NAME_RE.match(name):
+        where = f"flipback_services[{index}] ({name})"
+    else:
+        problems.append(
+            _problem(
+                f"{where}.name",
+                name,
+                "1-32 characters: a lowercase letter, then "
+                "lowercase letters, digits or '-' (no '/', '..' or spaces)",
+            )
+        )
+    unknown = sorted(set(svc) - KNOWN_KEYS)
+    if unknown:
+        problems.append(_problem(f"{where}", unknown, f"only the keys {sorted(KNOWN_KEYS)}"))
+    source = svc.get("source")
+    if not isinstance(source, str) or not source.strip():
+        problems.append(_problem(f"{where}.source", source, "a git repository path or URL"))
+    subdir = svc.get("subdir")
+    if not isinstance(subdir, str) or (
+        subdir.strip("/") and (not SUBDIR_RE.match(subdir.strip("/")) or ".." in subdir.split("/"))
+    ):
+        problems.append(_problem(f"{where}.subdir", subdir, "a relative path without '..'"))
+    else:
+        svc["subdir"] = subdir.strip("/")
+    ref = svc.get("ref")
+    if not isinstance(ref, str) or not REF_RE.match(ref) or ".." in ref:
+        problems.append(_problem(f"{where}.ref", ref, "a branch, tag or commit"))
+    app = svc.get("app")
+    if not isinstance(app, str) or not APP_RE.match(app):
+        problems.append(_problem(f"{where}.app", app, "'module:attribute', e.g. 'app:app'"))
+    port = _int(svc.get("port"))
+    if port is None or not 1 <= port <= 65535:
+        problems.append(_problem(f"{where}.port", svc.get("port"), "an integer 1-65535"))
+    elif port in RESERVED_PORTS:
+        problems.append(
+            _problem(f"{where}.port", port, f"a port not used by {RESERVED_PORTS[port]}")
+        )
+    else:
+        svc["port"] = port
+    workers = _int(svc.get("workers"))
+    if workers is None or not 1 <= workers <= 64:
+        problems.append(_problem(f"{where}.workers", svc.get("workers"), "an integer 1-64"))
+    else:
+        svc["workers"] = workers
+    keep = _int(svc.get("keep_releases"))
+    if keep is None or keep < 2:
+        problems.append(
+            _problem(
+                f"{where}.keep_releases",
+                svc.get("keep_releases"),
+                "an integer >= 2 (the current and the previous good release)",
+            )
+        )
+    else:
+        svc["keep_releases"] = keep
+    user = svc.get("user", name)
+    if not isinstance(user, str) or not USER_RE.match(user) or user in RESERVED_USERS:
+        problems.append(
+            _problem(
+                f"{where}.user", user, "a dedicated system user name (not root or a system account)"
+            )
+        )
+    else:
+        svc["user"] = user
+    svc["env"] = _check_env(where, svc.get("env"), problems)
+    svc["health"] = _check_health(where, svc.get("health"), problems)
+    return svc
+
+
+def _check_env(where: str, env: Any, problems: list[str]) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        problems.append(_problem(f"{where}.env", type(env).__name__, "a mapping NAME: value"))
+        return {}
+    clean = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            # The value may be a secret: name the key only.
+            problems.append(
+                _problem(
+                    f"{where}.env",
+                    key,
+                    "variable names of letters, digits and '_', not starting with a digit (no '=')",
+                )
+            )
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append(
+                f"{where}.env.{key}: got a {type(value).__name__}, expected a string or number"
+            )
+            continue
+        text = str(value)
+        if "\n" in text or "\0" in text:
+            problems.append(
+                f"{where}.env.{key}: got a value with a newline or NUL byte, "
+                "expected a single line (value not shown)"
+            )
+            continue
+        clean[key] = text
+    return clean
+
+
+def _check_health(where: str, health: Any, problems: list[str]) -> dict[str, Any]:
+    if health is None:
+        health = {}
+    if not isinstance(health, Mapping):
+        problems.append(_problem(f"{where}.health", health, "a mapping"))
+        return dict(HEALTH_DEFAULTS)
+    merged = {**HEALTH_DEFAULTS, **health}
+    unknown = sorted(set(merged) - HEALTH_KEYS)
+    if unknown:
+        problems.append(_problem(f"{where}.health", unknown, f"only {sorted(HEALTH_KEYS)}"))
+    path = merged["path"]
+    if not isinstance(path, str) or not path.startswith("/") or " " in path:
+        problems.append(_problem(f"{where}.health.path", path, "a path starting with '/'"))
+    status = merged["expect_status"]
+    if isinstance(status, int) and not isinstance(status, bool):
+        status = [status]
+    if (
+        not isinstance(status, list)
+        or not status
+        or not all(_int(s) is not None and 100 <= int(s) <= 599 for s in status)
+    ):
+        problems.append(
+            _problem(
+                f"{where}.health.expect_status",
+                merged["expect_status"],
+                "HTTP status codes 100-599",
+            )
+        )
+    else:
+        merged["expect_status"] = [int(s) for s in status]
+    if not isinstance(merged["expect_json"], Mapping):
+        problems.append(_problem(f"{where}.health.expect_json", merged["expect_json"], "a mapping"))
+    timeout = _int(merged["timeout"])
+    if timeout is None or not 1 <= timeout <= 600:
+        problems.append(_problem(f"{where}.health.timeout", merged["timeout"], "seconds, 1-600"))
+    else:
+        merged["timeout"] = timeout
+    return merged
+
+
+def check_request(
+    services: Any,
+    *,
+    service: str = "",
+    ref: str = "",
+    source: str = "",
+    release: str = "",
+    steps: Any = None,
+) -> dict[str, Any]:
+    """Validate every definition and the selectors; return the selected services."""
+    problems: list[str] = []
+    if not isinstance(services, list) or not services:
+        raise ConfigError(
+            [_problem("flipback_services", services, "a non-empty list of service definitions")]
+        )
+    normalized = [normalize_service(i, raw, problems) for i, raw in enumerate(services)]
+    valid = [s for s in normalized if s is not None]
+    _check_unique(valid, "name", problems)
+    _check_unique(valid, "port", problems)
+    _check_unique(valid, "user", problems)
+
+    names = [s.get("name") for s in valid]
+    selected = valid
+    if service:
+        if service not in names:
+            problems.append(_problem("service", service, f"one of the defined services {names}"))
+        selected = [s for s in valid if s.get("name") == service]
+    if ref:
+        if not REF_RE.match(ref) or ".." in ref:
+            problems.append(_problem("ref", ref, "a branch, tag or commit"))
+        selected = [{**s, "ref": ref} for s in selected]
+    if source:
+        selected = [{**s, "source": source} for s in selected]
+    if release and not RELEASE_ID_RE.match(release):
+        problems.append(
+            _problem("release", release, "a release id like 20261129T141500-3f2a9c1d0e")
+        )
+    if release and len(selected) != 1:
+        problems.append(
+            _problem(
+                "release",
+                release,
+                "one service chosen with -e service=<name>: a release id belongs to one service",
+            )
+        )
+    steps_value = None
+    if steps not in (None, ""):
+        steps_value = _int(steps)
+        if steps_value is None or steps_value < 1:
+            problems.append(_problem("steps", steps, "an integer >= 1"))
+    if release and steps_value is not None:
+        problems.append(_problem("release/steps", [release, steps], "one of the two, not both"))
+    if problems:
+        raise ConfigError(problems)
+    return {
+        "services": selected,
+        "names": [s["name"] for s in selected],
+        "release": release,
+        "steps": steps_value,
+    }
+
+
+def _check_unique(services: Sequence[Mapping[str, Any]], key: str, problems: list[str]) -> None:
+    seen: dict[Any, str] = {}
+    for svc in services:
+        value = svc.get(key)
+        if value is None or isinstance(value, (dict, list)):
+            continue
+        if value in seen:
+            problems.append(
+                f"flipback_services ({svc.get('name')}).{key}: got {value!r}, already used "
+                f"by {seen[value]}; expected each service to have its own {key}"
+            )
+        else:
+            seen[value] = str(svc.get("name"))

@@ -1,0 +1,281 @@
+"""HTTP health probes over TCP or a unix socket: a deadline loop with backoff.
+
+A probe GETs one path until the service has answered as expected for
+`successes` attempts in a row, or until the deadline passes. Each attempt
+either could not reach the service (connection refused, no socket file yet,
+timeout: it may still be starting, so a retry is safe) or got an answer that
+is compared with the expected status codes and top-level JSON fields (an
+answer from the wrong release will not change by asking again).
+
+Time is read and spent through a `Clock`, so the deadline and backoff logic
+can be unit-tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+
+BODY_LIMIT = 2000
+# A health answer is small; reading more than this is a sign of the wrong endpoint.
+READ_LIMIT = 1 << 20
+# An answer with these statuses comes from a proxy whose backend is not up yet
+# (nginx answers 502 while the release's socket does not exist) or from a service
+# that says it is still starting: the same probe may succeed later.
+STARTING_STATUSES = frozenset({502, 503, 504})
+
+
+class HealthError(Exception):
+    """A failure with what was observed, what was expected, and whether a retry is safe."""
+
+    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.retryable = retryable
+        self.details = details
+
+
+class Clock:
+    """Real time; tests pass an object with the same two methods."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix stream socket; the Host header is sent as given by the caller."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class Target:
+    url_path: str = "/health"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    unix_socket: str | None = None
+    host_header: str = "localhost"
+
+    def describe(self) -> str:
+        if self.unix_socket is not None:
+            return f"http://{self.host_header}{self.url_path} via unix:{self.unix_socket}"
+        return f"http://{self.host}:{self.port}{self.url_path}"
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.unix_socket is not None:
+            return UnixHTTPConnection(self.unix_socket, timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Expect:
+    status: tuple[int, ...] = (200,)
+    json: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        text = f"status in {list(self.status)}"
+        if self.json:
+            text += f" and JSON fields {json.dumps(self.json, sort_keys=True)}"
+        return text
+
+
+@dataclass(frozen=True)
+class Policy:
+    timeout: float = 30.0
+    attempt_timeout: float = 2.0
+    delay: float = 0.2
+    backoff: float = 1.5
+    max_delay: float = 2.0
+    successes: int = 1
+
+
+@dataclass
+class Observation:
+    """One attempt: an answer (status, body) or a connection error, and what was wrong."""
+
+    status: int | None = None
+    body: str = ""
+    json: object = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status in STARTING_STATUSES
+
+    def describe(self) -> str:
+        if self.status is None:
+            return str(self.error)
+        excerpt = self.body[:200] + ("..." if len(self.body) > 200 else "")
+        return f"status {self.status}, body {excerpt!r}"
+
+
+def _bad(field_name: str, value: object, expected: str) -> HealthError:
+    return HealthError(
+        f"{field_name}: got {value!r}, expected {expected}", field=field_name, value=value
+    )
+
+
+def validate(target: Target, expect: Expect, policy: Policy) -> None:
+    """Reject inputs that would make every attempt fail or the loop meaningless.
+
+    A zero delay is refused: it would turn a refused connection into a busy loop.
+    """
+    path = target.url_path
+    if not path.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in path):
+        raise _bad("url_path", path, "a path starting with '/' without spaces or control chars")
+    if target.unix_socket is None and not (target.port is not None and 1 <= target.port <= 65535):
+        raise _bad("port", target.port, "a TCP port from 1 to 65535")
+    if not expect.status or any(not 100 <= code <= 599 for code in expect.status):
+        raise _bad("expect_status", list(expect.status), "a non-empty list of HTTP statuses")
+    for name, value in (
+        ("timeout", policy.timeout),
+        ("attempt_timeout", policy.attempt_timeout),
+        ("delay", policy.delay),
+    ):
+        if not value > 0:
+            raise _bad(name, value, "a number of seconds above 0")
+    if policy.max_delay < policy.delay:
+        raise _bad("max_delay", policy.max_delay, f"at least delay ({policy.delay:g})")
+    if policy.backoff < 1:
+        raise _bad("backoff", policy.backoff, "a factor of 1 or more")
+    if policy.successes < 1:
+        raise _bad("successes", policy.successes, "1 or more")
+
+
+def compare_json(document: object, expected: dict) -> str | None:
+    """Why the parsed body does not hold the expected top-level fields, or None if it does."""
+    if not isinstance(document, dict):
+        return "body is not a JSON object"
+    for key, want in expected.items():
+        if key not in document:
+            return f"JSON field {key!r} missing"
+        if document[key] != want:
+            return f"JSON field {key!r} is {document[key]!r}, expected {want!r}"
+    return None
+
+
+def attempt(target: Target, expect: Expect, timeout: float) -> Observation:
+    conn = target.connection(timeout)
+    try:
+        conn.request(
+            "GET",
+            target.url_path,
+            headers={
+                "Host": target.host_header,
+                "Accept": "application/json",
+                "User-Agent": "flipback-health",
+                "Connection": "close",
+            },
+        )
+        response = conn.getresponse()
+        raw = response.read(READ_LIMIT)
+    except TimeoutError:
+        return Observation(error=f"no answer within {round(timeout, 3):g}s")
+    except (OSError, http.client.HTTPException) as exc:
+        return Observation(error=f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+    obs = Observation(status=response.status, body=raw.decode("utf-8", errors="replace"))
+    try:
+        obs.json = json.loads(obs.body)
+        parsed = True
+    except ValueError:
+        parsed = False
+    if response.status not in expect.status:
+        obs.error = f"status {response.status}, expected one of {list(expect.status)}"
+    elif expect.json:
+        obs.error = compare_json(obs.json, expect.json) if parsed else "body is not JSON"
+    return obs
+
+
+def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = None) -> dict:
+    """Attempt until `policy.successes` good answers in a row; raise HealthError at the deadline.
+
+    The wait before the next attempt starts at `delay`, grows by `backoff` after
+    each failed attempt up to `max_delay`, and drops back to `delay` after a
+    good answer. The loop gives up when the next attempt could not start before
+    the deadline, and an attempt is cut short at the deadline.
+    """
+    validate(target, expect, policy)
+    clock = clock or Clock()
+    started = clock.now()
+    deadline = started + policy.timeout
+    attempts = consecutive = 0
+    wait = policy.delay
+    last_error: str | None = None
+    while True:
+        # The floor keeps a socket timeout positive when a sleep overshoots a little.
+        remaining = max(deadline - clock.now(), 0.01)
+        obs = attempt(target, expect, min(policy.attempt_timeout, remaining))
+        attempts += 1
+        if obs.ok:
+            consecutive += 1
+            wait = policy.delay
+        else:
+            consecutive = 0
+            last_error = obs.error
+        result = {
+            "status": obs.status,
+            "body": obs.body[:BODY_LIMIT],
+            "json": obs.json,
+            "elapsed": round(clock.now() - started, 3),
+            "attempts": attempts,
+            "consecutive": consecutive,
+            "last_error": last_error,
+        }
+        if consecutive >= policy.successes:
+            return {"ok": True, **result}
+        if clock.now() + wait >= deadline:
+            raise _failure(target, expect, policy, obs, result)
+        clock.sleep(wait)
+        if not obs.ok:
+            wait = min(wait * policy.backoff, policy.max_delay)
+
+
+def _failure(
+    target: Target, expect: Expect, policy: Policy, obs: Observation, result: dict
+) -> HealthError:
+    streak = f", {policy.successes} times in a row" if policy.successes > 1 else ""
+    observed = obs.describe()
+    if obs.ok:
+        observed = (
+            f"only {result['consecutive']} of {policy.successes} good answers in a row, "
+            f"the last {observed}"
+        )
+    elif obs.status in expect.status:
+        observed += f" ({obs.error})"
+    # Out of time while the answers were good: the service is up, so another run may pass.
+    retryable = obs.ok or obs.retryable
+    if retryable:
+        advice = "The service may still be starting; retrying is safe"
+    else:
+        advice = "The service answered, but not as expected; retrying will not change that"
+    return HealthError(
+        f"health check of {target.describe()} failed after {result['attempts']} attempts in "
+        f"{result['elapsed']:g}s (timeout {policy.timeout:g}s): observed {observed}; "
+        f"expected {expect.describe()}{streak}. {advice}",
+        retryable=retryable,
+        **result,
+    )

@@ -1,0 +1,283 @@
+"""Stage a release on a host: unpack the artifact, build its virtualenv in place, offline.
+
+A release is staged straight into its final directory, because a virtualenv is not
+relocatable. While that happens its manifest says `status: staging` and a
+`.staging-lock` names the staging process, so a half-finished release is never
+activated, never a rollback target, and never removed by another run's prune. A
+release left half-finished by a killed run is wiped and staged again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ansible.module_utils.flipback_release import (
+    MANIFEST,
+    STAGING_LOCK,
+    ReleaseError,
+    append_history,
+    current_release,
+    history_event,
+    read_manifest,
+    release_dir,
+    staging_lock_holder,
+    utc_iso,
+    validate_release_id,
+    validate_service,
+)
+
+WHEELS_DIR = ".wheels"
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+    )
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Only plain files and directories under src/ or wheels/, never outside the target."""
+    members = []
+    for member in tar.getmembers():
+        name = member.name
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise ReleaseError(
+                f"artifact: member {name!r} would be written outside the release; expected "
+                "relative paths only",
+                field="artifact",
+            )
+        if member.issym() or member.islnk() or not (member.isfile() or member.isdir()):
+            raise ReleaseError(
+                f"artifact: member {name!r} is not a plain file or directory",
+                field="artifact",
+            )
+        if parts[0] in ("src", "wheels") or name == "flipback.json":
+            members.append(member)
+    return members
+
+
+@dataclass
+class StageSpec:
+    service: str
+    root: str
+    release: str
+    artifact: str
+    checksum: str
+    socket_dir: str
+    python: str
+    manifest: dict[str, Any]
+    by: str
+
+
+class Stager:
+    def __init__(self, spec: StageSpec, run: Runner = run_command) -> None:
+        self.spec = spec
+        self.run = run
+        self.path = release_dir(spec.root, spec.release)
+
+    def staged(self) -> bool:
+        manifest = read_manifest(self.spec.root, self.spec.release)
+        return manifest is not None and manifest.get("status") == "staged"
+
+    def stage(self, check_mode: bool) -> dict[str, Any]:
+        spec = self.spec
+        validate_service(spec.service)
+        validate_release_id(spec.release)
+        result: dict[str, Any] = {"release": spec.release, "path": self.path}
+        if self.staged():
+            return {**result, "changed": False}
+        holder = staging_lock_holder(self.path)
+        if holder is not None:
+            raise ReleaseError(
+                f"release {spec.release} is being staged by another run (pid {holder}); "
+                "expected no concurrent staging. Retry once it has finished",
+                retryable=True,
+                holder=holder,
+            )
+        if check_mode:
+            return {**result, "changed": True}
+        if not os.path.isfile(spec.artifact):
+            raise ReleaseError(
+                f"artifact: {spec.artifact} does not exist on the host; expected the "
+                "uploaded release artifact",
+                field="artifact",
+                retryable=True,
+            )
+        observed = sha256_file(spec.artifact)
+        if observed != spec.checksum:
+            raise ReleaseError(
+                f"artifact: checksum {observed} does not match the build's {spec.checksum}; "
+                "the upload is damaged. Retrying uploads it again",
+                field="checksum",
+                retryable=True,
+            )
+        previous = current_release(spec.root)
+        # A half-finished release of a killed run: start again from nothing.
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.makedirs(self.path, mode=0o755)
+        self._write_lock()
+        self._write_manifest("staging", previous)
+        try:
+            self._unpack()
+            self._virtualenv()
+            self._finish()
+        except ReleaseError:
+            raise
+        except (OSError, tarfile.TarError) as exc:
+            raise ReleaseError(
+                f"staging {spec.release} failed: {exc}; the release stays marked 'staging' "
+                "and is never used. Retrying stages it again",
+                retryable=True,
+            ) from exc
+        self._write_manifest("staged", previous)
+        os.unlink(os.path.join(self.path, STAGING_LOCK))
+        # The artifact is only a vehicle; the staged release is what stays.
+        os.unlink(spec.artifact)
+        append_history(
+            spec.root,
+            history_event(
+                spec.release,
+                "staged",
+                by=spec.by,
+                from_release=previous,
+                expect=spec.manifest.get("health"),
+            ),
+        )
+        return {**result, "changed": True, "replaces": previous}
+
+    def _write_lock(self) -> None:
+        with open(os.path.join(self.path, STAGING_LOCK), "w", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+    def _write_manifest(self, status: str, previous: str | None) -> None:
+        spec = self.spec
+        manifest = {
+            **spec.manifest,
+            "id": spec.release,
+            "service": spec.service,
+            "checksum": spec.checksum,
+            "deployed_by": spec.by,
+            "deployed_at": spec.manifest.get("deployed_at") or utc_iso_now(),
+            "replaces": previous,
+            "status": status,
+        }
+        path = os.path.join(self.path, MANIFEST)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
+    def _unpack(self) -> None:
+        with tarfile.open(self.spec.artifact) as tar:
+            members = safe_members(tar)
+            for member in members:
+                if member.name == "flipback.json":
+                    continue
+                parts = member.name.split("/", 1)
+                if len(parts) < 2 or not parts[1]:
+                    continue
+                top, rest = parts
+                base = self.path if top == "src" else os.path.join(self.path, WHEELS_DIR)
+                dest = os.path.join(base, rest)
+                if member.isdir():
+                    os.makedirs(dest, mode=0o755, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with open(dest, "wb") as out:
+                    shutil.copyfileobj(source, out)
+                os.chmod(dest, 0o755 if member.mode & 0o111 else 0o644)
+            meta_member = tar.getmember("flipback.json")
+            meta_file = tar.extractfile(meta_member)
+            assert meta_file is not None
+            self.meta = json.load(meta_file)
+
+    def _virtualenv(self) -> None:
+        venv = os.path.join(self.path, "venv")
+        self._check(self.run([self.spec.python, "-m", "venv", venv]), "create the virtualenv")
+        deps = self.meta.get("dependencies", [])
+        if deps:
+            self._check(
+                self.run(
+                    [
+                        os.path.join(venv, "bin", "python"),
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "--no-index",
+                        "--no-compile",
+                        "--find-links",
+                        os.path.join(self.path, WHEELS_DIR),
+                        *deps,
+                    ]
+                ),
+                "install the dependencies from the wheelhouse (offline)",
+            )
+        self._check(
+            self.run(
+                [
+                    os.path.join(venv, "bin", "python"),
+                    "-m",
+                    "compileall",
+                    "-q",
+                    "-j",
+                    "0",
+                    self.path,
+                ]
+            ),
+            "precompile bytecode",
+        )
+
+    def _finish(self) -> None:
+        shutil.rmtree(os.path.join(self.path, WHEELS_DIR), ignore_errors=True)
+        sock = os.path.join(self.path, "sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
+        os.symlink(os.path.join(self.spec.socket_dir, self.spec.release, "app.sock"), sock)
+        # The code and its virtualenv belong to root: the service user can read and
+        # run them, never change them.
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), 0, 0)
+            os.chmod(dirpath, 0o755)
+        os.lchown(self.path, 0, 0)
+
+    def _check(self, proc: subprocess.CompletedProcess[str], what: str) -> None:
+        if proc.returncode != 0:
+            raise ReleaseError(
+                f"could not {what} for {self.spec.release} (exit {proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}; the release stays marked "
+                "'staging' and is never used",
+                retryable=False,
+            )
+
+
+def utc_iso_now() -> str:
+    return utc_iso(time.time())

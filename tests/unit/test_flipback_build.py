@@ -1,0 +1,719 @@
+"""Unit tests of module_utils/flipback_build.py, against throwaway git repositories.
+
+Real `git` runs in tmp_path; pip is a small fake script (one dummy wheel per
+requirement), so nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from ansible.module_utils import flipback_build
+from ansible.module_utils.flipback_build import (
+    Builder,
+    BuildError,
+    BuildSpec,
+    dependencies_of,
+    release_id,
+    validate_ref,
+    validate_subdir,
+    write_artifact,
+)
+
+ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
+
+# Commit times, chosen so the id's stamp can be read off: 2024-01-02T03:04:05Z and so on.
+T1, T2, T3, T4 = 1704164645, 1706933106, 1709528767, 1712297228
+STAMP = {T1: "20240102T030405", T2: "20240203T040506", T3: "20240304T050607"}
+STAMP[T4] = "20240405T060708"
+
+HELLO_PYPROJECT = """\
+[project]
+name = "hello"
+version = "0.1.0"
+dependencies = ["uvicorn==0.30.0", "fastapi==0.110.0"]
+"""
+OTHER_PYPROJECT = """\
+[project]
+name = "other"
+version = "0.1.0"
+dependencies = ["flask==3.0.0"]
+"""
+
+FAKE_PIP = '''\
+"""Stands in for `pip download`: one dummy wheel per requirement, never the network."""
+import os
+import re
+import sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(Path(__file__).with_name("pip-calls.log"), "a", encoding="utf-8") as log:
+    log.write(" ".join(args) + "\\n")
+if args[:1] != ["download"]:
+    sys.exit(f"fake pip: expected download, got {args}")
+dest = args[args.index("--dest") + 1]
+reqs = [a for a in args[1:] if not a.startswith("-") and a != dest]
+if not reqs:  # as real pip does
+    sys.exit("ERROR: You must give at least one requirement to download")
+salt = os.environ.get("FAKE_PIP_SALT", "")
+for req in reqs:
+    name = re.split(r"[=<>!~;\\[ ]", req)[0]
+    if name == "doesnotexist":
+        sys.exit(f"ERROR: No matching distribution found for {req}")
+    version = req.split("==", 1)[1] if "==" in req else "0"
+    wheel = Path(dest) / f"{name}-{version}-py3-none-any.whl"
+    wheel.write_bytes(f"{req}{salt}".encode())
+'''
+
+
+class Repo:
+    """A throwaway git repository whose commits have known times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        self.git("init", "--quiet", "-b", "main")
+
+    def git(self, *args: str, when: int | None = None) -> str:
+        env = None
+        if when is not None:
+            date = f"@{when} +0200"  # a non-UTC offset: the id must still use UTC
+            env = {**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+        proc = subprocess.run(
+            ["git", "-C", str(self.path), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        return proc.stdout.strip()
+
+    def commit(self, files: dict[str, str | None], when: int, tag: str = "") -> str:
+        for name, text in files.items():
+            path = self.path / name
+            if text is None:
+                path.unlink()
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "--quiet", "--allow-empty", "-m", f"commit at {when}", when=when)
+        if tag:
+            self.git("tag", tag)
+        return self.git("rev-parse", "HEAD")
+
+
+@pytest.fixture(autouse=True)
+def git_isolated(monkeypatch, tmp_path):
+    """Neither the user's nor the system's git config may change what the builder sees."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "FAKE_PIP_SALT"):
+        monkeypatch.delenv(var, raising=False)
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")
+
+
+@pytest.fixture
+def services(tmp_path) -> Repo:
+    """Two services in one repository: hello (v1, then v2 changes its app.py) and other."""
+    repo = Repo(tmp_path / "services")
+    repo.commit(
+        {
+            "hello/pyproject.toml": HELLO_PYPROJECT,
+            "hello/app.py": "print('hello v1')\n",
+            "other/pyproject.toml": OTHER_PYPROJECT,
+            "other/app.py": "print('other')\n",
+            "docs/README.md": "not a service\n",
+        },
+        T1,
+        tag="v1",
+    )
+    repo.commit({"hello/app.py": "print('hello v2')\n"}, T2, tag="v2")
+    return repo
+
+
+@pytest.fixture
+def pip(tmp_path) -> list[str]:
+    script = tmp_path / "fake_pip.py"
+    script.write_text(FAKE_PIP)
+    return [sys.executable, str(script)]
+
+
+def pip_calls(pip: list[str]) -> list[str]:
+    log = Path(pip[1]).with_name("pip-calls.log")
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def make_builder(repo: Repo, pip: list[str], tmp_path: Path, **overrides) -> Builder:
+    fields = {
+        "service": "hello",
+        "source": str(repo.path),
+        "subdir": "hello",
+        "ref": "v2",
+        "cache_dir": str(tmp_path / "cache"),
+        "pip": pip,
+        **overrides,
+    }
+    return Builder(BuildSpec(**fields))
+
+
+def members(artifact: str) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(artifact) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def read_member(artifact: str, name: str) -> bytes:
+    with tarfile.open(artifact) as tar:
+        fh = tar.extractfile(name)
+        assert fh is not None
+        return fh.read()
+
+
+# ----------------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["HEAD", "main", "v1", "release/2024.01", "feature_x-1", "a" * 40, "HEAD~1", "v2^{commit}"],
+    ids=["head", "branch", "tag", "slash-dot", "underscore-dash", "sha", "tilde", "peel"],
+)
+def test_validate_ref_accepts(ref):
+    assert validate_ref(ref) == ref
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["", "-x", "--upload-pack=evil", "a..b", "../etc", "/main", "has space", "a;b", "x" * 201, 7],
+    ids=[
+        "empty",
+        "option",
+        "long-option",
+        "dotdot",
+        "dotdot-leading",
+        "leading-slash",
+        "space",
+        "semicolon",
+        "too-long",
+        "not-a-string",
+    ],
+)
+def test_validate_ref_rejects_naming_field_and_value(ref):
+    with pytest.raises(BuildError) as info:
+        validate_ref(ref)
+    assert info.value.details == {"field": "ref", "value": ref}
+    assert info.value.msg.startswith(f"ref: got {ref!r}")
+    assert info.value.retryable is False
+
+
+@pytest.mark.parametrize(
+    "subdir",
+    ["", "hello", "services/hello", "a.b/c_d-e", ".well-known"],
+    ids=["root", "one", "nested", "punctuation", "dot-prefixed-name"],
+)
+def test_validate_subdir_accepts(subdir):
+    assert validate_subdir(subdir) == subdir
+
+
+@pytest.mark.parametrize(
+    "subdir",
+    ["..", "../x", "a/../b", "a/..", ".", "a/./b", "/etc", "a/", "a//b", "has space", "a\\b"],
+    ids=[
+        "dotdot",
+        "dotdot-leading",
+        "dotdot-middle",
+        "dotdot-trailing",
+        "dot",
+        "dot-middle",
+        "leading-slash",
+        "trailing-slash",
+        "double-slash",
+        "space",
+        "backslash",
+    ],
+)
+def test_validate_subdir_rejects_naming_field_and_value(subdir):
+    with pytest.raises(BuildError) as info:
+        validate_subdir(subdir)
+    assert info.value.details == {"field": "subdir", "value": subdir}
+    assert info.value.msg.startswith(f"subdir: got {subdir!r}")
+    assert info.value.retryable is False
+
+
+# ---------------------------------------------------------------------- release_id
+
+TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+HASHES = [hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()]
+
+
+@pytest.mark.parametrize(
+    ("commit_time", "stamp"),
+    [(0, "19700101T000000"), (T1, STAMP[T1]), (T4, STAMP[T4]), (1735689599, "20241231T235959")],
+    ids=["epoch", "t1", "t4", "end-of-year"],
+)
+def test_release_id_stamps_the_commit_time_in_utc(commit_time, stamp):
+    # A local time zone 14 hours from UTC must not leak into the stamp.
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "XXX-14"
+    time.tzset()
+    try:
+        rid = release_id(commit_time, TREE, HASHES)
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+    assert ID_RE.match(rid), rid
+    assert rid.startswith(stamp + "-")
+
+
+@pytest.mark.parametrize(
+    ("other", "same"),
+    [
+        ((T1, TREE, HASHES), True),
+        ((T1, TREE, list(reversed(HASHES))), True),
+        ((T1, TREE, HASHES[:1]), False),
+        ((T1, TREE, [HASHES[0], hashlib.sha256(b"c").hexdigest()]), False),
+        ((T1, "0" * 40, HASHES), False),
+        ((T1, TREE, []), False),
+    ],
+    ids=[
+        "same-inputs",
+        "wheel-order-irrelevant",
+        "wheel-dropped",
+        "wheel-hash-changed",
+        "tree-changed",
+        "no-wheels",
+    ],
+)
+def test_release_id_hash_follows_content(other, same):
+    base = release_id(T1, TREE, HASHES)
+    assert (release_id(*other) == base) is same
+
+
+def test_release_id_stamp_does_not_change_the_hash():
+    assert release_id(T1, TREE, HASHES)[-10:] == release_id(T2, TREE, HASHES)[-10:]
+
+
+# ------------------------------------------------------------------ dependencies_of
+
+
+@pytest.mark.parametrize(
+    ("text", "deps"),
+    [
+        (HELLO_PYPROJECT, ["fastapi==0.110.0", "uvicorn==0.30.0"]),
+        ('[project]\nname = "x"\ndependencies = []\n', []),
+        (
+            '[project]\ndependencies = ["b>=1; python_version>\'3\'", "a"]\n',
+            ["a", "b>=1; python_version>'3'"],
+        ),
+    ],
+    ids=["pinned-sorted", "empty-list", "markers"],
+)
+def test_dependencies_of_reads_project_dependencies(text, deps):
+    assert dependencies_of(text) == deps
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[project\n", "not valid TOML"),
+        ('[project]\nname = "x"\n', "missing or not a list"),
+        ('[tool.poetry]\ndependencies = ["a"]\n', "missing or not a list"),
+        ('[project]\ndependencies = "fastapi"\n', "missing or not a list"),
+        ('[project]\ndependencies = ["a", 1]\n', "missing or not a list"),
+        ("", "missing or not a list"),
+    ],
+    ids=["invalid-toml", "missing", "no-project-table", "a-string", "non-string-item", "empty"],
+)
+def test_dependencies_of_rejects_naming_the_file(text, says):
+    with pytest.raises(BuildError) as info:
+        dependencies_of(text)
+    assert info.value.details == {"field": "pyproject.toml"}
+    assert says in info.value.msg
+    assert info.value.retryable is False
+
+
+# ------------------------------------------------------------------- write_artifact
+
+
+def source_tar(files: dict[str, bytes], *, mtime: int = 1, dirs: tuple[str, ...] = ()) -> bytes:
+    """A tar like `git archive` makes, with whatever mtimes the caller gives."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in dirs:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mtime = mtime
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = mtime
+            info.mode = 0o755 if name.endswith(".sh") else 0o664
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+SOURCE_FILES = {
+    "app.py": b"print('hi')\n",
+    "pkg/__init__.py": b"",
+    "run.sh": b"#!/bin/sh\n",
+    ".env.example": b"PORT=8000\n",
+}
+
+
+@pytest.fixture
+def wheel_files(tmp_path) -> list[str]:
+    paths = []
+    for name in ("uvicorn-0.30.0-py3-none-any.whl", "fastapi-0.110.0-py3-none-any.whl"):
+        path = tmp_path / "wheels-in" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(name.encode())
+        paths.append(str(path))
+    return paths
+
+
+def test_write_artifact_is_byte_identical_for_the_same_content(tmp_path, wheel_files):
+    meta = {"service": "hello", "id": "x", "dependencies": ["a"]}
+    first, second = tmp_path / "first.tar", tmp_path / "second.tar"
+    write_artifact(str(first), source_tar(SOURCE_FILES, mtime=1), wheel_files, T1, meta)
+    # Other mtimes in the source, another wheel order and key order: still the same bytes.
+    write_artifact(
+        str(second),
+        source_tar(dict(reversed(SOURCE_FILES.items())), mtime=999),
+        list(reversed(wheel_files)),
+        T1,
+        dict(reversed(meta.items())),
+    )
+    assert first.read_bytes() == second.read_bytes()
+    assert not list(tmp_path.glob("*.tmp.*"))
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs"),
+    [
+        ("mtime", {"mtime": T2}),
+        ("meta", {"meta": {"service": "hello", "id": "y"}}),
+        ("source", {"files": {**SOURCE_FILES, "app.py": b"print('bye')\n"}}),
+    ],
+    ids=["mtime", "meta", "source"],
+)
+def test_write_artifact_differs_when_an_input_differs(tmp_path, wheel_files, change, kwargs):
+    def write(path, files=SOURCE_FILES, mtime=T1, meta=None):
+        write_artifact(str(path), source_tar(files), wheel_files, mtime, meta or {"id": "x"})
+        return path.read_bytes()
+
+    assert write(tmp_path / "a.tar") != write(tmp_path / "b.tar", **kwargs), change
+
+
+def test_write_artifact_layout(tmp_path, wheel_files):
+    artifact = tmp_path / "out.tar"
+    meta = {"service": "hello", "id": "x"}
+    write_artifact(str(artifact), source_tar(SOURCE_FILES, dirs=("pkg",)), wheel_files, T1, meta)
+    with tarfile.open(artifact) as tar:
+        names = tar.getnames()
+        infos = tar.getmembers()
+    assert names == [
+        "flipback.json",
+        "src/.env.example",
+        "src/app.py",
+        "src/pkg",
+        "src/pkg/__init__.py",
+        "src/run.sh",
+        "wheels/fastapi-0.110.0-py3-none-any.whl",
+        "wheels/uvicorn-0.30.0-py3-none-any.whl",
+    ]
+    assert json.loads(read_member(str(artifact), "flipback.json")) == meta
+    assert read_member(str(artifact), "src/app.py") == SOURCE_FILES["app.py"]
+    modes = {i.name: i.mode for i in infos}
+    assert modes["src/run.sh"] == 0o755
+    assert modes["src/app.py"] == 0o644
+    assert modes["src/pkg"] == 0o755
+    assert {(i.mtime, i.uid, i.gid) for i in infos} == {(T1, 0, 0)}
+    assert not any(i.issym() or i.islnk() for i in infos)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["/etc/cron.d/evil", "../escape.py", "a/../../escape.py", "./"],
+    ids=["absolute", "dotdot", "dotdot-nested", "dot-root"],
+)
+def test_write_artifact_keeps_every_entry_inside_its_directory(tmp_path, name):
+    artifact = tmp_path / "out.tar"
+    write_artifact(str(artifact), source_tar({name: b"x", "./app.py": b"y"}), [], T1, {})
+    names = list(members(str(artifact)))
+    assert "src/app.py" in names
+    for entry in names:
+        assert not entry.startswith("/")
+        assert ".." not in entry.split("/")
+        assert entry == "flipback.json" or entry.startswith(("src/", "wheels/"))
+
+
+# --------------------------------------------------------------------------- build
+
+
+def test_first_build_writes_the_artifact(services, pip, tmp_path):
+    result = make_builder(services, pip, tmp_path).build()
+    v2 = services.git("rev-parse", "v2")
+    assert result["changed"] is True
+    assert ID_RE.match(result["id"])
+    assert result["id"].startswith(STAMP[T2] + "-")
+    assert result["git_sha"] == v2
+    assert result["ref"] == "v2"
+    assert result["commit_time"] == T2
+    assert result["tree"] == services.git("rev-parse", "v2:hello")
+    assert result["dependencies"] == ["fastapi==0.110.0", "uvicorn==0.30.0"]
+    assert result["wheels"] == [
+        "fastapi-0.110.0-py3-none-any.whl",
+        "uvicorn-0.30.0-py3-none-any.whl",
+    ]
+    artifact = result["artifact"]
+    assert artifact == str(tmp_path / "cache" / "artifacts" / f"hello-{result['id']}.tar")
+    assert result["checksum"] == hashlib.sha256(Path(artifact).read_bytes()).hexdigest()
+    assert sorted(members(artifact)) == [
+        "flipback.json",
+        "src/app.py",
+        "src/pyproject.toml",
+        "wheels/fastapi-0.110.0-py3-none-any.whl",
+        "wheels/uvicorn-0.30.0-py3-none-any.whl",
+    ]
+    assert read_member(artifact, "src/app.py") == b"print('hello v2')\n"
+    assert json.loads(read_member(artifact, "flipback.json")) == {
+        "service": "hello",
+        "id": result["id"],
+        "git_sha": v2,
+        "tree": result["tree"],
+        "dependencies": result["dependencies"],
+    }
+    assert len(pip_calls(pip)) == 1
+    assert pip_calls(pip)[0].startswith("download ")
+
+
+def test_same_ref_again_is_unchanged_and_uses_the_wheelhouse(services, pip, tmp_path):
+    first = make_builder(services, pip, tmp_path).build()
+    before = Path(first["artifact"]).stat().st_mtime_ns
+    second = make_builder(services, pip, tmp_path).build()
+    assert second["changed"] is False
+    for key in ("id", "checksum", "artifact", "git_sha", "wheels"):
+        assert second[key] == first[key], key
+    assert Path(first["artifact"]).stat().st_mtime_ns == before
+    assert len(pip_calls(pip)) == 1
+
+
+@pytest.mark.parametrize(
+    ("ref", "same_as"),
+    [("v1", "v1"), ("v2", "v2"), ("main", "v2"), ("HEAD", "v2"), ("HEAD~1", "v1"), ("sha", "v1")],
+    ids=["tag-v1", "tag-v2", "branch", "head", "relative", "full-sha"],
+)
+def test_ref_forms_resolve_to_their_commit(services, pip, tmp_path, ref, same_as):
+    if ref == "sha":
+        ref = services.git("rev-parse", "v1")
+    result = make_builder(services, pip, tmp_path, ref=ref).build()
+    assert result["git_sha"] == services.git("rev-parse", same_as)
+    assert result["commit_time"] == {"v1": T1, "v2": T2}[same_as]
+
+
+def test_v1_and_v2_get_different_sortable_ids(services, pip, tmp_path):
+    v1 = make_builder(services, pip, tmp_path, ref="v1").build()
+    v2 = make_builder(services, pip, tmp_path, ref="v2").build()
+    assert v1["id"] < v2["id"]
+    assert v1["artifact"] != v2["artifact"]
+    # Same dependencies, so one download serves both.
+    assert len(pip_calls(pip)) == 1
+
+
+def test_commit_to_another_service_keeps_this_services_id(services, pip, tmp_path):
+    before = make_builder(services, pip, tmp_path, ref="main").build()
+    services.commit({"other/app.py": "print('other v2')\n"}, T3)
+    after = make_builder(services, pip, tmp_path, ref="main").build()
+    assert after["git_sha"] != before["git_sha"]
+    assert after["changed"] is False
+    assert (after["id"], after["checksum"]) == (before["id"], before["checksum"])
+
+
+def test_commit_to_this_service_gives_a_new_later_id(services, pip, tmp_path):
+    before = make_builder(services, pip, tmp_path, ref="main").build()
+    services.commit({"hello/app.py": "print('hello v3')\n"}, T3)
+    after = make_builder(services, pip, tmp_path, ref="main").build()
+    assert after["changed"] is True
+    assert after["id"].startswith(STAMP[T3] + "-")
+    assert after["id"] > before["id"]
+    assert read_member(after["artifact"], "src/app.py") == b"print('hello v3')\n"
+
+
+def test_reverting_a_service_returns_to_its_earlier_id(services, pip, tmp_path):
+    v1 = make_builder(services, pip, tmp_path, ref="v1").build()
+    services.commit({"hello/app.py": "print('hello v1')\n"}, T3)
+    reverted = make_builder(services, pip, tmp_path, ref="main").build()
+    assert reverted["tree"] == v1["tree"]
+    # The content is v1's, the stamp that of the revert: a new release, sorted last.
+    assert reverted["id"][-10:] == v1["id"][-10:]
+    assert reverted["id"].startswith(STAMP[T3] + "-")
+
+
+def test_new_wheel_content_gives_a_new_id(services, pip, tmp_path, monkeypatch):
+    first = make_builder(services, pip, tmp_path).build()
+    monkeypatch.setenv("FAKE_PIP_SALT", "rebuilt")
+    second = make_builder(services, pip, tmp_path, cache_dir=str(tmp_path / "cache2")).build()
+    assert second["tree"] == first["tree"]
+    assert second["id"] != first["id"]
+    assert second["id"][:15] == first["id"][:15]
+
+
+def test_a_commit_made_after_the_mirror_is_fetched(services, pip, tmp_path):
+    before = make_builder(services, pip, tmp_path, ref="main").build()
+    new_sha = services.commit({"hello/app.py": "print('hello v4')\n"}, T4, tag="v4")
+    after = make_builder(services, pip, tmp_path, ref="main").build()
+    assert after["git_sha"] == new_sha != before["git_sha"]
+    assert make_builder(services, pip, tmp_path, ref="v4").build()["git_sha"] == new_sha
+
+
+def test_service_at_the_repository_root(tmp_path, pip):
+    repo = Repo(tmp_path / "single")
+    repo.commit({"pyproject.toml": HELLO_PYPROJECT, "app.py": "print('root')\n"}, T1)
+    repo.commit({}, T2)  # changes no file, so not the service either
+    result = make_builder(repo, pip, tmp_path, subdir="", ref="main").build()
+    assert result["tree"] == repo.git("rev-parse", "main^{tree}")
+    assert result["commit_time"] == T1
+    assert "src/app.py" in members(result["artifact"])
+
+
+def test_service_without_dependencies_needs_no_pip(tmp_path, pip):
+    repo = Repo(tmp_path / "nodeps")
+    repo.commit(
+        {"svc/pyproject.toml": '[project]\nname = "svc"\ndependencies = []\n', "svc/app.py": ""},
+        T1,
+    )
+    result = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    assert result["wheels"] == []
+    assert pip_calls(pip) == []
+    assert not any(name.startswith("wheels/") for name in members(result["artifact"]))
+
+
+MISSING = "<missing>"
+
+
+def _remove_source(repo: Repo, builder: Builder) -> None:
+    builder.build()  # makes the mirror
+    subprocess.run(["rm", "-rf", str(repo.path)], check=True)
+
+
+def _commit_bad_pyproject(text: str):
+    def setup(repo: Repo, builder: Builder) -> None:
+        repo.commit({"hello/pyproject.toml": text}, T3)
+
+    return setup
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setup", "field", "retryable", "says"),
+    [
+        ({"ref": "nope"}, None, "ref", False, "expected a branch, tag or commit of"),
+        ({"ref": "-x"}, None, "ref", False, "expected a branch, tag or commit"),
+        ({"ref": "v1..v2"}, None, "ref", False, "expected a branch, tag or commit"),
+        ({"subdir": "../hello"}, None, "subdir", False, "no '..'"),
+        ({"subdir": "/hello"}, None, "subdir", False, "no leading '/'"),
+        ({"subdir": "docs"}, None, "subdir", False, "has no pyproject.toml"),
+        ({"subdir": "missing"}, None, "subdir", False, "has no pyproject.toml"),
+        ({"subdir": "hello/app.py"}, None, "subdir", False, "has no pyproject.toml"),
+        ({"source": MISSING}, None, "source", False, "reachable from the controller"),
+        ({"ref": "main"}, _remove_source, "source", True, "could not fetch"),
+        ({"ref": "main"}, _commit_bad_pyproject("[project\n"), "pyproject.toml", False, "TOML"),
+        (
+            {"ref": "main"},
+            _commit_bad_pyproject('[project]\ndependencies = ["doesnotexist==1.0"]\n'),
+            None,
+            True,
+            "could not download wheels for ['doesnotexist==1.0']",
+        ),
+    ],
+    ids=[
+        "unknown-ref",
+        "option-like-ref",
+        "range-ref",
+        "dotdot-subdir",
+        "absolute-subdir",
+        "subdir-without-pyproject",
+        "subdir-missing",
+        "subdir-is-a-file",
+        "missing-source",
+        "source-gone-after-mirror",
+        "invalid-pyproject",
+        "pip-fails",
+    ],
+)
+def test_build_failures(services, pip, tmp_path, overrides, setup, field, retryable, says):
+    if overrides.get("source") == MISSING:
+        overrides = {**overrides, "source": str(tmp_path / "no-such-repo")}
+    builder = make_builder(services, pip, tmp_path, **overrides)
+    if setup is not None:
+        setup(services, builder)
+    with pytest.raises(BuildError) as info:
+        builder.build()
+    assert info.value.retryable is retryable
+    assert info.value.details.get("field") == field
+    assert says in info.value.msg
+    if field in ("ref", "subdir", "source"):
+        assert info.value.details["value"] == getattr(builder.spec, field)
+    if setup is None:
+        assert not (tmp_path / "cache" / "artifacts").exists()
+
+
+def test_pip_failure_is_retried_on_the_next_build(services, pip, tmp_path):
+    services.commit(
+        {"hello/pyproject.toml": '[project]\ndependencies = ["doesnotexist==1.0"]\n'}, T3
+    )
+    for _ in range(2):
+        with pytest.raises(BuildError):
+            make_builder(services, pip, tmp_path, ref="main").build()
+    # No `.complete` marker after a failure: each build asks pip again.
+    assert len(pip_calls(pip)) == 2
+
+
+def test_failing_git_command_names_the_command(services, pip, tmp_path):
+    def run(argv):
+        if "--format=%ct" in argv:
+            return subprocess.CompletedProcess(argv, 128, "", "fatal: broken mirror")
+        return flipback_build.run_command(argv)
+
+    builder = make_builder(services, pip, tmp_path)
+    builder.run = run
+    with pytest.raises(BuildError) as info:
+        builder.build()
+    assert "failed in the mirror of" in info.value.msg
+    assert "fatal: broken mirror" in info.value.msg
+    assert info.value.retryable is False
+
+
+def test_failing_git_archive_is_retryable(services, pip, tmp_path, monkeypatch):
+    real_run = subprocess.run
+
+    def run(argv, **kwargs):
+        if "archive" in argv:
+            return subprocess.CompletedProcess(argv, 128, b"", b"fatal: disk full")
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(flipback_build.subprocess, "run", run)
+    with pytest.raises(BuildError) as info:
+        make_builder(services, pip, tmp_path).build()
+    assert info.value.retryable is True
+    assert "fatal: disk full" in info.value.msg
+    assert list((tmp_path / "cache" / "artifacts").iterdir()) == []

@@ -1,0 +1,445 @@
+"""Unit tests of module_utils/flipback_health.py against real HTTP servers (TCP and unix socket).
+
+The servers answer from a script; time in the probe loop comes from a fake clock
+whose sleep only moves its own time, so deadlines and backoff are checked exactly
+without waiting. Only the per-attempt timeout is real (sockets time out in real time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible.module_utils.flipback_health import (
+    BODY_LIMIT,
+    Expect,
+    HealthError,
+    Policy,
+    Target,
+    probe,
+)
+
+OK = json.dumps({"status": "ok", "release": "r2"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: str = OK
+    delay: float = 0.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ScriptedTCP | _ScriptedUnix
+
+    def do_GET(self) -> None:
+        reply = self.server.scripted.next_reply(self.path, self.headers.get("Host"))
+        time.sleep(reply.delay)
+        data = reply.body.encode()
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first: that is what a slow-answer case tests
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _ScriptedTCP(ThreadingHTTPServer):
+    scripted: ScriptedServer
+
+
+class _ScriptedUnix(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    scripted: ScriptedServer
+
+
+class ScriptedServer:
+    """Answers request N with script[N] (the last reply repeats) and records each request."""
+
+    def __init__(self, script: list[Reply], unix_path: str | None = None) -> None:
+        self.script = script
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        if unix_path is None:
+            self.server = _ScriptedTCP(("127.0.0.1", 0), _Handler)
+            self.args = {"port": self.server.server_address[1]}
+        else:
+            self.server = _ScriptedUnix(unix_path, _Handler)
+            self.args = {"unix_socket": unix_path}
+        self.server.scripted = self
+        # A short poll interval keeps shutdown() at teardown from waiting half a second.
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self._thread.start()
+
+    def next_reply(self, path: str, host: str | None) -> Reply:
+        with self._lock:
+            self.requests.append({"path": path, "host": host})
+            return self.script[min(len(self.requests), len(self.script)) - 1]
+
+    def target(self, **kwargs: object) -> Target:
+        return Target(**self.args, **kwargs)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def serve(request, tmp_path):
+    """Start a scripted server on the parametrized transport: serve(Reply(...), ...)."""
+    servers: list[ScriptedServer] = []
+
+    def start(*script: Reply) -> ScriptedServer:
+        unix_path = str(tmp_path / f"app{len(servers)}.sock") if request.param == "unix" else None
+        server = ScriptedServer(list(script), unix_path)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The failure cases run on this schedule: attempts at t=0, 0.2 and 0.6; the next
+# wait (0.5) would start an attempt at 1.1, past the 1s deadline.
+SHORT = Policy(timeout=1, delay=0.2, backoff=2, max_delay=0.5)
+
+
+# --------------------------------------------------------------------------- success
+
+
+@pytest.mark.parametrize(
+    ("script", "expect", "successes", "attempts", "sleeps", "last_error"),
+    [
+        pytest.param([Reply()], Expect(), 1, 1, [], None, id="first-answer-good"),
+        pytest.param(
+            [Reply(503), Reply(503), Reply()],
+            Expect(),
+            1,
+            3,
+            [0.2, 0.3],
+            "status 503, expected one of [200]",
+            id="503-twice-then-200",
+        ),
+        pytest.param(
+            [Reply()], Expect(), 3, 3, [0.2, 0.2], None, id="three-in-a-row-at-base-delay"
+        ),
+        pytest.param(
+            [Reply(), Reply(503), Reply(503), Reply(), Reply()],
+            Expect(),
+            2,
+            5,
+            [0.2, 0.2, 0.3, 0.2],
+            "status 503, expected one of [200]",
+            id="failure-resets-streak-and-backoff",
+        ),
+        pytest.param(
+            [Reply(body=json.dumps({"status": "ok", "release": "r1"})), Reply()],
+            Expect(json={"release": "r2", "status": "ok"}),
+            1,
+            2,
+            [0.2],
+            "JSON field 'release' is 'r1', expected 'r2'",
+            id="old-release-then-new",
+        ),
+        pytest.param(
+            [Reply(204, "")], Expect(status=(200, 204)), 1, 1, [], None, id="other-status-allowed"
+        ),
+        pytest.param(
+            [Reply(body="OK")], Expect(), 1, 1, [], None, id="json-not-checked-when-not-expected"
+        ),
+    ],
+)
+def test_probe_succeeds(serve, script, expect, successes, attempts, sleeps, last_error):
+    server = serve(*script)
+    clock = FakeClock()
+
+    result = probe(
+        server.target(), expect, Policy(delay=0.2, backoff=1.5, successes=successes), clock
+    )
+
+    assert result["ok"] is True
+    assert result["attempts"] == attempts == len(server.requests)
+    assert result["consecutive"] == successes
+    assert result["last_error"] == last_error
+    assert clock.sleeps == pytest.approx(sleeps)
+    assert result["elapsed"] == pytest.approx(sum(sleeps))
+    assert result["status"] == script[-1].status
+    assert result["body"] == script[-1].body
+    assert result["json"] == (json.loads(script[-1].body) if script[-1].body == OK else None)
+
+
+def test_probe_sends_path_and_host_header(serve):
+    server = serve(Reply())
+
+    probe(
+        server.target(url_path="/health?deep=1", host_header="shop.example.com"),
+        Expect(),
+        Policy(),
+        FakeClock(),
+    )
+
+    assert server.requests == [{"path": "/health?deep=1", "host": "shop.example.com"}]
+
+
+def test_probe_truncates_the_body(serve):
+    server = serve(Reply(body="x" * 5000))
+
+    result = probe(server.target(), Expect(), Policy(), FakeClock())
+
+    assert result["body"] == "x" * BODY_LIMIT
+
+
+# --------------------------------------------------------------------------- failure
+
+
+@pytest.mark.parametrize(
+    ("script", "expect", "successes", "attempts", "retryable", "observed"),
+    [
+        pytest.param(
+            [Reply(503, "starting")],
+            Expect(),
+            1,
+            3,
+            True,
+            "observed status 503, body 'starting'",
+            id="still-503",
+        ),
+        pytest.param(
+            [Reply(502, "bad gateway")],
+            Expect(),
+            1,
+            3,
+            True,
+            "observed status 502",
+            id="proxy-502",
+        ),
+        pytest.param(
+            [Reply(404, "nope")], Expect(), 1, 3, False, "observed status 404", id="wrong-status"
+        ),
+        pytest.param(
+            [Reply(body=json.dumps({"release": "r1"}))],
+            Expect(json={"release": "r2"}),
+            1,
+            3,
+            False,
+            "(JSON field 'release' is 'r1', expected 'r2')",
+            id="wrong-release",
+        ),
+        pytest.param(
+            [Reply(body=json.dumps({"status": "ok"}))],
+            Expect(json={"release": "r2"}),
+            1,
+            3,
+            False,
+            "(JSON field 'release' missing)",
+            id="json-field-missing",
+        ),
+        pytest.param(
+            [Reply(body="<html>up</html>")],
+            Expect(json={"release": "r2"}),
+            1,
+            3,
+            False,
+            "body '<html>up</html>' (body is not JSON)",
+            id="not-json",
+        ),
+        pytest.param(
+            [Reply(body="[1, 2]")],
+            Expect(json={"release": "r2"}),
+            1,
+            3,
+            False,
+            "(body is not a JSON object)",
+            id="json-not-an-object",
+        ),
+        pytest.param(
+            [Reply(), Reply(503), Reply(), Reply(503), Reply()],
+            Expect(),
+            2,
+            5,
+            True,
+            "observed only 1 of 2 good answers in a row, the last status 200",
+            id="streak-never-reached",
+        ),
+    ],
+)
+def test_probe_fails_at_the_deadline(
+    serve, script, expect, successes, attempts, retryable, observed
+):
+    server = serve(*script)
+    clock = FakeClock()
+    policy = Policy(timeout=1, delay=0.2, backoff=2, max_delay=0.5, successes=successes)
+
+    with pytest.raises(HealthError) as err:
+        probe(server.target(), expect, policy, clock)
+
+    exc = err.value
+    assert exc.retryable is retryable
+    assert observed in exc.msg
+    assert f"expected {expect.describe()}" in exc.msg
+    assert ("retrying is safe" in exc.msg) is retryable
+    assert f"failed after {attempts} attempts" in exc.msg
+    assert exc.details["attempts"] == attempts == len(server.requests)
+    assert exc.details["status"] == script[-1].status
+    assert exc.details["body"] == script[-1].body
+    assert exc.details["elapsed"] == pytest.approx(sum(clock.sleeps))
+    assert clock.t < 1000 + policy.timeout
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        pytest.param("tcp-closed-port", "ConnectionRefusedError", id="tcp-refused"),
+        pytest.param("no-socket-file", "FileNotFoundError", id="unix-socket-missing"),
+        pytest.param("stale-socket-file", "ConnectionRefusedError", id="unix-nobody-listening"),
+    ],
+)
+def test_probe_unreachable_is_retryable(tmp_path, where, error):
+    if where == "tcp-closed-port":
+        target = Target(port=closed_port())
+    else:
+        path = tmp_path / "app.sock"
+        if where == "stale-socket-file":
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(str(path))
+        target = Target(unix_socket=str(path))
+    clock = FakeClock()
+
+    with pytest.raises(HealthError) as err:
+        probe(target, Expect(), SHORT, clock)
+
+    exc = err.value
+    assert exc.retryable is True
+    assert f"observed {error}" in exc.msg
+    assert "The service may still be starting; retrying is safe" in exc.msg
+    assert exc.details["attempts"] == 3
+    assert exc.details["status"] is None
+    assert exc.details["body"] == ""
+    assert exc.details["last_error"].startswith(error)
+    assert exc.details["elapsed"] == pytest.approx(0.6)
+
+
+def test_probe_times_out_a_slow_answer(serve):
+    server = serve(Reply(delay=1))
+
+    with pytest.raises(HealthError) as err:
+        probe(
+            server.target(),
+            Expect(),
+            dataclasses.replace(SHORT, attempt_timeout=0.1),
+            FakeClock(),
+        )
+
+    assert err.value.retryable is True
+    assert "observed no answer within 0.1s" in err.value.msg
+    assert err.value.details["attempts"] == 3
+
+
+def test_attempt_is_cut_short_at_the_deadline(serve):
+    server = serve(Reply(delay=2))
+    started = time.monotonic()
+
+    with pytest.raises(HealthError) as err:
+        probe(server.target(), Expect(), Policy(timeout=0.3, attempt_timeout=5, delay=1))
+
+    assert time.monotonic() - started < 1.5
+    assert err.value.details["attempts"] == 1
+    assert "no answer within 0.3s" in err.value.msg
+
+
+@pytest.mark.parametrize(
+    ("policy", "sleeps"),
+    [
+        pytest.param(
+            Policy(timeout=3, delay=0.2, backoff=1.5, max_delay=2),
+            [0.2, 0.3, 0.45, 0.675, 1.0125],
+            id="grows-by-backoff",
+        ),
+        pytest.param(
+            Policy(timeout=5, delay=1, backoff=3, max_delay=2), [1, 2], id="capped-at-max-delay"
+        ),
+        pytest.param(
+            Policy(timeout=2, delay=0.5, backoff=1, max_delay=0.5), [0.5, 0.5, 0.5], id="steady"
+        ),
+        pytest.param(Policy(timeout=0.1, delay=0.2, max_delay=0.2), [], id="no-time-to-retry"),
+    ],
+)
+def test_backoff_schedule_until_the_deadline(policy, sleeps):
+    clock = FakeClock()
+
+    with pytest.raises(HealthError) as err:
+        probe(Target(port=closed_port()), Expect(), policy, clock)
+
+    assert clock.sleeps == pytest.approx(sleeps)
+    assert err.value.details["attempts"] == len(sleeps) + 1
+    assert err.value.details["elapsed"] == pytest.approx(sum(sleeps), abs=1e-3)
+    assert f"in {err.value.details['elapsed']:g}s (timeout {policy.timeout:g}s)" in err.value.msg
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize(
+    ("target", "expect", "policy", "field"),
+    [
+        pytest.param(Target(url_path="health", port=80), Expect(), Policy(), "url_path", id="rel"),
+        pytest.param(Target(url_path="/a b", port=80), Expect(), Policy(), "url_path", id="space"),
+        pytest.param(Target(), Expect(), Policy(), "port", id="no-port-no-socket"),
+        pytest.param(Target(port=70000), Expect(), Policy(), "port", id="port-range"),
+        pytest.param(Target(port=80), Expect(status=()), Policy(), "expect_status", id="none"),
+        pytest.param(Target(port=80), Expect(status=(99,)), Policy(), "expect_status", id="99"),
+        pytest.param(Target(port=80), Expect(), Policy(timeout=0), "timeout", id="timeout"),
+        pytest.param(
+            Target(port=80), Expect(), Policy(attempt_timeout=-1), "attempt_timeout", id="attempt"
+        ),
+        pytest.param(Target(port=80), Expect(), Policy(delay=0), "delay", id="busy-loop"),
+        pytest.param(
+            Target(port=80), Expect(), Policy(delay=3, max_delay=2), "max_delay", id="max-delay"
+        ),
+        pytest.param(Target(port=80), Expect(), Policy(backoff=0.5), "backoff", id="backoff"),
+        pytest.param(Target(port=80), Expect(), Policy(successes=0), "successes", id="successes"),
+    ],
+)
+def test_invalid_input_fails_before_probing(target, expect, policy, field):
+    clock = FakeClock()
+
+    with pytest.raises(HealthError) as err:
+        probe(target, expect, policy, clock)
+
+    assert err.value.msg.startswith(f"{field}: got ")
+    assert err.value.details["field"] == field
+    assert err.value.retryable is False
+    assert clock.sleeps == []

@@ -1,0 +1,228 @@
+"""Unit tests of library/release_build.py: parameters to BuildSpec, and main()'s results.
+
+main() builds for real against a throwaway git repository in tmp_path, with a fake
+pip that writes dummy wheels, so nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import release_build
+from ansible.module_utils.flipback_build import BuildError
+from ansible.module_utils.testing import patch_module_args
+
+ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
+T1, T2 = 1704164645, 1706933106  # 2024-01-02T03:04:05Z, 2024-02-03T04:05:06Z
+
+FAKE_PIP = """\
+import sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(Path(__file__).with_name("pip-calls.log"), "a", encoding="utf-8") as log:
+    log.write(" ".join(args) + "\\n")
+dest = args[args.index("--dest") + 1]
+for req in [a for a in args[1:] if not a.startswith("-") and a != dest]:
+    name, _, version = req.partition("==")
+    if name == "doesnotexist":
+        sys.exit(f"ERROR: No matching distribution found for {req}")
+    (Path(dest) / f"{name}-{version or '0'}-py3-none-any.whl").write_bytes(req.encode())
+"""
+
+
+def git(repo: Path, *args: str, when: int | None = None) -> str:
+    env = dict(os.environ)
+    if when is not None:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = f"@{when} +0000"
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env
+    )
+    return proc.stdout.strip()
+
+
+def commit(repo: Path, files: dict[str, str], when: int, tag: str) -> None:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", tag, when=when)
+    git(repo, "tag", tag)
+
+
+@pytest.fixture(autouse=True)
+def git_isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    repo = tmp_path / "services"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "-b", "main")
+    pyproject = '[project]\nname = "hello"\ndependencies = ["fastapi==0.110.0"]\n'
+    commit(repo, {"hello/pyproject.toml": pyproject, "hello/app.py": "v = 1\n"}, T1, "v1")
+    commit(repo, {"hello/app.py": "v = 2\n"}, T2, "v2")
+    broken = '[project]\ndependencies = ["doesnotexist==1.0"]\n'
+    commit(repo, {"hello/pyproject.toml": broken}, T2 + 60, "broken-deps")
+    return repo
+
+
+@pytest.fixture
+def args(source, tmp_path) -> dict:
+    script = tmp_path / "fake_pip.py"
+    script.write_text(FAKE_PIP)
+    return {
+        "service": "hello",
+        "source": str(source),
+        "subdir": "hello",
+        "ref": "v2",
+        "cache_dir": str(tmp_path / "cache"),
+        "pip": [sys.executable, str(script)],
+    }
+
+
+def pip_calls(tmp_path: Path) -> int:
+    log = tmp_path / "pip-calls.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def run_main(args, capsys):
+    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
+        release_build.main()
+    return exit_info.value.code, json.loads(capsys.readouterr().out)
+
+
+# --------------------------------------------------------------------- parameters
+
+
+class RecordingBuilder:
+    """Records the spec main() built; returns what `outcome` says."""
+
+    specs: ClassVar[list] = []
+    outcome: ClassVar[dict | Exception] = {}
+
+    def __init__(self, spec):
+        RecordingBuilder.specs.append(spec)
+
+    def build(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return dict(self.outcome)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    monkeypatch.setattr(release_build, "Builder", RecordingBuilder)
+    monkeypatch.setattr(RecordingBuilder, "specs", [])
+    monkeypatch.setattr(RecordingBuilder, "outcome", {"changed": False, "id": "x"})
+    return RecordingBuilder
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, {"subdir": "", "ref": "HEAD", "pip": [sys.executable, "-m", "pip"]}),
+        ({"subdir": "/hello/"}, {"subdir": "hello"}),
+        ({"subdir": "services/hello/"}, {"subdir": "services/hello"}),
+        ({"pip": ["/opt/py311/bin/pip"]}, {"pip": ["/opt/py311/bin/pip"]}),
+        ({"cache_dir": "~/flipback-cache"}, {"cache_dir": "HOME/flipback-cache"}),
+        ({"ref": "v2"}, {"ref": "v2"}),
+    ],
+    ids=["defaults", "subdir-slashes", "nested-subdir", "pip", "cache-dir-home", "ref"],
+)
+def test_parameters_reach_the_build_spec(recording, capsys, monkeypatch, tmp_path, given, expected):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code, result = run_main({"service": "hello", "source": "/srv/git/x", **given}, capsys)
+    assert code == 0, result
+    (spec,) = recording.specs
+    assert (spec.service, spec.source) == ("hello", "/srv/git/x")
+    for key, value in expected.items():
+        if key == "cache_dir":
+            value = value.replace("HOME", str(tmp_path))
+        assert getattr(spec, key) == value, key
+    if "cache_dir" not in given:
+        assert spec.cache_dir == str(tmp_path / ".cache" / "flipback")
+
+
+def test_missing_required_parameters_fail(recording, capsys):
+    code, result = run_main({"service": "hello"}, capsys)
+    assert code == 1
+    assert result["failed"] is True
+    assert "source" in result["msg"]
+    assert recording.specs == []
+
+
+def test_build_error_details_reach_the_result(recording, capsys):
+    recording.outcome = BuildError("ref: got 'x'", retryable=False, field="ref", value="x")
+    code, result = run_main({"service": "hello", "source": "/srv/git/x"}, capsys)
+    assert code == 1
+    assert result["failed"] is True
+    assert (result["msg"], result["retryable"]) == ("ref: got 'x'", False)
+    assert (result["field"], result["value"]) == ("ref", "x")
+    assert isinstance(result["elapsed"], float)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check-mode"])
+def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_mode):
+    first_code, first = run_main({**args, "_ansible_check_mode": check_mode}, capsys)
+    assert first_code == 0, first
+    assert first["changed"] is True
+    assert ID_RE.match(first["id"])
+    assert first["id"].startswith("20240203T040506-")
+    assert first["git_sha"] == git(Path(args["source"]), "rev-parse", "v2")
+    assert first["dependencies"] == ["fastapi==0.110.0"]
+    assert isinstance(first["elapsed"], float) and first["elapsed"] >= 0
+    # Check mode builds too: the artifact is a controller cache, and a dry run names the id.
+    artifact = Path(first["artifact"])
+    assert artifact.parent == tmp_path / "cache" / "artifacts"
+    assert first["checksum"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+
+    second_code, second = run_main(args, capsys)
+    assert second_code == 0, second
+    assert second["changed"] is False
+    for key in ("id", "artifact", "checksum"):
+        assert second[key] == first[key], key
+    assert pip_calls(tmp_path) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "retryable", "says"),
+    [
+        ({"ref": "nope"}, "ref", False, "expected a branch, tag or commit"),
+        ({"ref": "a..b"}, "ref", False, "expected a branch, tag or commit"),
+        ({"subdir": "../hello"}, "subdir", False, "no '..'"),
+        ({"subdir": "missing"}, "subdir", False, "has no pyproject.toml"),
+        ({"source": "MISSING"}, "source", False, "reachable from the controller"),
+        ({"ref": "broken-deps"}, None, True, "could not download wheels"),
+    ],
+    ids=["unknown-ref", "range-ref", "dotdot-subdir", "missing-subdir", "no-source", "pip"],
+)
+def test_main_reports_failures(args, capsys, tmp_path, overrides, field, retryable, says):
+    if overrides.get("source") == "MISSING":
+        overrides = {"source": str(tmp_path / "no-such-repo")}
+    code, result = run_main({**args, **overrides}, capsys)
+    assert code == 1
+    assert result["failed"] is True
+    assert says in result["msg"]
+    assert result["retryable"] is retryable
+    assert isinstance(result["elapsed"], float)
+    assert result.get("field") == field
+    if field is not None:
+        assert result["value"] == {**args, **overrides}[field]
+    assert "id" not in result

@@ -598,12 +598,9 @@ class Releases:
             release_id = validate_release_id(release_id)
             release = self._require(state, release_id)
             if release_id == state.current:
-                raise ReleaseError(
-                    f"release: got {release_id!r}, which is current; expected a release "
-                    "other than current to roll back to",
-                    field="release",
-                    value=release_id,
-                )
+                # Already there: a re-run of the same rollback has nothing to do.
+                result.update(target=release_id, reason=f"{release_id} is already current")
+                return result
             if release.status == "failed":
                 raise ReleaseError(
                     f"release: got {release_id!r}, whose status is failed ({self._when(release)}); "

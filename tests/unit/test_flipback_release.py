@@ -1192,7 +1192,6 @@ def test_target_named(tree, named, status):
         pytest.param("../../etc", "release", "release: got '../../etc', expected an id", id="id"),
         pytest.param(E, "release", f"release: got {E!r}, expected a release directory", id="gone"),
         pytest.param(D, "release", f"release {D} is incomplete: manifest status", id="staging"),
-        pytest.param(C, "release", f"release: got {C!r}, which is current", id="current"),
         pytest.param(
             B,
             "release",
@@ -1210,6 +1209,16 @@ def test_target_named_rejects(tree, named, field, message):
 
     assert err.value.msg.startswith(message)
     assert err.value.details["field"] == field
+
+
+def test_target_named_current_is_a_no_op(tree):
+    # Re-running a rollback to a named release that is already live changes nothing.
+    deployed(tree, A, B, C)
+
+    result = tree.releases().target(C, None)
+
+    assert result["target"] == C == result["current"]
+    assert result["reason"] == f"{C} is already current"
 
 
 def test_target_named_failed_suggests_a_good_release(tree):

@@ -1,0 +1,79 @@
+"""After v1 then v2 (and v2 again): v2 is live and v1 is stopped, with the designed layout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+import flipback_testlib as lib  # noqa: E402
+
+
+def test_current_points_at_v2(host):
+    release = lib.current_id(host)
+    assert lib.manifest(host, release)["git_sha"] == lib.git_sha("v2")
+
+
+def test_v2_replaced_v1(host):
+    v2 = lib.manifest(host, lib.current_id(host))
+    v1 = lib.manifest(host, v2["replaces"])
+    assert v1["git_sha"] == lib.git_sha("v1")
+    assert v2["status"] == v1["status"] == "staged"
+
+
+def test_v2_instance_active_and_v1_stopped(host):
+    v2 = lib.current_id(host)
+    v1 = lib.manifest(host, v2)["replaces"]
+    new = host.service(f"hello@{v2}")
+    assert new.is_running, lib.journal(host, f"hello@{v2}")
+    assert new.is_enabled
+    old = host.service(f"hello@{v1}")
+    assert not old.is_running
+    assert not old.is_enabled
+
+
+def test_public_port_answers_with_v2(host):
+    body = lib.public_health(host)
+    assert body == {"ok": True, "service": "hello", "release": lib.current_id(host)}
+
+
+def test_private_socket_is_the_release_s_own(host):
+    release = lib.current_id(host)
+    sock = host.file(f"/srv/hello/releases/{release}/sock")
+    assert sock.linked_to == f"/run/flipback-hello/{release}/app.sock"
+    assert host.socket(f"unix:///run/flipback-hello/{release}/app.sock").is_listening
+
+
+def test_service_user_is_unprivileged_and_cannot_write_code(host):
+    user = host.user("hello")
+    assert user.uid < 1000
+    assert user.shell == "/usr/sbin/nologin"
+    release = lib.current_id(host)
+    for path in (f"/srv/hello/releases/{release}", f"/srv/hello/releases/{release}/venv/bin"):
+        f = host.file(path)
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o755), path
+        assert host.run(f"runuser -u hello -- test -w {path}").rc != 0, path
+    app = host.file(f"/srv/hello/releases/{release}/app.py")
+    assert (app.user, app.mode) == ("root", 0o644)
+
+
+def test_shared_and_secrets_permissions(host):
+    shared = host.file("/srv/hello/shared")
+    assert (shared.user, shared.group, shared.mode) == ("hello", "hello", 0o750)
+    env = host.file("/etc/flipback/hello.env")
+    assert (env.user, env.group, env.mode) == ("root", "hello", 0o640)
+    assert "HELLO_SECRET=" in env.content_string
+
+
+def test_history_records_both_releases(host):
+    v2 = lib.current_id(host)
+    v1 = lib.manifest(host, v2)["replaces"]
+    events = [(e["release"], e["event"]) for e in lib.history(host)]
+    assert events == [(v1, "staged"), (v1, "active"), (v2, "staged"), (v2, "active")]
+
+
+def test_nginx_proxies_through_current(host):
+    site = host.file("/etc/nginx/conf.d/flipback-hello.conf").content_string
+    assert "proxy_pass http://unix:/srv/hello/current/sock:;" in site
+    assert host.socket("tcp://0.0.0.0:8000").is_listening

@@ -1,0 +1,63 @@
+"""Helpers shared by the scenarios' testinfra tests (they run on the controller)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+SERVICE = "hello"
+ROOT = f"/srv/{SERVICE}"
+PORT = 8000
+REPO = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "hello-repo"
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[2]))
+
+
+def git_sha(ref: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", f"{ref}^{{commit}}"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def current_id(host) -> str:
+    link = host.file(f"{ROOT}/current")
+    assert link.is_symlink, f"{ROOT}/current is not a symlink"
+    return os.path.basename(link.linked_to)
+
+
+def manifest(host, release: str) -> dict:
+    return json.loads(host.file(f"{ROOT}/releases/{release}/manifest.json").content_string)
+
+
+def history(host) -> list[dict]:
+    text = host.file(f"{ROOT}/history.jsonl").content_string
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def public_health(host) -> dict:
+    out = host.run(f"curl -sS --max-time 5 http://127.0.0.1:{PORT}/health")
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def journal(host, unit: str) -> str:
+    return host.run(f"journalctl --no-pager -n 40 -u {unit}").stdout
+
+
+def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run one of flipback's playbooks against the scenario's machines, as a user would."""
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         str(PROJECT / "playbooks" / name), *extra],
+        capture_output=True, text=True, check=False, env=os.environ.copy(), timeout=600,
+    )
+
+
+def snapshot(host) -> str:
+    """Everything a failed or refused run must leave untouched: /srv and the units."""
+    return host.run(
+        "find /srv /etc/systemd/system -xdev \\( -type f -o -type l \\) -printf '%p %l %m\\n' "
+        "| sort; cat /srv/*/history.jsonl; readlink /srv/*/current"
+    ).stdout

@@ -82,7 +82,7 @@ retryable:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_config import ConfigError, check_request
+from ansible.module_utils.flipback_config import ConfigError, check_request, redact_env
 
 
 def main() -> None:
@@ -99,6 +99,9 @@ def main() -> None:
     )
     started = time.monotonic()
     params = module.params
+    # Ansible echoes the module's arguments as `invocation` (shown with -vvv, kept in the
+    # registered result); the env values in them may be secrets, so echo them hidden.
+    invocation = {"module_args": {**params, "services": redact_env(params["services"])}}
     try:
         result = check_request(
             params["services"],
@@ -114,12 +117,18 @@ def main() -> None:
             problems=exc.problems,
             retryable=False,
             elapsed=round(time.monotonic() - started, 3),
+            invocation=invocation,
         )
     # Environment values may be secrets: they are checked but never returned, so they
     # cannot reach the output; the role writes them from the definitions with no_log.
     for svc in result["services"]:
         svc["env_names"] = sorted(svc.pop("env"))
-    module.exit_json(changed=False, elapsed=round(time.monotonic() - started, 3), **result)
+    module.exit_json(
+        changed=False,
+        elapsed=round(time.monotonic() - started, 3),
+        invocation=invocation,
+        **result,
+    )
 
 
 if __name__ == "__main__":

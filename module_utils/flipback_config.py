@@ -38,6 +38,7 @@ HEALTH_DEFAULTS: dict[str, Any] = {
 }
 KNOWN_KEYS = {"name", "source", "app", "port", "user", *DEFAULTS}
 HEALTH_KEYS = set(HEALTH_DEFAULTS)
+SECRET_MASK = "(value not shown)"
 
 
 class ConfigError(Exception):
@@ -66,10 +67,28 @@ def _problem(field: str, value: Any, expected: str) -> str:
     return f"{field}: got {value!r}, expected {expected}"
 
 
+def redact_env(value: Any) -> Any:
+    """`value` with every `env` value hidden, for echoing definitions that may hold secrets."""
+    if isinstance(value, Mapping):
+        return {
+            key: (
+                ({name: SECRET_MASK for name in item} if isinstance(item, Mapping) else SECRET_MASK)
+                if key == "env"
+                else redact_env(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_env(item) for item in value]
+    return value
+
+
 def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, Any] | None:
     where = f"flipback_services[{index}]"
     if not isinstance(raw, Mapping):
-        problems.append(_problem(where, raw, "a mapping with name, source, app and port"))
+        problems.append(
+            _problem(where, redact_env(raw), "a mapping with name, source, app and port")
+        )
         return None
     svc: dict[str, Any] = {**DEFAULTS, **raw}
     name = svc.get("name")
@@ -92,9 +111,16 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
         problems.append(_problem(f"{where}.source", source, "a git repository path or URL"))
     subdir = svc.get("subdir")
     if not isinstance(subdir, str) or (
-        subdir.strip("/") and (not SUBDIR_RE.match(subdir.strip("/")) or ".." in subdir.split("/"))
+        subdir.strip("/")
+        and (
+            not SUBDIR_RE.match(subdir.strip("/"))
+            # release_build refuses '.' as well: catch it here, before anything is built.
+            or any(part in (".", "..") for part in subdir.split("/"))
+        )
     ):
-        problems.append(_problem(f"{where}.subdir", subdir, "a relative path without '..'"))
+        problems.append(
+            _problem(f"{where}.subdir", subdir, "a relative path without '.' or '..' parts")
+        )
     else:
         svc["subdir"] = subdir.strip("/")
     ref = svc.get("ref")
@@ -229,7 +255,13 @@ def check_request(
     problems: list[str] = []
     if not isinstance(services, list) or not services:
         raise ConfigError(
-            [_problem("flipback_services", services, "a non-empty list of service definitions")]
+            [
+                _problem(
+                    "flipback_services",
+                    redact_env(services),
+                    "a non-empty list of service definitions",
+                )
+            ]
         )
     normalized = [normalize_service(i, raw, problems) for i, raw in enumerate(services)]
     valid = [s for s in normalized if s is not None]

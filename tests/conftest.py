@@ -28,6 +28,13 @@ def _load_library_module(name: str) -> None:
     spec.loader.exec_module(module)
 
 
-for _name in ("sandbox_fleet", "sandbox_image", "health_check", "release_build"):
+for _name in (
+    "sandbox_fleet",
+    "sandbox_image",
+    "health_check",
+    "release_build",
+    "service_config",
+    "release_stage",
+):
     if _name not in sys.modules:
         _load_library_module(_name)

@@ -17,7 +17,9 @@ PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).paren
 def git_sha(ref: str) -> str:
     return subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", f"{ref}^{{commit}}"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -46,13 +48,40 @@ def journal(host, unit: str) -> str:
     return host.run(f"journalctl --no-pager -n 40 -u {unit}").stdout
 
 
-def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Run one of flipback's playbooks against the scenario's machines, as a user would."""
+def run_playbook(host, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run one of flipback's playbooks as a user would, limited to `host`.
+
+    testinfra runs every test of a module for one host before the next host, so a
+    test that changes state must change only its own host.
+    """
+    # JSON results: no colour codes and no line folding inside messages.
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+    }
     return subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         str(PROJECT / "playbooks" / name), *extra],
-        capture_output=True, text=True, check=False, env=os.environ.copy(), timeout=600,
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "--limit",
+            host.backend.get_hostname(),
+            str(PROJECT / "playbooks" / name),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=600,
     )
+
+
+def output(run: subprocess.CompletedProcess[str]) -> str:
+    """stdout and stderr of a run with all whitespace runs (line folding) made one space."""
+    return " ".join((run.stdout + "\n" + run.stderr).split())
 
 
 def snapshot(host) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-import flipback_testlib as lib  # noqa: E402
+import flipback_testlib as lib
 
 
 def test_current_points_at_v2(host):

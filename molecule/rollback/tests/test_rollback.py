@@ -1,0 +1,66 @@
+"""v1 -> v2 -> rollback: v1 answers; named rollbacks; no target fails and changes nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+import flipback_testlib as lib
+
+
+def _releases(host) -> tuple[str, str]:
+    """(v1 id, v2 id), read from the manifests and the throwaway repository's tags."""
+    by_sha = {}
+    for name in host.file("/srv/hello/releases").listdir():
+        by_sha[lib.manifest(host, name)["git_sha"]] = name
+    return by_sha[lib.git_sha("v1")], by_sha[lib.git_sha("v2")]
+
+
+def test_rollback_made_v1_current_and_live(host):
+    v1, v2 = _releases(host)
+    assert lib.current_id(host) == v1
+    assert lib.public_health(host)["release"] == v1
+    assert host.service(f"hello@{v1}").is_running, lib.journal(host, f"hello@{v1}")
+    assert host.service(f"hello@{v1}").is_enabled
+    assert not host.service(f"hello@{v2}").is_running
+
+
+def test_rollback_is_recorded_with_its_note(host):
+    v1, v2 = _releases(host)
+    last_two = [(e["release"], e["event"]) for e in lib.history(host)[-2:]]
+    assert last_two == [(v1, "active"), (v2, "rolled_back")]
+    assert lib.history(host)[-2]["note"].startswith(f"rollback from {v2}")
+
+
+def test_named_rollback_and_its_rerun(host):
+    v1, v2 = _releases(host)
+    run = lib.run_playbook(host, "rollback.yml", "-e", "service=hello", "-e", f"release={v2}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert lib.current_id(host) == v2
+    assert lib.public_health(host)["release"] == v2
+
+    before = lib.snapshot(host)
+    again = lib.run_playbook(host, "rollback.yml", "-e", "service=hello", "-e", f"release={v2}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "changed=0" in again.stdout
+    assert "is already current; nothing to do" in lib.output(again)
+    assert lib.snapshot(host) == before
+
+    back = lib.run_playbook(host, "rollback.yml", "-e", "service=hello", "-e", f"release={v1}")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert lib.current_id(host) == v1
+
+
+def test_rollback_without_target_fails_and_changes_nothing(host):
+    # v1 is current and v2 was rolled back from: there is no previous good release.
+    v1, _ = _releases(host)
+    before = lib.snapshot(host)
+    run = lib.run_playbook(host, "rollback.yml", "-e", "service=hello")
+    assert run.returncode != 0
+    out = lib.output(run)
+    assert "no release to roll back to" in out, out[-2000:]
+    assert "nothing was changed" in out
+    assert lib.snapshot(host) == before
+    assert lib.public_health(host)["release"] == v1

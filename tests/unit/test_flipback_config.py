@@ -1,0 +1,405 @@
+"""Unit tests of module_utils/flipback_config.py: every rule, every error path, the defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ansible.module_utils.flipback_config import (
+    HEALTH_DEFAULTS,
+    ConfigError,
+    check_request,
+    redact_env,
+)
+
+SECRET = "s3cr3t-hunter2"
+RELEASE = "20261129T141500-3f2a9c1d0e"
+DROP = object()  # a key to leave out of the definition
+
+
+def service(**changes: Any) -> dict[str, Any]:
+    svc: dict[str, Any] = {
+        "name": "web",
+        "source": "/srv/git/web.git",
+        "app": "app:app",
+        "port": 8000,
+    }
+    svc.update(changes)
+    return {k: v for k, v in svc.items() if v is not DROP}
+
+
+def two() -> list[dict[str, Any]]:
+    return [service(), service(name="api", port=8001, ref="v1")]
+
+
+def config_error(services: Any, **selectors: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        check_request(services, **selectors)
+    return info.value
+
+
+def problem_for(error: ConfigError, field: str) -> str:
+    found = [p for p in error.problems if p.startswith(f"{field}:")]
+    assert found, f"no problem for {field!r} in {error.problems}"
+    return found[0]
+
+
+def assert_says_nothing_changed(error: ConfigError) -> None:
+    assert error.retryable is False
+    assert "nothing was changed on any host" in error.msg
+    assert "retrying as-is fails the same way" in error.msg
+    count = len(error.problems)
+    assert error.msg.startswith(f"invalid input ({count} problem{'s' if count != 1 else ''})")
+    for problem in error.problems:
+        assert problem in error.msg
+
+
+W = "flipback_services[0] (web)"
+W0 = "flipback_services[0]"
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "shown"),
+    [
+        pytest.param({"name": "web/api"}, f"{W0}.name", "'web/api'", id="name-slash"),
+        pytest.param({"name": ".."}, f"{W0}.name", "'..'", id="name-dotdot"),
+        pytest.param({"name": "my app"}, f"{W0}.name", "'my app'", id="name-space"),
+        pytest.param({"name": "Web"}, f"{W0}.name", "'Web'", id="name-uppercase"),
+        pytest.param({"name": "a" * 33}, f"{W0}.name", "'" + "a" * 33 + "'", id="name-long"),
+        pytest.param({"name": DROP}, f"{W0}.name", "None", id="name-missing"),
+        pytest.param({"source": DROP}, f"{W}.source", "None", id="source-missing"),
+        pytest.param({"source": "  "}, f"{W}.source", "'  '", id="source-blank"),
+        pytest.param({"subdir": "../other"}, f"{W}.subdir", "'../other'", id="subdir-dotdot"),
+        pytest.param({"subdir": "svc/../.."}, f"{W}.subdir", "'svc/../..'", id="subdir-inner"),
+        pytest.param({"subdir": "."}, f"{W}.subdir", "'.'", id="subdir-dot"),
+        pytest.param({"subdir": "my svc"}, f"{W}.subdir", "'my svc'", id="subdir-space"),
+        pytest.param({"subdir": "a//b"}, f"{W}.subdir", "'a//b'", id="subdir-empty-part"),
+        pytest.param({"subdir": 3}, f"{W}.subdir", "3", id="subdir-not-str"),
+        pytest.param({"ref": "main..evil"}, f"{W}.ref", "'main..evil'", id="ref-dotdot"),
+        pytest.param({"ref": "-rf"}, f"{W}.ref", "'-rf'", id="ref-option"),
+        pytest.param({"ref": "my branch"}, f"{W}.ref", "'my branch'", id="ref-space"),
+        pytest.param({"ref": ""}, f"{W}.ref", "''", id="ref-empty"),
+        pytest.param({"app": "app"}, f"{W}.app", "'app'", id="app-no-attr"),
+        pytest.param({"app": "app:"}, f"{W}.app", "'app:'", id="app-empty-attr"),
+        pytest.param({"app": "my-app:app"}, f"{W}.app", "'my-app:app'", id="app-dash"),
+        pytest.param({"app": DROP}, f"{W}.app", "None", id="app-missing"),
+        pytest.param({"port": 0}, f"{W}.port", "got 0,", id="port-0"),
+        pytest.param({"port": 65536}, f"{W}.port", "65536", id="port-65536"),
+        pytest.param({"port": "abc"}, f"{W}.port", "'abc'", id="port-abc"),
+        pytest.param({"port": True}, f"{W}.port", "True", id="port-bool"),
+        pytest.param({"port": DROP}, f"{W}.port", "None", id="port-missing"),
+        pytest.param({"port": 22}, f"{W}.port", "got 22,", id="port-ssh"),
+        pytest.param({"port": 80}, f"{W}.port", "got 80,", id="port-nginx"),
+        pytest.param({"workers": 0}, f"{W}.workers", "got 0,", id="workers-0"),
+        pytest.param({"workers": 65}, f"{W}.workers", "65", id="workers-65"),
+        pytest.param({"workers": "many"}, f"{W}.workers", "'many'", id="workers-text"),
+        pytest.param({"keep_releases": 0}, f"{W}.keep_releases", "got 0,", id="keep-0"),
+        pytest.param({"keep_releases": -1}, f"{W}.keep_releases", "-1", id="keep-negative"),
+        pytest.param({"keep_releases": 1}, f"{W}.keep_releases", "got 1,", id="keep-1"),
+        pytest.param({"user": "root"}, f"{W}.user", "'root'", id="user-root"),
+        pytest.param({"user": "www-data"}, f"{W}.user", "'www-data'", id="user-system"),
+        pytest.param({"user": "Bad User"}, f"{W}.user", "'Bad User'", id="user-bad-name"),
+        pytest.param({"user": 1000}, f"{W}.user", "1000", id="user-number"),
+        pytest.param({"health": "/health"}, f"{W}.health", "'/health'", id="health-not-map"),
+        pytest.param({"health": {"path": "health"}}, f"{W}.health.path", "'health'", id="path"),
+        pytest.param({"health": {"path": "/a b"}}, f"{W}.health.path", "'/a b'", id="path-space"),
+        pytest.param(
+            {"health": {"expect_status": []}}, f"{W}.health.expect_status", "[]", id="status-empty"
+        ),
+        pytest.param(
+            {"health": {"expect_status": 999}}, f"{W}.health.expect_status", "999", id="status-999"
+        ),
+        pytest.param(
+            {"health": {"expect_status": [200, 99]}},
+            f"{W}.health.expect_status",
+            "[200, 99]",
+            id="status-one-bad",
+        ),
+        pytest.param(
+            {"health": {"expect_status": "200"}},
+            f"{W}.health.expect_status",
+            "'200'",
+            id="status-text",
+        ),
+        pytest.param(
+            {"health": {"expect_json": ["ok"]}},
+            f"{W}.health.expect_json",
+            "['ok']",
+            id="expect-json-list",
+        ),
+        pytest.param({"health": {"timeout": 0}}, f"{W}.health.timeout", "got 0,", id="timeout-0"),
+        pytest.param({"health": {"timeout": 601}}, f"{W}.health.timeout", "601", id="timeout-601"),
+        pytest.param({"health": {"url": "/x"}}, f"{W}.health", "['url']", id="health-unknown-key"),
+        pytest.param({"colour": "blue"}, W, "['colour']", id="unknown-key"),
+    ],
+)
+def test_invalid_definition(changes, field, shown):
+    error = config_error([service(**changes)])
+
+    problem = problem_for(error, field)
+    assert problem.startswith(f"{field}: got ")
+    assert shown in problem
+    assert ", expected " in problem
+    assert_says_nothing_changed(error)
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "says"),
+    [
+        pytest.param({"DB=URL": SECRET}, f"{W}.env", "'DB=URL'", id="name-with-equals"),
+        pytest.param({"1DB": SECRET}, f"{W}.env", "'1DB'", id="name-starts-with-digit"),
+        pytest.param({"DB": {"password": SECRET}}, f"{W}.env.DB", "got a dict", id="value-dict"),
+        pytest.param({"DB": [SECRET]}, f"{W}.env.DB", "got a list", id="value-list"),
+        pytest.param({"DB": True}, f"{W}.env.DB", "got a bool", id="value-bool"),
+        pytest.param(
+            {"DB": f"line\n{SECRET}"}, f"{W}.env.DB", "newline or NUL", id="value-newline"
+        ),
+        pytest.param({"DB": f"a\0{SECRET}"}, f"{W}.env.DB", "newline or NUL", id="value-nul"),
+        pytest.param([f"DB={SECRET}"], f"{W}.env", "'list'", id="not-a-mapping"),
+    ],
+)
+def test_invalid_env_never_shows_the_value(env, field, says):
+    error = config_error([service(env=env)])
+
+    assert says in problem_for(error, field)
+    assert SECRET not in error.msg
+    assert not any(SECRET in p for p in error.problems)
+    assert SECRET not in str(error)
+    assert_says_nothing_changed(error)
+
+
+@pytest.mark.parametrize(
+    ("key", "first", "second", "shown"),
+    [
+        pytest.param("port", {"port": 8000}, {"port": 8000}, "8000", id="port"),
+        pytest.param("port", {"port": 8000}, {"port": "8000"}, "8000", id="port-as-text"),
+        pytest.param("user", {"user": "svc"}, {"user": "svc"}, "'svc'", id="user"),
+        pytest.param("name", {"port": 8000}, {"name": "web", "port": 8001}, "'web'", id="name"),
+    ],
+)
+def test_duplicates_across_services(key, first, second, shown):
+    second = {"name": "api", **second} if "name" not in second else second
+    services = [service(**first), service(**{"port": 8001, **second})]
+
+    error = config_error(services)
+
+    name = services[1]["name"]
+    problem = problem_for(error, f"flipback_services ({name}).{key}")
+    assert f"got {shown}, already used by web" in problem
+    assert_says_nothing_changed(error)
+
+
+@pytest.mark.parametrize(
+    ("services", "shown"),
+    [
+        pytest.param([], "[]", id="empty"),
+        pytest.param(None, "None", id="none"),
+        pytest.param("web", "'web'", id="string"),
+        pytest.param(
+            {"web": {"port": 8000, "env": {"DB": SECRET}}},
+            "{'web': {'port': 8000, 'env': {'DB': '(value not shown)'}}}",
+            id="mapping-with-secret",
+        ),
+    ],
+)
+def test_services_not_a_list(services, shown):
+    error = config_error(services)
+
+    assert error.problems == [
+        f"flipback_services: got {shown}, expected a non-empty list of service definitions"
+    ]
+    assert SECRET not in error.msg
+    assert_says_nothing_changed(error)
+
+
+@pytest.mark.parametrize(
+    ("entry", "shown"),
+    [
+        pytest.param("web", "'web'", id="string"),
+        pytest.param(
+            [{"env": {"DB": SECRET}}], "[{'env': {'DB': '(value not shown)'}}]", id="list"
+        ),
+    ],
+)
+def test_service_not_a_mapping(entry, shown):
+    error = config_error([service(), entry])
+
+    assert problem_for(error, "flipback_services[1]").startswith(
+        f"flipback_services[1]: got {shown}, expected a mapping"
+    )
+    assert SECRET not in error.msg
+
+
+def test_every_problem_is_reported_at_once():
+    services = [
+        service(port="abc", workers=0, user="root", env={"A=B": SECRET}),
+        service(name="Api", port=8001),
+        42,
+    ]
+
+    error = config_error(services, service="nope", steps="x")
+
+    fields = [
+        f"{W}.port",
+        f"{W}.workers",
+        f"{W}.user",
+        f"{W}.env",
+        "flipback_services[1].name",
+        "flipback_services[2]",
+        "service",
+        "steps",
+    ]
+    for field in fields:
+        problem_for(error, field)
+    assert len(error.problems) >= len(fields)
+    assert_says_nothing_changed(error)
+    assert SECRET not in error.msg
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+@pytest.mark.parametrize(
+    ("selectors", "field", "shown"),
+    [
+        pytest.param({"service": "shop"}, "service", "'shop'", id="unknown-service"),
+        pytest.param({"ref": "main..x"}, "ref", "'main..x'", id="ref-dotdot"),
+        pytest.param({"ref": "--upload-pack=x"}, "ref", "'--upload-pack=x'", id="ref-option"),
+        pytest.param(
+            {"service": "web", "release": "../../etc"}, "release", "'../../etc'", id="release-path"
+        ),
+        pytest.param(
+            {"service": "web", "release": "20261129T141500"},
+            "release",
+            "'20261129T141500'",
+            id="release-short",
+        ),
+        pytest.param({"release": RELEASE}, "release", repr(RELEASE), id="release-all-services"),
+        pytest.param({"steps": 0}, "steps", "got 0,", id="steps-0"),
+        pytest.param({"steps": -1}, "steps", "-1", id="steps-negative"),
+        pytest.param({"steps": "x"}, "steps", "'x'", id="steps-text"),
+        pytest.param({"steps": True}, "steps", "True", id="steps-bool"),
+        pytest.param(
+            {"service": "web", "release": RELEASE, "steps": 1},
+            "release/steps",
+            f"[{RELEASE!r}, 1]",
+            id="release-and-steps",
+        ),
+    ],
+)
+def test_invalid_selectors(selectors, field, shown):
+    error = config_error(two(), **selectors)
+
+    problem = problem_for(error, field)
+    assert shown in problem
+    assert ", expected " in problem
+    assert_says_nothing_changed(error)
+
+
+def test_release_of_an_unknown_service_names_both_problems():
+    error = config_error(two(), service="shop", release=RELEASE)
+
+    assert "one of the defined services ['web', 'api']" in problem_for(error, "service")
+    assert "one service chosen" in problem_for(error, "release")
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_defaults_are_filled_in():
+    result = check_request([service(subdir="/services/web/")])
+
+    (svc,) = result["services"]
+    assert svc == {
+        "name": "web",
+        "source": "/srv/git/web.git",
+        "app": "app:app",
+        "port": 8000,
+        "subdir": "services/web",
+        "ref": "HEAD",
+        "workers": 1,
+        "keep_releases": 5,
+        "user": "web",
+        "env": {},
+        "health": HEALTH_DEFAULTS,
+    }
+    assert result == {"services": [svc], "names": ["web"], "release": "", "steps": None}
+
+
+def test_values_are_normalized():
+    raw = service(
+        port="8080",
+        workers="4",
+        keep_releases="3",
+        user="svc_web",
+        env={"WORKERS": 4, "RATIO": 0.5, "DB": SECRET},
+        health={"path": "/ready", "expect_status": 204, "timeout": "10"},
+    )
+
+    (svc,) = check_request([raw])["services"]
+
+    assert (svc["port"], svc["workers"], svc["keep_releases"]) == (8080, 4, 3)
+    assert svc["user"] == "svc_web"
+    assert svc["env"] == {"WORKERS": "4", "RATIO": "0.5", "DB": SECRET}
+    assert svc["health"] == {
+        "path": "/ready",
+        "expect_status": [204],
+        "expect_json": {"ok": True},
+        "timeout": 10,
+    }
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        pytest.param(
+            {}, {"web": ("HEAD", "/srv/git/web.git"), "api": ("v1", "/srv/git/web.git")}, id="none"
+        ),
+        pytest.param(
+            {"service": "api", "ref": "v2", "source": "/tmp/fork.git"},
+            {"api": ("v2", "/tmp/fork.git")},
+            id="one-service",
+        ),
+        pytest.param(
+            {"ref": "main", "source": "/tmp/fork.git"},
+            {"web": ("main", "/tmp/fork.git"), "api": ("main", "/tmp/fork.git")},
+            id="all-services",
+        ),
+        pytest.param({"service": "web"}, {"web": ("HEAD", "/srv/git/web.git")}, id="select-only"),
+    ],
+)
+def test_overrides_apply_to_the_selected_services_only(selectors, expected):
+    result = check_request(two(), **selectors)
+
+    assert result["names"] == list(expected)
+    assert {s["name"]: (s["ref"], s["source"]) for s in result["services"]} == expected
+
+
+@pytest.mark.parametrize(
+    ("services", "selectors", "release", "steps"),
+    [
+        pytest.param(two(), {"service": "web", "release": RELEASE}, RELEASE, None, id="release"),
+        pytest.param([service()], {"release": RELEASE}, RELEASE, None, id="release-only-service"),
+        pytest.param(two(), {"steps": "2"}, "", 2, id="steps-text"),
+        pytest.param(two(), {"steps": 1}, "", 1, id="steps"),
+        pytest.param(two(), {"steps": ""}, "", None, id="steps-empty"),
+    ],
+)
+def test_rollback_selectors(services, selectors, release, steps):
+    result = check_request(services, **selectors)
+
+    assert (result["release"], result["steps"]) == (release, steps)
+
+
+def test_redact_env_hides_every_env_value_and_keeps_the_rest():
+    value = [{"name": "web", "env": {"DB": SECRET}}, {"env": SECRET}, "env", 3]
+
+    assert redact_env(value) == [
+        {"name": "web", "env": {"DB": "(value not shown)"}},
+        {"env": "(value not shown)"},
+        "env",
+        3,
+    ]

@@ -1,0 +1,484 @@
+"""Unit tests of module_utils/flipback_stage.py: real artifacts staged into tmp_path roots.
+
+Artifacts are written by flipback_build.write_artifact itself, so the format under test
+is the one the build produces; the virtualenv and pip run through a fake runner.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.flipback_build import write_artifact
+from ansible.module_utils.flipback_release import (
+    ReleaseError,
+    append_history,
+    history_event,
+    manifest_problem,
+    read_history,
+    read_manifest,
+)
+from ansible.module_utils.flipback_stage import (
+    Stager,
+    StageSpec,
+    safe_members,
+    sha256_file,
+)
+
+SERVICE = "shop"
+RID = "20261129T141500-3f2a9c1d0e"
+OLD = "20261128T120000-aaaaaaaaaa"
+HEALTH = {"path": "/health", "expect_status": [200]}
+DEPS = ["fastapi==0.165.0", "uvicorn==0.54.0"]
+
+
+class FakeRunner:
+    """Records every argv; `-m venv` makes venv/bin/python; fails where told to."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        step = argv[2]
+        if step == "venv":
+            python = Path(argv[3], "bin", "python")
+            python.parent.mkdir(parents=True)
+            python.write_text("#!/bin/sh\n")
+        if step == self.fail:
+            return subprocess.CompletedProcess(argv, 1, "", f"{step} exploded")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    @property
+    def steps(self) -> list[str]:
+        return [argv[2] for argv in self.calls]
+
+
+def source_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data, mode in [
+            ("./app.py", b"app = object()\n", 0o644),
+            ("./pyproject.toml", b"[project]\nname = 'shop'\n", 0o644),
+            ("./bin/run", b"#!/bin/sh\n", 0o755),
+            ("./.env.example", b"DEBUG=0\n", 0o600),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("./pkg")
+        info.type, info.mode = tarfile.DIRTYPE, 0o700
+        tar.addfile(info)
+    return buffer.getvalue()
+
+
+def build_artifact(tmp_path: Path, deps: Sequence[str] = DEPS) -> Path:
+    wheel = tmp_path / "wheelhouse" / "fastapi-0.165.0-py3-none-any.whl"
+    wheel.parent.mkdir(exist_ok=True)
+    wheel.write_bytes(b"PK fake wheel")
+    artifact = tmp_path / "incoming" / f"{RID}.tar"
+    artifact.parent.mkdir(exist_ok=True)
+    meta = {"service": SERVICE, "id": RID, "dependencies": list(deps)}
+    write_artifact(str(artifact), source_tar(), [str(wheel)], 1_795_953_600, meta)
+    return artifact
+
+
+def raw_artifact(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    """An artifact that write_artifact would never produce: one extra, hostile member."""
+    artifact = tmp_path / "incoming" / f"{RID}.tar"
+    artifact.parent.mkdir(exist_ok=True)
+    with tarfile.open(artifact, "w", format=tarfile.PAX_FORMAT) as tar:
+        meta = json.dumps({"dependencies": []}).encode()
+        info = tarfile.TarInfo("flipback.json")
+        info.size = len(meta)
+        tar.addfile(info, io.BytesIO(meta))
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return artifact
+
+
+@pytest.fixture
+def lchown_calls(monkeypatch) -> list[tuple[str, int, int]]:
+    """Every os.lchown; passed on to the real one only as root (where it works)."""
+    calls: list[tuple[str, int, int]] = []
+    real = os.lchown
+
+    def record(path, uid, gid):
+        calls.append((str(path), uid, gid))
+        if os.geteuid() == 0:
+            real(path, uid, gid)
+
+    monkeypatch.setattr(os, "lchown", record)
+    return calls
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return tmp_path / "srv" / SERVICE
+
+
+@pytest.fixture
+def artifact(tmp_path) -> Path:
+    return build_artifact(tmp_path)
+
+
+def make_spec(root: Path, artifact: Path, tmp_path: Path, **changes) -> StageSpec:
+    fields = {
+        "service": SERVICE,
+        "root": str(root),
+        "release": RID,
+        "artifact": str(artifact),
+        "checksum": sha256_file(str(artifact)) if artifact.exists() else "0" * 64,
+        "socket_dir": str(tmp_path / "run" / f"flipback-{SERVICE}"),
+        "python": sys.executable,
+        "manifest": {"git_sha": "f" * 40, "ref": "main", "health": HEALTH},
+        "by": "alice",
+    }
+    fields.update(changes)
+    return StageSpec(**fields)
+
+
+def release(root: Path, *parts: str) -> Path:
+    return root / "releases" / RID / Path(*parts) if parts else root / "releases" / RID
+
+
+def go_live(root: Path, release_id: str) -> None:
+    (root / "releases" / release_id).mkdir(parents=True)
+    (root / "current").symlink_to(f"releases/{release_id}")
+    append_history(str(root), history_event(release_id, "active", by="bob"))
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+# --------------------------------------------------------------------------- staging
+
+
+@pytest.mark.parametrize("previous", [None, OLD], ids=["first", "replaces-current"])
+def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
+    if previous:
+        go_live(root, previous)
+    spec = make_spec(root, artifact, tmp_path)
+    runner = FakeRunner()
+
+    result = Stager(spec, run=runner).stage(check_mode=False)
+
+    path = release(root)
+    assert result == {"release": RID, "path": str(path), "changed": True, "replaces": previous}
+    assert (path / "app.py").read_bytes() == b"app = object()\n"
+    assert (path / "pyproject.toml").is_file()
+    assert (path / ".env.example").read_text() == "DEBUG=0\n"
+    assert (path / "pkg").is_dir()
+    assert (path / "bin" / "run").stat().st_mode & 0o777 == 0o755
+    assert (path / "app.py").stat().st_mode & 0o777 == 0o644
+    assert (path / ".env.example").stat().st_mode & 0o777 == 0o644
+    assert (path / "pkg").stat().st_mode & 0o777 == 0o755
+    assert not (path / ".wheels").exists()
+    assert not (path / "wheels").exists()
+    assert not (path / "flipback.json").exists()
+    assert not (path / ".staging-lock").exists()
+    assert os.readlink(path / "sock") == os.path.join(spec.socket_dir, RID, "app.sock")
+    assert not artifact.exists()
+
+    manifest = read_manifest(str(root), RID)
+    assert manifest is not None
+    assert manifest_problem(manifest, RID, SERVICE) is None
+    assert {k: manifest[k] for k in ("id", "service", "checksum", "replaces", "deployed_by")} == {
+        "id": RID,
+        "service": SERVICE,
+        "checksum": spec.checksum,
+        "replaces": previous,
+        "deployed_by": "alice",
+    }
+    assert manifest["status"] == "staged"
+    assert (manifest["git_sha"], manifest["ref"], manifest["health"]) == ("f" * 40, "main", HEALTH)
+    assert manifest["deployed_at"].endswith("Z")
+
+    last = read_history(str(root))[-1]
+    assert (last["release"], last["event"], last["by"], last["from"]) == (
+        RID,
+        "staged",
+        "alice",
+        previous,
+    )
+    assert last["expect"] == HEALTH
+
+    venv = str(path / "venv")
+    assert runner.calls[0] == [sys.executable, "-m", "venv", venv]
+    pip = runner.calls[1]
+    assert pip[:3] == [f"{venv}/bin/python", "-m", "pip"]
+    assert "--no-index" in pip
+    assert pip[pip.index("--find-links") + 1] == str(path / ".wheels")
+    assert pip[-2:] == DEPS
+    assert runner.calls[2][:3] == [f"{venv}/bin/python", "-m", "compileall"]
+    assert runner.calls[2][-1] == str(path)
+
+    owned = {p for p, uid, gid in lchown_calls if (uid, gid) == (0, 0)}
+    on_disk = {str(path)} | {
+        os.path.join(d, n) for d, dirs, files in os.walk(path) for n in dirs + files
+    }
+    assert on_disk <= owned
+    if os.geteuid() == 0:
+        assert (path / "app.py").stat().st_uid == 0
+
+
+def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
+    artifact = build_artifact(tmp_path, deps=[])
+    runner = FakeRunner()
+
+    Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
+
+    assert runner.steps == ["venv", "compileall"]
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_already_staged_is_left_alone(root, artifact, tmp_path, lchown_calls, check_mode):
+    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    before = (release(root, "manifest.json")).read_text()
+    events = len(read_history(str(root)))
+    runner = FakeRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
+
+    assert result == {"release": RID, "path": str(release(root)), "changed": False}
+    assert runner.calls == []
+    assert release(root, "manifest.json").read_text() == before
+    assert len(read_history(str(root))) == events
+
+
+def test_check_mode_writes_nothing(root, artifact, tmp_path):
+    runner = FakeRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=True)
+
+    assert result == {"release": RID, "path": str(release(root)), "changed": True}
+    assert not root.exists()
+    assert artifact.exists()
+    assert runner.calls == []
+
+
+def test_checksum_mismatch(root, artifact, tmp_path):
+    runner = FakeRunner()
+    spec = make_spec(root, artifact, tmp_path, checksum="0" * 64)
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(spec, run=runner).stage(check_mode=False)
+
+    error = info.value
+    assert error.retryable is True
+    assert error.details["field"] == "checksum"
+    assert f"checksum {sha256_file(str(artifact))} does not match the build's {'0' * 64}" in (
+        error.msg
+    )
+    assert not root.exists()
+    assert artifact.exists()
+    assert runner.calls == []
+
+
+def test_artifact_missing(root, tmp_path):
+    missing = tmp_path / "incoming" / "nothing.tar"
+    runner = FakeRunner()
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, missing, tmp_path), run=runner).stage(check_mode=False)
+
+    assert info.value.details["field"] == "artifact"
+    assert f"{missing} does not exist on the host" in info.value.msg
+    assert not root.exists()
+    assert runner.calls == []
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_live_staging_lock_is_refused(root, artifact, tmp_path, check_mode):
+    path = release(root)
+    path.mkdir(parents=True)
+    (path / ".staging-lock").write_text(f"{os.getpid()}\n")
+    (path / "manifest.json").write_text(json.dumps({"id": RID, "status": "staging"}))
+    (path / "app.py").write_text("half")
+    runner = FakeRunner()
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
+
+    error = info.value
+    assert error.retryable is True
+    assert error.details["holder"] == os.getpid()
+    assert f"being staged by another run (pid {os.getpid()})" in error.msg
+    assert sorted(p.name for p in path.iterdir()) == [".staging-lock", "app.py", "manifest.json"]
+    assert (path / "app.py").read_text() == "half"
+    assert artifact.exists()
+    assert runner.calls == []
+
+
+@pytest.mark.parametrize("lock", ["dead-pid", "no-lock", "garbage"])
+def test_half_finished_release_is_wiped_and_staged_again(
+    root, artifact, tmp_path, lchown_calls, lock
+):
+    path = release(root)
+    path.mkdir(parents=True)
+    if lock == "dead-pid":
+        (path / ".staging-lock").write_text(f"{dead_pid()}\n")
+    elif lock == "garbage":
+        (path / ".staging-lock").write_text("not a pid\n")
+    (path / "manifest.json").write_text(json.dumps({"id": RID, "status": "staging"}))
+    (path / "leftover.py").write_text("from the killed run")
+
+    result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
+
+    assert result["changed"] is True
+    assert not (path / "leftover.py").exists()
+    assert not (path / ".staging-lock").exists()
+    assert read_manifest(str(root), RID)["status"] == "staged"
+    assert (path / "app.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("fail", "what"),
+    [
+        pytest.param("venv", "create the virtualenv", id="venv"),
+        pytest.param("pip", "install the dependencies from the wheelhouse (offline)", id="pip"),
+        pytest.param("compileall", "precompile bytecode", id="compileall"),
+    ],
+)
+def test_command_failure_leaves_the_release_unusable(root, artifact, tmp_path, fail, what):
+    runner = FakeRunner(fail=fail)
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
+
+    error = info.value
+    assert error.retryable is False
+    assert f"could not {what} for {RID} (exit 1): {fail} exploded" in error.msg
+    assert "stays marked 'staging' and is never used" in error.msg
+    assert runner.steps[-1] == fail
+    manifest = read_manifest(str(root), RID)
+    assert manifest is not None
+    assert manifest["status"] == "staging"
+    assert manifest_problem(manifest, RID, SERVICE) is not None
+    assert not Stager(make_spec(root, artifact, tmp_path)).staged()
+    assert artifact.exists()
+    assert [e["event"] for e in read_history(str(root))] == []
+
+
+def test_disk_failure_is_retryable(root, artifact, tmp_path, monkeypatch):
+    def no_symlink(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "symlink", no_symlink)
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+
+    assert info.value.retryable is True
+    assert "No space left on device" in info.value.msg
+    assert read_manifest(str(root), RID)["status"] == "staging"
+    assert artifact.exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "value"),
+    [
+        pytest.param({"release": "../../etc"}, "release", "../../etc", id="release-traversal"),
+        pytest.param({"release": "latest"}, "release", "latest", id="release-name"),
+        pytest.param({"service": "../shop"}, "service", "../shop", id="service-traversal"),
+        pytest.param({"service": "Shop"}, "service", "Shop", id="service-uppercase"),
+    ],
+)
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_invalid_input_is_rejected_before_any_write(
+    root, artifact, tmp_path, changes, field, value, check_mode
+):
+    runner = FakeRunner()
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path, **changes), run=runner).stage(check_mode)
+
+    assert (info.value.details["field"], info.value.details["value"]) == (field, value)
+    assert info.value.msg.startswith(f"{field}: got {value!r}, expected ")
+    assert info.value.retryable is False
+    assert not root.exists()
+    assert not (tmp_path / "etc").exists()
+    assert artifact.exists()
+    assert runner.calls == []
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    ("info", "says"),
+    [
+        pytest.param(member("/etc/passwd"), "would be written outside", id="absolute"),
+        pytest.param(member("src/../../etc/passwd"), "would be written outside", id="dotdot"),
+        pytest.param(member("../wheels/x.whl"), "would be written outside", id="leading-dotdot"),
+        pytest.param(member("src/..", tarfile.DIRTYPE), "would be written outside", id="dir"),
+        pytest.param(
+            member("src/link", tarfile.SYMTYPE, "/etc/passwd"), "is not a plain file", id="symlink"
+        ),
+        pytest.param(
+            member("src/hard", tarfile.LNKTYPE, "flipback.json"),
+            "is not a plain file",
+            id="hardlink",
+        ),
+        pytest.param(member("src/tty", tarfile.CHRTYPE), "is not a plain file", id="char-device"),
+        pytest.param(member("src/disk", tarfile.BLKTYPE), "is not a plain file", id="block-device"),
+        pytest.param(member("src/fifo", tarfile.FIFOTYPE), "is not a plain file", id="fifo"),
+        pytest.param(
+            member("other/link", tarfile.SYMTYPE, "/"),
+            "is not a plain file",
+            id="symlink-elsewhere",
+        ),
+    ],
+)
+def test_safe_members_rejects(tmp_path, info, says):
+    artifact = raw_artifact(tmp_path, info)
+
+    with tarfile.open(artifact) as tar, pytest.raises(ReleaseError) as error:
+        safe_members(tar)
+
+    assert f"member {info.name!r} {says}" in error.value.msg
+    assert error.value.details["field"] == "artifact"
+
+
+def test_safe_members_keeps_src_wheels_and_metadata(tmp_path):
+    artifact = tmp_path / "a.tar"
+    with tarfile.open(artifact, "w") as tar:
+        for name in ("flipback.json", "src/app.py", "wheels/x.whl", "README", "other/x"):
+            tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+
+    with tarfile.open(artifact) as tar:
+        names = [m.name for m in safe_members(tar)]
+
+    assert names == ["flipback.json", "src/app.py", "wheels/x.whl"]
+
+
+def test_hostile_artifact_is_refused_while_staging(root, tmp_path):
+    artifact = raw_artifact(tmp_path, member("src/link", tarfile.SYMTYPE, "/etc/shadow"))
+    runner = FakeRunner()
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
+
+    assert "member 'src/link' is not a plain file or directory" in info.value.msg
+    assert not release(root, "link").exists()
+    assert not release(root, "link").is_symlink()
+    assert read_manifest(str(root), RID)["status"] == "staging"
+    assert runner.calls == []

@@ -1,0 +1,247 @@
+"""Unit tests of library/release_stage.py: parameters to StageSpec, main()'s results.
+
+main() stages a real artifact (written by flipback_build.write_artifact) into a root
+under tmp_path; only the commands (venv, pip, compileall) go through a fake runner.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import release_stage
+from ansible.module_utils.flipback_build import write_artifact
+from ansible.module_utils.flipback_release import read_manifest
+from ansible.module_utils.flipback_stage import Stager, StageSpec, sha256_file
+from ansible.module_utils.testing import patch_module_args
+
+SERVICE = "shop"
+RID = "20261129T141500-3f2a9c1d0e"
+
+
+class FakeRunner:
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[list[str]] = []
+        self.specs: list[StageSpec] = []
+        self.fail = fail
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        if argv[2] == "venv":
+            Path(argv[3], "bin").mkdir(parents=True)
+            Path(argv[3], "bin", "python").write_text("#!/bin/sh\n")
+        rc = 1 if argv[2] == self.fail else 0
+        return subprocess.CompletedProcess(argv, rc, "", f"{argv[2]} rc {rc}")
+
+
+@pytest.fixture
+def runner(monkeypatch) -> FakeRunner:
+    """The module's Stager, with the fake runner; records the specs it was given."""
+    fake = FakeRunner()
+
+    def stager(spec: StageSpec) -> Stager:
+        fake.specs.append(spec)
+        return Stager(spec, run=fake)
+
+    monkeypatch.setattr(release_stage, "Stager", stager)
+    if os.geteuid() != 0:
+        monkeypatch.setattr(os, "lchown", lambda *args: None)
+    return fake
+
+
+@pytest.fixture
+def artifact(tmp_path) -> Path:
+    src = io.BytesIO()
+    with tarfile.open(fileobj=src, mode="w") as tar:
+        info = tarfile.TarInfo("./app.py")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"app=1"))
+    wheel = tmp_path / "uvicorn-0.54.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    path = tmp_path / "incoming" / f"{RID}.tar"
+    path.parent.mkdir()
+    meta = {"service": SERVICE, "id": RID, "dependencies": ["uvicorn==0.54.0"]}
+    write_artifact(str(path), src.getvalue(), [str(wheel)], 1_795_953_600, meta)
+    return path
+
+
+def args_for(tmp_path: Path, artifact: Path, /, **changes) -> dict:
+    return {
+        "service": SERVICE,
+        "root": str(tmp_path / "srv" / SERVICE),
+        "release": RID,
+        "artifact": str(artifact),
+        "checksum": sha256_file(str(artifact)),
+        "socket_dir": str(tmp_path / "run"),
+        "manifest": {"git_sha": "a" * 40, "ref": "main"},
+        "by": "alice",
+        **changes,
+    }
+
+
+def run_main(args, capsys, check_mode=False):
+    args = {"_ansible_check_mode": check_mode, **args}
+    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
+        release_stage.main()
+    return exit_info.value.code, json.loads(capsys.readouterr().out)
+
+
+def test_stage(tmp_path, artifact, runner, capsys):
+    code, result = run_main(args_for(tmp_path, artifact), capsys)
+
+    path = tmp_path / "srv" / SERVICE / "releases" / RID
+    assert code == 0
+    assert result["changed"] is True
+    assert (result["release"], result["path"], result["replaces"]) == (RID, str(path), None)
+    assert isinstance(result["elapsed"], float)
+    assert (path / "app.py").read_text() == "app=1"
+    assert os.readlink(path / "sock") == str(tmp_path / "run" / RID / "app.sock")
+    manifest = read_manifest(str(tmp_path / "srv" / SERVICE), RID)
+    assert (manifest["status"], manifest["deployed_by"], manifest["git_sha"]) == (
+        "staged",
+        "alice",
+        "a" * 40,
+    )
+    assert not artifact.exists()
+    assert [argv[2] for argv in runner.calls] == ["venv", "pip", "compileall"]
+    assert runner.calls[0][0] == "/usr/bin/python3"
+
+
+def test_stage_again_is_unchanged(tmp_path, artifact, runner, capsys):
+    args = args_for(tmp_path, artifact)
+    run_main(args, capsys)
+    runner.calls.clear()
+
+    code, result = run_main(args, capsys)
+
+    assert code == 0
+    assert result["changed"] is False
+    assert "replaces" not in result
+    assert isinstance(result["elapsed"], float)
+    assert runner.calls == []
+
+
+def test_check_mode_writes_nothing(tmp_path, artifact, runner, capsys):
+    code, result = run_main(args_for(tmp_path, artifact), capsys, check_mode=True)
+
+    assert code == 0
+    assert result["changed"] is True
+    assert not (tmp_path / "srv").exists()
+    assert artifact.exists()
+    assert runner.calls == []
+
+
+def test_defaults(artifact, runner, capsys):
+    args = {
+        "service": SERVICE,
+        "release": RID,
+        "artifact": str(artifact),
+        "checksum": sha256_file(str(artifact)),
+    }
+
+    # Check mode: the default root /srv/shop is only looked at, never written.
+    code, result = run_main(args, capsys, check_mode=True)
+
+    assert code == 0
+    assert result["path"] == f"/srv/{SERVICE}/releases/{RID}"
+    (spec,) = runner.specs
+    assert (spec.root, spec.socket_dir, spec.python, spec.manifest, spec.by) == (
+        f"/srv/{SERVICE}",
+        f"/run/flipback-{SERVICE}",
+        "/usr/bin/python3",
+        {},
+        "unknown",
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "fail", "message", "retryable", "details"),
+    [
+        pytest.param(
+            {"checksum": "0" * 64},
+            "",
+            "artifact: checksum ",
+            True,
+            {"field": "checksum"},
+            id="checksum",
+        ),
+        pytest.param(
+            {"artifact": "/nonexistent/x.tar"},
+            "",
+            "artifact: /nonexistent/x.tar does not exist on the host",
+            True,
+            {"field": "artifact"},
+            id="artifact-missing",
+        ),
+        pytest.param(
+            {"release": "../../etc"},
+            "",
+            "release: got '../../etc', expected an id like",
+            False,
+            {"field": "release", "value": "../../etc"},
+            id="release",
+        ),
+        pytest.param(
+            {"service": "Shop"},
+            "",
+            "service: got 'Shop', expected",
+            False,
+            {"field": "service", "value": "Shop"},
+            id="service",
+        ),
+        pytest.param(
+            {},
+            "venv",
+            f"could not create the virtualenv for {RID} (exit 1): venv rc 1",
+            False,
+            {},
+            id="venv",
+        ),
+        pytest.param(
+            {},
+            "pip",
+            "could not install the dependencies from the wheelhouse (offline)",
+            False,
+            {},
+            id="pip",
+        ),
+    ],
+)
+def test_failure(tmp_path, artifact, runner, capsys, changes, fail, message, retryable, details):
+    runner.fail = fail
+
+    code, result = run_main(args_for(tmp_path, artifact, **changes), capsys)
+
+    assert code == 1
+    assert result["failed"] is True
+    assert result["msg"].startswith(message)
+    assert result["retryable"] is retryable
+    assert isinstance(result["elapsed"], float)
+    assert {k: result[k] for k in details} == details
+    if fail:
+        manifest = read_manifest(str(tmp_path / "srv" / SERVICE), RID)
+        assert manifest["status"] == "staging"
+    else:
+        assert not (tmp_path / "srv").exists()
+
+
+def test_live_lock_failure_names_the_holder(tmp_path, artifact, runner, capsys):
+    path = tmp_path / "srv" / SERVICE / "releases" / RID
+    path.mkdir(parents=True)
+    (path / ".staging-lock").write_text(f"{os.getpid()}\n")
+
+    code, result = run_main(args_for(tmp_path, artifact), capsys)
+
+    assert code == 1
+    assert result["retryable"] is True
+    assert result["holder"] == os.getpid()
+    assert isinstance(result["elapsed"], float)
+    assert (path / ".staging-lock").exists()
+    assert runner.calls == []

@@ -31,9 +31,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
 	@touch $@
 
-demo: setup ## Bring the sandbox fleet up and run the main job on it
+# The demo's second source: a throwaway repository of hello with tags v1, v2, broken.
+DEMO_REPO ?= /var/tmp/flipback-demo-repo
+
+demo: setup ## Sandbox up, deploy hello and greeter, deploy hello v2, show health, roll back
 	$(BIN)/ansible-playbook playbooks/sandbox.yml
 	$(BIN)/ansible all -m ansible.builtin.ping
+	@echo "== deploy every service from this repository's HEAD"
+	$(BIN)/ansible-playbook playbooks/deploy.yml
+	@echo "== deploy hello v2 from a second repository"
+	$(BIN)/python tests/fixtures/service_repo.py $(DEMO_REPO)
+	$(BIN)/ansible-playbook playbooks/deploy.yml -e service=hello -e source=$(DEMO_REPO) -e ref=v2
+	$(BIN)/ansible-playbook playbooks/health.yml
+	@echo "== roll hello back to its previous good release"
+	$(BIN)/ansible-playbook playbooks/rollback.yml -e service=hello
+	$(BIN)/ansible-playbook playbooks/health.yml
 
 test: setup lint unit molecule ## Run every check: linters, unit tests, molecule scenarios
 

@@ -35,6 +35,7 @@ for _name in (
     "release_build",
     "service_config",
     "release_stage",
+    "release_lock",
 ):
     if _name not in sys.modules:
         _load_library_module(_name)

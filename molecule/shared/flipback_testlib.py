@@ -85,8 +85,15 @@ def output(run: subprocess.CompletedProcess[str]) -> str:
 
 
 def snapshot(host) -> str:
-    """Everything a failed or refused run must leave untouched: /srv and the units."""
+    """Everything a failed or refused run must leave untouched, byte for byte.
+
+    Metadata (mode, owner, size, mtime, link target) of every file under /srv, the
+    units, the nginx sites and the env files, plus the content hash of each file
+    outside the virtualenvs (which only a new release ever writes).
+    """
+    paths = "/srv /etc/systemd/system /etc/nginx/conf.d /etc/flipback"
     return host.run(
-        "find /srv /etc/systemd/system -xdev \\( -type f -o -type l \\) -printf '%p %l %m\\n' "
-        "| sort; cat /srv/*/history.jsonl; readlink /srv/*/current"
+        f"find {paths} -xdev -printf '%p %l %m %u %g %s %T@\\n' 2>/dev/null | sort; "
+        f"find {paths} -xdev -type f -not -path '*/venv/*' -print0 2>/dev/null "
+        "| sort -z | xargs -0 -r sha256sum"
     ).stdout

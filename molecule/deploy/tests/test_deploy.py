@@ -77,3 +77,21 @@ def test_nginx_proxies_through_current(host):
     site = host.file("/etc/nginx/conf.d/flipback-hello.conf").content_string
     assert "proxy_pass http://unix:/srv/hello/current/sock:;" in site
     assert host.socket("tcp://0.0.0.0:8000").is_listening
+
+
+def test_unit_sandboxing_exposure_is_at_most_2_5(host):
+    unit = f"hello@{lib.current_id(host)}.service"
+    out = host.run(f"systemd-analyze security --no-pager {unit}")
+    assert out.rc == 0, out.stderr
+    overall = [line for line in out.stdout.splitlines() if "Overall exposure level" in line]
+    assert overall, out.stdout
+    exposure = float(overall[0].split(":")[1].split()[0])
+    assert exposure <= 2.5, out.stdout
+
+
+def test_service_runs_as_its_user_with_no_new_privileges(host):
+    unit = f"hello@{lib.current_id(host)}.service"
+    props = host.run(f"systemctl show -p User -p NoNewPrivileges -p ProtectSystem {unit}")
+    assert props.stdout.split() == ["User=hello", "NoNewPrivileges=yes", "ProtectSystem=strict"]
+    pid = host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+    assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "hello"

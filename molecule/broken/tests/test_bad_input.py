@@ -1,0 +1,144 @@
+"""Bad input fails before any host changes, naming field, value, expectation and retry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+import flipback_testlib as lib
+
+GOOD = {
+    "name": "hello",
+    "source": str(lib.REPO),
+    "subdir": "services/hello",
+    "ref": "v1",
+    "app": "app:app",
+    "port": 8000,
+    "workers": 1,
+    "health": {"path": "/health", "expect_json": {"ok": True, "service": "hello"}},
+    "env": {"HELLO_SECRET": "s3cret-value-never-printed"},
+    "keep_releases": 3,
+    "user": "hello",
+}
+OTHER = {**GOOD, "name": "other", "user": "other", "port": 8001, "env": {}}
+
+
+def services(**changes) -> str:
+    return json.dumps({"flipback_services": [{**GOOD, **changes}]})
+
+
+# (id, playbook, extra arguments, text the failure must contain)
+CASES = [
+    (
+        "name-slash",
+        "deploy.yml",
+        ["-e", services(name="bad/name")],
+        "name: got 'bad/name', expected",
+    ),
+    ("name-dotdot", "deploy.yml", ["-e", services(name="..")], "name: got '..', expected"),
+    (
+        "name-space",
+        "deploy.yml",
+        ["-e", services(name="has space")],
+        "name: got 'has space', expected",
+    ),
+    (
+        "release-traversal",
+        "rollback.yml",
+        ["-e", "service=hello", "-e", "release=../../etc"],
+        "release: got '../../etc', expected a release id",
+    ),
+    (
+        "release-missing",
+        "rollback.yml",
+        ["-e", "service=hello", "-e", "release=20200101T000000-0123456789"],
+        "release: got '20200101T000000-0123456789', expected a release directory",
+    ),
+    (
+        "keep-zero",
+        "deploy.yml",
+        ["-e", services(keep_releases=0)],
+        "keep_releases: got 0, expected an integer >= 2",
+    ),
+    (
+        "keep-negative",
+        "deploy.yml",
+        ["-e", services(keep_releases=-1)],
+        "keep_releases: got -1, expected an integer >= 2",
+    ),
+    (
+        "app-not-module-attr",
+        "deploy.yml",
+        ["-e", services(app="app")],
+        "app: got 'app', expected 'module:attribute'",
+    ),
+    (
+        "port-out-of-range",
+        "deploy.yml",
+        ["-e", services(port=70000)],
+        "port: got 70000, expected an integer 1-65535",
+    ),
+    (
+        "port-used-twice",
+        "deploy.yml",
+        ["-e", json.dumps({"flipback_services": [GOOD, {**OTHER, "port": 8000}]})],
+        "port: got 8000, already used by hello",
+    ),
+    (
+        "health-path-relative",
+        "deploy.yml",
+        ["-e", services(health={"path": "health"})],
+        "health.path: got 'health', expected a path starting with '/'",
+    ),
+    (
+        "source-missing",
+        "deploy.yml",
+        ["-e", "source=/nonexistent/repo"],
+        "source: got '/nonexistent/repo', expected a git repository",
+    ),
+    (
+        "ref-missing",
+        "deploy.yml",
+        ["-e", "ref=no-such-ref"],
+        "ref: got 'no-such-ref', expected a branch, tag or commit",
+    ),
+    (
+        "workers-zero",
+        "deploy.yml",
+        ["-e", services(workers=0)],
+        "workers: got 0, expected an integer 1-64",
+    ),
+    (
+        "env-name-with-equals",
+        "deploy.yml",
+        ["-e", services(env={"A=B": "x"})],
+        "env: got 'A=B', expected variable names",
+    ),
+    (
+        "steps-zero",
+        "rollback.yml",
+        ["-e", "service=hello", "-e", "steps=0"],
+        "steps: got '0', expected an integer >= 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("playbook", "extra", "expected"),
+    [pytest.param(p, e, x, id=i) for i, p, e, x in CASES],
+)
+def test_bad_input_fails_before_any_change(host, playbook, extra, expected):
+    before = lib.snapshot(host)
+    run = lib.run_playbook(host, playbook, *extra)
+    out = lib.output(run)
+    assert run.returncode != 0, out[-2000:]
+    assert expected in out, out[-3000:]
+    assert '"retryable": false' in out, out[-2000:]
+    assert "s3cret-value-never-printed" not in out
+    assert lib.snapshot(host) == before
+    assert lib.public_health(host)["release"] == lib.current_id(host)

@@ -91,7 +91,8 @@ def test_unit_sandboxing_exposure_is_at_most_2_5(host):
 
 def test_service_runs_as_its_user_with_no_new_privileges(host):
     unit = f"hello@{lib.current_id(host)}.service"
-    props = host.run(f"systemctl show -p User -p NoNewPrivileges -p ProtectSystem {unit}")
-    assert props.stdout.split() == ["User=hello", "NoNewPrivileges=yes", "ProtectSystem=strict"]
+    out = host.run(f"systemctl show -p User -p NoNewPrivileges -p ProtectSystem {unit}")
+    props = dict(line.split("=", 1) for line in out.stdout.split())
+    assert props == {"User": "hello", "NoNewPrivileges": "yes", "ProtectSystem": "strict"}
     pid = host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
     assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "hello"

@@ -105,6 +105,15 @@ options:
       O(ttl).
     type: bool
     default: true
+  gone_runs:
+    description:
+      - With O(state=acquired), run ids the caller knows are gone (e.g. the playbook
+        checked on the controller that the holder's ansible-playbook process no longer
+        exists, as after Ctrl-C). A lock held by one of them is taken over at once, with
+        a warning, instead of waiting for O(stale_after).
+    type: list
+    elements: str
+    default: []
 author: flipback
 """
 
@@ -193,8 +202,8 @@ from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import ReleaseError
 
 
-def run(params: dict, check_mode: bool, lock_class: type[ServiceLock] = ServiceLock) -> dict:
-    lock = lock_class(params["service"], params["root"])
+def run(params: dict, check_mode: bool) -> dict:
+    lock = ServiceLock(params["service"], params["root"])
     if params["state"] == "released":
         return lock.release(params["owner"], check_mode=check_mode)
     return lock.acquire(
@@ -204,6 +213,7 @@ def run(params: dict, check_mode: bool, lock_class: type[ServiceLock] = ServiceL
         stale_after=params["stale_after"],
         heartbeat=params["heartbeat"],
         poll=params["poll"],
+        gone_runs=params["gone_runs"],
         check_mode=check_mode,
     )
 
@@ -230,6 +240,7 @@ def main() -> None:
             "ttl": {"type": "int", "default": 1800},
             "stale_after": {"type": "int", "default": 120},
             "heartbeat": {"type": "bool", "default": True},
+            "gone_runs": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )

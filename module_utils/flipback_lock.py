@@ -38,7 +38,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from ansible.module_utils.flipback_release import (
     ReleaseError,
@@ -214,6 +214,7 @@ class ServiceLock:
         self.path = os.path.join(self.root, LOCK)
         self.now = now
         self.sleep = sleep
+        self.gone_runs: frozenset[str] = frozenset()
 
     def acquire(
         self,
@@ -224,9 +225,11 @@ class ServiceLock:
         stale_after: float = DEFAULT_STALE_AFTER,
         heartbeat: bool = True,
         poll: float = DEFAULT_POLL,
+        gone_runs: Sequence[str] = (),
         check_mode: bool = False,
     ) -> dict:
         owner = validate_owner(owner)
+        self.gone_runs = frozenset(gone_runs)
         wait = validate_seconds(wait, "wait", minimum=0, inclusive=True)
         ttl = validate_seconds(ttl, "ttl", minimum=0, inclusive=False)
         stale_after = validate_seconds(stale_after, "stale_after", minimum=0, inclusive=False)
@@ -254,7 +257,7 @@ class ServiceLock:
                 }
             remaining = deadline - self.now()
             if remaining <= 0:
-                raise self._busy_error(holder, wait, waited, ttl, stale_after)
+                raise self._busy_error(holder, wait, waited, ttl, recorded_stale_after)
             self.sleep(min(poll, remaining))
 
     def release(self, owner: dict, *, check_mode: bool = False) -> dict:
@@ -317,6 +320,8 @@ class ServiceLock:
             return result, refreshed
         if holder is not None:
             reason = stale_reason(holder, now, ttl, stale_after)
+            if reason is None and holder.get("run_id") in self.gone_runs:
+                reason = "its run is gone (its ansible-playbook process no longer exists)"
             if reason is None:
                 return None, holder
             kept = self._set_aside(now) if write else f"{STALE_PREFIX}{_stamp(now)}"
@@ -354,7 +359,7 @@ class ServiceLock:
         return result, new
 
     def _busy_error(
-        self, holder: dict, wait: float, waited: float, ttl: float, stale_after: float
+        self, holder: dict, wait: float, waited: float, ttl: float, stale_after: float | None
     ) -> LockError:
         expires, refresh_by, _ = deadlines(holder, ttl, stale_after)
         goes_stale = []

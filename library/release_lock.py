@@ -46,8 +46,9 @@ options:
     type: str
     required: true
   root:
-    description: The service's directory, created (mode C(0755)) if missing when the lock
-      is acquired. Defaults to C(/srv/<service>).
+    description: Directory of the lock, created (mode C(0755)) if missing when the lock
+      is acquired. Defaults to C(/run/lock/flipback/<service>) (a tmpfs, so a lock never
+      outlives a reboot, and taking it changes nothing under C(/srv)).
     type: path
   state:
     description: Whether the run O(owner.run_id) should hold the lock.
@@ -175,7 +176,7 @@ path:
   description: The lock file (on failure, the file or directory that failed).
   type: str
   returned: success, or failure on the lock file
-  sample: /srv/shop/.lock
+  sample: /run/lock/flipback/shop/.lock
 msg:
   description: What happened, or why the lock could not be taken.
   type: str

@@ -1,6 +1,7 @@
 """The per-service lock: one deploy or rollback of a service on a host at a time.
 
-The lock is the file `<root>/.lock`, a JSON object naming its holder:
+The lock is the file `<root>/.lock` (root: /run/lock/flipback/<service> by
+default, a tmpfs), a JSON object naming its holder:
 
     run_id, by, playbook, release, action   the owner, as the playbook passed it
     service                                 the service locked
@@ -12,7 +13,8 @@ The lock is the file `<root>/.lock`, a JSON object naming its holder:
                                             taken for gone; null if the run does not refresh
 
 The module process exits after every task, so "the holder's run is gone" cannot
-be seen through a pid. Instead a run acquires again at every step (a no-op for
+be seen through a pid on the host. The playbook can see it on the controller and
+name such runs in `gone_runs`; otherwise: a run acquires again at every step (a no-op for
 its own run_id that only moves `refreshed`), and a lock not refreshed for its
 `stale_after` seconds, or past its `expires`, is stale: the next acquirer sets
 it aside as `.lock.stale-<UTC time>` (the last three are kept) and takes over.
@@ -54,6 +56,9 @@ OWNER_FIELDS = ("run_id", "by", "playbook", "release", "action")
 DEFAULT_TTL = 1800
 DEFAULT_STALE_AFTER = 120
 DEFAULT_POLL = 0.2
+
+
+DEFAULT_LOCK_DIR = "/run/lock/flipback"
 
 
 class LockError(ReleaseError):
@@ -210,7 +215,9 @@ class ServiceLock:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.service = validate_service(service)
-        self.root = root or f"/srv/{service}"
+        # /run/lock is a tmpfs: a lock never outlives a reboot (which ends every run),
+        # and taking it leaves the service's files under /srv untouched.
+        self.root = root or os.path.join(DEFAULT_LOCK_DIR, service)
         self.path = os.path.join(self.root, LOCK)
         self.now = now
         self.sleep = sleep

@@ -482,8 +482,8 @@ def test_invalid_service_is_rejected(root, service):
     assert info.value.details["field"] == "service"
 
 
-def test_root_defaults_to_srv_service():
-    assert ServiceLock(SERVICE).path == "/srv/shop/.lock"
+def test_root_defaults_to_a_directory_under_run_lock():
+    assert ServiceLock(SERVICE).path == "/run/lock/flipback/shop/.lock"
 
 
 @pytest.mark.parametrize(

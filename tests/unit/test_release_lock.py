@@ -119,7 +119,7 @@ def test_main_options_reach_the_lock(root, capsys):
     assert holder["by"]  # defaulted to the user running the module
 
 
-def test_main_defaults_root_to_srv_service(capsys, monkeypatch, tmp_path):
+def test_main_defaults_root_to_run_lock(capsys, monkeypatch, tmp_path):
     seen = []
     real = release_lock.ServiceLock
 
@@ -131,7 +131,7 @@ def test_main_defaults_root_to_srv_service(capsys, monkeypatch, tmp_path):
     code, result = run_main({"service": SERVICE, "owner": ALICE}, capsys)
     assert code == 0
     assert seen == [(SERVICE, None)]
-    assert real(SERVICE).path == "/srv/shop/.lock"
+    assert real(SERVICE).path == "/run/lock/flipback/shop/.lock"
     assert result["outcome"] == "acquired"
 
 

@@ -48,34 +48,50 @@ def journal(host, unit: str) -> str:
     return host.run(f"journalctl --no-pager -n 40 -u {unit}").stdout
 
 
+def _playbook_argv(host, name: str, extra: tuple[str, ...]) -> list[str]:
+    return [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--limit",
+        host.backend.get_hostname(),
+        str(PROJECT / "playbooks" / name),
+        *extra,
+    ]
+
+
+# JSON results: no colour codes and no line folding inside messages.
+_PLAYBOOK_ENV = {
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_FORCE_COLOR": "0",
+    "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+}
+
+
 def run_playbook(host, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """Run one of flipback's playbooks as a user would, limited to `host`.
 
     testinfra runs every test of a module for one host before the next host, so a
     test that changes state must change only its own host.
     """
-    # JSON results: no colour codes and no line folding inside messages.
-    env = {
-        **os.environ,
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-    }
     return subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            "--limit",
-            host.backend.get_hostname(),
-            str(PROJECT / "playbooks" / name),
-            *extra,
-        ],
+        _playbook_argv(host, name, extra),
         capture_output=True,
         text=True,
         check=False,
-        env=env,
+        env={**os.environ, **_PLAYBOOK_ENV},
         timeout=600,
+    )
+
+
+def start_playbook(host, name: str, *extra: str) -> subprocess.Popen[str]:
+    """Like run_playbook, but in the background; `.communicate()` collects it."""
+    return subprocess.Popen(
+        _playbook_argv(host, name, extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **_PLAYBOOK_ENV},
     )
 
 

@@ -96,3 +96,35 @@ def test_service_runs_as_its_user_with_no_new_privileges(host):
     assert props == {"User": "hello", "NoNewPrivileges": "yes", "ProtectSystem": "strict"}
     pid = host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
     assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "hello"
+
+
+def _both(host, *extra: str) -> list[tuple[int, str]]:
+    runs = [lib.start_playbook(host, "deploy.yml", "-e", "ref=v2", *extra) for _ in range(2)]
+    results = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        results.append((run.returncode, " ".join((out + " " + err).split())))
+    return results
+
+
+def test_two_deploys_at_once_one_fails_naming_the_holder(host):
+    release = lib.current_id(host)
+    results = sorted(_both(host))
+    (ok_rc, _), (busy_rc, busy) = results
+    assert ok_rc == 0, results
+    assert busy_rc != 0, results
+    assert "hello is locked by" in busy
+    for field in ("playbook Deploy services", f"release {release}", "action deploy", "since"):
+        assert field in busy, busy[-2000:]
+    assert '"retryable": true' in busy
+    assert lib.current_id(host) == release
+    assert lib.public_health(host)["release"] == release
+    assert not host.file("/run/lock/flipback/hello/.lock").exists
+
+
+def test_two_deploys_at_once_with_lock_wait_both_succeed(host):
+    release = lib.current_id(host)
+    results = _both(host, "-e", "lock_wait=300")
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert lib.current_id(host) == release
+    assert not host.file("/run/lock/flipback/hello/.lock").exists

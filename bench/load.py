@@ -392,6 +392,10 @@ class LoadGenerator:
         with self._lock:
             return list(self._records)
 
+    def now(self) -> float:
+        """Seconds since the run started: the time base of every record's `t`."""
+        return time.monotonic() - self._t0
+
     @property
     def elapsed(self) -> float:
         """Seconds from start to the end of the run (the duration, unless stopped early or a

@@ -9,6 +9,7 @@ the deploy has nothing to do.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -247,9 +248,17 @@ class Builder:
         )
 
     def build(self) -> dict:
+        validate_ref(self.spec.ref)
+        validate_subdir(self.spec.subdir)
+        # Two runs on one controller (say, two deploys started at once) share the git
+        # mirror, the wheelhouse and the artifacts: builds take turns.
+        os.makedirs(self.spec.cache_dir, exist_ok=True)
+        with open(os.path.join(self.spec.cache_dir, ".build.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._build()
+
+    def _build(self) -> dict:
         spec = self.spec
-        validate_ref(spec.ref)
-        validate_subdir(spec.subdir)
         self.sync_mirror()
         sha = self.resolve()
         treeish = f"{sha}:{spec.subdir}" if spec.subdir else f"{sha}^{{tree}}"

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -515,6 +516,29 @@ def test_same_ref_again_is_unchanged_and_uses_the_wheelhouse(services, pip, tmp_
     for key in ("id", "checksum", "artifact", "git_sha", "wheels"):
         assert second[key] == first[key], key
     assert Path(first["artifact"]).stat().st_mtime_ns == before
+    assert len(pip_calls(pip)) == 1
+
+
+def test_builds_started_at_once_take_turns(services, pip, tmp_path):
+    # Two deploys started together share the mirror and the wheelhouse: both builds
+    # succeed, give the same release, and only one of them builds.
+    results: list[dict] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            results.append(make_builder(services, pip, tmp_path).build())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({r["id"] for r in results}) == 1
+    assert sorted(r["changed"] for r in results) == [False, False, False, True]
     assert len(pip_calls(pip)) == 1
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import flipback_testlib as lib
@@ -96,6 +98,28 @@ def test_service_runs_as_its_user_with_no_new_privileges(host):
     assert props == {"User": "hello", "NoNewPrivileges": "yes", "ProtectSystem": "strict"}
     pid = host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
     assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "hello"
+
+
+@pytest.mark.parametrize(
+    ("playbook", "extra"),
+    [
+        pytest.param("deploy.yml", ("-e", "ref=v1"), id="deploy-v1"),
+        pytest.param("rollback.yml", (), id="rollback"),
+    ],
+)
+def test_dry_run_shows_the_flip_and_changes_nothing(host, playbook, extra):
+    v2 = lib.current_id(host)
+    v1 = lib.manifest(host, v2)["replaces"]
+    before = lib.snapshot(host)
+    run = lib.run_playbook(host, playbook, "--check", "--diff", *extra)
+    out = lib.output(run)
+    assert run.returncode == 0, out[-3000:]
+    assert f"-current -> releases/{v2}" in out, out[-3000:]
+    assert f"+current -> releases/{v1}" in out
+    assert f"Start the release's instance, hello@{v1}" in out
+    assert f"Stop the previous instance, hello@{v2}" in out
+    assert lib.snapshot(host) == before
+    assert lib.public_health(host)["release"] == v2
 
 
 def _both(host, *extra: str) -> list[tuple[int, str]]:

@@ -36,6 +36,9 @@ for _name in (
     "service_config",
     "release_stage",
     "release_lock",
+    "service_status",
+    "service_history",
+    "status_report",
 ):
     if _name not in sys.modules:
         _load_library_module(_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -152,3 +153,31 @@ def test_two_deploys_at_once_with_lock_wait_both_succeed(host):
     assert [rc for rc, _ in results] == [0, 0], results
     assert lib.current_id(host) == release
     assert not host.file("/run/lock/flipback/hello/.lock").exists
+
+
+def test_status_reports_what_is_live(host, tmp_path):
+    v2 = lib.current_id(host)
+    v1 = lib.manifest(host, v2)["replaces"]
+    path = tmp_path / "status.json"
+    before = lib.snapshot(host)
+    run = lib.run_playbook(host, "status.yml", "-e", f"status_json={path}")
+    assert run.returncode == 0, lib.output(run)[-3000:]
+    assert "SERVICE" in run.stdout and v2 in run.stdout  # the printed table
+    hello = json.loads(path.read_text())["hosts"][host.backend.get_hostname()]["services"][0]
+    assert (hello["name"], hello["current"], hello["previous_good"]) == ("hello", v2, v1)
+    assert hello["health"]["ok"] is True
+    assert hello["health"]["release"] == v2
+    states = {i["release"]: i["active_state"] for i in hello["instances"]}
+    assert states == {v1: "inactive", v2: "active"}
+    assert {r["id"]: r["status"] for r in hello["releases"]} == {v1: "good", v2: "active"}
+    assert hello["lock"] is None
+    assert lib.snapshot(host) == before
+
+
+def test_history_lists_the_deploys(host):
+    v2 = lib.current_id(host)
+    run = lib.run_playbook(host, "history.yml", "-e", "service=hello", "-e", "last=2")
+    assert run.returncode == 0, lib.output(run)[-3000:]
+    lines = [line for line in run.stdout.splitlines() if v2 in line]
+    assert any(" staged " in line for line in lines), run.stdout[-2000:]
+    assert any(" active " in line for line in lines), run.stdout[-2000:]

@@ -1,0 +1,1014 @@
+"""Unit tests of module_utils/flipback_status.py: release trees under tmp_path, a fake
+systemctl, and a real HTTP server on 127.0.0.1 for the probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.flipback_release import ReleaseError, append_history, history_event
+from ansible.module_utils.flipback_status import (
+    compact_age,
+    history_report,
+    host_history,
+    host_status,
+    parse_systemctl_show,
+    probe_once,
+    render_table,
+    status_report,
+    truncate,
+    unit_states,
+    validate_names,
+    validate_services,
+    validate_timeout,
+    write_json,
+)
+
+# 2026-11-29T12:00:00Z: ages are measured from here.
+NOW = 1_795_953_600.0
+HEALTH = {"path": "/health", "expect_status": [200], "expect_json": {"ok": True}}
+
+
+def rid(letter: str) -> str:
+    """Release ids whose id order is a < b < c < d."""
+    return f"2026110{'abcd'.index(letter) + 1}T120000-{letter * 10}"
+
+
+A, B, C, D = (rid(x) for x in "abcd")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class Tree:
+    """A service root on disk (as in test_flipback_release.py): releases, history, current."""
+
+    def __init__(self, root: Path, service: str) -> None:
+        self.root = root
+        self.service = service
+        self.clock = 0
+        (root / "releases").mkdir(parents=True, exist_ok=True)
+
+    def release(self, release_id: str, deployed_at: str = "2026-11-29T11:00:00Z") -> Tree:
+        path = self.root / "releases" / release_id
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "id": release_id,
+            "service": self.service,
+            "deployed_by": "alice",
+            "deployed_at": deployed_at,
+            "health": HEALTH,
+            "status": "staged",
+        }
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        return self
+
+    def events(self, *events: tuple[str, str] | tuple[str, str, str]) -> Tree:
+        """Append (release, event[, note]) events, each a minute after the last."""
+        for release_id, event, *note in events:
+            self.clock += 60
+            append_history(
+                str(self.root),
+                history_event(
+                    release_id, event, by="alice", note="".join(note), at=NOW + self.clock
+                ),
+            )
+        return self
+
+    def current(self, release_id: str) -> Tree:
+        link = self.root / "current"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(f"releases/{release_id}")
+        return self
+
+
+def deployed(tree: Tree, *release_ids: str) -> Tree:
+    """Each release staged then activated in turn, the last one current."""
+    for release_id in release_ids:
+        tree.release(release_id).events((release_id, "staged"), (release_id, "active"))
+    return tree.current(release_ids[-1])
+
+
+def svc(name: str, port: int = 8000, **health: object) -> dict:
+    return {"name": name, "port": port, "health": {**HEALTH, **health}}
+
+
+class FakeSystemctl:
+    """Answers `systemctl show` from a table of unit states and records every call."""
+
+    def __init__(self, states: dict[str, tuple[str, str, str]] | None = None, rc: int = 0):
+        self.states = states or {}
+        self.rc = rc
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str, str]:
+        self.calls.append(argv)
+        if self.rc:
+            return self.rc, "", "Failed to connect to bus"
+        units = argv[argv.index("--") + 1 :]
+        blocks = []
+        for unit in units:
+            active, sub, file_state = self.states.get(unit, ("inactive", "dead", ""))
+            blocks.append(
+                f"Id={unit}\nActiveState={active}\nSubState={sub}\nUnitFileState={file_state}\n"
+            )
+        return 0, "\n".join(blocks), ""
+
+
+def fake_probe(answers: dict[int, dict]):
+    calls = []
+
+    def probe(port, health, timeout):
+        calls.append((port, health["path"], timeout))
+        return answers.get(port, {"ok": False, "status": None, "error": "refused"})
+
+    probe.calls = calls
+    return probe
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        status, body, delay = self.server.reply
+        self.server.paths.append(self.path)
+        time.sleep(delay)
+        data = body.encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the probe gave up first: that is what the timeout case tests
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    reply: tuple[int, str, float]
+    paths: list[str]
+
+
+@pytest.fixture
+def http_server():
+    """A server on 127.0.0.1 that answers every GET with server.reply = (status, body, delay)."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.reply = (200, "{}", 0.0)
+    server.paths = []
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# =========================================================================== inputs
+
+
+def test_validate_services_keeps_what_it_needs_and_fills_health_defaults():
+    from_config = {
+        "name": "hello",
+        "port": 8000,
+        "source": "/repo",
+        "env_names": ["X"],
+        "health": {"path": "/up", "expect_status": [200, 204], "expect_json": {}, "timeout": 30},
+    }
+    assert validate_services([from_config, {"name": "greeter", "port": 8001}]) == [
+        {
+            "name": "hello",
+            "port": 8000,
+            "health": {"path": "/up", "expect_status": [200, 204], "expect_json": {}},
+        },
+        {
+            "name": "greeter",
+            "port": 8001,
+            "health": {"path": "/health", "expect_status": [200], "expect_json": {}},
+        },
+    ]
+
+
+def test_validate_services_takes_a_single_status():
+    health = validate_services([svc("a", expect_status=204)])[0]["health"]
+    assert health["expect_status"] == [204]
+
+
+@pytest.mark.parametrize(
+    ("services", "field", "message"),
+    [
+        pytest.param("hello", "services", "services: got 'hello', expected a list", id="not-list"),
+        pytest.param(["hello"], "services[0]", "services[0]: got 'hello'", id="not-mapping"),
+        pytest.param([{"port": 1}], "services[0].name", "services[0].name: got None", id="no-name"),
+        pytest.param(
+            [svc("Hello")], "services[0].name", "services[0].name: got 'Hello'", id="bad-name"
+        ),
+        pytest.param(
+            [svc("a"), svc("a", 8001)], "services[1].name", "got 'a' twice", id="duplicate"
+        ),
+        pytest.param([{"name": "a"}], "services[0].port", "port: got None", id="no-port"),
+        pytest.param([svc("a", 0)], "services[0].port", "port: got 0", id="port-zero"),
+        pytest.param([svc("a", 70000)], "services[0].port", "got 70000", id="port-high"),
+        pytest.param([svc("a", True)], "services[0].port", "got True", id="port-bool"),
+        pytest.param(
+            [{"name": "a", "port": 1, "health": "x"}],
+            "services[0].health",
+            "health: got 'x', expected a mapping",
+            id="health-not-mapping",
+        ),
+        pytest.param(
+            [svc("a", path="health")], "services[0].health.path", "got 'health'", id="rel-path"
+        ),
+        pytest.param(
+            [svc("a", expect_status=[])],
+            "services[0].health.expect_status",
+            "got []",
+            id="status-empty",
+        ),
+        pytest.param(
+            [svc("a", expect_status=["200"])],
+            "services[0].health.expect_status",
+            "got ['200']",
+            id="status-string",
+        ),
+        pytest.param(
+            [svc("a", expect_json=[1])],
+            "services[0].health.expect_json",
+            "got [1], expected a mapping",
+            id="json-not-mapping",
+        ),
+    ],
+)
+def test_validate_services_rejects(services, field, message):
+    with pytest.raises(ReleaseError) as err:
+        validate_services(services)
+    assert message in err.value.msg
+    assert err.value.details["field"] == field
+    assert err.value.retryable is False
+
+
+@pytest.mark.parametrize(
+    ("names", "ok"),
+    [
+        pytest.param(["hello", "greeter"], True, id="names"),
+        pytest.param([], True, id="empty"),
+        pytest.param("hello", False, id="not-list"),
+        pytest.param(["../etc"], False, id="bad-name"),
+    ],
+)
+def test_validate_names(names, ok):
+    if ok:
+        assert validate_names(names) == names
+        return
+    with pytest.raises(ReleaseError):
+        validate_names(names)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        pytest.param(3, True, id="int"),
+        pytest.param(0.5, True, id="float"),
+        pytest.param(60, True, id="max"),
+        pytest.param(0, False, id="zero"),
+        pytest.param(61, False, id="too-long"),
+        pytest.param(True, False, id="bool"),
+        pytest.param("3", False, id="string"),
+    ],
+)
+def test_validate_timeout(value, ok):
+    if ok:
+        assert validate_timeout(value) == float(value)
+        return
+    with pytest.raises(ReleaseError) as err:
+        validate_timeout(value)
+    assert err.value.details["field"] == "probe_timeout"
+
+
+# =========================================================================== systemctl
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("", {}, id="empty"),
+        pytest.param(
+            "Id=a@x.service\nActiveState=active\nSubState=running\nUnitFileState=enabled\n",
+            {
+                "a@x.service": {
+                    "Id": "a@x.service",
+                    "ActiveState": "active",
+                    "SubState": "running",
+                    "UnitFileState": "enabled",
+                }
+            },
+            id="one-unit",
+        ),
+        pytest.param(
+            "ActiveState=active\nId=a@x.service\n\nId=a@y.service\nActiveState=failed\n\n",
+            {
+                "a@x.service": {"Id": "a@x.service", "ActiveState": "active"},
+                "a@y.service": {"Id": "a@y.service", "ActiveState": "failed"},
+            },
+            id="two-units-any-order",
+        ),
+        pytest.param("ActiveState=active\n", {}, id="no-id"),
+        pytest.param(
+            "Id=a@x.service\nUnitFileState=\n",
+            {"a@x.service": {"Id": "a@x.service", "UnitFileState": ""}},
+            id="empty-value",
+        ),
+    ],
+)
+def test_parse_systemctl_show(text, expected):
+    assert parse_systemctl_show(text) == expected
+
+
+def test_unit_states_asks_once_for_every_unit():
+    run = FakeSystemctl({"a@x.service": ("active", "running", "enabled")})
+    units, error = unit_states(run, "/bin/systemctl", ["a@x.service", "b@y.service"])
+    assert error is None
+    assert run.calls == [
+        [
+            "/bin/systemctl",
+            "show",
+            "--no-pager",
+            "--property=Id,ActiveState,SubState,UnitFileState",
+            "--",
+            "a@x.service",
+            "b@y.service",
+        ]
+    ]
+    assert units["a@x.service"]["SubState"] == "running"
+    assert units["b@y.service"]["ActiveState"] == "inactive"
+
+
+@pytest.mark.parametrize(
+    ("systemctl", "run", "units", "error"),
+    [
+        pytest.param("/bin/systemctl", FakeSystemctl(), [], None, id="no-units-no-call"),
+        pytest.param(
+            None, FakeSystemctl(), ["a@x.service"], "systemctl not found on the host", id="missing"
+        ),
+        pytest.param(
+            "/bin/systemctl",
+            FakeSystemctl(rc=1),
+            ["a@x.service"],
+            "systemctl show exited 1: Failed to connect to bus",
+            id="fails",
+        ),
+    ],
+)
+def test_unit_states_without_an_answer(systemctl, run, units, error):
+    assert unit_states(run, systemctl, units) == ({}, error)
+    if not units:
+        assert run.calls == []
+
+
+# =========================================================================== probe
+
+
+@pytest.mark.parametrize(
+    ("reply", "health", "ok", "release", "error"),
+    [
+        pytest.param(
+            (200, '{"ok": true, "release": "r1"}', 0), HEALTH, True, "r1", None, id="healthy"
+        ),
+        pytest.param((200, '{"ok": true}', 0), HEALTH, True, None, None, id="no-release-field"),
+        pytest.param(
+            (502, "bad gateway", 0),
+            HEALTH,
+            False,
+            None,
+            "status 502, expected one of [200]",
+            id="bad-status",
+        ),
+        pytest.param(
+            (200, '{"ok": false, "release": "r1"}', 0),
+            HEALTH,
+            False,
+            "r1",
+            "JSON field 'ok' is False, expected True",
+            id="wrong-json",
+        ),
+        pytest.param((200, "up", 0), HEALTH, False, None, "body is not JSON", id="not-json"),
+        pytest.param(
+            (204, "", 0),
+            {**HEALTH, "expect_status": [204], "expect_json": {}},
+            True,
+            None,
+            None,
+            id="no-body-expected",
+        ),
+    ],
+)
+def test_probe_once_answers(http_server, reply, health, ok, release, error):
+    http_server.reply = reply
+    port = http_server.server_address[1]
+
+    result = probe_once(port, {**health, "path": "/health?x=1"}, 2)
+
+    assert (result["ok"], result["status"], result["release"], result["error"]) == (
+        ok,
+        reply[0],
+        release,
+        error,
+    )
+    assert 0 <= result["latency_ms"] < 2000
+    assert http_server.paths == ["/health?x=1"]
+
+
+def test_probe_once_refused():
+    result = probe_once(closed_port(), HEALTH, 1)
+    assert (result["ok"], result["status"], result["latency_ms"]) == (False, None, None)
+    assert "ConnectionRefusedError" in result["error"]
+
+
+def test_probe_once_gives_up_at_its_timeout(http_server):
+    http_server.reply = (200, '{"ok": true}', 1.0)
+    started = time.monotonic()
+    result = probe_once(http_server.server_address[1], HEALTH, 0.2)
+    assert time.monotonic() - started < 0.9
+    assert (result["ok"], result["status"], result["error"]) == (
+        False,
+        None,
+        "no answer within 0.2s",
+    )
+    assert len(http_server.paths) == 1
+
+
+# =========================================================================== host_status
+
+
+@pytest.fixture
+def srv(tmp_path) -> Path:
+    return tmp_path / "srv"
+
+
+@pytest.fixture
+def locks(tmp_path) -> Path:
+    return tmp_path / "locks"
+
+
+def status(services, srv, locks, run=None, probe=None, **kwargs):
+    return host_status(
+        services,
+        run=run or FakeSystemctl(),
+        systemctl="/bin/systemctl",
+        root_parent=str(srv),
+        lock_dir=str(locks),
+        now=NOW,
+        probe=probe or fake_probe({}),
+        **kwargs,
+    )
+
+
+def test_host_status_reports_a_deployed_service(srv, locks):
+    tree = deployed(Tree(srv / "hello", "hello"), A, B)
+    tree.release(C).events((C, "staged"), (C, "failed", "gate 1: 502"))
+    run = FakeSystemctl(
+        {
+            f"hello@{B}.service": ("active", "running", "enabled"),
+            f"hello@{C}.service": ("failed", "failed", "disabled"),
+        }
+    )
+    health = {"ok": True, "status": 200, "release": B, "latency_ms": 3.2, "error": None}
+    probe = fake_probe({8000: health})
+
+    [hello] = status([svc("hello")], srv, locks, run, probe, probe_timeout=1.5)
+
+    assert hello["name"] == "hello"
+    assert hello["deployed"] is True
+    assert (hello["current"], hello["previous_good"]) == (B, A)
+    assert [(r["id"], r["status"], r["age_seconds"]) for r in hello["releases"]] == [
+        (A, "good", 3600),
+        (B, "active", 3600),
+        (C, "failed", 3600),
+    ]
+    assert hello["releases"][2]["last_event"] == {
+        "event": "failed",
+        "at": "2026-11-29T12:06:00Z",
+        "by": "alice",
+        "note": "gate 1: 502",
+    }
+    # An empty note is left out.
+    assert hello["releases"][1]["last_event"] == {
+        "event": "active",
+        "at": "2026-11-29T12:04:00Z",
+        "by": "alice",
+    }
+    assert hello["instances"] == [
+        {
+            "release": A,
+            "unit": f"hello@{A}.service",
+            "active_state": "inactive",
+            "sub_state": "dead",
+            "unit_file_state": None,
+        },
+        {
+            "release": B,
+            "unit": f"hello@{B}.service",
+            "active_state": "active",
+            "sub_state": "running",
+            "unit_file_state": "enabled",
+        },
+        {
+            "release": C,
+            "unit": f"hello@{C}.service",
+            "active_state": "failed",
+            "sub_state": "failed",
+            "unit_file_state": "disabled",
+        },
+    ]
+    assert hello["health"] == health
+    assert probe.calls == [(8000, "/health", 1.5)]
+    assert (hello["lock"], hello["error"]) == (None, None)
+
+
+def test_host_status_of_a_service_not_deployed_yet(srv, locks):
+    run, probe = FakeSystemctl(), fake_probe({})
+    [ghost] = status([svc("ghost")], srv, locks, run, probe)
+    assert ghost == {
+        "name": "ghost",
+        "port": 8000,
+        "deployed": False,
+        "current": None,
+        "previous_good": None,
+        "releases": [],
+        "instances": [],
+        "health": None,
+        "lock": None,
+        "error": None,
+    }
+    # Nothing to ask systemd about, and nothing of it listens on the port.
+    assert (run.calls, probe.calls) == ([], [])
+
+
+def test_host_status_asks_systemd_once_for_every_service(srv, locks):
+    deployed(Tree(srv / "hello", "hello"), A, B)
+    deployed(Tree(srv / "greeter", "greeter"), C)
+    run = FakeSystemctl()
+    services = [svc("hello"), svc("greeter", 8001), svc("ghost", 8002)]
+
+    reports = status(services, srv, locks, run)
+
+    assert [r["name"] for r in reports] == ["hello", "greeter", "ghost"]
+    assert len(run.calls) == 1
+    assert run.calls[0][5:] == [f"hello@{A}.service", f"hello@{B}.service", f"greeter@{C}.service"]
+
+
+def test_host_status_reports_the_lock_holder(srv, locks):
+    deployed(Tree(srv / "hello", "hello"), A)
+    holder = {"run_id": "ctl:1:2", "by": "bob", "since": "2026-11-29T11:59:00Z"}
+    (locks / "hello").mkdir(parents=True)
+    (locks / "hello" / ".lock").write_text(json.dumps(holder))
+    (locks / "greeter").mkdir()
+    (locks / "greeter" / ".lock").write_text("garbage")
+
+    hello, greeter = status([svc("hello"), svc("greeter", 8001)], srv, locks)
+
+    assert hello["lock"] == holder
+    assert greeter["lock"]["problem"] == "not a JSON object: 'garbage'"
+
+
+@pytest.mark.parametrize(
+    ("break_it", "error"),
+    [
+        pytest.param(
+            lambda root: (root / "history.jsonl").write_text("not json\n{}\n"),
+            "history.jsonl line 1",
+            id="corrupt-history",
+        ),
+        pytest.param(
+            lambda root: ((root / "current").unlink(), (root / "current").mkdir()),
+            "current: got a directory",
+            id="current-is-a-directory",
+        ),
+    ],
+)
+def test_host_status_reports_an_unreadable_service_and_goes_on(srv, locks, break_it, error):
+    deployed(Tree(srv / "hello", "hello"), A)
+    deployed(Tree(srv / "greeter", "greeter"), B)
+    break_it(srv / "hello")
+
+    hello, greeter = status([svc("hello"), svc("greeter", 8001)], srv, locks)
+
+    assert error in hello["error"]
+    assert (hello["current"], hello["releases"]) == (None, [])
+    assert greeter["error"] is None
+    assert greeter["current"] == B
+
+
+def test_host_status_names_a_systemctl_failure_on_each_deployed_service(srv, locks):
+    deployed(Tree(srv / "hello", "hello"), A)
+
+    hello, ghost = status([svc("hello"), svc("ghost", 8001)], srv, locks, FakeSystemctl(rc=1))
+
+    assert hello["error"] == "systemctl show exited 1: Failed to connect to bus"
+    assert hello["instances"][0]["active_state"] is None
+    assert ghost["error"] is None
+
+
+def test_host_status_probes_a_real_port(srv, locks, http_server):
+    deployed(Tree(srv / "hello", "hello"), A)
+    http_server.reply = (200, json.dumps({"ok": True, "release": A}), 0)
+
+    [hello] = host_status(
+        [svc("hello", http_server.server_address[1])],
+        run=FakeSystemctl(),
+        systemctl="/bin/systemctl",
+        root_parent=str(srv),
+        lock_dir=str(locks),
+    )
+
+    assert (hello["health"]["ok"], hello["health"]["release"]) == (True, A)
+
+
+def test_host_status_checks_its_inputs(srv, locks):
+    with pytest.raises(ReleaseError) as err:
+        status([svc("hello")], srv, locks, probe_timeout=0)
+    assert err.value.details["field"] == "probe_timeout"
+
+
+# =========================================================================== host_history
+
+
+def test_host_history_returns_the_last_events_newest_last(srv):
+    deployed(Tree(srv / "hello", "hello"), A, B).events((B, "rolled_back", "back to A"))
+
+    [hello, ghost] = host_history(["hello", "ghost"], last=2, root_parent=str(srv))
+
+    assert hello["total"] == 5
+    assert hello["error"] is None
+    assert hello["events"] == [
+        {
+            "at": "2026-11-29T12:04:00Z",
+            "release": B,
+            "event": "active",
+            "by": "alice",
+            "from": None,
+            "note": "",
+        },
+        {
+            "at": "2026-11-29T12:05:00Z",
+            "release": B,
+            "event": "rolled_back",
+            "by": "alice",
+            "from": None,
+            "note": "back to A",
+        },
+    ]
+    assert ghost == {"name": "ghost", "events": [], "total": 0, "error": None}
+
+
+def test_host_history_reports_a_corrupt_log_and_goes_on(srv):
+    deployed(Tree(srv / "greeter", "greeter"), A)
+    (srv / "hello").mkdir()
+    (srv / "hello" / "history.jsonl").write_text("oops\n\n")
+
+    hello, greeter = host_history(["hello", "greeter"], root_parent=str(srv))
+
+    assert "history.jsonl line 1" in hello["error"]
+    assert hello["events"] == []
+    assert len(greeter["events"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("names", "last", "field"),
+    [
+        pytest.param(["hello"], 0, "last", id="last-zero"),
+        pytest.param(["hello"], True, "last", id="last-bool"),
+        pytest.param(["Hello"], 5, "service", id="bad-name"),
+    ],
+)
+def test_host_history_checks_its_inputs(srv, names, last, field):
+    with pytest.raises(ReleaseError) as err:
+        host_history(names, last=last, root_parent=str(srv))
+    assert err.value.details["field"] == field
+
+
+# =========================================================================== report cells
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        pytest.param(0, "0s", id="zero"),
+        pytest.param(59, "59s", id="seconds"),
+        pytest.param(60, "1m", id="minute"),
+        pytest.param(3599, "59m", id="minutes"),
+        pytest.param(7200, "2h", id="hours"),
+        pytest.param(3 * 86400 + 5, "3d", id="days"),
+        pytest.param(None, "-", id="none"),
+        pytest.param(True, "-", id="bool"),
+    ],
+)
+def test_compact_age(seconds, text):
+    assert compact_age(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "expected"),
+    [
+        pytest.param("short", 10, "short", id="fits"),
+        pytest.param("a  b\nc", 10, "a b c", id="whitespace-folded"),
+        pytest.param("abcdefghijkl", 10, "abcdefg...", id="cut"),
+        pytest.param(None, 10, "", id="none"),
+    ],
+)
+def test_truncate(text, width, expected):
+    assert truncate(text, width) == expected
+
+
+def test_render_table_pads_columns_and_strips_trailing_spaces():
+    table = render_table(
+        (("a", "A"), ("b", "LONG B"), ("c", "C")),
+        [{"a": "xxx", "b": "y", "c": ""}, {"a": "z", "b": "yy", "c": "w"}],
+    )
+    assert table.splitlines() == [
+        "A    LONG B  C",
+        "---  ------  -",
+        "xxx  y",
+        "z    yy      w",
+    ]
+
+
+def host_report(**overrides) -> dict:
+    """One service's status as service_status returns it: B current, A previous good."""
+    report = {
+        "name": "hello",
+        "current": B,
+        "previous_good": A,
+        "releases": [
+            {"id": A, "status": "good", "age_seconds": 7200},
+            {"id": B, "status": "active", "age_seconds": 300},
+        ],
+        "instances": [
+            {"release": A, "active_state": "inactive", "sub_state": "dead"},
+            {"release": B, "active_state": "active", "sub_state": "running"},
+        ],
+        "health": {"ok": True, "status": 200, "release": B, "latency_ms": 4.4, "error": None},
+        "lock": None,
+        "error": None,
+    }
+    report.update(overrides)
+    return report
+
+
+@pytest.mark.parametrize(
+    ("overrides", "column", "cell"),
+    [
+        pytest.param({}, "current", B, id="current"),
+        pytest.param({}, "age", "5m", id="age-of-current"),
+        pytest.param({}, "previous_good", A, id="previous-good"),
+        pytest.param({"previous_good": None}, "previous_good", "-", id="no-previous-good"),
+        pytest.param({}, "instance", "active/running", id="instance"),
+        pytest.param(
+            {
+                "instances": [
+                    {"release": A, "active_state": "active", "sub_state": "running"},
+                    {"release": B, "active_state": "active", "sub_state": "running"},
+                ]
+            },
+            "instance",
+            "active/running +1 other active",
+            id="old-instance-still-active",
+        ),
+        pytest.param({"instances": []}, "instance", "?", id="instance-unknown"),
+        pytest.param({}, "health", "ok 4 ms", id="healthy"),
+        pytest.param(
+            {"health": {"ok": True, "latency_ms": 2.0, "release": A}},
+            "health",
+            f"ok 2 ms ANSWERS {A}",
+            id="answers-another-release",
+        ),
+        pytest.param(
+            {"health": {"ok": False, "status": 502, "error": "status 502"}},
+            "health",
+            "FAIL 502",
+            id="bad-status",
+        ),
+        pytest.param(
+            {"health": {"ok": False, "status": None, "error": "ConnectionRefusedError: " * 3}},
+            "health",
+            "FAIL ConnectionRefusedError: Conne...",
+            id="unreachable",
+        ),
+        pytest.param({}, "releases", "2 (1 active, 1 good)", id="releases"),
+        pytest.param(
+            {
+                "releases": [
+                    {"id": C, "status": "failed"},
+                    {"id": A, "status": "good"},
+                    {"id": B, "status": "active"},
+                    {"id": D, "status": "weird"},
+                ]
+            },
+            "releases",
+            "4 (1 active, 1 good, 1 failed, 1 weird)",
+            id="releases-in-status-order",
+        ),
+        pytest.param({}, "lock", "-", id="no-lock"),
+        pytest.param(
+            {"lock": {"by": "bob@ctl", "since": "2026-11-29T11:59:00Z"}},
+            "lock",
+            "bob@ctl since 2026-11-29T11:59:00Z",
+            id="lock",
+        ),
+        pytest.param(
+            {"lock": {"run_id": None, "problem": "not JSON"}},
+            "lock",
+            "unreadable lock",
+            id="unreadable-lock",
+        ),
+        pytest.param(
+            {
+                "current": None,
+                "previous_good": None,
+                "releases": [],
+                "instances": [],
+                "health": None,
+            },
+            "instance",
+            "-",
+            id="not-deployed",
+        ),
+    ],
+)
+def test_status_report_cells(overrides, column, cell):
+    [row] = status_report({"sandbox-1": {"services": [host_report(**overrides)]}})["rows"]
+    assert row[column] == cell
+
+
+def test_status_report_of_a_service_not_deployed():
+    empty = host_report(current=None, previous_good=None, releases=[], instances=[], health=None)
+    [row] = status_report({"h": {"services": [empty]}})["rows"]
+    assert row == {
+        "service": "hello",
+        "host": "h",
+        "current": "-",
+        "age": "-",
+        "previous_good": "-",
+        "instance": "-",
+        "health": "-",
+        "releases": "0",
+        "lock": "-",
+    }
+
+
+def test_status_report_rows_go_by_service_then_host_and_problems_follow_the_table():
+    hosts = {
+        "sandbox-1": {
+            "services": [
+                host_report(),
+                host_report(name="greeter", error="history.jsonl line 3: bad"),
+            ]
+        },
+        "sandbox-2": {
+            "services": [
+                host_report(health={"ok": False, "status": None, "error": "refused"}),
+                host_report(name="greeter"),
+            ]
+        },
+        "sandbox-3": {"failed": True, "msg": "services[0].port: got 0"},
+        "sandbox-4": {},
+    }
+
+    report = status_report(hosts)
+
+    assert [(r["service"], r["host"]) for r in report["rows"]] == [
+        ("hello", "sandbox-1"),
+        ("hello", "sandbox-2"),
+        ("greeter", "sandbox-1"),
+        ("greeter", "sandbox-2"),
+    ]
+    lines = report["table"].splitlines()
+    assert lines[0].split() == [
+        "SERVICE",
+        "HOST",
+        "CURRENT",
+        "AGE",
+        "PREVIOUS",
+        "GOOD",
+        "INSTANCE",
+        "HEALTH",
+        "RELEASES",
+        "LOCK",
+    ]
+    assert len({len(line) for line in lines[:2]}) == 1
+    assert lines[6:] == [
+        "",
+        "! sandbox-1 greeter: history.jsonl line 3: bad",
+        "! sandbox-2 hello: health: refused",
+        "! sandbox-3: services[0].port: got 0",
+        "! sandbox-4: no result (unreachable?)",
+    ]
+
+
+def test_status_report_needs_a_mapping_of_hosts():
+    with pytest.raises(ReleaseError) as err:
+        status_report(["sandbox-1"])
+    assert err.value.details["field"] == "hosts"
+
+
+# =========================================================================== history_report
+
+
+def events_of(*events: tuple[str, str, str, str]) -> list[dict]:
+    return [
+        {"at": at, "release": rel, "event": event, "by": "alice", "from": None, "note": note}
+        for at, rel, event, note in events
+    ]
+
+
+def test_history_report_merges_hosts_by_time_and_keeps_the_last():
+    hosts = {
+        "sandbox-1": {
+            "services": [
+                {
+                    "name": "hello",
+                    "events": events_of(
+                        ("2026-11-29T12:01:00Z", A, "staged", ""),
+                        ("2026-11-29T12:03:00Z", A, "active", "deploy of v1"),
+                    ),
+                }
+            ]
+        },
+        "sandbox-2": {
+            "services": [
+                {
+                    "name": "hello",
+                    "events": events_of(
+                        ("2026-11-29T12:02:00Z", A, "staged", ""),
+                        ("2026-11-29T12:03:00Z", A, "active", "x" * 60),
+                    ),
+                },
+                {"name": "greeter", "events": [], "error": "history.jsonl line 1: bad"},
+            ]
+        },
+    }
+
+    report = history_report(hosts, last=3)
+
+    assert [(r["at"][11:16], r["host"], r["event"]) for r in report["rows"]] == [
+        ("12:02", "sandbox-2", "staged"),
+        ("12:03", "sandbox-1", "active"),
+        ("12:03", "sandbox-2", "active"),
+    ]
+    # Rows keep the whole note; the table cuts it.
+    assert report["rows"][2]["note"] == "x" * 60
+    lines = report["table"].splitlines()
+    assert lines[0].split() == ["AT", "HOST", "SERVICE", "RELEASE", "EVENT", "BY", "NOTE"]
+    assert lines[2].endswith("staged  alice  -")
+    assert lines[4].endswith("x" * 45 + "...")
+    assert lines[5:] == ["", "! sandbox-2 greeter: history.jsonl line 1: bad"]
+
+
+def test_history_report_of_no_events():
+    report = history_report({"h": {"services": [{"name": "hello", "events": []}]}})
+    assert report["rows"] == []
+    assert report["table"].splitlines()[0].startswith("AT")
+
+
+def test_history_report_checks_last():
+    with pytest.raises(ReleaseError) as err:
+        history_report({}, last=0)
+    assert err.value.details["field"] == "last"
+
+
+# =========================================================================== write_json
+
+
+def test_write_json_writes_atomically_and_only_on_change(tmp_path):
+    path = tmp_path / "status.json"
+    assert write_json(str(path), {"b": 1, "a": [1]}) is True
+    assert json.loads(path.read_text()) == {"a": [1], "b": 1}
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert write_json(str(path), {"a": [1], "b": 1}) is False
+    assert write_json(str(path), {"a": [2]}) is True
+    assert sorted(os.listdir(tmp_path)) == ["status.json"]
+
+
+def test_write_json_into_a_missing_directory_fails_and_leaves_nothing(tmp_path):
+    with pytest.raises(ReleaseError) as err:
+        write_json(str(tmp_path / "missing" / "status.json"), {})
+    assert err.value.details["field"] == "json_path"
+    assert err.value.retryable is False
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,78 @@
+"""Every module in library/ documents itself completely: ansible-doc can read it."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+LIBRARY = Path(__file__).resolve().parents[2] / "library"
+MODULES = sorted(LIBRARY.glob("*.py"))
+
+
+def _docs(path: Path) -> dict[str, str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in (
+                    "DOCUMENTATION",
+                    "EXAMPLES",
+                    "RETURN",
+                ):
+                    found[target.id] = node.value.value
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_module_documentation_parses_and_matches_the_module(path):
+    docs = _docs(path)
+    assert set(docs) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}
+    documentation = yaml.safe_load(docs["DOCUMENTATION"])
+    assert documentation["module"] == path.stem
+    assert documentation["short_description"]
+    for name, option in documentation.get("options", {}).items():
+        assert option.get("description"), f"option {name} has no description"
+        assert option.get("type"), f"option {name} has no type"
+    examples = yaml.safe_load(docs["EXAMPLES"])
+    assert isinstance(examples, list) and examples
+    returned = yaml.safe_load(docs["RETURN"])
+    assert isinstance(returned, dict) and "elapsed" in returned
+
+
+class _Captured(Exception):
+    def __init__(self, spec: dict) -> None:
+        super().__init__("argument_spec captured")
+        self.spec = spec
+
+
+def _argument_spec(path: Path, monkeypatch) -> dict:
+    """The module's argument_spec, taken from its AnsibleModule(...) call in main()."""
+    spec = importlib.util.spec_from_file_location(f"_doccheck_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def capture(*, argument_spec, **_kwargs):
+        raise _Captured(argument_spec)
+
+    monkeypatch.setattr(module, "AnsibleModule", capture)
+    with pytest.raises(_Captured) as captured:
+        module.main()
+    return captured.value.spec
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_documented_options_are_the_argument_spec(path, monkeypatch):
+    documented = yaml.safe_load(_docs(path)["DOCUMENTATION"]).get("options", {})
+    spec = _argument_spec(path, monkeypatch)
+    assert sorted(documented) == sorted(spec)
+    for name, option in spec.items():
+        assert documented[name]["type"] == option.get("type", "str"), name
+        if "default" in option and option["default"] is not None:
+            assert documented[name].get("default") == option["default"], name
+        if "choices" in option:
+            assert sorted(documented[name]["choices"]) == sorted(option["choices"]), name

@@ -39,6 +39,7 @@ for _name in (
     "service_status",
     "service_history",
     "status_report",
+    "release_switch",
 ):
     if _name not in sys.modules:
         _load_library_module(_name)

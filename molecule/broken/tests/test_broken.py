@@ -58,7 +58,7 @@ def test_deploy_fails_naming_service_host_release_and_gate(host, broken_deploy):
     name = host.backend.get_hostname()
     assert f"deploy of hello failed on {name}: release" in out, out[-2000:]
     assert "Gate 1, health on the instance's private socket" in out
-    assert f"current is back on {broken_deploy['good']}" in out
+    assert f"current stays on {broken_deploy['good']}, which keeps serving" in out
     assert "broken on purpose" in out  # the failing unit's journal is shown
 
 

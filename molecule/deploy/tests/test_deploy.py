@@ -117,8 +117,7 @@ def test_dry_run_shows_the_flip_and_changes_nothing(host, playbook, extra):
     assert run.returncode == 0, out[-3000:]
     assert f"-current -> releases/{v2}" in out, out[-3000:]
     assert f"+current -> releases/{v1}" in out
-    assert f"Start the release's instance, hello@{v1}" in out
-    assert f"Stop the previous instance, hello@{v2}" in out
+    assert f"would start hello@{v1}.service; would stop hello@{v2}.service" in out
     assert lib.snapshot(host) == before
     assert lib.public_health(host)["release"] == v2
 

@@ -103,13 +103,10 @@ def test_every_step_did_what_it_should(story):
 @pytest.mark.parametrize("mode", ["new", "keepalive"])
 def test_zero_failed_requests(story, mode):
     summary = story["summary"][mode]
-    print(
-        mode,
-        {
-            k: summary[k]
-            for k in ("total", "ok", "failed", "client_errors", "latency_ms", "requests_per_s")
-        },
-    )
+    # Printed (the scenario runs pytest with -s) so the CI log carries the numbers.
+    keys = ("total", "ok", "failed", "client_errors", "latency_ms", "requests_per_s")
+    steps = [(s["name"], round(s["end"] - s["start"], 1)) for s in story["steps"]]
+    print(f"\nzero_downtime {mode}: { ({k: summary[k] for k in keys}) } steps (s): {steps}")
     assert summary["total"] > 500
     assert summary["failed"] == 0, summary["failed_by_kind"]
     assert summary["client_errors"] == 0, summary["client_errors_by_kind"]

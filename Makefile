@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 # The demo's second source: a throwaway repository of hello with tags v1, v2, broken.
 DEMO_REPO ?= /var/tmp/flipback-demo-repo
 
-demo: setup ## Sandbox up, deploy hello and greeter, deploy hello v2, show health, roll back
+demo: setup ## Sandbox up, deploy hello and greeter, hello v2, show health, roll back, status
 	$(BIN)/ansible-playbook playbooks/sandbox.yml
 	$(BIN)/ansible all -m ansible.builtin.ping
 	@echo "== deploy every service from this repository's HEAD"
@@ -46,6 +46,7 @@ demo: setup ## Sandbox up, deploy hello and greeter, deploy hello v2, show healt
 	@echo "== roll hello back to its previous good release"
 	$(BIN)/ansible-playbook playbooks/rollback.yml -e service=hello
 	$(BIN)/ansible-playbook playbooks/health.yml
+	$(BIN)/ansible-playbook playbooks/status.yml
 
 test: setup lint unit molecule ## Run every check: linters, unit tests, molecule scenarios
 

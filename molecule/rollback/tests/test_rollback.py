@@ -64,3 +64,25 @@ def test_rollback_without_target_fails_and_changes_nothing(host):
     assert "nothing was changed" in out
     assert lib.snapshot(host) == before
     assert lib.public_health(host)["release"] == v1
+
+
+def test_rehearsal_ends_on_the_new_release(host):
+    # After the tests above v1 is current and v2 was rolled back from: rehearse v2.
+    v1, v2 = _releases(host)
+    run = lib.run_playbook(host, "rehearse.yml", "-e", "ref=v2")
+    out = lib.output(run)
+    assert run.returncode == 0, out[-3000:]
+    assert "REHEARSAL passed in" in out
+    for step in (
+        "deploy",
+        "verify after deploy",
+        "rollback",
+        "verify after rollback",
+        "roll forward",
+        "verify after roll forward",
+    ):
+        assert f"{step} " in out, step
+    assert lib.current_id(host) == v2
+    assert lib.public_health(host)["release"] == v2
+    events = [(e["release"], e["event"]) for e in lib.history(host)[-3:]]
+    assert events == [(v1, "active"), (v2, "rolled_back"), (v2, "active")]

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 # Controller packages: the sandbox (debootstrap, systemd-nspawn, iproute2), SSH and venv.
-APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client python3-venv git make
+APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client python3-venv git make procps
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 

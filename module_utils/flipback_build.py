@@ -22,24 +22,16 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ansible.module_utils.flipback_common import FlipbackError, run_command, sha256_file
+
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}^~-]{0,199}$")
 SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$|^$")
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
-class BuildError(Exception):
-    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.retryable = retryable
-        self.details = details
-
-
-def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
-    )
+class BuildError(FlipbackError):
+    """A failure with what was observed, what was expected, and whether a retry is safe."""
 
 
 def validate_ref(ref: str) -> str:
@@ -87,14 +79,6 @@ def dependencies_of(pyproject_text: str) -> list[str]:
             field="pyproject.toml",
         )
     return sorted(deps)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int, mode: int) -> None:

@@ -19,6 +19,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from ansible.module_utils.flipback_common import FlipbackError
+
 BODY_LIMIT = 2000
 # A health answer is small; reading more than this is a sign of the wrong endpoint.
 READ_LIMIT = 1 << 20
@@ -28,14 +30,8 @@ READ_LIMIT = 1 << 20
 STARTING_STATUSES = frozenset({502, 503, 504})
 
 
-class HealthError(Exception):
+class HealthError(FlipbackError):
     """A failure with what was observed, what was expected, and whether a retry is safe."""
-
-    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.retryable = retryable
-        self.details = details
 
 
 class Clock:

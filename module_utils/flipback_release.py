@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ansible.module_utils.flipback_common import FlipbackError
+
 SERVICE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 RELEASE_ID_EXAMPLE = "20261129T141500-3f2a9c1d0e"
@@ -58,14 +60,8 @@ _STATUS_BY_LAST_EVENT = {
 }
 
 
-class ReleaseError(Exception):
+class ReleaseError(FlipbackError):
     """A failure with what was observed, what was expected, and whether a retry is safe."""
-
-    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.retryable = retryable
-        self.details = details
 
 
 # --------------------------------------------------------------------------- inputs

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ansible.module_utils.flipback_common import FlipbackError
+
 FLEET_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 MAX_SIZE = 16
 # Machine N gets host address FIRST_HOST_OFFSET + N in the subnet; .1 is the bridge.
@@ -42,14 +44,8 @@ IMAGE_RECIPE_VERSION = 1
 IMAGE_MARKER = ".flipback-image.json"
 
 
-class SandboxError(Exception):
+class SandboxError(FlipbackError):
     """A failure with what was observed, what was expected, and whether a retry is safe."""
-
-    def __init__(self, msg: str, *, retryable: bool = False, **details: object) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.retryable = retryable
-        self.details = details
 
 
 # --------------------------------------------------------------------------- names

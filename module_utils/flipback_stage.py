@@ -10,7 +10,6 @@ release left half-finished by a killed run is wiped and staged again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ansible.module_utils.flipback_common import run_command, sha256_file
 from ansible.module_utils.flipback_release import (
     MANIFEST,
     STAGING_LOCK,
@@ -38,20 +38,6 @@ from ansible.module_utils.flipback_release import (
 
 WHEELS_DIR = ".wheels"
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
-def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
-    )
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:

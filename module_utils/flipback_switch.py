@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible.module_utils.flipback_common import run_command
 from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target, probe
 from ansible.module_utils.flipback_release import (
     ReleaseError,
@@ -36,12 +37,6 @@ GATE_2 = "Gate 2, health through the public port answers with the release"
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 Prober = Callable[[Target, Expect, Policy], dict]
-
-
-def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
-    )
 
 
 def real_probe(target: Target, expect: Expect, policy: Policy) -> dict:

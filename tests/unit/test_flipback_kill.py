@@ -1,0 +1,203 @@
+"""Unit tests of the flipback_kill callback: it counts tasks, logs them, and kills at N+1.
+
+The plugin is loaded through Ansible's callback loader (so its options come from its
+DOCUMENTATION, as in a real run) with os.killpg and os.setpgid patched. Two short real
+runs of ansible-playbook against localhost show the kill takes the run's process group
+and nothing above it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ansible.plugins.loader import callback_loader
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = ROOT / "plugins" / "callback"
+callback_loader.add_directory(str(PLUGINS))
+
+
+class _Task(SimpleNamespace):
+    def get_name(self) -> str:
+        return self.name
+
+
+@pytest.fixture
+def signals(monkeypatch):
+    """What the plugin would have done to processes, instead of doing it."""
+    sent: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: sent.append(("killpg", pgid, sig)))
+    monkeypatch.setattr(os, "setpgid", lambda pid, pgid: sent.append(("setpgid", pid, pgid)))
+    return sent
+
+
+def _plugin(monkeypatch, kill_after: str | None = None, task_log: Path | None = None):
+    for name, value in (("FLIPBACK_KILL_AFTER", kill_after), ("FLIPBACK_TASK_LOG", task_log)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, str(value))
+    plugin = callback_loader.get("flipback_kill")
+    plugin.set_options()
+    return plugin
+
+
+def _run_tasks(plugin, names: list[str], handlers: tuple[str, ...] = ()) -> None:
+    for name in names:
+        plugin.v2_playbook_on_task_start(_Task(name=name), is_conditional=False)
+    for name in handlers:
+        plugin.v2_playbook_on_handler_task_start(_Task(name=name))
+    plugin.v2_playbook_on_stats(stats=None)
+
+
+TASKS = ["first", "second", "third", "fourth"]
+
+
+@pytest.mark.parametrize(
+    ("kill_after", "killed_at"),
+    [
+        pytest.param("1", 2, id="after-task-1-kills-at-2"),
+        pytest.param("3", 4, id="after-task-3-kills-at-4"),
+        pytest.param("4", 5, id="after-the-last-task-kills-at-the-end"),
+        pytest.param("9", 5, id="beyond-the-run-kills-at-the-end"),
+    ],
+)
+def test_kills_once_when_task_n_plus_1_starts(
+    monkeypatch, signals, tmp_path, kill_after, killed_at
+):
+    log = tmp_path / "tasks.log"
+    plugin = _plugin(monkeypatch, kill_after=kill_after, task_log=log)
+    # The patched killpg returns, so the plugin carries on; only the first kill counts.
+    killed_after: list[int] = []
+    monkeypatch.setattr(
+        os, "killpg", lambda pgid, sig: killed_after.append(log.read_text().count("\n"))
+    )
+    _run_tasks(plugin, TASKS)
+    assert killed_after[0] == killed_at
+    lines = log.read_text().splitlines()
+    assert lines[killed_at - 1].endswith("\tSIGKILL")
+    assert lines[killed_at - 1].startswith(f"{killed_at}\t")
+
+
+def test_kill_is_sigkill_to_its_own_process_group(monkeypatch, signals):
+    plugin = _plugin(monkeypatch, kill_after="1")
+    plugin.v2_playbook_on_task_start(_Task(name="first"), is_conditional=False)
+    assert [s for s in signals if s[0] == "killpg"] == []
+    plugin.v2_playbook_on_task_start(_Task(name="second"), is_conditional=False)
+    assert ("killpg", os.getpgrp(), signal.SIGKILL) in signals
+
+
+def test_handlers_are_counted_after_the_tasks(monkeypatch, signals, tmp_path):
+    log = tmp_path / "tasks.log"
+    plugin = _plugin(monkeypatch, kill_after="2", task_log=log)
+    _run_tasks(plugin, ["first"], handlers=("Reload nginx", "Reload systemd"))
+    assert log.read_text().splitlines()[:3] == [
+        "1\tfirst",
+        "2\tReload nginx",
+        "3\tReload systemd\tSIGKILL",
+    ]
+
+
+def test_log_only_counts_every_task_and_never_kills(monkeypatch, signals, tmp_path):
+    log = tmp_path / "tasks.log"
+    plugin = _plugin(monkeypatch, task_log=log)
+    _run_tasks(plugin, TASKS, handlers=("Reload nginx",))
+    assert log.read_text().splitlines() == [
+        "1\tfirst",
+        "2\tsecond",
+        "3\tthird",
+        "4\tfourth",
+        "5\tReload nginx",
+    ]
+    assert signals == []
+
+
+@pytest.mark.parametrize("kill_after", [None, "0"], ids=["unset", "zero"])
+def test_inert_without_settings(monkeypatch, signals, tmp_path, kill_after):
+    monkeypatch.chdir(tmp_path)
+    plugin = _plugin(monkeypatch, kill_after=kill_after)
+    _run_tasks(plugin, TASKS)
+    assert signals == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_armed_it_leads_its_own_process_group(monkeypatch, signals):
+    # The test process is not a group leader under most runners; if it is, there is
+    # nothing to do and nothing must be done.
+    _plugin(monkeypatch, kill_after="3")
+    expected = [] if os.getpgrp() == os.getpid() else [("setpgid", 0, 0)]
+    assert signals == expected
+
+
+# --------------------------------------------------------------------------- real runs
+
+PLAYBOOK = """\
+- name: Four tasks on the controller
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: One
+      ansible.builtin.command: "true"
+      changed_when: false
+    - name: Two
+      ansible.builtin.command: "true"
+      changed_when: false
+    - name: Three
+      ansible.builtin.command: "touch {{ marker }}"
+      changed_when: true
+    - name: Four
+      ansible.builtin.command: "true"
+      changed_when: false
+"""
+
+
+def _ansible_playbook(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    playbook = tmp_path / "four.yml"
+    playbook.write_text(PLAYBOOK)
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        [
+            str(bin_dir / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-e",
+            f"marker={tmp_path / 'task-three-ran'}",
+            str(playbook),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        # Deliberately in the test's own process group: the kill must not reach us.
+        env={
+            **os.environ,
+            "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
+            "ANSIBLE_CALLBACKS_ENABLED": "flipback_kill",
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            **env,
+        },
+    )
+
+
+def test_real_run_is_killed_at_task_n_plus_1_and_the_caller_survives(tmp_path):
+    log = tmp_path / "tasks.log"
+    run = _ansible_playbook(tmp_path, FLIPBACK_KILL_AFTER="2", FLIPBACK_TASK_LOG=str(log))
+    assert run.returncode == -signal.SIGKILL, run.stdout + run.stderr
+    assert log.read_text().splitlines() == ["1\tOne", "2\tTwo", "3\tThree\tSIGKILL"]
+    assert not (tmp_path / "task-three-ran").exists()
+
+
+def test_real_run_with_only_a_task_log_completes(tmp_path):
+    log = tmp_path / "tasks.log"
+    run = _ansible_playbook(tmp_path, FLIPBACK_TASK_LOG=str(log))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert log.read_text().splitlines() == ["1\tOne", "2\tTwo", "3\tThree", "4\tFour"]
+    assert (tmp_path / "task-three-ran").exists()

@@ -1,0 +1,869 @@
+"""The benchmark of issue #6: how long a deploy and a rollback take, and where the time goes.
+
+`bench/run` (which runs `make setup`, then this file with the repository's .venv) brings
+up its own sandbox fleet ("bench", 10.213.40.0/24, never the demo's or molecule's),
+deploys hello from a throwaway repository once to start from a live release, then,
+under the load generator (bench/load.py, a new connection per request, rate-capped),
+repeats R rounds of:
+
+    floor            bench/floor.yml: one ping task, the cost of any playbook at all
+    deploy new       playbooks/deploy.yml of a new commit of hello
+    deploy no-change the same command again (must report changed=0)
+    rollback         playbooks/rollback.yml back to the previous good release
+
+Every command is timed with time.monotonic() around the subprocess, its output goes
+to a log file, and its window on the load generator's clock is kept, so the requests
+sent during it can be summarised. The per-task timings that the flipback_timing
+callback prints at the end of each run are parsed from the logs. It prints a table,
+writes all of it as JSON and draws a PNG timeline (bench/plot.py).
+
+With `--machines 1,4,16` it does the whole thing per fleet size, growing or shrinking
+the same fleet, and adds a table of medians per size against the smallest.
+
+Everything here is standard library; the pure parts (statistics, window slicing,
+parsing the Ansible output, the tables) are unit-tested in tests/unit/test_bench_*.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import load
+import plot
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+WORK_DIR = Path("/var/tmp/flipback-bench")
+FLEET = "bench"
+# Nothing else on the controller uses this range (the demo has .1, molecule .21-.25).
+SUBNET = "10.213.40.0/24"
+SERVICE = "hello"
+PORT = 8000
+BRANCH = "bench"
+MAX_MACHINES = 16  # what the sandbox role allows
+
+# The measured operations, in the order a round runs them.
+OPERATIONS = ("floor", "deploy_new", "deploy_nochange", "rollback")
+LABELS = {
+    "floor": "floor (ping)",
+    "deploy_new": "deploy new",
+    "deploy_nochange": "deploy no-change",
+    "rollback": "rollback",
+}
+# Issue #6: the median of each operation over the median of the floor, same run.
+TARGETS = {"deploy_new": 6.0, "deploy_nochange": 2.5, "rollback": 2.0}
+# Issue #6: a deploy to 16 machines at most twice a deploy to 1.
+SCALING_TARGET = 2.0
+
+DEFAULT_CLIENTS = 4
+# A few clients, well under the 200/s that TIME_WAIT allows in the new-connection mode,
+# so that the load does not take the controller's two cores away from Ansible.
+DEFAULT_RATE = 50.0
+# Seconds of plain traffic before the first and after the last command, for the timeline.
+QUIET_SECONDS = 2.0
+# Lines of the per-task timing kept per operation in the JSON and the printout.
+TOP_TASKS = 8
+
+# A release id as the tasks name it ("Switch to 20261102T100000-987e21b84d").
+RELEASE_ID = re.compile(r"\b\d{8}T\d{6}-[0-9a-f]{10}\b")
+RECAP_LINE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
+TIMING_HEAD = re.compile(r"^TIMING: ([\d.]+)s in all, (\d+) tasks; slowest:$")
+TIMING_LINE = re.compile(r"^\s*([\d.]+)s  (.*)$")
+ANSIBLE_HOST = re.compile(r"^\s+ansible_host:\s*(\S+)\s*$", re.MULTILINE)
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and where its log is."""
+
+
+# --- pure parts ------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (as bench/load.py computes it); None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """min / median / max (seconds, rounded to ms) of a list of wall times."""
+    if not values:
+        return {"n": 0, "min": None, "median": None, "max": None}
+    return {
+        "n": len(values),
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return round(value / base, 2)
+
+
+def in_windows(
+    records: Iterable[load.Record], windows: Iterable[tuple[float, float]]
+) -> list[load.Record]:
+    """The requests that started inside any window [start, end) of the load's clock."""
+    spans = sorted(windows)
+    return [r for r in records if any(start <= r.t < end for start, end in spans)]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def window_summary(records: Sequence[load.Record]) -> dict[str, Any]:
+    """Counts and latency of a set of requests; client errors apart, as load.py does."""
+    failed = Counter(r.kind for r in records if not r.ok and not r.client_error)
+    client = Counter(r.kind for r in records if r.client_error)
+    latencies = [r.latency for r in records if r.ok]
+    return {
+        "requests": len(records),
+        "ok": len(latencies),
+        "failed": sum(failed.values()),
+        "failed_by_kind": dict(failed.most_common()),
+        "client_errors": sum(client.values()),
+        "latency_ms": {
+            "p50": _ms(percentile(latencies, 0.50)),
+            "p99": _ms(percentile(latencies, 0.99)),
+            "max": _ms(max(latencies, default=None)),
+        },
+    }
+
+
+def parse_recap(text: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP of an ansible-playbook run: per host, ok/changed/failed/... counts."""
+    recap: dict[str, dict[str, int]] = {}
+    lines = text.splitlines()
+    try:
+        start = max(i for i, line in enumerate(lines) if line.startswith("PLAY RECAP"))
+    except ValueError:
+        return recap
+    for line in lines[start + 1 :]:
+        match = RECAP_LINE.match(line.rstrip())
+        if not match:
+            if recap:
+                break
+            continue
+        counts = dict(pair.split("=") for pair in match.group(2).split())
+        recap[match.group(1)] = {key: int(value) for key, value in counts.items()}
+    return recap
+
+
+def changed_total(recap: dict[str, dict[str, int]]) -> int | None:
+    """changed= summed over the hosts; None when there was no recap."""
+    if not recap:
+        return None
+    return sum(counts.get("changed", 0) for counts in recap.values())
+
+
+def parse_timing(text: str) -> dict[str, Any] | None:
+    """The flipback_timing callback's block: its total and the tasks it lists, slowest first.
+
+    The block reads "TIMING: 21.11s in all, 35 tasks; slowest:" and then one
+    "   6.36s  <task name>" line per task; None when the run printed none.
+    """
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if TIMING_HEAD.match(line.strip())]
+    if not heads:
+        return None
+    head = TIMING_HEAD.match(lines[heads[-1]].strip())
+    assert head is not None
+    tasks: list[list[Any]] = []
+    for line in lines[heads[-1] + 1 :]:
+        match = TIMING_LINE.match(line)
+        if not match:
+            break
+        tasks.append([match.group(2).strip(), float(match.group(1))])
+    return {"total": float(head.group(1)), "task_count": int(head.group(2)), "tasks": tasks}
+
+
+def task_key(name: str) -> str:
+    """A task name with release ids replaced, so that the same task adds up across rounds."""
+    return RELEASE_ID.sub("<release>", name)
+
+
+def top_tasks(timings: Sequence[dict[str, Any] | None], top: int = TOP_TASKS) -> list[dict]:
+    """The tasks that took longest in a set of runs of one operation, by median per run.
+
+    A task missing from a run's list counts as 0 s in that run (the callback lists
+    every task when FLIPBACK_TIMING_TOP is large enough, as bench/run sets it).
+    """
+    runs = [timing for timing in timings if timing]
+    per_task: dict[str, list[float]] = {}
+    for i, timing in enumerate(runs):
+        for name, seconds in timing["tasks"]:
+            samples = per_task.setdefault(task_key(name), [0.0] * len(runs))
+            samples[i] += seconds
+    ranked = sorted(
+        per_task.items(), key=lambda item: (statistics.median(item[1]), max(item[1])), reverse=True
+    )
+    return [
+        {
+            "task": name,
+            "median_s": round(statistics.median(samples), 2),
+            "max_s": round(max(samples), 2),
+        }
+        for name, samples in ranked[:top]
+    ]
+
+
+def parse_machines(text: str) -> list[int]:
+    """--machines: a comma-separated list of fleet sizes, each 1-16, no repeats."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers like 1,4,16") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one fleet size")
+    bad = [size for size in sizes if not 1 <= size <= MAX_MACHINES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"fleet sizes must be 1-{MAX_MACHINES}, got {bad}")
+    if len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"fleet size repeated in {text!r}")
+    return sizes
+
+
+def operation_stats(
+    commands: Sequence[dict[str, Any]], records: Sequence[load.Record]
+) -> dict[str, dict[str, Any]]:
+    """Per operation: wall-time spread, ratio of medians to the floor's, the requests sent
+    during its windows, the slowest tasks; for no-change deploys how many said changed=0."""
+    stats: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        done = [c for c in commands if c["op"] == op]
+        windows = [(c["window"]["start"], c["window"]["end"]) for c in done if c.get("window")]
+        stats[op] = {
+            "seconds": [c["seconds"] for c in done],
+            **spread([c["seconds"] for c in done]),
+            "load": window_summary(in_windows(records, windows)),
+            "top_tasks": top_tasks([c.get("timing") for c in done]),
+            "changed": [c.get("changed") for c in done],
+        }
+    floor = stats["floor"]["median"]
+    for op, entry in stats.items():
+        entry["x_floor"] = ratio(entry["median"], floor)
+        target = TARGETS.get(op)
+        entry["target_x_floor"] = target
+        entry["target_met"] = (
+            None if target is None or entry["x_floor"] is None else entry["x_floor"] <= target
+        )
+    nochange = stats["deploy_nochange"]
+    nochange["changed_zero"] = sum(1 for changed in nochange["changed"] if changed == 0)
+    return stats
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def _lat(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Fixed-width columns, a dashed line under the header (as status.yml prints)."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=True))
+
+    dashes = ["-" * width for width in widths]
+    return "\n".join(line(cells).rstrip() for cells in [header, dashes, *rows])
+
+
+def format_operations(stats: dict[str, dict[str, Any]]) -> str:
+    """The main table: one line per operation."""
+    rows = []
+    for op in OPERATIONS:
+        entry = stats[op]
+        target = entry["target_x_floor"]
+        met = entry["target_met"]
+        verdict = (
+            "-"
+            if target is None
+            else f"<= {target:g}: " + ("?" if met is None else "yes" if met else "NO")
+        )
+        window = entry["load"]
+        rows.append(
+            [
+                LABELS[op],
+                str(entry["n"]),
+                _seconds(entry["min"]),
+                _seconds(entry["median"]),
+                _seconds(entry["max"]),
+                "-" if entry["x_floor"] is None else f"{entry['x_floor']:.1f}",
+                verdict,
+                str(window["requests"]),
+                str(window["failed"]),
+                _lat(window["latency_ms"]["p99"]),
+                _lat(window["latency_ms"]["max"]),
+            ]
+        )
+    header = [
+        "OPERATION",
+        "RUNS",
+        "MIN",
+        "MEDIAN",
+        "MAX",
+        "x FLOOR",
+        "TARGET",
+        "REQUESTS",
+        "FAILED",
+        "P99",
+        "MAX LAT",
+    ]
+    return render_table(header, rows)
+
+
+def format_top_tasks(stats: dict[str, dict[str, Any]], top: int = 5) -> str:
+    """Where the time goes: the slowest tasks of each playbook operation."""
+    lines = []
+    for op in OPERATIONS[1:]:
+        tasks = stats[op]["top_tasks"][:top]
+        if not tasks:
+            continue
+        lines.append(f"  {LABELS[op]} (median per run, max):")
+        lines.extend(
+            f"    {task['median_s']:6.2f} s  {task['max_s']:6.2f} s  {task['task']}"
+            for task in tasks
+        )
+    return "\n".join(lines)
+
+
+def format_load(summary: dict[str, Any]) -> str:
+    latency = summary["latency_ms"]
+    failed = ", ".join(f"{kind} {n}" for kind, n in summary["failed_by_kind"].items())
+    return (
+        f"load: {summary['total']} requests ({summary['requests_per_s']}/s over "
+        f"{summary['elapsed']:.0f} s, {summary['clients']} clients, new connection each), "
+        f"{summary['ok']} ok, {summary['failed']} failed{f' ({failed})' if failed else ''}, "
+        f"{summary['client_errors']} client errors; latency p50 {_lat(latency['p50'])}, "
+        f"p99 {_lat(latency['p99'])}, max {_lat(latency['max'])}"
+    )
+
+
+def scaling_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fleet size, each operation's median and its ratio to the smallest size's."""
+    ordered = sorted(runs, key=lambda run: run["machines"])
+    if not ordered:
+        return []
+    base = ordered[0]
+    rows = []
+    for run in ordered:
+        row: dict[str, Any] = {"machines": run["machines"], "base_machines": base["machines"]}
+        for op in OPERATIONS:
+            median = run["operations"][op]["median"]
+            row[op] = {
+                "median": median,
+                "x_base": ratio(median, base["operations"][op]["median"]),
+            }
+        rows.append(row)
+    return rows
+
+
+def format_scaling(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    base = rows[0]["base_machines"]
+    header = ["MACHINES"]
+    for op in OPERATIONS:
+        header += [LABELS[op].upper(), f"x K={base}"]
+    table = []
+    for row in rows:
+        cells = [str(row["machines"])]
+        for op in OPERATIONS:
+            x_base = row[op]["x_base"]
+            cells += [_seconds(row[op]["median"]), "-" if x_base is None else f"{x_base:.2f}"]
+        table.append(cells)
+    text = render_table(header, table)
+    by_size = {row["machines"]: row for row in rows}
+    if 1 in by_size and MAX_MACHINES in by_size:
+        x = by_size[MAX_MACHINES]["deploy_new"]["x_base"]
+        verdict = "?" if x is None else "yes" if x <= SCALING_TARGET else "NO"
+        text += (
+            f"\ntarget: deploy new to {MAX_MACHINES} machines <= {SCALING_TARGET:g} x to 1: "
+            f"{verdict} ({'-' if x is None else f'{x:.2f}'})"
+        )
+    return text
+
+
+# --- the machine and the run -------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _output(argv: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT)
+    except OSError:
+        return ""
+    return proc.stdout.strip()
+
+
+def machine_facts() -> dict[str, Any]:
+    cpuinfo = _read("/proc/cpuinfo")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    os_name = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', _read("/etc/os-release"), re.MULTILINE)
+    ansible = _output([str(BIN / "ansible-playbook"), "--version"]).splitlines()
+    dirty = _output(["git", "status", "--porcelain"]).splitlines()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model.group(1).strip() if model else None,
+        "mem_total_mib": int(mem.group(1)) // 1024 if mem else None,
+        "os": os_name.group(1) if os_name else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ansible": ansible[0] if ansible else None,
+        "git_commit": _output(["git", "rev-parse", "HEAD"]) or None,
+        # Others may be editing the playbooks while a bench runs: say what was not committed.
+        "git_uncommitted": dirty,
+    }
+
+
+@dataclass
+class Settings:
+    machines: list[int]
+    rounds: int
+    clients: int
+    rate: float
+    keep: bool
+    out: Path
+
+
+class Bench:
+    """One benchmark run: the fleet, the throwaway repository, the commands and their logs."""
+
+    def __init__(self, settings: Settings, console: TextIO = sys.stdout) -> None:
+        self.settings = settings
+        self.console = console
+        self.inventory = WORK_DIR / "inventory"
+        self.repo = WORK_DIR / "repo"
+        self.logs = settings.out / "logs"
+        self.env = {
+            **os.environ,
+            # The project's settings, as from the repository root; the timing callback lists
+            # every task (not only its default 8) so that rounds can be compared task by task.
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "FLIPBACK_TIMING_TOP": "1000",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.load: load.LoadGenerator | None = None
+        self.sequence = 0
+
+    def say(self, text: str) -> None:
+        print(text, file=self.console, flush=True)
+
+    # -- setup ------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """The bench's inventory (service definition) and its throwaway repository."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        group_vars = self.inventory / "group_vars" / "all"
+        group_vars.mkdir(parents=True, exist_ok=True)
+        (group_vars / "services.yml").write_text(
+            "---\n"
+            "# Written by bench/run: the one service the benchmark deploys.\n"
+            "flipback_services:\n"
+            f"  - name: {SERVICE}\n"
+            f"    source: {self.repo}\n"
+            "    subdir: services/hello\n"
+            f"    ref: {BRANCH}\n"
+            "    app: app:app\n"
+            f"    port: {PORT}\n"
+            "    workers: 1\n"
+            "    health:\n"
+            "      path: /health\n"
+            "      expect_json: { ok: true, service: hello }\n"
+            "    keep_releases: 5\n"
+            f"    user: {SERVICE}\n"
+        )
+        # Kept between runs: its branch only moves forward, and each run adds commits.
+        if not (self.repo / ".git").is_dir():
+            self._check(
+                [str(BIN / "python"), str(ROOT / "tests/fixtures/service_repo.py"), str(self.repo)]
+            )
+            self._git("checkout", "-q", "-B", BRANCH, "v2")
+
+    def _check(self, argv: Sequence[str]) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT)
+        if proc.returncode:
+            raise BenchError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr[-800:]}")
+
+    def _git(self, *args: str) -> None:
+        env = {
+            "GIT_AUTHOR_NAME": "flipback bench",
+            "GIT_AUTHOR_EMAIL": "bench@flipback.invalid",
+            "GIT_COMMITTER_NAME": "flipback bench",
+            "GIT_COMMITTER_EMAIL": "bench@flipback.invalid",
+        }
+        argv = ["git", "-C", str(self.repo), *args]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, check=False, env={**os.environ, **env}
+        )
+        if proc.returncode:
+            raise BenchError(f"{shlex.join(argv)} failed: {proc.stderr.strip()[-800:]}")
+
+    def new_commit(self, note: str) -> None:
+        """A change to hello's tree (not its code), so that the next deploy is a new release."""
+        marker = self.repo / "services" / "hello" / "BENCH"
+        marker.write_text(f"{note} at {datetime.now(UTC).isoformat()}\n")
+        self._git("add", "-A")
+        self._git("commit", "-q", "-m", f"bench: {note}")
+
+    def sandbox_args(self, *extra: str) -> list[str]:
+        return [
+            str(ROOT / "playbooks/sandbox.yml"),
+            "-e",
+            f"sandbox_name={FLEET}",
+            "-e",
+            f"sandbox_subnet={SUBNET}",
+            "-e",
+            f"sandbox_inventory_path={self.inventory / 'hosts.yml'}",
+            *extra,
+        ]
+
+    def addresses(self) -> list[str]:
+        return ANSIBLE_HOST.findall(_read(str(self.inventory / "hosts.yml")))
+
+    # -- commands -------------------------------------------------------------------------
+
+    def command(self, op: str, k: int, round_: int | None, args: Sequence[str]) -> dict[str, Any]:
+        """Run one ansible-playbook from the repository root, timed, its output in a log."""
+        self.sequence += 1
+        tag = f"r{round_}" if round_ else "setup"
+        log = self.logs / f"{self.sequence:03d}-k{k}-{tag}-{op}.log"
+        argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), *args]
+        window_start = self.load.now() if self.load else None
+        with log.open("w") as out:
+            out.write(f"$ {shlex.join(argv)}\n")
+            out.flush()
+            started = time.monotonic()
+            proc = subprocess.run(
+                argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False
+            )
+            seconds = time.monotonic() - started
+        window_end = self.load.now() if self.load else None
+        text = log.read_text()
+        recap = parse_recap(text)
+        result: dict[str, Any] = {
+            "op": op,
+            "machines": k,
+            "round": round_,
+            "argv": argv,
+            "rc": proc.returncode,
+            "seconds": round(seconds, 3),
+            "changed": changed_total(recap),
+            "recap": recap,
+            "timing": parse_timing(text),
+            "log": str(log),
+            "window": None
+            if window_start is None
+            else {"start": round(window_start, 3), "end": round(window_end or 0.0, 3)},
+        }
+        label = LABELS.get(op, op)
+        where = f"[K={k} {'round ' + str(round_) if round_ else 'setup'}]"
+        self.say(
+            f"{where:<16} {label:<17} {_seconds(seconds):>8}  rc={proc.returncode}"
+            f"  changed={'-' if result['changed'] is None else result['changed']}"
+        )
+        if proc.returncode:
+            tail = "\n".join("    " + line for line in text.splitlines()[-15:])
+            raise BenchError(f"{label} failed (rc {proc.returncode}); log {log}:\n{tail}")
+        return result
+
+    def deploy_args(self) -> list[str]:
+        return [
+            str(ROOT / "playbooks/deploy.yml"),
+            "-e",
+            f"service={SERVICE}",
+            "-e",
+            f"source={self.repo}",
+            "-e",
+            f"ref={BRANCH}",
+        ]
+
+    def rollback_args(self) -> list[str]:
+        return [str(ROOT / "playbooks/rollback.yml"), "-e", f"service={SERVICE}"]
+
+    def floor_args(self) -> list[str]:
+        return [str(ROOT / "bench/floor.yml")]
+
+    # -- one fleet size -------------------------------------------------------------------
+
+    def run_size(self, k: int, result: dict[str, Any]) -> None:
+        """Fleet of k, a live release, then the rounds under load; fills `result` as it goes
+        so that a failure still leaves what was measured."""
+        setup = result["setup"]
+        commands = result["commands"]
+        setup.append(self.command("fleet", k, None, self.sandbox_args("-e", f"sandbox_size={k}")))
+        addresses = self.addresses()
+        if len(addresses) != k:
+            raise BenchError(f"the fleet's inventory lists {addresses}, expected {k} machines")
+        result["addresses"] = addresses
+        # Not measured: opens the SSH connections every later command reuses (ControlPersist)
+        # and starts every machine on a live release, so that round 1 is like the others.
+        setup.append(self.command("warmup", k, None, self.floor_args()))
+        self.new_commit(f"K={k} base")
+        setup.append(self.command("deploy_base", k, None, self.deploy_args()))
+
+        urls = [f"http://{address}:{PORT}/health" for address in addresses]
+        self.load = load.LoadGenerator(
+            urls,
+            max(self.settings.clients, k),  # at least one client per machine
+            "new",
+            rate=self.settings.rate,
+            duration=load.MAX_DURATION,
+        )
+        self.load.start()
+        try:
+            time.sleep(QUIET_SECONDS)
+            for round_ in range(1, self.settings.rounds + 1):
+                commands.append(self.command("floor", k, round_, self.floor_args()))
+                self.new_commit(f"K={k} round {round_}")
+                commands.append(self.command("deploy_new", k, round_, self.deploy_args()))
+                commands.append(self.command("deploy_nochange", k, round_, self.deploy_args()))
+                commands.append(self.command("rollback", k, round_, self.rollback_args()))
+            time.sleep(QUIET_SECONDS)
+        finally:
+            self.load.stop()
+            self.load.join()
+            self.finish_size(k, result)
+            self.load = None
+
+    def finish_size(self, k: int, result: dict[str, Any]) -> None:
+        """Statistics, the table and the PNG of one fleet size, from what was measured."""
+        assert self.load is not None
+        records = self.load.records
+        summary = self.load.summary()
+        for command in result["commands"]:
+            window = command["window"]
+            command["load"] = window_summary(
+                in_windows(records, [(window["start"], window["end"])])
+            )
+        stats = operation_stats(result["commands"], records)
+        result["operations"] = stats
+        result["load"] = summary
+        png = self.settings.out / f"timeline-k{k}.png"
+        windows = [
+            (c["window"]["start"], c["window"]["end"], c["op"], c["round"])
+            for c in result["commands"]
+        ]
+        title = (
+            f"flipback bench  K={k}  R={self.settings.rounds}  "
+            f"{summary['clients']} clients  {summary['rate']:g}/s  "
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC"
+        )
+        png.write_bytes(plot.timeline_png(summary["timeline"], windows, title))
+        result["png"] = str(png)
+        nochange = stats["deploy_nochange"]
+        self.say(
+            f"\n== K={k} machines, {len(result['commands']) // len(OPERATIONS)} rounds"
+            f" ({', '.join(result.get('addresses', []))})\n"
+            + format_operations(stats)
+            + f"\nno-change deploys that reported changed=0: {nochange['changed_zero']}"
+            f" of {nochange['n']}\n"
+            + format_load(summary)
+            + "\nwhere the time goes:\n"
+            + format_top_tasks(stats)
+            + "\n"
+        )
+
+    def teardown(self) -> None:
+        self.command("fleet_down", 0, None, self.sandbox_args("-e", "sandbox_state=absent"))
+
+
+def _problems(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """What a clean run must not show: failed requests, a no-change deploy that changed."""
+    problems = []
+    for run in runs:
+        stats = run.get("operations")
+        if not stats:
+            continue
+        k = run["machines"]
+        failed = run["load"]["failed"]
+        if failed:
+            problems.append(f"K={k}: {failed} requests failed ({run['load']['failed_by_kind']})")
+        nochange = stats["deploy_nochange"]
+        if nochange["changed_zero"] != nochange["n"]:
+            problems.append(
+                f"K={k}: no-change deploy reported changes: changed={nochange['changed']}"
+            )
+    return problems
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/run",
+        description="Deploy, no-change deploy and rollback of hello, timed against a one-task"
+        " floor, under load, on the bench's own sandbox fleet (10.213.40.0/24).",
+    )
+    parser.add_argument(
+        "--machines",
+        type=parse_machines,
+        default=[2],
+        metavar="K[,K...]",
+        help="fleet sizes, 1-16; several give a scaling table (default 2)",
+    )
+    parser.add_argument("--rounds", type=_positive_int, default=5, metavar="R", help="default 5")
+    parser.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=DEFAULT_CLIENTS,
+        help=f"load clients, raised to K so every machine gets one (default {DEFAULT_CLIENTS})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        help=f"total requests/s of the load, new connection each (default {DEFAULT_RATE:g})",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the fleet up (tear down later: see README)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help=f"output directory (default {WORK_DIR}/results/<UTC time>)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.rate <= load.DEFAULT_NEW_RATE:
+        parser.error(f"--rate must be in (0, {load.DEFAULT_NEW_RATE:g}] (TIME_WAIT, DESIGN.md)")
+    if os.geteuid() != 0:
+        parser.error("the sandbox fleet needs root")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = (args.out or WORK_DIR / "results" / stamp).resolve()
+    settings = Settings(args.machines, args.rounds, args.clients, args.rate, args.keep, out)
+
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    lock = (WORK_DIR / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        parser.error(f"another bench/run holds {WORK_DIR / '.lock'}; one at a time (same fleet)")
+
+    bench = Bench(settings)
+    report: dict[str, Any] = {
+        "bench": {
+            "command": ["bench/run", *(sys.argv[1:] if argv is None else argv)],
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "out": str(out),
+        },
+        "machine": machine_facts(),
+        "settings": {
+            "machines": settings.machines,
+            "rounds": settings.rounds,
+            "clients": settings.clients,
+            "rate": settings.rate,
+            "mode": "new",
+            "fleet": FLEET,
+            "subnet": SUBNET,
+            "service": SERVICE,
+            "inventory": str(bench.inventory),
+            "repo": str(bench.repo),
+            "keep": settings.keep,
+        },
+        "runs": [],
+    }
+    error: str | None = None
+    try:
+        bench.prepare()
+        bench.say(f"bench: output in {out}")
+        for k in settings.machines:
+            result: dict[str, Any] = {"machines": k, "setup": [], "commands": []}
+            report["runs"].append(result)
+            bench.run_size(k, result)
+    except BenchError as exc:
+        error = str(exc)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    finally:
+        if not settings.keep:
+            try:
+                bench.teardown()
+            except BenchError as exc:
+                error = f"{error}; {exc}" if error else str(exc)
+        else:
+            bench.say(
+                f"fleet kept; tear it down with: .venv/bin/ansible-playbook -i {bench.inventory} "
+                + shlex.join(bench.sandbox_args("-e", "sandbox_state=absent"))
+            )
+
+    measured = [run for run in report["runs"] if run.get("operations")]
+    report["scaling"] = scaling_rows(measured) if len(measured) > 1 else []
+    if report["scaling"]:
+        bench.say("== scaling: median per fleet size\n" + format_scaling(report["scaling"]) + "\n")
+    problems = _problems(report["runs"])
+    report["bench"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    report["bench"]["error"] = error
+    report["bench"]["problems"] = problems
+    report["machine"]["git_uncommitted_at_end"] = _output(
+        ["git", "status", "--porcelain"]
+    ).splitlines()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    latest = WORK_DIR / "results" / "latest"
+    if out.parent == latest.parent:
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(out.name)
+    bench.say(f"json: {out / 'bench.json'}")
+    for run in report["runs"]:
+        if run.get("png"):
+            bench.say(f"png:  {run['png']}")
+    bench.say(f"logs: {bench.logs}")
+    if error:
+        bench.say(f"FAILED: {error}")
+    for problem in problems:
+        bench.say(f"PROBLEM: {problem}")
+    return 1 if error or problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -78,6 +79,8 @@ DEFAULT_CLIENTS = 4
 DEFAULT_RATE = 50.0
 # Seconds of plain traffic before the first and after the last command, for the timeline.
 QUIET_SECONDS = 2.0
+# Cores busy with work that is not the bench's, above which its wall times are suspect.
+BUSY_OTHERS = 0.25
 # Lines of the per-task timing kept per operation in the JSON and the printout.
 TOP_TASKS = 8
 
@@ -261,6 +264,7 @@ def operation_stats(
             "load": window_summary(in_windows(records, windows)),
             "top_tasks": top_tasks([c.get("timing") for c in done]),
             "changed": [c.get("changed") for c in done],
+            "other_cores": spread([c["cpu"]["other_cores"] for c in done if c.get("cpu")]),
         }
     floor = stats["floor"]["median"]
     for op, entry in stats.items():
@@ -322,6 +326,9 @@ def format_operations(stats: dict[str, dict[str, Any]]) -> str:
                 str(window["failed"]),
                 _lat(window["latency_ms"]["p99"]),
                 _lat(window["latency_ms"]["max"]),
+                "-"
+                if entry["other_cores"]["max"] is None
+                else f"{entry['other_cores']['max']:.2f}",
             ]
         )
     header = [
@@ -336,8 +343,21 @@ def format_operations(stats: dict[str, dict[str, Any]]) -> str:
         "FAILED",
         "P99",
         "MAX LAT",
+        "OTHERS' CPU",
     ]
     return render_table(header, rows)
+
+
+def busy_warning(stats: dict[str, dict[str, Any]], cores: int) -> str:
+    """A warning when other work on the controller took CPU during the measured commands."""
+    worst = max((stats[op]["other_cores"]["max"] or 0.0 for op in OPERATIONS), default=0.0)
+    if worst <= BUSY_OTHERS:
+        return ""
+    return (
+        f"WARNING: other work on the controller used up to {worst:.2f} of its {cores} cores"
+        " during the measured commands (OTHERS' CPU, the max per operation): the wall times"
+        " above are inflated; rerun on an idle machine"
+    )
 
 
 def format_top_tasks(stats: dict[str, dict[str, Any]], top: int = 5) -> str:
@@ -453,6 +473,52 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+def busy_seconds(proc_stat: str, ticks_per_second: int) -> float:
+    """CPU seconds spent busy (not idle, not waiting for I/O) by all CPUs, from /proc/stat."""
+    for line in proc_stat.splitlines():
+        if line.startswith("cpu "):
+            fields = [int(value) for value in line.split()[1:]]
+            # user nice system idle iowait irq softirq steal (guest time is already in user)
+            busy = sum(fields[:3]) + sum(fields[5:8])
+            return busy / ticks_per_second
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def cgroup_usage_seconds(cpu_stat: str) -> float:
+    """usage_usec of a cgroup v2 cpu.stat, in seconds."""
+    match = re.search(r"^usage_usec (\d+)$", cpu_stat, re.MULTILINE)
+    return int(match.group(1)) / 1e6 if match else 0.0
+
+
+def other_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """How many cores were busy during an interval, and how many of those with work that
+    was not the bench's: not its own process and children (Ansible, ssh, git, the load
+    generator) and not its fleet's machines. Others' work inflates every wall time."""
+    wall = after["wall"] - before["wall"]
+    if wall <= 0:
+        return None
+    delta = {key: after[key] - before[key] for key in ("busy", "ours", "fleet")}
+    return {
+        "busy_cores": round(delta["busy"] / wall, 2),
+        "bench_cores": round((delta["ours"] + delta["fleet"]) / wall, 2),
+        "other_cores": round(max(0.0, delta["busy"] - delta["ours"] - delta["fleet"]) / wall, 2),
+    }
+
+
+def cpu_snapshot(fleet_cpu_stat: Path | None) -> dict[str, float]:
+    """The counters other_cores() compares. The controller's ssh ControlPersist masters are
+    daemons, not waited-for children, so their (small) share counts as others'."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    fleet = _read(str(fleet_cpu_stat)) if fleet_cpu_stat else ""
+    return {
+        "wall": time.monotonic(),
+        "busy": busy_seconds(_read("/proc/stat"), os.sysconf("SC_CLK_TCK")),
+        "ours": children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime,
+        "fleet": cgroup_usage_seconds(fleet),
+    }
+
+
 @dataclass
 class Settings:
     machines: list[int]
@@ -484,6 +550,15 @@ class Bench:
         }
         self.load: load.LoadGenerator | None = None
         self.sequence = 0
+        # The fleet's machines run in this cgroup (unified hierarchy, hybrid or pure v2).
+        self.fleet_cpu_stat = next(
+            (
+                root / "flipback" / FLEET / "cpu.stat"
+                for root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+                if (root / "cgroup.procs").exists()
+            ),
+            None,
+        )
 
     def say(self, text: str) -> None:
         print(text, file=self.console, flush=True)
@@ -569,6 +644,7 @@ class Bench:
         log = self.logs / f"{self.sequence:03d}-k{k}-{tag}-{op}.log"
         argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), *args]
         window_start = self.load.now() if self.load else None
+        cpu_before = cpu_snapshot(self.fleet_cpu_stat)
         with log.open("w") as out:
             out.write(f"$ {shlex.join(argv)}\n")
             out.flush()
@@ -578,6 +654,7 @@ class Bench:
             )
             seconds = time.monotonic() - started
         window_end = self.load.now() if self.load else None
+        cpu = other_cores(cpu_before, cpu_snapshot(self.fleet_cpu_stat))
         text = log.read_text()
         recap = parse_recap(text)
         result: dict[str, Any] = {
@@ -591,15 +668,17 @@ class Bench:
             "recap": recap,
             "timing": parse_timing(text),
             "log": str(log),
+            "cpu": cpu,
             "window": None
             if window_start is None
             else {"start": round(window_start, 3), "end": round(window_end or 0.0, 3)},
         }
         label = LABELS.get(op, op)
-        where = f"[K={k} {'round ' + str(round_) if round_ else 'setup'}]"
+        where = f"[K={k} {'round ' + str(round_) if round_ else 'setup'}]" if k else "[teardown]"
         self.say(
             f"{where:<16} {label:<17} {_seconds(seconds):>8}  rc={proc.returncode}"
             f"  changed={'-' if result['changed'] is None else result['changed']}"
+            + (f"  others' cpu {cpu['other_cores']:.2f} cores" if cpu else "")
         )
         if proc.returncode:
             tail = "\n".join("    " + line for line in text.splitlines()[-15:])
@@ -691,10 +770,12 @@ class Bench:
         png.write_bytes(plot.timeline_png(summary["timeline"], windows, title))
         result["png"] = str(png)
         nochange = stats["deploy_nochange"]
+        result["warning"] = busy_warning(stats, len(os.sched_getaffinity(0))) or None
         self.say(
             f"\n== K={k} machines, {len(result['commands']) // len(OPERATIONS)} rounds"
             f" ({', '.join(result.get('addresses', []))})\n"
             + format_operations(stats)
+            + (f"\n{result['warning']}" if result["warning"] else "")
             + f"\nno-change deploys that reported changed=0: {nochange['changed_zero']}"
             f" of {nochange['n']}\n"
             + format_load(summary)

@@ -291,3 +291,60 @@ def test_scaling_rows_against_smallest():
 def test_render_table_aligns():
     text = bench.render_table(["A", "LONGER"], [["xyz", "1"], ["x", "22"]])
     assert text.splitlines() == ["A    LONGER", "---  ------", "xyz  1", "x    22"]
+
+
+PROC_STAT = """\
+cpu  1000 50 300 9000 200 10 20 5 0 0
+cpu0 500 25 150 4500 100 5 10 2 0 0
+intr 12345
+"""
+
+
+def test_busy_seconds_excludes_idle_and_iowait():
+    # user + nice + system + irq + softirq + steal = 1000+50+300+10+20+5
+    assert bench.busy_seconds(PROC_STAT, 100) == pytest.approx(13.85)
+
+
+def test_busy_seconds_needs_the_cpu_line():
+    with pytest.raises(ValueError):
+        bench.busy_seconds("intr 1\n", 100)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("usage_usec 2500000\nuser_usec 2000000\n", 2.5), ("", 0.0)],
+    ids=["cgroup", "no-cgroup"],
+)
+def test_cgroup_usage_seconds(text, expected):
+    assert bench.cgroup_usage_seconds(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (
+            {"wall": 12.0, "busy": 20.0, "ours": 3.0, "fleet": 5.0},
+            {"busy_cores": 1.0, "bench_cores": 0.6, "other_cores": 0.4},
+        ),
+        (
+            # Counters sampled at slightly different moments: never a negative share.
+            {"wall": 12.0, "busy": 11.0, "ours": 3.0, "fleet": 5.0},
+            {"busy_cores": 0.1, "bench_cores": 0.6, "other_cores": 0.0},
+        ),
+        ({"wall": 2.0, "busy": 10.0, "ours": 1.0, "fleet": 1.0}, None),
+    ],
+    ids=["others-0.4-cores", "clamped-at-zero", "no-time-passed"],
+)
+def test_other_cores(after, expected):
+    before = {"wall": 2.0, "busy": 10.0, "ours": 1.0, "fleet": 1.0}
+    assert bench.other_cores(before, after) == expected
+
+
+def test_busy_warning():
+    stats = bench.operation_stats(_commands(), [])
+    assert bench.busy_warning(stats, 2) == ""
+    commands = _commands()
+    commands[5]["cpu"] = {"busy_cores": 2.0, "bench_cores": 0.8, "other_cores": 1.2}
+    stats = bench.operation_stats(commands, [])
+    assert stats["deploy_new"]["other_cores"]["max"] == 1.2
+    assert "1.20 of its 2 cores" in bench.busy_warning(stats, 2)

@@ -8,10 +8,10 @@ name: flipback_kill
 type: aggregate
 short_description: SIGKILL the run at the start of a chosen task (fault injection)
 description:
-  - Counts the tasks a run starts (v2_playbook_on_task_start and
-    v2_playbook_on_handler_task_start, in order; meta tasks such as flush_handlers send
-    neither and are not counted) and, with kill_after=N, sends SIGKILL to the whole
-    process group of ansible-playbook when task N+1 starts, before it reaches any host.
+  - Counts the task starts Ansible announces to callbacks (v2_playbook_on_task_start and
+    v2_playbook_on_handler_task_start, in order; includes are tasks too) and, with
+    kill_after=N, sends SIGKILL to the whole process group of ansible-playbook when
+    task N+1 starts, before it reaches any host.
     Task N has then finished on every host; nothing of task N+1 has run. This is what a
     hard kill of the terminal session does between two tasks. If the run ends before
     task N+1 starts, it is killed at the end instead (v2_playbook_on_stats), so an armed

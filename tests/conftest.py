@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import ansible.module_utils
+import ansible.module_utils._internal
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +42,26 @@ for _name in (
     "service_history",
     "status_report",
     "release_switch",
+    "release_prepare",
 ):
     if _name not in sys.modules:
         _load_library_module(_name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "controller: the test runs controller-side code (plugins), not a module"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _module_side(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modules run as on a host, whatever controller code the session has imported.
+
+    Importing any controller plugin (a callback, an action) makes Ansible treat the whole
+    process as the controller, and a module's warn() then goes to the display instead of
+    its result: a module test would pass or fail depending on which test files were
+    collected with it.
+    """
+    if request.node.get_closest_marker("controller") is None:
+        monkeypatch.setattr(ansible.module_utils._internal, "is_controller", False)

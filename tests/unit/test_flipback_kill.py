@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins" / "callback"
 callback_loader.add_directory(str(PLUGINS))
 
+pytestmark = pytest.mark.controller
+
 
 class _Task(SimpleNamespace):
     def get_name(self) -> str:

@@ -67,6 +67,11 @@ git_sha:
   description: Commit the ref resolved to.
   type: str
   returned: success
+deps_key:
+  description: Key of the dependency set (requirements and wheel hashes); releases with
+    the same key can share a virtualenv.
+  type: str
+  returned: success
 artifact:
   description: Path of the artifact on the controller.
   type: str
@@ -94,19 +99,12 @@ import sys
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_build import Builder, BuildError, BuildSpec
+from ansible.module_utils.flipback_build import ARGUMENT_SPEC, Builder, BuildError, BuildSpec
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "service": {"type": "str", "required": True},
-            "source": {"type": "str", "required": True},
-            "subdir": {"type": "str", "default": ""},
-            "ref": {"type": "str", "default": "HEAD"},
-            "cache_dir": {"type": "path", "default": "~/.cache/flipback"},
-            "pip": {"type": "list", "elements": "str", "default": []},
-        },
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     started = time.monotonic()

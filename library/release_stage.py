@@ -47,6 +47,19 @@ options:
     description: Extra manifest fields (git_sha, ref, health, ...).
     type: dict
     default: {}
+  deps_key:
+    description:
+      - Key of the release's dependency set (from release_build). When a complete
+        release on the host has the same key, its virtualenv is copied by hard links
+        (scripts rewritten for the new path) instead of built again.
+    type: str
+    default: ""
+  start:
+    description:
+      - Once staged, start the release's instance without waiting for it (it listens
+        only on its private socket), so it is warm by the time the switch gates it.
+    type: bool
+    default: false
   by:
     description: Who deploys (recorded in manifest and history).
     type: str
@@ -78,6 +91,14 @@ replaces:
   description: The release that was current when this one was staged.
   type: str
   returned: when changed
+venv_from:
+  description: The release whose virtualenv was reused; null if it was built.
+  type: str
+  returned: when changed
+warmed:
+  description: Whether the instance was started after staging (O(start)).
+  type: bool
+  returned: success
 elapsed:
   description: Seconds the module took.
   type: float
@@ -107,6 +128,8 @@ def main() -> None:
             "python": {"type": "path", "default": "/usr/bin/python3"},
             "manifest": {"type": "dict", "default": {}},
             "by": {"type": "str", "default": "unknown"},
+            "deps_key": {"type": "str", "default": ""},
+            "start": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -123,9 +146,14 @@ def main() -> None:
         python=params["python"],
         manifest=params["manifest"],
         by=params["by"],
+        deps_key=params["deps_key"],
     )
     try:
-        result = Stager(spec).stage(module.check_mode)
+        stager = Stager(spec)
+        result = stager.stage(module.check_mode)
+        result["warmed"] = False
+        if params["start"] and result["changed"] and not module.check_mode:
+            result["warmed"] = stager.warm_up()
     except ReleaseError as exc:
         module.fail_json(
             msg=exc.msg,

@@ -29,9 +29,47 @@ options:
     description: Service root; default C(/srv/<service>).
     type: path
   release:
-    description: The staged release to switch to.
+    description:
+      - The staged release to switch to.
+      - With O(action=rollback) it may be left empty; the target is then the good
+        release O(steps) back (a failure, with nothing changed, if there is none).
     type: str
-    required: true
+    default: ""
+  steps:
+    description: Rollback without O(release) - how many good releases back.
+    type: int
+    default: 1
+  standby:
+    description:
+      - Keep the previous good release's instance running (not enabled) as the warm
+        standby, so a rollback to it starts nothing.
+    type: bool
+    default: true
+  keep_releases:
+    description: Deploy - prune down to this many good releases after the switch (0 - none).
+    type: int
+    default: 0
+  lock_owner:
+    description:
+      - Owner of the service's deploy lock; taken (or refreshed, for the run that holds
+        it) before anything else and given back when the call ends, even on failure.
+      - No lock is taken without it.
+    type: dict
+  lock_wait:
+    description: Seconds to wait for a busy lock.
+    type: float
+    default: 0
+  lock_stale_after:
+    description: Seconds without a heartbeat after which a holder counts as gone.
+    type: int
+    default: 120
+  live_runs:
+    description:
+      - What the controller saw when the run began - C(controller) (its name), C(pids)
+        (of every ansible-playbook process) and C(at) (when). A lock held by a run of
+        that controller that started earlier and whose process was gone is taken over
+        at once, with a warning.
+    type: dict
   action:
     description: What the switch is part of (recorded, and names the failure).
     type: str
@@ -63,7 +101,9 @@ options:
     type: int
     default: 3
   drain_seconds:
-    description: Seconds the old instance keeps running after the flip.
+    description:
+      - Seconds an instance being retired keeps running after the flip; a timer on the
+        host stops it, so the call does not wait.
     type: float
     default: 1
   socket_dir:
@@ -103,9 +143,22 @@ started:
   type: str
   returned: always
 stopped:
-  description: Instance stopped after the drain (or that would be); null if none.
+  description: Instances retired after the drain (or that would be); null if none.
   type: str
   returned: always
+standby:
+  description: Release whose instance keeps running as the warm standby; null if none.
+  type: str
+  returned: always
+reason:
+  description: Rollback - why this target was chosen.
+  type: str
+  returned: always
+pruned:
+  description: Releases pruned after the switch.
+  type: list
+  elements: str
+  returned: when a deploy pruned
 timings:
   description: Seconds each gate took.
   type: dict
@@ -132,8 +185,39 @@ retryable:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
+
+LOCK_OWNER = {
+    "run_id": {"type": "str", "required": True},
+    "by": {"type": "str"},
+    "playbook": {"type": "str"},
+    "release": {"type": "str"},
+    "action": {"type": "str"},
+}
+
+
+def run(spec: SwitchSpec, params: dict, check_mode: bool, warn) -> dict:
+    """The switch under the service's deploy lock, given back however the switch ends."""
+    if not params["lock_owner"]:
+        return Switch(spec).switch(check_mode)
+    owner = {k: v for k, v in params["lock_owner"].items() if v is not None}
+    lock = ServiceLock(spec.service)
+    taken = lock.acquire(
+        owner,
+        wait=params["lock_wait"],
+        stale_after=params["lock_stale_after"],
+        live_runs=params["live_runs"],
+        check_mode=check_mode,
+    )
+    for warning in taken.pop("warnings", []):
+        warn(warning)
+    try:
+        return Switch(spec).switch(check_mode)
+    finally:
+        if not check_mode:
+            lock.release(owner)
 
 
 def main() -> None:
@@ -141,7 +225,14 @@ def main() -> None:
         argument_spec={
             "service": {"type": "str", "required": True},
             "root": {"type": "path"},
-            "release": {"type": "str", "required": True},
+            "release": {"type": "str", "default": ""},
+            "steps": {"type": "int", "default": 1},
+            "standby": {"type": "bool", "default": True},
+            "keep_releases": {"type": "int", "default": 0},
+            "lock_owner": {"type": "dict", "options": LOCK_OWNER},
+            "lock_wait": {"type": "float", "default": 0},
+            "lock_stale_after": {"type": "int", "default": 120},
+            "live_runs": {"type": "dict"},
             "action": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback"]},
             "port": {"type": "int", "required": True},
             "health_path": {"type": "str", "default": "/health"},
@@ -174,9 +265,12 @@ def main() -> None:
         socket_dir=params["socket_dir"] or f"/run/flipback-{service}",
         by=params["by"],
         note=params["note"],
+        steps=params["steps"],
+        standby=params["standby"],
+        keep_releases=params["keep_releases"],
     )
     try:
-        result = Switch(spec).switch(module.check_mode)
+        result = run(spec, params, module.check_mode, module.warn)
     except ReleaseError as exc:
         module.fail_json(
             msg=exc.msg,

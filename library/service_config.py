@@ -82,19 +82,17 @@ retryable:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_config import ConfigError, check_request, redact_env
+from ansible.module_utils.flipback_config import (
+    ARGUMENT_SPEC,
+    ConfigError,
+    check_request,
+    redact_env,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "services": {"type": "raw", "required": True},
-            "service": {"type": "str", "default": ""},
-            "ref": {"type": "str", "default": ""},
-            "source": {"type": "str", "default": ""},
-            "release": {"type": "str", "default": ""},
-            "steps": {"type": "raw"},
-        },
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     started = time.monotonic()

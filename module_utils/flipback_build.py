@@ -29,6 +29,16 @@ SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$|^$")
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
+# Arguments of release_build, shared by the module and the controller action.
+ARGUMENT_SPEC: dict[str, dict] = {
+    "service": {"type": "str", "required": True},
+    "source": {"type": "str", "required": True},
+    "subdir": {"type": "str", "default": ""},
+    "ref": {"type": "str", "default": "HEAD"},
+    "cache_dir": {"type": "path", "default": "~/.cache/flipback"},
+    "pip": {"type": "list", "elements": "str", "default": []},
+}
+
 
 class BuildError(FlipbackError):
     """A failure with what was observed, what was expected, and whether a retry is safe."""
@@ -265,7 +275,12 @@ class Builder:
         commit_time = int(
             self.git("log", "-1", "--format=%ct", sha, "--", spec.subdir or ".").strip()
         )
-        rid = release_id(commit_time, tree, [sha256_file(w) for w in wheels])
+        wheel_hashes = [sha256_file(w) for w in wheels]
+        rid = release_id(commit_time, tree, wheel_hashes)
+        # Same wheels, same virtualenv: a host may reuse a staged release's venv.
+        deps_key = hashlib.sha256("\n".join([*deps, *sorted(wheel_hashes)]).encode()).hexdigest()[
+            :16
+        ]
         artifacts = os.path.join(spec.cache_dir, "artifacts")
         os.makedirs(artifacts, exist_ok=True)
         artifact = os.path.join(artifacts, f"{spec.service}-{rid}.tar")
@@ -276,6 +291,7 @@ class Builder:
             "git_sha": sha,
             "tree": tree,
             "dependencies": deps,
+            "deps_key": deps_key,
         }
         if changed:
             archive = subprocess.run(
@@ -299,5 +315,6 @@ class Builder:
             "artifact": artifact,
             "checksum": sha256_file(artifact),
             "dependencies": deps,
+            "deps_key": deps_key,
             "wheels": [os.path.basename(w) for w in wheels],
         }

@@ -41,6 +41,17 @@ HEALTH_KEYS = set(HEALTH_DEFAULTS)
 SECRET_MASK = "(value not shown)"
 
 
+# Arguments of service_config, shared by the module and the controller action.
+ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "services": {"type": "raw", "required": True},
+    "service": {"type": "str", "default": ""},
+    "ref": {"type": "str", "default": ""},
+    "source": {"type": "str", "default": ""},
+    "release": {"type": "str", "default": ""},
+    "steps": {"type": "raw"},
+}
+
+
 class ConfigError(Exception):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("; ".join(problems))

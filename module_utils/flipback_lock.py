@@ -203,6 +203,29 @@ def stale_reason(holder: dict, now: float, ttl: float, stale_after: float | None
 # --------------------------------------------------------------------------- the lock
 
 
+def run_is_gone(run_id: str, live_runs: dict | None) -> bool:
+    """Whether `run_id` (`<controller>:<pid>:<start>`) is a run that died on this controller.
+
+    `live_runs` is what the controller saw when this run began: its name, the pids of
+    every ansible-playbook process then, and when it looked. A holder from that
+    controller whose pid was not among them, and which started before the look, is
+    gone. A run that started later, another controller's run, or a pid reused by a new
+    ansible-playbook all count as alive: only the stale rules can end those.
+    """
+    if not live_runs:
+        return False
+    parts = run_id.split(":")
+    if len(parts) != 3 or parts[0] != live_runs.get("controller"):
+        return False
+    try:
+        pid, started = int(parts[1]), int(parts[2])
+        looked = float(live_runs.get("at", 0))
+        pids = {int(p) for p in live_runs.get("pids", [])}
+    except (TypeError, ValueError):
+        return False
+    return pid not in pids and started < looked - 1
+
+
 class ServiceLock:
     """Acquire and release `<root>/.lock` for one service; `now` and `sleep` for tests."""
 
@@ -222,6 +245,7 @@ class ServiceLock:
         self.now = now
         self.sleep = sleep
         self.gone_runs: frozenset[str] = frozenset()
+        self.live_runs: dict | None = None
 
     def acquire(
         self,
@@ -233,10 +257,12 @@ class ServiceLock:
         heartbeat: bool = True,
         poll: float = DEFAULT_POLL,
         gone_runs: Sequence[str] = (),
+        live_runs: dict | None = None,
         check_mode: bool = False,
     ) -> dict:
         owner = validate_owner(owner)
         self.gone_runs = frozenset(gone_runs)
+        self.live_runs = live_runs
         wait = validate_seconds(wait, "wait", minimum=0, inclusive=True)
         ttl = validate_seconds(ttl, "ttl", minimum=0, inclusive=False)
         stale_after = validate_seconds(stale_after, "stale_after", minimum=0, inclusive=False)
@@ -327,7 +353,10 @@ class ServiceLock:
             return result, refreshed
         if holder is not None:
             reason = stale_reason(holder, now, ttl, stale_after)
-            if reason is None and holder.get("run_id") in self.gone_runs:
+            if reason is None and (
+                holder.get("run_id") in self.gone_runs
+                or run_is_gone(str(holder.get("run_id", "")), self.live_runs)
+            ):
                 reason = "its run is gone (its ansible-playbook process no longer exists)"
             if reason is None:
                 return None, holder

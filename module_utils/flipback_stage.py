@@ -73,6 +73,8 @@ class StageSpec:
     python: str
     manifest: dict[str, Any]
     by: str
+    # Key of the dependency set; a staged release with the same key lends its venv.
+    deps_key: str = ""
 
 
 class Stager:
@@ -80,6 +82,7 @@ class Stager:
         self.spec = spec
         self.run = run
         self.path = release_dir(spec.root, spec.release)
+        self.venv_from: str | None = None
 
     def staged(self) -> bool:
         manifest = read_manifest(self.spec.root, self.spec.release)
@@ -149,7 +152,15 @@ class Stager:
                 expect=spec.manifest.get("health"),
             ),
         )
-        return {**result, "changed": True, "replaces": previous}
+        return {**result, "changed": True, "replaces": previous, "venv_from": self.venv_from}
+
+    def warm_up(self) -> bool:
+        """Start the staged release's instance, not waiting: the switch gates it later.
+
+        Only a head start: if systemd refuses, the switch starts it and reports why.
+        """
+        unit = f"{self.spec.service}@{self.spec.release}.service"
+        return self.run(["systemctl", "start", "--no-block", unit]).returncode == 0
 
     def _write_lock(self) -> None:
         with open(os.path.join(self.path, STAGING_LOCK), "w", encoding="ascii") as fh:
@@ -166,6 +177,7 @@ class Stager:
             "deployed_at": spec.manifest.get("deployed_at") or utc_iso_now(),
             "replaces": previous,
             "status": status,
+            "deps_key": spec.deps_key or None,
         }
         path = os.path.join(self.path, MANIFEST)
         tmp = f"{path}.tmp"
@@ -203,8 +215,39 @@ class Stager:
             assert meta_file is not None
             self.meta = json.load(meta_file)
 
+    def _donor(self) -> str | None:
+        """A complete release on this host whose virtualenv has exactly these wheels."""
+        key = self.spec.deps_key
+        if not key:
+            return None
+        current = current_release(self.spec.root)
+        releases = os.path.join(self.spec.root, "releases")
+        candidates = sorted(os.listdir(releases), key=lambda name: name != current)
+        for name in candidates:
+            if name == self.spec.release:
+                continue
+            try:
+                manifest = read_manifest(self.spec.root, name)
+            except ReleaseError:
+                continue
+            if (
+                manifest
+                and manifest.get("status") == "staged"
+                and manifest.get("deps_key") == key
+                and os.path.isfile(os.path.join(releases, name, "venv", "pyvenv.cfg"))
+            ):
+                return name
+        return None
+
     def _virtualenv(self) -> None:
         venv = os.path.join(self.path, "venv")
+        donor = self._donor()
+        if donor is not None:
+            link_venv(os.path.join(self.spec.root, "releases", donor, "venv"), venv)
+            self.venv_from = donor
+            self._compile(self.path, exclude_venv=True)
+            return
+        self.venv_from = None
         self._check(self.run([self.spec.python, "-m", "venv", venv]), "create the virtualenv")
         deps = self.meta.get("dependencies", [])
         if deps:
@@ -226,20 +269,14 @@ class Stager:
                 ),
                 "install the dependencies from the wheelhouse (offline)",
             )
-        self._check(
-            self.run(
-                [
-                    os.path.join(venv, "bin", "python"),
-                    "-m",
-                    "compileall",
-                    "-q",
-                    "-j",
-                    "0",
-                    self.path,
-                ]
-            ),
-            "precompile bytecode",
-        )
+        self._compile(self.path, exclude_venv=False)
+
+    def _compile(self, path: str, *, exclude_venv: bool) -> None:
+        argv = [os.path.join(path, "venv", "bin", "python"), "-m", "compileall", "-q", "-j", "0"]
+        if exclude_venv:
+            # The borrowed venv's bytecode is already there (hard links).
+            argv += ["-x", r"/venv/"]
+        self._check(self.run([*argv, path]), "precompile bytecode")
 
     def _finish(self) -> None:
         shutil.rmtree(os.path.join(self.path, WHEELS_DIR), ignore_errors=True)
@@ -263,6 +300,45 @@ class Stager:
                 "'staging' and is never used",
                 retryable=False,
             )
+
+
+def link_venv(source: str, dest: str) -> None:
+    """Copy a virtualenv by hard links, then rewrite the files that name its path.
+
+    Staged venvs are never changed in place, so sharing their files is safe; the
+    scripts in bin/ and pyvenv.cfg carry the venv's own path and get their own copies.
+    """
+    for dirpath, dirnames, filenames in os.walk(source):
+        rel = os.path.relpath(dirpath, source)
+        target_dir = os.path.normpath(os.path.join(dest, rel))
+        os.makedirs(target_dir, mode=0o755, exist_ok=True)
+        for name in dirnames + filenames:
+            src = os.path.join(dirpath, name)
+            dst = os.path.join(target_dir, name)
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+                if name in dirnames:
+                    dirnames.remove(name)
+            elif name in filenames:
+                os.link(src, dst)
+    old, new = source.encode(), dest.encode()
+    rewrite = [os.path.join(dest, "pyvenv.cfg")]
+    bin_dir = os.path.join(dest, "bin")
+    rewrite += [os.path.join(bin_dir, n) for n in os.listdir(bin_dir)]
+    for path in rewrite:
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if old not in data:
+            continue
+        mode = os.stat(path).st_mode & 0o7777
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data.replace(old, new))
+        os.chmod(tmp, mode)
+        # rename(2) replaces the link, so the donor's file is untouched.
+        os.replace(tmp, path)
 
 
 def utc_iso_now() -> str:

@@ -2,12 +2,23 @@
 
 The whole switch is one transaction on the host, so it costs one round trip:
 
-    start <service>@<release>            (the rollback's "restart of uvicorn")
+    take the deploy lock                 (a deploy's own lock is refreshed)
+    rollback: choose the target          (previous good, N steps back, or named)
+    start <service>@<release>            (the rollback's "restart of uvicorn"; a no-op
+                                          when it runs as the warm standby)
     Gate 1: health on its private socket (the answer can only come from it)
     flip `current` with rename(2)        (which also moves live traffic)
     Gate 2: health through the public port, N answers in a row naming the release
-    enable the new instance, disable the old one; record the events
-    drain, then stop the old instance
+    enable the new instance, disable the others; record the events
+    keep the previous good release's instance running as the warm standby, and
+    retire every other instance after the drain, by a systemd timer on the host
+    deploy: prune releases beyond keep_releases
+    give the lock back
+
+With the standby, a rollback to the previous release starts nothing: Gate 1 answers
+at once and the flip is the whole rollback. The drain never blocks the call: the old
+instance is stopped by a transient timer (`flipback-retire-<service>-<release>`),
+which any later switch to that release cancels first.
 
 If a gate fails, everything is undone before the error is raised: `current` goes
 back to the release that was serving (or is removed if there was none), the new
@@ -26,9 +37,11 @@ from typing import Any
 
 from ansible.module_utils.flipback_common import run_command
 from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target, probe
+from ansible.module_utils.flipback_prepare import active_instances
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
+    validate_positive,
     validate_release_id,
 )
 
@@ -60,9 +73,21 @@ class SwitchSpec:
     by: str = "unknown"
     note: str = ""
     journal_lines: int = 15
+    # Rollback without a named release: how many good releases back.
+    steps: int = 1
+    standby: bool = True
+    # Deploy: prune down to this many good releases after the switch (0: no prune).
+    keep_releases: int = 0
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
+
+    def retire_timer(self, release: str) -> str:
+        return f"flipback-retire-{self.service}-{release}"
+
+
+class NothingToRollBackTo(ReleaseError):
+    """A rollback found no target; nothing was changed."""
 
 
 class GateFailed(ReleaseError):
@@ -141,20 +166,59 @@ class Switch:
         )
 
     # -- the switch
+    def choose(self) -> dict[str, Any] | None:
+        """Rollback: settle the target release; None when a deploy names it already."""
+        spec = self.spec
+        if spec.action != "rollback":
+            return None
+        if spec.release:
+            chosen = self.releases.target(spec.release, None)
+        else:
+            chosen = self.releases.target(None, validate_positive(spec.steps, "steps"))
+            if chosen["target"] is None:
+                raise NothingToRollBackTo(
+                    f"no release to roll back to ({chosen['reason']}); nothing was changed, "
+                    f"{chosen['current'] or 'nothing'} stays current",
+                    retryable=False,
+                    current=chosen["current"],
+                    reason=chosen["reason"],
+                )
+            spec.release = chosen["target"]
+        if not spec.note:
+            spec.note = f"rollback from {chosen['current']} ({chosen['reason']})"
+        return chosen
+
     def plan(self) -> dict[str, Any]:
         spec = self.spec
         validate_release_id(spec.release)
         state = self.releases.scan()
         previous = state.current
+        active = active_instances(self.run, spec.service)
+        keep = self._keep_after(state, previous)
         return {
             "release": spec.release,
             "previous": previous,
-            "start": None if previous == spec.release else spec.unit(spec.release),
-            "stop": spec.unit(previous) if previous and previous != spec.release else None,
+            "start": None if spec.release in active else spec.unit(spec.release),
+            "retire": [r for r in active if r not in keep],
+            "standby": next((r for r in sorted(keep) if r != spec.release), None),
         }
+
+    def _keep_after(self, state, previous: str | None) -> set[str]:
+        """Instances that keep running after the switch: the release, and the standby."""
+        keep = {self.spec.release}
+        if not self.spec.standby:
+            return keep
+        if self.spec.action == "deploy" and previous and previous != self.spec.release:
+            # The release rolled away from in a deploy is the next rollback's target.
+            keep.add(previous)
+        else:
+            good = [r for r in state.previous_good() if r != self.spec.release]
+            keep.update(good[:1])
+        return keep
 
     def switch(self, check_mode: bool) -> dict[str, Any]:
         spec = self.spec
+        chosen = self.choose()
         plan = self.plan()
         previous = self.previous = plan["previous"]
         result: dict[str, Any] = {
@@ -162,14 +226,16 @@ class Switch:
             "previous": previous,
             "current": spec.release,
             "started": plan["start"],
-            "stopped": plan["stop"],
+            "stopped": ", ".join(spec.unit(r) for r in plan["retire"]) or None,
+            "standby": plan["standby"],
+            "reason": chosen["reason"] if chosen else None,
             "diff": {
                 "before": f"current -> releases/{previous}\n" if previous else "",
                 "after": f"current -> releases/{spec.release}\n",
             },
         }
         if previous == spec.release:
-            return self._already_current(result, check_mode)
+            return self._already_current(result, plan, check_mode)
         # A missing or incomplete release is refused before its instance starts.
         self.releases.activate(spec.release, by=spec.by, note=spec.note, check_mode=True)
         if check_mode:
@@ -177,9 +243,12 @@ class Switch:
             return {**result, "changed": True}
 
         unit = spec.unit(spec.release)
-        was_running = self._active(unit)
-        self._systemctl("start", unit)
-        self.steps.append(f"started {unit}")
+        # A retire timer left by an earlier switch must not stop the instance going live.
+        self._systemctl("stop", "--quiet", f"{spec.retire_timer(spec.release)}.timer", check=False)
+        was_running = plan["start"] is None
+        if not was_running:
+            self._systemctl("start", unit)
+            self.steps.append(f"started {unit}")
         timings: dict[str, float] = {}
         try:
             started = time.monotonic()
@@ -197,40 +266,89 @@ class Switch:
         except HealthError as exc:
             raise self._undo(GATE_2, exc, flipped=True, was_running=was_running) from exc
 
-        self._systemctl("enable", "--quiet", unit)
-        if previous:
-            if spec.action == "rollback":
-                self.releases.record(
-                    previous,
-                    "rolled_back",
-                    by=spec.by,
-                    note=f"rolled back to {spec.release}",
-                    check_mode=False,
-                )
-            old = spec.unit(previous)
-            self._systemctl("disable", "--quiet", old, check=False)
-            # The old instance finishes what it accepted before the flip.
-            self.sleep(spec.drain_seconds)
-            self._systemctl("stop", old)
-            self.steps.append(f"stopped {old} after {spec.drain_seconds:g} s")
-        return {**result, "changed": True, "timings": timings, "steps": self.steps}
+        if previous and spec.action == "rollback":
+            self.releases.record(
+                previous,
+                "rolled_back",
+                by=spec.by,
+                note=f"rolled back to {spec.release}",
+                check_mode=False,
+            )
+        self._settle(previous, plan["retire"])
+        result = {**result, "changed": True, "timings": timings}
+        if spec.keep_releases > 0 and spec.action == "deploy":
+            pruned = self.releases.prune(
+                spec.keep_releases, by=spec.by, note="after the switch", check_mode=False
+            )
+            result["pruned"] = pruned["removed"]
+        return {**result, "steps": self.steps}
 
-    def _already_current(self, result: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-        """Nothing to switch: make sure the live instance runs, is enabled and answers."""
+    def _settle(self, previous: str | None, retire: list[str]) -> None:
+        """Only the live release starts at boot; the standby runs; the rest retire."""
+        spec = self.spec
+        self._systemctl("enable", "--quiet", spec.unit(spec.release))
+        others = sorted({*retire, *([previous] if previous else [])} - {spec.release})
+        if others:
+            self._systemctl("disable", "--quiet", *(spec.unit(r) for r in others), check=False)
+        for release in retire:
+            self._retire(release)
+
+    def _retire(self, release: str) -> None:
+        """Stop an instance after the drain, without waiting for it here."""
+        spec = self.spec
+        unit = spec.unit(release)
+        if spec.drain_seconds <= 0:
+            self._systemctl("stop", "--no-block", unit)
+            self.steps.append(f"stopping {unit}")
+            return
+        timer = spec.retire_timer(release)
+        argv = [
+            "systemd-run",
+            "--quiet",
+            "--collect",
+            f"--unit={timer}",
+            f"--on-active={spec.drain_seconds:g}s",
+            "--timer-property=AccuracySec=50ms",
+            "systemctl",
+            "stop",
+            unit,
+        ]
+        if self.run(argv).returncode != 0:
+            # A timer of the same name from an earlier retire: replace it.
+            self._systemctl("stop", "--quiet", f"{timer}.timer", f"{timer}.service", check=False)
+            proc = self.run(argv)
+            if proc.returncode != 0:
+                self._systemctl("stop", "--no-block", unit)
+        self.steps.append(f"stopping {unit} after {spec.drain_seconds:g} s")
+
+    def _already_current(
+        self, result: dict[str, Any], plan: dict[str, Any], check_mode: bool
+    ) -> dict[str, Any]:
+        """Nothing to switch: the live instance runs, is enabled, answers; leftovers retire."""
         spec = self.spec
         unit = spec.unit(spec.release)
-        result.update(started=None, stopped=None, diff={"before": "", "after": ""})
+        result.update(diff={"before": "", "after": ""})
         changed = False
-        if not self._active(unit):
+        if plan["start"] is not None:
             changed = True
-            result["started"] = unit
             if not check_mode:
+                self._systemctl(
+                    "stop", "--quiet", f"{spec.retire_timer(spec.release)}.timer", check=False
+                )
                 self._systemctl("start", unit)
                 self.steps.append(f"started {unit} (current, was not running)")
         if self._systemctl("is-enabled", "--quiet", unit, check=False).returncode != 0:
             changed = True
             if not check_mode:
                 self._systemctl("enable", "--quiet", unit)
+        if plan["retire"]:
+            changed = True
+            if not check_mode:
+                self._systemctl(
+                    "disable", "--quiet", *(spec.unit(r) for r in plan["retire"]), check=False
+                )
+                for release in plan["retire"]:
+                    self._retire(release)
         if not check_mode:
             try:
                 self._gate_public()

@@ -503,6 +503,7 @@ def test_first_build_writes_the_artifact(services, pip, tmp_path):
         "git_sha": v2,
         "tree": result["tree"],
         "dependencies": result["dependencies"],
+        "deps_key": result["deps_key"],
     }
     assert len(pip_calls(pip)) == 1
     assert pip_calls(pip)[0].startswith("download ")

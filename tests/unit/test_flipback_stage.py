@@ -175,7 +175,13 @@ def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
     result = Stager(spec, run=runner).stage(check_mode=False)
 
     path = release(root)
-    assert result == {"release": RID, "path": str(path), "changed": True, "replaces": previous}
+    assert result == {
+        "release": RID,
+        "path": str(path),
+        "changed": True,
+        "replaces": previous,
+        "venv_from": None,
+    }
     assert (path / "app.py").read_bytes() == b"app = object()\n"
     assert (path / "pyproject.toml").is_file()
     assert (path / ".env.example").read_text() == "DEBUG=0\n"

@@ -1,0 +1,249 @@
+#!/usr/bin/python
+"""Ansible module: the first round trip of a deploy on one host (see flipback_prepare)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: release_prepare
+short_description: Take the deploy lock and get a host ready for a release, in one call
+description:
+  - Takes the service's deploy lock (or fails naming its holder), makes sure the
+    service user, its directories, its environment file (0640 root:<user>, never
+    shown), its systemd template unit and its nginx site are as given, reloads systemd
+    and nginx only when their files changed (nginx only after C(nginx -t) passes; a
+    rejected site is put back), and reports whether the release is staged and live.
+  - When the release is already current, running, enabled, alone (apart from the
+    standby) and answering through the public port, returns C(noop=true) and gives
+    the lock back in the same call.
+  - Check mode reports what would change, with diffs of the unit and site; the lock is
+    only looked at.
+options:
+  service:
+    description: Service name.
+    type: str
+    required: true
+  root:
+    description: Service root; default C(/srv/<service>).
+    type: path
+  user:
+    description: System user the service runs as (created if missing).
+    type: str
+    required: true
+  release:
+    description: Release this run deploys.
+    type: str
+    required: true
+  env_file:
+    description: Path of the environment file.
+    type: path
+    required: true
+  env_content:
+    description: Content of the environment file; kept out of every output.
+    type: str
+    required: true
+  unit_path:
+    description: Path of the systemd template unit.
+    type: path
+    required: true
+  unit_content:
+    description: Content of the systemd template unit.
+    type: str
+    required: true
+  site_path:
+    description: Path of the nginx site.
+    type: path
+    required: true
+  site_content:
+    description: Content of the nginx site.
+    type: str
+    required: true
+  lock_owner:
+    description: Owner recorded in the deploy lock; no lock is taken without it.
+    type: dict
+  lock_wait:
+    description: Seconds to wait for a busy lock.
+    type: float
+    default: 0
+  lock_stale_after:
+    description: Seconds without a heartbeat after which a holder counts as gone.
+    type: int
+    default: 120
+  live_runs:
+    description:
+      - What the controller saw when the run began - C(controller) (its name), C(pids)
+        (of every ansible-playbook process) and C(at) (when). A lock held by a run of
+        that controller that started earlier and whose process was gone is taken over
+        at once, with a warning.
+    type: dict
+  port:
+    description: Public port (nginx) of the service.
+    type: int
+    required: true
+  health_path:
+    description: Health URL path.
+    type: str
+    default: /health
+  expect_status:
+    description: Status codes a healthy answer has.
+    type: list
+    elements: int
+    default: [200]
+  expect_json:
+    description: JSON fields a healthy answer has; C(release) is always added.
+    type: dict
+    default: {}
+  public_successes:
+    description: Answers in a row that prove the live release.
+    type: int
+    default: 3
+  standby:
+    description: Whether the previous good release's instance may keep running.
+    type: bool
+    default: true
+author: flipback
+"""
+
+EXAMPLES = r"""
+- name: Get the host ready for hello's new release
+  release_prepare:
+    service: hello
+    user: hello
+    release: 20261129T141500-3f2a9c1d0e
+    env_file: /etc/flipback/hello.env
+    env_content: "HELLO_GREETING=\"hi\"\n"
+    unit_path: /etc/systemd/system/hello@.service
+    unit_content: "{{ lookup('template', 'service@.service.j2') }}"
+    site_path: /etc/nginx/conf.d/flipback-hello.conf
+    site_content: "{{ lookup('template', 'nginx-site.conf.j2') }}"
+    port: 8000
+    lock_owner: {run_id: "ctl:1234:1764425700"}
+"""
+
+RETURN = r"""
+current:
+  description: Release C(current) points at; null if none.
+  type: str
+  returned: success
+staged:
+  description: Whether the release is already staged on the host.
+  type: bool
+  returned: success
+noop:
+  description: Whether the release is already live here (the lock was given back).
+  type: bool
+  returned: success
+changes:
+  description: What was (or would be) changed - user, directories, files.
+  type: list
+  elements: str
+  returned: success
+lock:
+  description: Outcome of taking the lock (outcome, holder, took_over, waited).
+  type: dict
+  returned: success
+holder:
+  description: Holder of the busy lock.
+  type: dict
+  returned: when the lock is busy
+elapsed:
+  description: Seconds the module took.
+  type: float
+  returned: always
+retryable:
+  description: Whether running the same task again is safe and may succeed.
+  type: bool
+  returned: failure
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
+from ansible.module_utils.flipback_release import ReleaseError
+
+LOCK_OWNER = {
+    "run_id": {"type": "str", "required": True},
+    "by": {"type": "str"},
+    "playbook": {"type": "str"},
+    "release": {"type": "str"},
+    "action": {"type": "str"},
+}
+
+
+def spec_from(params: dict) -> PrepareSpec:
+    service = params["service"]
+    lock = None
+    if params["lock_owner"]:
+        lock = {
+            "owner": {k: v for k, v in params["lock_owner"].items() if v is not None},
+            "wait": params["lock_wait"],
+            "stale_after": params["lock_stale_after"],
+            "live_runs": params["live_runs"],
+        }
+    return PrepareSpec(
+        service=service,
+        root=params["root"] or f"/srv/{service}",
+        user=params["user"],
+        release=params["release"],
+        env_file=ManagedFile(
+            params["env_file"], params["env_content"], 0o640, service_group=True, secret=True
+        ),
+        unit_file=ManagedFile(params["unit_path"], params["unit_content"], 0o644),
+        site_file=ManagedFile(params["site_path"], params["site_content"], 0o644),
+        lock=lock,
+        port=params["port"],
+        health_path=params["health_path"],
+        expect_status=tuple(params["expect_status"]),
+        expect_json=params["expect_json"],
+        public_successes=params["public_successes"],
+        standby=params["standby"],
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "service": {"type": "str", "required": True},
+            "root": {"type": "path"},
+            "user": {"type": "str", "required": True},
+            "release": {"type": "str", "required": True},
+            "env_file": {"type": "path", "required": True},
+            "env_content": {"type": "str", "required": True, "no_log": True},
+            "unit_path": {"type": "path", "required": True},
+            "unit_content": {"type": "str", "required": True},
+            "site_path": {"type": "path", "required": True},
+            "site_content": {"type": "str", "required": True},
+            "lock_owner": {"type": "dict", "options": LOCK_OWNER},
+            "lock_wait": {"type": "float", "default": 0},
+            "lock_stale_after": {"type": "int", "default": 120},
+            "live_runs": {"type": "dict"},
+            "port": {"type": "int", "required": True},
+            "health_path": {"type": "str", "default": "/health"},
+            "expect_status": {"type": "list", "elements": "int", "default": [200]},
+            "expect_json": {"type": "dict", "default": {}},
+            "public_successes": {"type": "int", "default": 3},
+            "standby": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    started = time.monotonic()
+    try:
+        result = Prepare(spec_from(module.params)).prepare(module.check_mode)
+    except ReleaseError as exc:
+        module.fail_json(
+            msg=exc.msg,
+            retryable=exc.retryable,
+            elapsed=round(time.monotonic() - started, 3),
+            **exc.details,
+        )
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    diffs = result.pop("diff")
+    if module._diff and diffs:
+        result["diff"] = diffs
+    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+
+
+if __name__ == "__main__":
+    main()

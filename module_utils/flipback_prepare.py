@@ -1,0 +1,338 @@
+"""Get one host ready for a release of one service, in one call.
+
+The first round trip of a deploy, so it does everything that does not depend on the
+release being staged yet:
+
+    take the service's deploy lock              (or fail naming its holder)
+    the service user, its directories, its env file (secret), unit file and nginx site
+    daemon-reload / nginx -t + reload           only when those files changed
+    report: current release, whether the release is staged, whether it is already live
+
+If the release is already current, its instance active and enabled, no other
+instance is left over, and it answers through the public port, the deploy has
+nothing to do on this host: the lock is given back at once and `noop` is true.
+
+Runs on the target host: standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible.module_utils.flipback_common import run_command
+from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target, probe
+from ansible.module_utils.flipback_lock import ServiceLock
+from ansible.module_utils.flipback_release import (
+    ReleaseError,
+    Releases,
+    validate_release_id,
+    validate_service,
+)
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+Prober = Callable[[Target, Expect, Policy], dict]
+
+
+def real_probe(target: Target, expect: Expect, policy: Policy) -> dict:
+    return probe(target, expect, policy, Clock())
+
+
+@dataclass
+class ManagedFile:
+    path: str
+    content: str
+    mode: int
+    # Group-owned by the service user (readable by the service), else by root.
+    service_group: bool = False
+    secret: bool = False
+
+
+@dataclass
+class PrepareSpec:
+    service: str
+    root: str
+    user: str
+    release: str
+    env_file: ManagedFile
+    unit_file: ManagedFile
+    site_file: ManagedFile
+    lock: dict | None = None
+    port: int = 0
+    health_path: str = "/health"
+    expect_status: tuple[int, ...] = (200,)
+    expect_json: dict = field(default_factory=dict)
+    public_successes: int = 3
+    noop_timeout: float = 5.0
+    standby: bool = True
+
+    def unit(self, release: str) -> str:
+        return f"{self.service}@{release}.service"
+
+
+def active_instances(run: Runner, service: str) -> list[str]:
+    """Release ids of the service's instances that systemd has active or starting."""
+    proc = run(
+        [
+            "systemctl",
+            "list-units",
+            "--plain",
+            "--no-legend",
+            "--state=active,activating,reloading",
+            f"{service}@*.service",
+        ]
+    )
+    prefix = f"{service}@"
+    found = []
+    for line in proc.stdout.splitlines():
+        name = line.split(" ", 1)[0]
+        if name.startswith(prefix) and name.endswith(".service"):
+            found.append(name[len(prefix) : -len(".service")])
+    return sorted(found)
+
+
+class Prepare:
+    def __init__(
+        self,
+        spec: PrepareSpec,
+        *,
+        run: Runner = run_command,
+        prober: Prober = real_probe,
+        lock: ServiceLock | None = None,
+    ) -> None:
+        self.spec = spec
+        self.run = run
+        self.prober = prober
+        self.lock = lock or ServiceLock(spec.service)
+        self.changes: list[str] = []
+        self.diffs: list[dict[str, str]] = []
+        self.warnings: list[str] = []
+
+    # -- the call
+    def prepare(self, check_mode: bool) -> dict[str, Any]:
+        spec = self.spec
+        validate_service(spec.service)
+        validate_release_id(spec.release)
+        result: dict[str, Any] = {"release": spec.release, "lock": None}
+        if spec.lock is not None:
+            result["lock"] = self._take_lock(check_mode)
+        self._user(check_mode)
+        uid, gid = self._ids(check_mode)
+        self._dir(spec.root, 0, 0, 0o755, check_mode)
+        self._dir(os.path.join(spec.root, "releases"), 0, 0, 0o755, check_mode)
+        self._dir(os.path.join(spec.root, ".incoming"), 0, 0, 0o700, check_mode)
+        self._dir(os.path.join(spec.root, "shared"), uid, gid, 0o750, check_mode)
+        self._dir(os.path.dirname(spec.env_file.path), 0, 0, 0o755, check_mode)
+        for managed in (spec.unit_file, spec.site_file):
+            # System directories: created if missing, their mode left alone.
+            self._dir(os.path.dirname(managed.path), -1, -1, 0o755, check_mode)
+        env_changed = self._file(spec.env_file, gid, check_mode)
+        unit_changed = self._file(spec.unit_file, 0, check_mode)
+        site_before = _read(spec.site_file.path)
+        site_changed = self._file(spec.site_file, 0, check_mode)
+        if unit_changed and not check_mode:
+            self._must(["systemctl", "daemon-reload"], "reload systemd")
+        if site_changed and not check_mode:
+            self._reload_nginx(site_before)
+
+        releases = Releases(spec.service, spec.root)
+        state = releases.scan()
+        staged = spec.release in state.releases and state.releases[spec.release].status not in (
+            "incomplete",
+        )
+        result.update(
+            changed=bool(self.changes),
+            changes=self.changes,
+            current=state.current,
+            staged=staged,
+            env_changed=env_changed,
+            diff=self.diffs,
+            warnings=self.warnings,
+        )
+        noop = (
+            not self.changes
+            and state.current == spec.release
+            and self._live_and_alone(state, check_mode)
+        )
+        result["noop"] = noop
+        if noop and spec.lock is not None and not check_mode:
+            # Nothing to switch on this host: the lock goes back in this same call.
+            self.lock.release(spec.lock["owner"])
+            result["lock"] = {**(result["lock"] or {}), "outcome": "released"}
+        return result
+
+    # -- lock
+    def _take_lock(self, check_mode: bool) -> dict:
+        lock = self.spec.lock or {}
+        taken = self.lock.acquire(
+            lock["owner"],
+            wait=lock.get("wait", 0),
+            stale_after=lock.get("stale_after", 120),
+            live_runs=lock.get("live_runs"),
+            check_mode=check_mode,
+        )
+        self.warnings.extend(taken.pop("warnings", []))
+        return {k: taken.get(k) for k in ("outcome", "holder", "took_over", "waited", "msg")}
+
+    # -- files
+    def _user(self, check_mode: bool) -> None:
+        spec = self.spec
+        try:
+            pwd.getpwnam(spec.user)
+            return
+        except KeyError:
+            pass
+        self.changes.append(f"user {spec.user}")
+        if check_mode:
+            return
+        self._must(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--home-dir",
+                os.path.join(spec.root, "shared"),
+                "--no-create-home",
+                spec.user,
+            ],
+            f"create the system user {spec.user}",
+        )
+
+    def _ids(self, check_mode: bool) -> tuple[int, int]:
+        try:
+            entry = pwd.getpwnam(self.spec.user)
+        except KeyError:
+            if check_mode:
+                return -1, -1
+            raise
+        return entry.pw_uid, entry.pw_gid
+
+    def _dir(self, path: str, uid: int, gid: int, mode: int, check_mode: bool) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self.changes.append(f"directory {path}")
+            if not check_mode:
+                os.makedirs(path, mode=mode, exist_ok=True)
+                os.chown(path, max(uid, 0), max(gid, 0))
+                os.chmod(path, mode)
+            return
+        if uid < 0:
+            return
+        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
+            self.changes.append(f"directory {path} (owner or mode)")
+            if not check_mode:
+                os.chown(path, uid, gid)
+                os.chmod(path, mode)
+
+    def _file(self, managed: ManagedFile, gid: int, check_mode: bool) -> bool:
+        before = _read(managed.path)
+        gid = gid if managed.service_group else 0
+        content_changed = before != managed.content
+        meta_changed = False
+        if before is not None and gid >= 0:
+            st = os.stat(managed.path)
+            meta_changed = (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (managed.mode, 0, gid)
+        if not (content_changed or meta_changed):
+            return False
+        self.changes.append(f"file {managed.path}")
+        if content_changed and not managed.secret:
+            self.diffs.append(
+                {
+                    "before_header": managed.path,
+                    "after_header": managed.path,
+                    "before": before or "",
+                    "after": managed.content,
+                }
+            )
+        if not check_mode:
+            _write_atomic(managed.path, managed.content, managed.mode, max(gid, 0))
+        return content_changed
+
+    def _reload_nginx(self, site_before: str | None) -> None:
+        test = self.run(["nginx", "-t", "-q"])
+        if test.returncode != 0:
+            path = self.spec.site_file.path
+            if site_before is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            else:
+                _write_atomic(path, site_before, self.spec.site_file.mode, 0)
+            raise ReleaseError(
+                f"nginx rejects the site of {self.spec.service} ({path}): "
+                f"{(test.stderr or test.stdout).strip()[-500:]}; the previous site was put "
+                "back and nginx was not reloaded",
+                retryable=False,
+                field="site",
+            )
+        self._must(["systemctl", "reload-or-restart", "nginx"], "reload nginx")
+
+    def _must(self, argv: Sequence[str], what: str) -> None:
+        proc = self.run(argv)
+        if proc.returncode != 0:
+            raise ReleaseError(
+                f"could not {what}: {' '.join(argv)} exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-500:]}",
+                retryable=True,
+            )
+
+    # -- already live?
+    def _live_and_alone(self, state, check_mode: bool) -> bool:
+        spec = self.spec
+        unit = spec.unit(spec.release)
+        if self.run(["systemctl", "is-enabled", "--quiet", unit]).returncode != 0:
+            return False
+        allowed = {spec.release}
+        if spec.standby:
+            allowed.update(state.previous_good()[:1])
+        active = active_instances(self.run, spec.service)
+        if spec.release not in active or set(active) - allowed:
+            return False
+        if check_mode:
+            return True
+        try:
+            self.prober(
+                Target(url_path=spec.health_path, host="127.0.0.1", port=spec.port),
+                Expect(
+                    status=tuple(spec.expect_status),
+                    json={**spec.expect_json, "release": spec.release},
+                ),
+                Policy(timeout=spec.noop_timeout, delay=0.05, successes=spec.public_successes),
+            )
+        except HealthError:
+            # The switch call makes it answer, or fails naming the gate.
+            return False
+        return True
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path: str, content: str, mode: int, gid: int) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fchown(handle.fileno(), 0, gid)
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,51 @@
+"""Action: build a release on the controller, in-process (see module release_build).
+
+Building only ever happens on the controller, so running it as a module there only
+added an interpreter start and a payload per build; the action calls the same
+Builder (module_utils/flipback_build.py) inside the controller's worker.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import ansible.module_utils
+from ansible import constants as C
+from ansible.plugins.action import ActionBase
+
+for _path in C.DEFAULT_MODULE_UTILS_PATH:
+    if _path not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(_path)
+
+from ansible.module_utils.flipback_build import (
+    ARGUMENT_SPEC,
+    Builder,
+    BuildError,
+    BuildSpec,
+)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        started = time.monotonic()
+        validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = validation.validated_parameters
+        spec = BuildSpec(
+            service=params["service"],
+            source=params["source"],
+            subdir=params["subdir"].strip("/"),
+            ref=params["ref"],
+            cache_dir=params["cache_dir"],
+            pip=params["pip"] or [sys.executable, "-m", "pip"],
+        )
+        try:
+            result.update(Builder(spec).build())
+        except BuildError as exc:
+            result.update(failed=True, msg=exc.msg, retryable=exc.retryable, **exc.details)
+        result["elapsed"] = round(time.monotonic() - started, 3)
+        return result

@@ -1,0 +1,108 @@
+"""Action: one report of a rollout, host by host, on the controller (in-process).
+
+The last task of a deploy. From what each host noted during the run (staged,
+switched, failed and why, not switched because the rollout stopped, restored), it
+prints one line per host and service, checks that every host that is live on the
+new release runs the same release id, and fails the run when the rollout stopped.
+"""
+
+from __future__ import annotations
+
+from ansible.plugins.action import ActionBase
+
+ARGUMENT_SPEC = {
+    "action": {"type": "str", "default": "deploy"},
+    "hosts": {"type": "list", "elements": "str", "required": True},
+    "rollout": {"type": "dict", "default": {}},
+    "restored": {"type": "dict", "default": {}},
+    "releases": {"type": "dict", "default": {}},
+}
+
+
+def host_lines(
+    host: str, states: dict, restores: list, releases: dict
+) -> tuple[list[dict], list[str]]:
+    """(rows, problems) for one host."""
+    rows, problems = [], []
+    restored = {
+        r["_flipback_item"]["name"]: r
+        for r in restores
+        if isinstance(r, dict) and not r.get("skipped") and "_flipback_item" in r
+    }
+    if not states:
+        problems.append(f"{host}: did not report (unreachable, or failed before staging)")
+        rows.append({"host": host, "service": "-", "outcome": "no report", "ok": False})
+        return rows, problems
+    for service in sorted(states):
+        state = states[service]
+        outcome = state.get("outcome", "unknown")
+        release = state.get("release") or releases.get(service)
+        previous = state.get("previous")
+        ok = True
+        if service in restored:
+            result = restored[service]
+            if result.get("failed"):
+                text = f"RESTORE FAILED: {result.get('msg', 'no message')}"
+                problems.append(f"{host} {service}: {text}")
+                ok = False
+            else:
+                text = f"restored to {previous} (had switched to {release})"
+        elif outcome == "switched":
+            current = state.get("current")
+            text = f"switched to {current}"
+            if current != releases.get(service, current):
+                problems.append(
+                    f"{host} {service}: runs {current}, expected {releases[service]} like "
+                    "every other host"
+                )
+                ok = False
+        elif outcome == "already live":
+            text = f"already live on {release}"
+        elif outcome in ("failed", "staging failed"):
+            text = state.get("error", outcome)
+            problems.append(text)
+            ok = False
+        elif outcome.startswith("not switched"):
+            text = f"not switched (the rollout stopped); stays on {previous or 'nothing'}"
+        elif outcome == "staged":
+            text = f"staged {release}; not switched"
+        else:
+            text = outcome
+        rows.append({"host": host, "service": service, "outcome": text, "ok": ok})
+    return rows, problems
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = validation.validated_parameters
+        rows, problems = [], []
+        for host in params["hosts"]:
+            host_rows, host_problems = host_lines(
+                host,
+                params["rollout"].get(host) or {},
+                params["restored"].get(host) or [],
+                params["releases"],
+            )
+            rows += host_rows
+            problems += host_problems
+        stopped = any(
+            (state or {}).get("outcome") in ("failed", "staging failed")
+            for states in params["rollout"].values()
+            for state in (states or {}).values()
+        )
+        width = max([len(r["host"]) for r in rows] + [4])
+        lines = [f"{r['host']:<{width}}  {r['service']}: {r['outcome']}" for r in rows]
+        verdict = "the rollout stopped" if stopped else "rollout complete"
+        if problems and not stopped:
+            verdict = "rollout finished with problems"
+        result.update(changed=False, report=rows, problems=problems, lines=lines)
+        result["msg"] = f"{params['action']}: {verdict}\n" + "\n".join(lines)
+        if problems:
+            result["failed"] = True
+            result["msg"] += "\n" + "\n".join(f"- {p}" for p in problems)
+        return result

@@ -1,9 +1,10 @@
 """Unit tests of module_utils/flipback_switch.py on real release trees under tmp_path.
 
-systemd, the health probes and the drain go through fakes: a runner that keeps the
-active and enabled units in sets, a prober scripted per gate, and a sleep that only
-records. Every fake appends to one log, so a test sees the order of the whole switch,
-and each probe notes where `current` pointed when it ran.
+systemd and the health probes go through fakes: a runner that keeps the active and
+enabled units in sets and records retire timers (systemd-run) without running them,
+and a prober scripted per gate. Every fake appends to one log, so a test sees the
+order of the whole switch, and each probe notes where `current` pointed when it ran.
+The switch never sleeps (the drain is the timer's), which the recording sleep proves.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ansible.module_utils.flipback_switch import (
     GATE_1,
     GATE_2,
     GateFailed,
+    NothingToRollBackTo,
     Switch,
     SwitchSpec,
 )
@@ -34,7 +36,20 @@ SERVICE = "shop"
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
 UNIT_A = f"{SERVICE}@{A}.service"
+C = "20261103T120000-cccccccccc"
 UNIT_B = f"{SERVICE}@{B}.service"
+UNIT_C = f"{SERVICE}@{C}.service"
+RETIRE_A = f"flipback-retire-{SERVICE}-{A}"
+RETIRE_B = f"flipback-retire-{SERVICE}-{B}"
+RETIRE_C = f"flipback-retire-{SERVICE}-{C}"
+LIST_UNITS = [
+    "list-units",
+    "--plain",
+    "--no-legend",
+    "--state=active,activating,reloading",
+    f"{SERVICE}@*.service",
+    f"flipback-retire-{SERVICE}-*.timer",
+]
 SOCKET_DIR = "/run/flipback-shop"
 PORT = 8000
 HEALTH = {"path": "/health", "expect_status": 200, "expect_json": {"ok": True}}
@@ -107,8 +122,31 @@ def b_current(tree: Tree) -> Tree:
     return tree.release(B).events((B, "staged"), (B, "active")).current(B)
 
 
+def a_good_b_current(tree: Tree) -> Tree:
+    """A was live before B: A is the previous good release."""
+    tree.release(A).release(B)
+    return tree.events((A, "staged"), (A, "active"), (B, "staged"), (B, "active")).current(B)
+
+
+def a_b_good_c_current(tree: Tree) -> Tree:
+    """A, then B, then C went live: B is the previous good release, A the one before."""
+    tree.release(A).release(B).release(C)
+    for release_id in (A, B, C):
+        tree.events((release_id, "staged"), (release_id, "active"))
+    return tree.current(C)
+
+
+def a_good_b_current_c_staged(tree: Tree) -> Tree:
+    return a_good_b_current(tree).release(C).events((C, "staged"))
+
+
 class Host:
-    """Fake systemctl/journalctl, prober and sleep sharing one ordered log."""
+    """Fake systemctl/systemd-run/journalctl and prober sharing one ordered log.
+
+    `active` and `enabled` hold unit names; `systemctl list-units` answers from
+    `active` as systemd does (one unit per line, name first). A retire timer only
+    records the unit it would stop: the instance keeps running through its drain.
+    """
 
     def __init__(
         self,
@@ -118,12 +156,15 @@ class Host:
         enabled: Sequence[str] = (),
         failing_start: Sequence[str] = (),
         gates: dict[str, HealthError | None] | None = None,
+        systemd_run_fails: int = 0,
     ) -> None:
         self.tree = tree
         self.active = set(active)
         self.enabled = set(enabled)
         self.failing_start = set(failing_start)
         self.gates = gates or {}
+        self.systemd_run_fails = systemd_run_fails
+        self.timers: dict[str, str] = {}
         self.calls: list[list[str]] = []
         self.probes: list[tuple[Target, Expect, Policy]] = []
         self.sleeps: list[float] = []
@@ -135,28 +176,51 @@ class Host:
         if argv[0] == "journalctl":
             self.log.append(f"journal {argv[-1]}")
             return subprocess.CompletedProcess(argv, 0, "\n".join(JOURNAL) + "\n", "")
+        if argv[0] == "systemd-run":
+            return self._systemd_run(argv)
         assert argv[0] == "systemctl", argv
-        verb, unit = argv[1], argv[-1]
-        self.log.append(f"{verb} {unit}")
+        verb = argv[1]
+        options = [a for a in argv[2:] if a.startswith("--")]
+        units = [a for a in argv[2:] if not a.startswith("--")]
+        if verb == "list-units":
+            assert argv[1:] == LIST_UNITS, argv
+            self.log.append("list-units")
+            lines = [f"{unit} loaded active running Shop" for unit in sorted(self.active)]
+            lines += [f"{timer}.timer loaded active waiting" for timer in sorted(self.timers)]
+            return subprocess.CompletedProcess(argv, 0, "".join(f"{x}\n" for x in lines), "")
+        self.log.append(" ".join([verb, *(o for o in options if o != "--quiet"), *units]))
         rc = 0
-        if verb == "is-active":
-            rc = 0 if unit in self.active else 3
-        elif verb == "is-enabled":
-            rc = 0 if unit in self.enabled else 1
+        if verb == "is-enabled":
+            rc = 0 if units[0] in self.enabled else 1
         elif verb == "start":
+            (unit,) = units
             if unit in self.failing_start:
                 stderr = f"Job for {unit} failed because the control process exited."
                 return subprocess.CompletedProcess(argv, 1, "", stderr)
             self.active.add(unit)
         elif verb == "stop":
-            self.active.discard(unit)
+            for unit in units:
+                if unit.startswith("flipback-retire-"):
+                    self.timers.pop(unit.rsplit(".", 1)[0], None)
+                else:
+                    self.active.discard(unit)
         elif verb == "enable":
-            self.enabled.add(unit)
+            self.enabled.update(units)
         elif verb == "disable":
-            self.enabled.discard(unit)
+            self.enabled.difference_update(units)
         else:
             raise AssertionError(f"unexpected systemctl {verb}")
         return subprocess.CompletedProcess(argv, rc, "", "")
+
+    def _systemd_run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        timer = next(a for a in argv if a.startswith("--unit="))[len("--unit=") :]
+        delay = next(a for a in argv if a.startswith("--on-active="))[len("--on-active=") :]
+        self.log.append(f"retire {argv[-1]} in {delay}")
+        if self.systemd_run_fails:
+            self.systemd_run_fails -= 1
+            return subprocess.CompletedProcess(argv, 1, "", f"Unit {timer}.timer already exists.")
+        self.timers[timer] = argv[-1]
+        return subprocess.CompletedProcess(argv, 0, "", "")
 
     def prober(self, target: Target, expect: Expect, policy: Policy) -> dict:
         gate = "gate1" if target.unix_socket is not None else "gate2"
@@ -181,6 +245,14 @@ class Host:
 
     def gates_probed(self) -> list[str]:
         return [line.split()[0] for line in self.log if line.startswith("gate")]
+
+    def mutations(self) -> list[str]:
+        """What the switch did to systemd (queries, probes and journal reads left out)."""
+        return [
+            line
+            for line in self.log
+            if line.split()[0] not in ("list-units", "is-enabled", "gate1", "gate2", "journal")
+        ]
 
 
 def spec(tree: Tree, release: str = B, **overrides: object) -> SwitchSpec:
@@ -226,33 +298,27 @@ def test_real_probe_uses_a_real_clock(monkeypatch):
 # =========================================================================== success
 
 
-@pytest.mark.parametrize(
-    ("action", "a_last_event"),
-    [
-        pytest.param("deploy", "active", id="deploy"),
-        pytest.param("rollback", "rolled_back", id="rollback"),
-    ],
-)
-def test_switch_a_to_b(tree, action, a_last_event):
+def test_deploy_keeps_the_previous_release_as_the_warm_standby(tree):
     live_a_staged_b(tree)
     host = Host(tree, active=[UNIT_A], enabled=[UNIT_A])
 
-    result = host.switch(action=action).switch(check_mode=False)
+    result = host.switch().switch(check_mode=False)
 
     assert host.log == [
-        f"is-active {UNIT_B}",
+        "list-units",
+        # A retire timer left for B by an earlier switch is cancelled before B starts.
+        f"stop {RETIRE_B}.timer",
         f"start {UNIT_B}",
         f"gate1 current=releases/{A}",
         f"gate2 current=releases/{B}",
         f"enable {UNIT_B}",
         f"disable {UNIT_A}",
-        "sleep 2.5",
-        f"stop {UNIT_A}",
     ]
     assert tree.readlink() == f"releases/{B}"
-    assert host.active == {UNIT_B}
+    assert host.active == {UNIT_A, UNIT_B}
     assert host.enabled == {UNIT_B}
-    assert host.sleeps == [2.5]
+    assert host.timers == {}
+    assert host.sleeps == []
 
     (private, expect_1, policy_1), (public, expect_2, policy_2) = host.probes
     assert private.unix_socket == f"{SOCKET_DIR}/{B}/app.sock"
@@ -263,42 +329,93 @@ def test_switch_a_to_b(tree, action, a_last_event):
     assert (policy_1.timeout, policy_1.successes) == (12.0, 1)
     assert (policy_2.timeout, policy_2.successes) == (12.0, 4)
 
-    active = [e for e in tree.history() if e["event"] == "active"][-1]
-    assert (active["release"], active["from"], active["note"], active["by"]) == (
-        B,
-        A,
-        "ticket 42",
-        "bob",
-    )
-    assert active["expect"] == HEALTH
-    last_of_a = [e for e in tree.history() if e["release"] == A][-1]
-    assert last_of_a["event"] == a_last_event
-    if action == "rollback":
-        assert last_of_a["note"] == f"rolled back to {B}"
+    active = tree.history()[-1]
+    assert (active["release"], active["event"], active["from"]) == (B, "active", A)
+    assert (active["note"], active["by"], active["expect"]) == ("ticket 42", "bob", HEALTH)
+    assert [e["event"] for e in tree.history() if e["release"] == A] == ["staged", "active"]
 
     assert result["changed"] is True
     assert (result["release"], result["previous"], result["current"]) == (B, A, B)
-    assert (result["started"], result["stopped"]) == (UNIT_B, UNIT_A)
+    assert (result["started"], result["stopped"], result["standby"]) == (UNIT_B, None, A)
+    assert result["reason"] is None
+    assert "pruned" not in result
     assert set(result["timings"]) == {"gate_1", "gate_2"}
     assert result["diff"] == {
         "before": f"current -> releases/{A}\n",
         "after": f"current -> releases/{B}\n",
     }
+    assert result["steps"] == [f"started {UNIT_B}", f"flipped current to {B}"]
+
+
+@pytest.mark.parametrize(
+    ("action", "standby"),
+    [
+        pytest.param("deploy", False, id="deploy-without-standby"),
+        # A rollback to a release that was never live: A is left, and is no good release.
+        pytest.param("rollback", True, id="rollback-to-named"),
+    ],
+)
+def test_switch_a_to_b_retires_a_after_the_drain(tree, action, standby):
+    live_a_staged_b(tree)
+    host = Host(tree, active=[UNIT_A], enabled=[UNIT_A])
+
+    result = host.switch(action=action, standby=standby).switch(check_mode=False)
+
+    assert host.log == [
+        "list-units",
+        f"stop {RETIRE_B}.timer",
+        f"start {UNIT_B}",
+        f"gate1 current=releases/{A}",
+        f"gate2 current=releases/{B}",
+        f"enable {UNIT_B}",
+        f"disable {UNIT_A}",
+        f"retire {UNIT_A} in 2.5s",
+    ]
+    retire = [call for call in host.calls if call[0] == "systemd-run"]
+    assert retire == [
+        [
+            "systemd-run",
+            "--quiet",
+            "--collect",
+            f"--unit={RETIRE_A}",
+            "--on-active=2.5s",
+            "--timer-property=AccuracySec=50ms",
+            "systemctl",
+            "stop",
+            UNIT_A,
+        ]
+    ]
+    # A drains: it still runs when the call returns, and its timer stops it later.
+    assert host.active == {UNIT_A, UNIT_B}
+    assert host.timers == {RETIRE_A: UNIT_A}
+    assert host.enabled == {UNIT_B}
+    assert host.sleeps == []
+    assert (result["started"], result["stopped"], result["standby"]) == (UNIT_B, UNIT_A, None)
     assert result["steps"] == [
         f"started {UNIT_B}",
         f"flipped current to {B}",
-        f"stopped {UNIT_A} after 2.5 s",
+        f"stopping {UNIT_A} after 2.5 s",
     ]
+    last_of_a = [e for e in tree.history() if e["release"] == A][-1]
+    if action == "rollback":
+        assert (last_of_a["event"], last_of_a["note"]) == ("rolled_back", f"rolled back to {B}")
+        assert result["reason"] == f"named release {B} (staged)"
+        # A note given by the caller is kept.
+        assert [e for e in tree.history() if e["event"] == "active"][-1]["note"] == "ticket 42"
+    else:
+        assert last_of_a["event"] == "active"
+        assert result["reason"] is None
 
 
-def test_first_deploy_creates_current_and_stops_nothing(tree):
+def test_first_deploy_creates_current_and_retires_nothing(tree):
     only_b_staged(tree)
     host = Host(tree)
 
     result = host.switch().switch(check_mode=False)
 
     assert host.log == [
-        f"is-active {UNIT_B}",
+        "list-units",
+        f"stop {RETIRE_B}.timer",
         f"start {UNIT_B}",
         "gate1 current=None",
         f"gate2 current=releases/{B}",
@@ -309,7 +426,302 @@ def test_first_deploy_creates_current_and_stops_nothing(tree):
     assert tree.pairs() == [(B, "staged"), (B, "active")]
     assert tree.history()[-1]["from"] is None
     assert (result["previous"], result["started"], result["stopped"]) == (None, UNIT_B, None)
+    assert result["standby"] is None
     assert result["diff"] == {"before": "", "after": f"current -> releases/{B}\n"}
+
+
+def test_deploy_retires_every_instance_but_the_release_and_the_standby(tree):
+    a_good_b_current_c_staged(tree)
+    stray = "20261030T120000-dddddddddd"
+    unit_stray = f"{SERVICE}@{stray}.service"
+    host = Host(tree, active=[UNIT_A, UNIT_B, unit_stray], enabled=[UNIT_B])
+
+    result = host.switch(C).switch(check_mode=False)
+
+    assert host.mutations() == [
+        f"stop {RETIRE_C}.timer",
+        f"start {UNIT_C}",
+        f"enable {UNIT_C}",
+        # In release order (ids sort by time), the stray one first.
+        f"disable {unit_stray} {UNIT_A} {UNIT_B}",
+        f"retire {unit_stray} in 2.5s",
+        f"retire {UNIT_A} in 2.5s",
+    ]
+    assert (result["standby"], result["stopped"]) == (B, f"{unit_stray}, {UNIT_A}")
+    assert host.timers == {RETIRE_A: UNIT_A, f"flipback-retire-{SERVICE}-{stray}": unit_stray}
+    assert host.enabled == {UNIT_C}
+
+
+def test_a_retire_timer_is_cancelled_before_its_release_goes_live(tree):
+    # A is being retired by an earlier switch (its timer is pending) when a rollback
+    # goes back to it: the timer must not stop the instance that is now live.
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+    host.timers[RETIRE_A] = UNIT_A
+
+    host.switch("", action="rollback").switch(check_mode=False)
+
+    assert host.log.index(f"stop {RETIRE_A}.timer") < host.log.index(f"gate1 current=releases/{B}")
+    assert RETIRE_A not in host.timers
+    assert host.timers == {RETIRE_B: UNIT_B}
+    assert UNIT_A in host.active
+
+
+def test_an_instance_already_retiring_is_not_retired_again(tree):
+    a_good_b_current_c_staged(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+    host.timers[RETIRE_A] = UNIT_A
+
+    result = host.switch(C).switch(check_mode=False)
+
+    assert not [line for line in host.log if line.startswith("retire")]
+    assert result["stopped"] is None
+    assert host.timers == {RETIRE_A: UNIT_A}
+
+
+# =========================================================================== rollback
+
+
+def test_rollback_to_the_warm_standby_starts_nothing(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch("", action="rollback", note="").switch(check_mode=False)
+
+    assert host.log == [
+        "list-units",
+        f"stop {RETIRE_A}.timer",
+        f"gate1 current=releases/{B}",
+        f"gate2 current=releases/{A}",
+        f"enable {UNIT_A}",
+        f"disable {UNIT_B}",
+        f"retire {UNIT_B} in 2.5s",
+    ]
+    assert tree.readlink() == f"releases/{A}"
+    assert (result["release"], result["previous"], result["current"]) == (A, B, A)
+    assert (result["started"], result["stopped"], result["standby"]) == (None, UNIT_B, None)
+    assert result["reason"].startswith(f"previous good release 1 step(s) back: {A} (")
+    assert result["steps"] == [f"flipped current to {A}", f"stopping {UNIT_B} after 2.5 s"]
+    active = tree.history()[-2]
+    assert (active["release"], active["event"], active["from"]) == (A, "active", B)
+    assert active["note"] == f"rollback from {B} ({result['reason']})"
+    rolled_back = tree.history()[-1]
+    assert (rolled_back["release"], rolled_back["event"]) == (B, "rolled_back")
+    # Gate 1 probed the standby's own socket.
+    assert host.probes[0][0].unix_socket == f"{SOCKET_DIR}/{A}/app.sock"
+    assert host.probes[0][1].json["release"] == A
+
+
+def test_rollback_steps_back_and_keeps_the_next_good_release_as_standby(tree):
+    a_b_good_c_current(tree)
+    host = Host(tree, active=[UNIT_B, UNIT_C], enabled=[UNIT_C])
+
+    result = host.switch("", action="rollback", steps=2).switch(check_mode=False)
+
+    assert result["release"] == A
+    assert result["reason"].startswith(f"previous good release 2 step(s) back: {A}")
+    assert (result["started"], result["stopped"], result["standby"]) == (UNIT_A, UNIT_C, B)
+    assert host.mutations() == [
+        f"stop {RETIRE_A}.timer",
+        f"start {UNIT_A}",
+        f"enable {UNIT_A}",
+        f"disable {UNIT_C}",
+        f"retire {UNIT_C} in 2.5s",
+    ]
+    assert host.active == {UNIT_A, UNIT_B, UNIT_C}
+    assert host.timers == {RETIRE_C: UNIT_C}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a rollback reports as 'standby' a good release whose instance does not run "
+    "(and is not started): rollback C->B with A good but stopped returns standby=A",
+)
+def test_rollback_reports_a_standby_only_when_its_instance_runs(tree):
+    a_b_good_c_current(tree)
+    # The deploy of C kept B as its standby and retired A.
+    host = Host(tree, active=[UNIT_B, UNIT_C], enabled=[UNIT_C])
+
+    result = host.switch("", action="rollback").switch(check_mode=False)
+
+    assert result["release"] == B
+    assert result["standby"] is None or UNIT_A in host.active
+
+
+def test_rollback_to_the_current_release_named_is_already_current(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch(B, action="rollback").switch(check_mode=False)
+
+    assert result["changed"] is False
+    assert result["reason"] == f"{B} is already current"
+    assert host.mutations() == []
+    assert tree.readlink() == f"releases/{B}"
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("setup", "steps", "reason", "current"),
+    [
+        pytest.param(
+            b_current, 1, f"no previous good release: history has only {B}", B, id="only-one"
+        ),
+        pytest.param(
+            a_good_b_current,
+            2,
+            f"steps=2: only 1 previous good release(s): {A}",
+            B,
+            id="too-many-steps",
+        ),
+        pytest.param(
+            only_b_staged, 1, "no previous good release: nothing was active", None, id="none-live"
+        ),
+    ],
+)
+def test_nothing_to_roll_back_to_changes_nothing(tree, check_mode, setup, steps, reason, current):
+    setup(tree)
+    link, history = tree.readlink(), tree.history_bytes()
+    host = Host(tree, active=[f"{SERVICE}@{current}.service"] if current else [])
+
+    with pytest.raises(NothingToRollBackTo) as failed:
+        host.switch("", action="rollback", steps=steps).switch(check_mode=check_mode)
+
+    error = failed.value
+    assert error.msg == (
+        f"no release to roll back to ({reason}); nothing was changed, "
+        f"{current or 'nothing'} stays current"
+    )
+    assert error.retryable is False
+    assert error.details == {"current": current, "reason": reason}
+    assert host.calls == []
+    assert host.probes == []
+    assert tree.readlink() == link
+    assert tree.history_bytes() == history
+
+
+def test_rollback_steps_must_be_positive(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_B])
+    with pytest.raises(ReleaseError) as failed:
+        host.switch("", action="rollback", steps=0).switch(check_mode=False)
+    assert failed.value.details["field"] == "steps"
+    assert host.calls == []
+
+
+def test_rollback_to_a_failed_release_is_refused(tree):
+    a_good_b_current(tree).release(C).events((C, "staged"), (C, "failed"))
+    host = Host(tree, active=[UNIT_B])
+    with pytest.raises(ReleaseError) as failed:
+        host.switch(C, action="rollback").switch(check_mode=False)
+    assert f"release: got {C!r}, whose status is failed" in failed.value.msg
+    assert f"e.g. {A}" in failed.value.msg
+    assert host.calls == []
+    assert tree.readlink() == f"releases/{B}"
+
+
+# =========================================================================== retire
+
+
+def test_no_drain_stops_at_once_without_waiting(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch("", action="rollback", drain_seconds=0).switch(check_mode=False)
+
+    assert host.mutations()[-1] == f"stop --no-block {UNIT_B}"
+    assert not [call for call in host.calls if call[0] == "systemd-run"]
+    assert result["steps"][-1] == f"stopping {UNIT_B}"
+    assert host.active == {UNIT_A}
+
+
+def test_a_leftover_retire_timer_of_the_same_name_is_replaced(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B], systemd_run_fails=1)
+
+    host.switch("", action="rollback").switch(check_mode=False)
+
+    assert host.mutations()[-3:] == [
+        f"retire {UNIT_B} in 2.5s",
+        f"stop {RETIRE_B}.timer {RETIRE_B}.service",
+        f"retire {UNIT_B} in 2.5s",
+    ]
+    assert host.timers == {RETIRE_B: UNIT_B}
+    assert UNIT_B in host.active
+
+
+def test_a_retire_timer_that_cannot_be_made_stops_at_once(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B], systemd_run_fails=2)
+
+    host.switch("", action="rollback").switch(check_mode=False)
+
+    assert host.mutations()[-1] == f"stop --no-block {UNIT_B}"
+    assert host.active == {UNIT_A}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: when systemd-run fails twice the instance is stopped at once, but the "
+    "step still says 'stopping <unit> after 2.5 s'",
+)
+def test_a_retire_without_a_timer_does_not_claim_a_drain(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B], systemd_run_fails=2)
+
+    result = host.switch("", action="rollback").switch(check_mode=False)
+
+    assert result["steps"][-1] != f"stopping {UNIT_B} after 2.5 s"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: drain_seconds=1000000 is formatted with :g as --on-active=1e+06s, which "
+    "systemd rejects ('Failed to parse time span'), so the instance stops without a drain",
+)
+def test_a_long_drain_is_a_time_span_systemd_reads(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    host.switch("", action="rollback", drain_seconds=1_000_000).switch(check_mode=False)
+
+    (retire,) = [call for call in host.calls if call[0] == "systemd-run"]
+    assert "--on-active=1000000s" in retire
+
+
+# =========================================================================== prune
+
+
+def test_a_deploy_prunes_down_to_keep_releases_after_the_switch(tree):
+    a_good_b_current_c_staged(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch(C, keep_releases=1).switch(check_mode=False)
+
+    # C is current and B the previous good release (the standby): both are kept.
+    assert result["pruned"] == [A]
+    assert not os.path.exists(os.path.join(tree.root, "releases", A))
+    assert os.path.isdir(os.path.join(tree.root, "releases", B))
+    pruned = tree.history()[-1]
+    assert (pruned["release"], pruned["event"]) == (A, "pruned")
+    assert pruned["note"] == "keep=1, was good; after the switch"
+    assert result["standby"] == B
+    assert result["steps"][-1] == f"stopping {UNIT_A} after 2.5 s"
+
+
+@pytest.mark.parametrize(
+    ("action", "keep_releases"),
+    [pytest.param("deploy", 0, id="keep-0"), pytest.param("rollback", 1, id="rollback")],
+)
+def test_no_prune_without_keep_releases_or_in_a_rollback(tree, action, keep_releases):
+    a_good_b_current_c_staged(tree)
+    host = Host(tree, active=[UNIT_B])
+
+    result = host.switch(C, action=action, keep_releases=keep_releases).switch(check_mode=False)
+
+    assert "pruned" not in result
+    assert sorted(os.listdir(os.path.join(tree.root, "releases"))) == [A, B, C]
+    assert "pruned" not in [e["event"] for e in tree.history()]
 
 
 # =========================================================================== gate failures
@@ -340,12 +752,15 @@ def test_gate_1_failure_leaves_current_alone(tree, setup, running_before, stoppe
     error = failed.value
     assert tree.readlink() == before
     assert host.gates_probed() == ["gate1"]
+    assert (f"start {UNIT_B}" in host.log) is not running_before
     assert (f"stop {UNIT_B}" in host.log) is stopped
     assert (UNIT_B in host.active) is not stopped
     assert UNIT_B not in host.enabled
     if before:
         assert UNIT_A in host.active and UNIT_A in host.enabled
         assert not [line for line in host.log if UNIT_A in line]
+    assert host.timers == {}
+    assert not [line for line in host.log if line.split()[0] in ("retire", "disable", "enable")]
     failed_event = tree.history()[-1]
     assert (failed_event["release"], failed_event["event"]) == (B, "failed")
     assert failed_event["note"].startswith(f"{GATE_1}: {WRONG_RELEASE.msg}")
@@ -405,7 +820,7 @@ def test_gate_2_failure_flips_back(tree, setup, link_after, pairs_after, fallbac
     host = Host(tree, active=active, enabled=active, gates={"gate2": NOT_READY})
 
     with pytest.raises(GateFailed) as failed:
-        host.switch().switch(check_mode=False)
+        host.switch(standby=False).switch(check_mode=False)
 
     error = failed.value
     assert tree.readlink() == link_after
@@ -415,10 +830,13 @@ def test_gate_2_failure_flips_back(tree, setup, link_after, pairs_after, fallbac
         back = tree.history()[-2]
         assert back["from"] == B
         assert back["note"] == f"{B} failed: {GATE_2}"
+        # A would have been retired had the switch gone through: it keeps serving.
         assert UNIT_A in host.active and UNIT_A in host.enabled
     assert tree.history()[-1]["note"].startswith(f"{GATE_2}: ")
     assert UNIT_B not in host.active
     assert UNIT_B not in host.enabled
+    assert host.timers == {}
+    assert not [line for line in host.log if line.split()[0] in ("retire", "disable")]
     assert host.sleeps == []
 
     assert f'did not pass "{GATE_2}"' in error.msg
@@ -428,6 +846,23 @@ def test_gate_2_failure_flips_back(tree, setup, link_after, pairs_after, fallbac
     assert error.details == {"gate": GATE_2, "undone": undone, "journal": JOURNAL}
 
 
+def test_gate_2_failure_of_a_rollback_to_the_standby_leaves_it_running(tree):
+    a_good_b_current(tree)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B], gates={"gate2": NOT_READY})
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch("", action="rollback").switch(check_mode=False)
+
+    assert f"current is back on {B}" in failed.value.msg
+    assert failed.value.details["undone"] == [f"current back on {B}"]
+    assert tree.readlink() == f"releases/{B}"
+    assert host.active == {UNIT_A, UNIT_B}
+    assert host.enabled == {UNIT_B}
+    assert host.mutations() == [f"stop {RETIRE_A}.timer"]
+    assert (A, "failed") in tree.pairs()
+    assert (B, "rolled_back") not in tree.pairs()
+
+
 # =========================================================================== already current
 
 
@@ -435,7 +870,15 @@ def test_gate_2_failure_flips_back(tree, setup, link_after, pairs_after, fallbac
     ("check_mode", "active", "enabled", "changed", "started", "mutations"),
     [
         pytest.param(False, True, True, False, None, [], id="healthy"),
-        pytest.param(False, False, True, True, UNIT_B, [f"start {UNIT_B}"], id="not-running"),
+        pytest.param(
+            False,
+            False,
+            True,
+            True,
+            UNIT_B,
+            [f"stop {RETIRE_B}.timer", f"start {UNIT_B}"],
+            id="not-running",
+        ),
         pytest.param(False, True, False, True, None, [f"enable {UNIT_B}"], id="not-enabled"),
         pytest.param(
             False,
@@ -443,7 +886,7 @@ def test_gate_2_failure_flips_back(tree, setup, link_after, pairs_after, fallbac
             False,
             True,
             UNIT_B,
-            [f"start {UNIT_B}", f"enable {UNIT_B}"],
+            [f"stop {RETIRE_B}.timer", f"start {UNIT_B}", f"enable {UNIT_B}"],
             id="neither",
         ),
         pytest.param(True, True, True, False, None, [], id="check-healthy"),
@@ -459,16 +902,50 @@ def test_release_already_current(tree, check_mode, active, enabled, changed, sta
     result = host.switch().switch(check_mode=check_mode)
 
     assert result["changed"] is changed
-    assert (result["started"], result["stopped"]) == (started, None)
+    assert (result["started"], result["stopped"], result["standby"]) == (started, None, None)
     assert result["diff"] == {"before": "", "after": ""}
     assert (result["release"], result["previous"]) == (B, B)
-    queries = [f"is-active {UNIT_B}", f"is-enabled {UNIT_B}"]
-    assert [line for line in host.log if line.split()[0] in ("start", "enable")] == mutations
-    assert [line for line in host.log if line.startswith("is-")] == queries
-    assert not [line for line in host.log if line.split()[0] in ("stop", "disable")]
+    assert host.mutations() == mutations
+    queries = ["list-units", f"is-enabled {UNIT_B}"]
+    assert [line for line in host.log if line.split()[0] in ("list-units", "is-enabled")] == (
+        queries
+    )
     assert host.gates_probed() == ([] if check_mode else ["gate2"])
     assert host.sleeps == []
     assert tree.readlink() == f"releases/{B}"
+    assert tree.history_bytes() == history
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("standby", "kept", "retired"),
+    [
+        pytest.param(True, B, [UNIT_A], id="standby"),
+        pytest.param(False, None, [UNIT_A, UNIT_B], id="no-standby"),
+    ],
+)
+def test_already_current_retires_stragglers(tree, check_mode, standby, kept, retired):
+    a_b_good_c_current(tree)
+    history = tree.history_bytes()
+    host = Host(tree, active=[UNIT_A, UNIT_B, UNIT_C], enabled=[UNIT_A, UNIT_C])
+
+    result = host.switch(C, standby=standby).switch(check_mode=check_mode)
+
+    assert result["changed"] is True
+    assert (result["started"], result["standby"]) == (None, kept)
+    assert result["stopped"] == ", ".join(retired)
+    if check_mode:
+        assert host.mutations() == []
+        assert host.timers == {}
+    else:
+        assert host.mutations() == [
+            f"disable {' '.join(retired)}",
+            *(f"retire {unit} in 2.5s" for unit in retired),
+        ]
+        assert set(host.timers.values()) == set(retired)
+        assert host.gates_probed() == ["gate2"]
+        assert UNIT_A not in host.enabled
+    assert host.active == {UNIT_A, UNIT_B, UNIT_C}
     assert tree.history_bytes() == history
 
 
@@ -494,20 +971,30 @@ def test_release_already_current_that_does_not_answer(tree, error):
 
 
 @pytest.mark.parametrize(
-    ("setup", "previous", "stopped", "before"),
+    ("setup", "standby", "previous", "stopped", "kept", "before"),
     [
-        pytest.param(live_a_staged_b, A, UNIT_A, f"current -> releases/{A}\n", id="a-to-b"),
-        pytest.param(only_b_staged, None, None, "", id="first-deploy"),
+        pytest.param(live_a_staged_b, True, A, None, A, f"current -> releases/{A}\n", id="a-to-b"),
+        pytest.param(
+            live_a_staged_b,
+            False,
+            A,
+            UNIT_A,
+            None,
+            f"current -> releases/{A}\n",
+            id="a-to-b-no-standby",
+        ),
+        pytest.param(only_b_staged, True, None, None, None, "", id="first-deploy"),
     ],
 )
-def test_check_mode_changes_nothing(tree, setup, previous, stopped, before):
+def test_check_mode_changes_nothing(tree, setup, standby, previous, stopped, kept, before):
     setup(tree)
     link, history = tree.readlink(), tree.history_bytes()
     host = Host(tree, active=[UNIT_A] if previous else [])
 
-    result = host.switch().switch(check_mode=True)
+    result = host.switch(standby=standby, keep_releases=1).switch(check_mode=True)
 
-    assert host.calls == []
+    # Only the read-only listing of the service's instances.
+    assert host.calls == [["systemctl", *LIST_UNITS]]
     assert host.probes == []
     assert host.sleeps == []
     assert tree.readlink() == link
@@ -518,9 +1005,24 @@ def test_check_mode_changes_nothing(tree, setup, previous, stopped, before):
         "current": B,
         "started": UNIT_B,
         "stopped": stopped,
+        "standby": kept,
+        "reason": None,
         "diff": {"before": before, "after": f"current -> releases/{B}\n"},
         "changed": True,
     }
+
+
+def test_check_mode_rollback_names_the_target_and_starts_nothing(tree):
+    a_good_b_current(tree)
+    link, history = tree.readlink(), tree.history_bytes()
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch("", action="rollback").switch(check_mode=True)
+
+    assert (result["release"], result["started"], result["stopped"]) == (A, None, UNIT_B)
+    assert result["reason"].startswith(f"previous good release 1 step(s) back: {A}")
+    assert host.calls == [["systemctl", *LIST_UNITS]]
+    assert (tree.readlink(), tree.history_bytes()) == (link, history)
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
@@ -545,7 +1047,7 @@ def test_a_release_not_staged_is_refused_before_anything_starts(
 
     assert not isinstance(failed.value, GateFailed)
     assert message in failed.value.msg
-    assert host.calls == []
+    assert host.calls == [["systemctl", *LIST_UNITS]]
     assert host.probes == []
     assert tree.readlink() == f"releases/{A}"
     assert tree.history_bytes() == history
@@ -554,6 +1056,7 @@ def test_a_release_not_staged_is_refused_before_anything_starts(
 # =========================================================================== refusals
 
 
+@pytest.mark.parametrize("action", ["deploy", "rollback"])
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
 @pytest.mark.parametrize(
     "release",
@@ -564,12 +1067,14 @@ def test_a_release_not_staged_is_refused_before_anything_starts(
         pytest.param(f"{B}/..", id="trailing-dotdot"),
     ],
 )
-def test_invalid_release_id_is_refused_before_any_command(tree, check_mode, release):
+def test_invalid_release_id_is_refused_before_any_command(tree, action, check_mode, release):
+    if action == "rollback" and not release:
+        pytest.skip("an empty release is how a rollback asks for the previous good one")
     live_a_staged_b(tree)
     host = Host(tree, active=[UNIT_A])
 
     with pytest.raises(ReleaseError) as failed:
-        host.switch(release).switch(check_mode=check_mode)
+        host.switch(release, action=action).switch(check_mode=check_mode)
 
     assert failed.value.msg.startswith(f"release: got {release!r}")
     assert failed.value.details["field"] == "release"
@@ -590,7 +1095,7 @@ def test_a_start_that_fails_is_retryable_and_flips_nothing(tree):
     assert not isinstance(error, GateFailed)
     assert error.retryable is True
     assert error.msg.startswith(f"systemctl start {UNIT_B} failed (exit 1): Job for {UNIT_B}")
-    assert host.log == [f"is-active {UNIT_B}", f"start {UNIT_B}"]
+    assert host.log == ["list-units", f"stop {RETIRE_B}.timer", f"start {UNIT_B}"]
     assert host.probes == []
     assert tree.readlink() == f"releases/{A}"
     assert tree.history_bytes() == history

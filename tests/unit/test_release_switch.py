@@ -1,7 +1,8 @@
 """Unit tests of library/release_switch.py: parameters to SwitchSpec, main()'s results.
 
 main() switches a real release tree under tmp_path; systemd, the probes and the drain
-go through fakes injected by replacing the module's Switch with a factory.
+go through fakes injected by replacing the module's Switch with a factory. The deploy
+lock lives under tmp_path (the module's ServiceLock is given that root).
 """
 
 from __future__ import annotations
@@ -9,12 +10,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import release_switch
 from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target
-from ansible.module_utils.flipback_release import append_history, history_event, read_history
+from ansible.module_utils.flipback_lock import ServiceLock
+from ansible.module_utils.flipback_release import (
+    append_history,
+    history_event,
+    read_history,
+    utc_iso,
+)
 from ansible.module_utils.flipback_switch import GATE_1, GATE_2, Switch, SwitchSpec
 from ansible.module_utils.testing import patch_module_args
 
@@ -27,7 +36,7 @@ JOURNAL = ["Started shop.", "Traceback (most recent call last):"]
 
 
 class Host:
-    """Fake systemctl/journalctl, prober and sleep; records the specs main() built."""
+    """Fake systemctl/systemd-run/journalctl and prober; records the specs main() built."""
 
     def __init__(self) -> None:
         self.active = {UNIT_A}
@@ -38,25 +47,34 @@ class Host:
         self.probed: list[str] = []
         self.sleeps: list[float] = []
         self.specs: list[SwitchSpec] = []
+        self.on_call: Callable[[list[str]], None] | None = None
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
+        if self.on_call is not None:
+            self.on_call(argv)
         if argv[0] == "journalctl":
             return subprocess.CompletedProcess(argv, 0, "\n".join(JOURNAL) + "\n", "")
-        verb, unit = argv[1], argv[-1]
-        if verb == "is-active":
-            return subprocess.CompletedProcess(argv, 0 if unit in self.active else 3, "", "")
+        if argv[0] == "systemd-run":
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        verb = argv[1]
+        units = [a for a in argv[2:] if not a.startswith("--")]
+        if verb == "list-units":
+            out = "".join(f"{unit} loaded active running Shop\n" for unit in sorted(self.active))
+            return subprocess.CompletedProcess(argv, 0, out, "")
         if verb == "is-enabled":
-            return subprocess.CompletedProcess(argv, 0 if unit in self.enabled else 1, "", "")
-        if verb == "start" and unit in self.failing_start:
-            return subprocess.CompletedProcess(argv, 1, "", f"Job for {unit} failed.")
-        {
-            "start": self.active.add,
-            "stop": self.active.discard,
-            "enable": self.enabled.add,
-            "disable": self.enabled.discard,
-        }[verb](unit)
+            return subprocess.CompletedProcess(argv, 0 if units[0] in self.enabled else 1, "", "")
+        if verb == "start" and units[0] in self.failing_start:
+            return subprocess.CompletedProcess(argv, 1, "", f"Job for {units[0]} failed.")
+        for unit in units:
+            if not unit.startswith("flipback-retire-"):
+                {
+                    "start": self.active.add,
+                    "stop": self.active.discard,
+                    "enable": self.enabled.add,
+                    "disable": self.enabled.discard,
+                }[verb](unit)
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     def prober(self, target: Target, expect: Expect, policy: Policy) -> dict:
@@ -69,6 +87,15 @@ class Host:
     def switch(self, spec: SwitchSpec) -> Switch:
         self.specs.append(spec)
         return Switch(spec, run=self.run, prober=self.prober, sleep=self.sleeps.append)
+
+    def mutations(self) -> list[list[str]]:
+        """Calls that change something: queries and journal reads left out."""
+        queries = ("list-units", "is-enabled", "is-active")
+        return [
+            c
+            for c in self.calls
+            if c[0] == "systemd-run" or (c[0] == "systemctl" and c[1] not in queries)
+        ]
 
 
 @pytest.fixture
@@ -91,6 +118,47 @@ def root(tmp_path) -> str:
     append_history(path, history_event(A, "active", by="alice"))
     os.symlink(f"releases/{A}", os.path.join(path, "current"))
     return path
+
+
+@pytest.fixture
+def locks_made() -> list[str]:
+    """The services main() made a ServiceLock for."""
+    return []
+
+
+@pytest.fixture
+def lock_root(tmp_path, monkeypatch, locks_made) -> Path:
+    """The module's deploy locks live here instead of /run/lock/flipback."""
+    path = tmp_path / "lock" / SERVICE
+
+    def service_lock(service: str) -> ServiceLock:
+        locks_made.append(service)
+        return ServiceLock(service, str(path))
+
+    monkeypatch.setattr(release_switch, "ServiceLock", service_lock)
+    return path
+
+
+def hold(lock_root: Path, run_id: str, *, age: float = 10) -> dict:
+    """A fresh lock of another run, as release_prepare or release_lock writes it."""
+    lock_root.mkdir(parents=True, exist_ok=True)
+    since = time.time() - age
+    holder = {
+        "service": SERVICE,
+        "run_id": run_id,
+        "by": "alice",
+        "playbook": "deploy.yml",
+        "release": None,
+        "action": "deploy",
+        "since": utc_iso(since),
+        "pid": 99999,
+        "ttl": 1800,
+        "expires": since + 1800,
+        "refreshed": since,
+        "stale_after": 120,
+    }
+    (lock_root / ".lock").write_text(json.dumps(holder))
+    return holder
 
 
 def args(root: str, **extra: object) -> dict:
@@ -128,6 +196,9 @@ def test_parameters_become_the_spec(host, root, capsys):
             socket_dir="/run/custom",
             by="carol",
             note="hotfix",
+            steps=3,
+            standby=False,
+            keep_releases=4,
         ),
         capsys,
         check_mode=True,
@@ -148,6 +219,9 @@ def test_parameters_become_the_spec(host, root, capsys):
             socket_dir="/run/custom",
             by="carol",
             note="hotfix",
+            steps=3,
+            standby=False,
+            keep_releases=4,
         )
     ]
 
@@ -168,6 +242,21 @@ def test_defaults_name_the_service(host, capsys, monkeypatch):
     assert (spec.action, spec.health_path, spec.expect_status) == ("deploy", "/health", (200,))
     assert (spec.expect_json, spec.health_timeout, spec.public_successes) == ({}, 30.0, 3)
     assert (spec.drain_seconds, spec.by, spec.note) == (1.0, "unknown", "")
+    assert (spec.steps, spec.standby, spec.keep_releases) == (1, True, 0)
+
+
+def test_release_may_be_left_to_the_rollback(host, capsys, monkeypatch):
+    class Stub:
+        def __init__(self, spec: SwitchSpec) -> None:
+            host.specs.append(spec)
+
+        def switch(self, check_mode: bool) -> dict:
+            return {"changed": False}
+
+    monkeypatch.setattr(release_switch, "Switch", Stub)
+    code, _result = run_main({"service": SERVICE, "action": "rollback", "port": 8000}, capsys)
+    assert code == 0
+    assert host.specs[0].release == ""
 
 
 # --------------------------------------------------------------------------- exit_json
@@ -175,16 +264,20 @@ def test_defaults_name_the_service(host, capsys, monkeypatch):
 
 @pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])
 def test_switch_exits_with_the_result(host, root, capsys, diff):
-    code, result = run_main(args(root, drain_seconds=2), capsys, diff=diff)
+    code, result = run_main(args(root, drain_seconds=2, standby=False), capsys, diff=diff)
 
     assert code == 0
     assert result["changed"] is True
     assert (result["release"], result["previous"]) == (B, A)
-    assert (result["started"], result["stopped"]) == (UNIT_B, UNIT_A)
+    assert (result["started"], result["stopped"], result["standby"]) == (UNIT_B, UNIT_A, None)
+    assert result["reason"] is None
     assert isinstance(result["elapsed"], float)
     assert set(result["timings"]) == {"gate_1", "gate_2"}
     assert host.probed == ["gate1", "gate2"]
-    assert host.sleeps == [2.0]
+    (retire,) = [call for call in host.calls if call[0] == "systemd-run"]
+    assert "--on-active=2s" in retire
+    assert retire[-3:] == ["systemctl", "stop", UNIT_A]
+    assert host.sleeps == []
     assert current(root) == f"releases/{B}"
     if diff:
         assert result["diff"] == {
@@ -203,10 +296,10 @@ def test_check_mode_reports_what_would_happen(host, root, capsys, diff):
 
     assert code == 0
     assert result["changed"] is True
-    assert (result["started"], result["stopped"]) == (UNIT_B, UNIT_A)
+    assert (result["started"], result["stopped"], result["standby"]) == (UNIT_B, None, A)
     assert "elapsed" in result
     assert ("diff" in result) is diff
-    assert host.calls == []
+    assert host.mutations() == []
     assert host.probed == []
     assert current(root) == f"releases/{A}"
     assert read_history(root) == history
@@ -218,6 +311,7 @@ def test_already_current_and_healthy_is_unchanged(host, root, capsys):
     assert result["changed"] is False
     assert (result["started"], result["stopped"], result["previous"]) == (None, None, A)
     assert host.probed == ["gate2"]
+    assert host.mutations() == []
 
 
 # --------------------------------------------------------------------------- fail_json
@@ -300,7 +394,8 @@ def test_a_refused_input_fails_before_any_command(
     assert result["field"] == field
     assert result["retryable"] is False
     assert "elapsed" in result
-    assert host.calls == []
+    # At most the read-only listing of instances: nothing started, stopped or flipped.
+    assert host.mutations() == []
     assert current(root) == f"releases/{A}"
 
 
@@ -318,3 +413,136 @@ def test_arguments_are_validated(host, root, capsys, extra, message):
     assert code == 1
     assert message in result["msg"]
     assert host.specs == []
+
+
+# --------------------------------------------------------------------------- the deploy lock
+
+OWNER = {"run_id": "ctl:4242:1795953600", "by": "bob", "action": "deploy"}
+
+
+def lock_on_disk(lock_root: Path) -> dict | None:
+    path = lock_root / ".lock"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_no_lock_owner_takes_no_lock(host, root, lock_root, locks_made, capsys):
+    code, _result = run_main(args(root), capsys)
+    assert code == 0
+    assert locks_made == []
+    assert not lock_root.exists()
+
+
+@pytest.mark.parametrize("held_by_this_run", [False, True], ids=["free", "refreshed"])
+def test_the_lock_is_held_during_the_switch_and_given_back(
+    host, root, lock_root, locks_made, capsys, held_by_this_run
+):
+    if held_by_this_run:
+        # release_prepare took it for this run; the switch refreshes it, then gives it back.
+        hold(lock_root, OWNER["run_id"])
+    seen: list[dict | None] = []
+    host.on_call = lambda argv: seen.append(lock_on_disk(lock_root))
+
+    code, result = run_main(args(root, lock_owner=OWNER), capsys)
+
+    assert code == 0
+    assert result["changed"] is True
+    assert locks_made == [SERVICE]
+    assert seen and all(lock and lock["run_id"] == OWNER["run_id"] for lock in seen)
+    assert lock_on_disk(lock_root) is None
+
+
+@pytest.mark.parametrize(
+    ("gate", "failing_start"),
+    [
+        pytest.param("gate2", False, id="gate-failed"),
+        pytest.param(None, True, id="start-failed"),
+    ],
+)
+def test_the_lock_is_given_back_when_the_switch_fails(
+    host, root, lock_root, capsys, gate, failing_start
+):
+    if gate:
+        host.gates[gate] = HealthError("status 502")
+    if failing_start:
+        host.failing_start.add(UNIT_B)
+
+    code, result = run_main(args(root, lock_owner=OWNER), capsys)
+
+    assert code == 1
+    assert result["failed"] is True
+    assert lock_on_disk(lock_root) is None
+    assert current(root) == f"releases/{A}"
+
+
+def test_the_lock_is_given_back_when_there_is_nothing_to_roll_back_to(
+    host, root, lock_root, capsys
+):
+    code, result = run_main(args(root, release="", action="rollback", lock_owner=OWNER), capsys)
+    assert code == 1
+    assert result["msg"].startswith("no release to roll back to (")
+    assert result["current"] == A
+    assert result["retryable"] is False
+    assert lock_on_disk(lock_root) is None
+    assert host.calls == []
+
+
+def test_a_lock_held_by_another_run_fails_before_anything_changes(host, root, lock_root, capsys):
+    holder = hold(lock_root, "other:777:1795953000")
+
+    code, result = run_main(args(root, lock_owner=OWNER, lock_wait=0), capsys)
+
+    assert code == 1
+    assert f"{SERVICE} is locked by " in result["msg"]
+    assert "alice" in result["msg"]
+    assert result["retryable"] is True
+    assert result["holder"] == holder
+    assert lock_on_disk(lock_root) == holder
+    assert host.calls == []
+    assert current(root) == f"releases/{A}"
+
+
+@pytest.mark.parametrize(
+    ("live_runs", "taken_over"),
+    [
+        # This controller's run 777 is not among the live ansible-playbook processes.
+        pytest.param(
+            {"controller": "ctl", "pids": [4242], "at": time.time()}, True, id="holder-gone"
+        ),
+        pytest.param(
+            {"controller": "ctl", "pids": [4242, 777], "at": time.time()},
+            False,
+            id="holder-alive",
+        ),
+        pytest.param(None, False, id="no-live-runs"),
+    ],
+)
+def test_a_lock_of_a_run_that_died_on_this_controller_is_taken_over(
+    host, root, lock_root, capsys, live_runs, taken_over
+):
+    hold(lock_root, "ctl:777:1700000000")
+
+    code, result = run_main(args(root, lock_owner=OWNER, live_runs=live_runs), capsys)
+
+    if not taken_over:
+        assert code == 1
+        assert "is locked by" in result["msg"]
+        assert lock_on_disk(lock_root)["run_id"] == "ctl:777:1700000000"
+        return
+    assert code == 0
+    [warning] = result["warnings"]
+    assert "took over the stale lock of shop held by alice" in json.dumps(warning)
+    assert "its ansible-playbook process no longer exists" in json.dumps(warning)
+    assert lock_on_disk(lock_root) is None
+    assert current(root) == f"releases/{B}"
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["free", "held-by-other"])
+def test_check_mode_only_looks_at_the_lock(host, root, lock_root, capsys, held):
+    holder = hold(lock_root, "other:777:1795953000") if held else None
+
+    code, result = run_main(args(root, lock_owner=OWNER), capsys, check_mode=True)
+
+    assert code == 0
+    assert result["changed"] is True
+    assert lock_on_disk(lock_root) == holder
+    assert host.mutations() == []

@@ -1,0 +1,543 @@
+"""Unit tests of module_utils/flipback_prepare.py on real files under tmp_path.
+
+The tests run as root (as the module does), so ownership is real: the service user is
+`nobody`. systemctl, nginx, useradd and the public probe go through fakes; the deploy
+lock is a real ServiceLock under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from ansible.module_utils import flipback_prepare as fp
+from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target
+from ansible.module_utils.flipback_lock import LockError, ServiceLock
+from ansible.module_utils.flipback_prepare import (
+    ManagedFile,
+    Prepare,
+    PrepareSpec,
+    active_instances,
+    list_instances,
+)
+from ansible.module_utils.flipback_release import ReleaseError, append_history, history_event
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+
+SERVICE = "shop"
+USER = "nobody"
+A = "20261101T120000-aaaaaaaaaa"
+B = "20261102T120000-bbbbbbbbbb"
+C = "20261103T120000-cccccccccc"
+UNIT = "[Service]\nExecStart=/srv/shop/releases/%i/venv/bin/uvicorn app:app\n"
+SITE = "server { listen 8000; }\n"
+ENV = 'SHOP_SECRET="s3cret"\n'
+OWNER = {"run_id": "ctl:4242:1795953600", "by": "bob"}
+
+
+def unit(release: str) -> str:
+    return f"{SERVICE}@{release}.service"
+
+
+class Host:
+    """Fake systemctl/nginx/useradd and public prober, with one ordered log."""
+
+    def __init__(self, *, active: Sequence[str] = (), enabled: Sequence[str] = ()) -> None:
+        self.active = list(active)
+        self.retiring: list[str] = []
+        self.enabled = set(enabled)
+        self.nginx_test = (0, "")
+        self.fail: dict[str, str] = {}
+        self.probe_error: HealthError | None = None
+        self.calls: list[list[str]] = []
+        self.probes: list[tuple[Target, Expect, Policy]] = []
+
+    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        if argv[0] in self.fail:
+            return subprocess.CompletedProcess(argv, 4, "", self.fail[argv[0]])
+        if argv[:2] == ["nginx", "-t"]:
+            rc, err = self.nginx_test
+            return subprocess.CompletedProcess(argv, rc, "", err)
+        if argv[:2] == ["systemctl", "list-units"]:
+            lines = [f"{unit(r)} loaded active running Shop\n" for r in self.active]
+            lines += [
+                f"flipback-retire-{SERVICE}-{r}.timer loaded active waiting\n"
+                for r in self.retiring
+            ]
+            return subprocess.CompletedProcess(argv, 0, "".join(lines), "")
+        if argv[:2] == ["systemctl", "is-enabled"]:
+            return subprocess.CompletedProcess(argv, 0 if argv[-1] in self.enabled else 1, "", "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    def prober(self, target: Target, expect: Expect, policy: Policy) -> dict:
+        self.probes.append((target, expect, policy))
+        if self.probe_error is not None:
+            raise self.probe_error
+        return {"ok": True}
+
+    def commands(self) -> list[str]:
+        """Every command but the read-only queries, as one string each."""
+        queries = (["systemctl", "list-units"], ["systemctl", "is-enabled"])
+        return [" ".join(c) for c in self.calls if c[:2] not in queries]
+
+
+class Paths:
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "srv" / SERVICE
+        self.env = tmp_path / "etc" / "flipback" / f"{SERVICE}.env"
+        self.unit = tmp_path / "etc" / "systemd" / "system" / f"{SERVICE}@.service"
+        self.site = tmp_path / "etc" / "nginx" / "conf.d" / f"flipback-{SERVICE}.conf"
+        self.lock = tmp_path / "lock" / SERVICE
+
+    def spec(self, release: str = B, **overrides: object) -> PrepareSpec:
+        values: dict = {
+            "service": SERVICE,
+            "root": str(self.root),
+            "user": USER,
+            "release": release,
+            "env_file": ManagedFile(str(self.env), ENV, 0o640, service_group=True, secret=True),
+            "unit_file": ManagedFile(str(self.unit), UNIT, 0o644),
+            "site_file": ManagedFile(str(self.site), SITE, 0o644),
+            "lock": {"owner": OWNER, "wait": 0, "stale_after": 120, "live_runs": None},
+            "port": 8000,
+            "expect_json": {"ok": True},
+            "public_successes": 2,
+            **overrides,
+        }
+        return PrepareSpec(**values)
+
+    def prepare(self, host: Host, release: str = B, **overrides: object) -> Prepare:
+        return Prepare(
+            self.spec(release, **overrides),
+            run=host.run,
+            prober=host.prober,
+            lock=ServiceLock(SERVICE, str(self.lock)),
+        )
+
+    def lock_holder(self) -> dict | None:
+        path = self.lock / ".lock"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def release(self, release_id: str, *events: str, status: str = "staged") -> None:
+        path = self.root / "releases" / release_id
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {"id": release_id, "service": SERVICE, "status": status}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        for event in events:
+            append_history(str(self.root), history_event(release_id, event, by="alice"))
+
+    def current(self, release_id: str) -> None:
+        (self.root / "current").symlink_to(f"releases/{release_id}")
+
+
+@pytest.fixture
+def paths(tmp_path) -> Paths:
+    return Paths(tmp_path)
+
+
+def mode_owner(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+NOBODY = pwd.getpwnam(USER)
+
+
+def ready(paths: Paths) -> None:
+    """A host prepared before, with B current and A the previous good release."""
+    Prepare(paths.spec(lock=None), run=Host().run).prepare(check_mode=False)
+    paths.release(A, "staged", "active")
+    paths.release(B, "staged", "active")
+    paths.current(B)
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def test_list_instances_reads_services_and_retire_timers():
+    def run(argv):
+        out = (
+            f"{unit(A)} loaded active running Shop A\n"
+            f"{unit(B)} loaded activating start Shop B\n"
+            f"flipback-retire-{SERVICE}-{A}.timer loaded active waiting\n"
+            f"{SERVICE}-other.service loaded active running other\n"
+            "\n"
+        )
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    assert list_instances(run, SERVICE) == ([A, B], [A])
+    assert active_instances(run, SERVICE) == [A, B]
+
+
+def test_list_instances_asks_systemd_once_for_both():
+    calls = []
+
+    def run(argv):
+        calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    assert list_instances(run, SERVICE) == ([], [])
+    assert calls == [
+        [
+            "systemctl",
+            "list-units",
+            "--plain",
+            "--no-legend",
+            "--state=active,activating,reloading",
+            f"{SERVICE}@*.service",
+            f"flipback-retire-{SERVICE}-*.timer",
+        ]
+    ]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_a_fresh_host_gets_everything(paths):
+    host = Host()
+
+    result = paths.prepare(host).prepare(check_mode=False)
+
+    assert mode_owner(paths.root) == (0o755, 0, 0)
+    assert mode_owner(paths.root / "releases") == (0o755, 0, 0)
+    assert mode_owner(paths.root / ".incoming") == (0o700, 0, 0)
+    assert mode_owner(paths.root / "shared") == (0o750, NOBODY.pw_uid, NOBODY.pw_gid)
+    assert paths.env.read_text() == ENV
+    assert mode_owner(paths.env) == (0o640, 0, NOBODY.pw_gid)
+    assert (paths.unit.read_text(), mode_owner(paths.unit)) == (UNIT, (0o644, 0, 0))
+    assert (paths.site.read_text(), mode_owner(paths.site)) == (SITE, (0o644, 0, 0))
+    # No temporary files left next to the managed ones.
+    assert sorted(p.name for p in paths.site.parent.iterdir()) == [paths.site.name]
+
+    assert host.commands() == [
+        "systemctl daemon-reload",
+        "nginx -t -q",
+        "systemctl reload-or-restart nginx",
+    ]
+    assert result["changed"] is True
+    assert result["changes"] == [
+        f"directory {paths.root}",
+        f"directory {paths.root / 'releases'}",
+        f"directory {paths.root / '.incoming'}",
+        f"directory {paths.root / 'shared'}",
+        f"directory {paths.env.parent}",
+        f"directory {paths.unit.parent}",
+        f"directory {paths.site.parent}",
+        f"file {paths.env}",
+        f"file {paths.unit}",
+        f"file {paths.site}",
+    ]
+    assert (result["current"], result["staged"], result["noop"]) == (None, False, False)
+    assert result["env_changed"] is True
+    assert result["lock"]["outcome"] == "acquired"
+    assert paths.lock_holder()["run_id"] == OWNER["run_id"]
+    # The environment is a secret: no diff of it, and its content nowhere in the result.
+    assert [d["after_header"] for d in result["diff"]] == [str(paths.unit), str(paths.site)]
+    assert "s3cret" not in json.dumps(result)
+
+
+def test_a_prepared_host_is_unchanged_and_reloads_nothing(paths):
+    paths.prepare(Host()).prepare(check_mode=False)
+    host = Host()
+
+    result = paths.prepare(host).prepare(check_mode=False)
+
+    assert result["changed"] is False
+    assert result["changes"] == []
+    assert result["diff"] == []
+    assert result["env_changed"] is False
+    assert result["lock"]["outcome"] == "refreshed"
+    assert host.commands() == []
+
+
+@pytest.mark.parametrize(
+    ("what", "commands", "env_changed"),
+    [
+        pytest.param("env", [], True, id="env-only"),
+        pytest.param("unit", ["systemctl daemon-reload"], False, id="unit"),
+        pytest.param(
+            "site", ["nginx -t -q", "systemctl reload-or-restart nginx"], False, id="site"
+        ),
+    ],
+)
+def test_reloads_follow_what_changed(paths, what, commands, env_changed):
+    paths.prepare(Host()).prepare(check_mode=False)
+    overrides = {
+        "env": {"env_file": ManagedFile(str(paths.env), "X=1\n", 0o640, True, True)},
+        "unit": {"unit_file": ManagedFile(str(paths.unit), UNIT + "# v2\n", 0o644)},
+        "site": {"site_file": ManagedFile(str(paths.site), SITE + "# v2\n", 0o644)},
+    }[what]
+    host = Host()
+
+    result = paths.prepare(host, **overrides).prepare(check_mode=False)
+
+    assert host.commands() == commands
+    assert result["env_changed"] is env_changed
+    assert len(result["changes"]) == 1
+    assert len(result["diff"]) == (0 if what == "env" else 1)
+
+
+def test_owner_and_mode_are_put_right_without_a_diff(paths):
+    paths.prepare(Host()).prepare(check_mode=False)
+    os.chmod(paths.env, 0o644)
+    os.chown(paths.env, 0, 0)
+    os.chmod(paths.root / "shared", 0o777)
+    host = Host()
+
+    result = paths.prepare(host).prepare(check_mode=False)
+
+    assert result["changes"] == [
+        f"directory {paths.root / 'shared'} (owner or mode)",
+        f"file {paths.env}",
+    ]
+    assert result["env_changed"] is False
+    assert result["diff"] == []
+    assert mode_owner(paths.env) == (0o640, 0, NOBODY.pw_gid)
+    assert mode_owner(paths.root / "shared") == (0o750, NOBODY.pw_uid, NOBODY.pw_gid)
+    assert host.commands() == []
+
+
+@pytest.mark.parametrize("before", [None, "server { listen 8000; } # old\n"], ids=["new", "old"])
+def test_a_site_nginx_rejects_is_put_back_and_nginx_not_reloaded(paths, before):
+    paths.prepare(Host()).prepare(check_mode=False)
+    if before is None:
+        paths.site.unlink()
+    else:
+        paths.site.write_text(before)
+    host = Host()
+    host.nginx_test = (1, "nginx: [emerg] unknown directive")
+
+    with pytest.raises(ReleaseError) as failed:
+        paths.prepare(host).prepare(check_mode=False)
+
+    error = failed.value
+    assert error.msg.startswith(f"nginx rejects the site of {SERVICE} ({paths.site}): ")
+    assert "unknown directive" in error.msg
+    assert "the previous site was put back and nginx was not reloaded" in error.msg
+    assert (error.retryable, error.details["field"]) == (False, "site")
+    assert host.commands() == ["nginx -t -q"]
+    if before is None:
+        assert not paths.site.exists()
+    else:
+        assert paths.site.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("failing", "what"),
+    [
+        pytest.param("systemctl", "reload systemd", id="daemon-reload"),
+        pytest.param("useradd", f"create the system user {USER}x", id="useradd"),
+    ],
+)
+def test_a_failed_command_is_retryable(paths, failing, what):
+    host = Host()
+    host.fail[failing] = "boom"
+    user = USER
+    if failing == "useradd":
+        user = f"{USER}x"
+    with pytest.raises(ReleaseError) as failed:
+        paths.prepare(host, user=user).prepare(check_mode=False)
+    assert failed.value.msg.startswith(f"could not {what}: ")
+    assert failed.value.msg.endswith("exited 4: boom")
+    assert failed.value.retryable is True
+
+
+def test_a_missing_user_is_created(paths, monkeypatch):
+    real = pwd.getpwnam
+    created: list[str] = []
+
+    def getpwnam(name):
+        if name == "shopuser" and not created:
+            raise KeyError(name)
+        return real(USER if name == "shopuser" else name)
+
+    monkeypatch.setattr(fp.pwd, "getpwnam", getpwnam)
+    host = Host()
+    real_run = host.run
+
+    def run(argv):
+        if argv[0] == "useradd":
+            created.append(argv[-1])
+        return real_run(argv)
+
+    host.run = run  # type: ignore[method-assign]
+
+    result = paths.prepare(host, user="shopuser").prepare(check_mode=False)
+
+    assert result["changes"][0] == "user shopuser"
+    assert host.calls[0] == [
+        "useradd",
+        "--system",
+        "--user-group",
+        "--shell",
+        "/usr/sbin/nologin",
+        "--home-dir",
+        str(paths.root / "shared"),
+        "--no-create-home",
+        "shopuser",
+    ]
+
+
+def no_such_user(name: str) -> pwd.struct_passwd:
+    raise KeyError(name)
+
+
+def test_check_mode_changes_nothing(paths, monkeypatch):
+    monkeypatch.setattr(fp.pwd, "getpwnam", no_such_user)
+    host = Host()
+
+    result = paths.prepare(host).prepare(check_mode=True)
+
+    assert result["changed"] is True
+    assert result["changes"][0] == f"user {USER}"
+    assert f"file {paths.unit}" in result["changes"]
+    assert [d["after"] for d in result["diff"]] == [UNIT, SITE]
+    assert result["lock"]["outcome"] == "acquired"
+    assert result["noop"] is False
+    assert host.calls == []
+    assert not paths.root.exists()
+    assert not paths.env.parent.exists()
+    assert not paths.lock.exists()
+
+
+# --------------------------------------------------------------------------- state and noop
+
+
+@pytest.mark.parametrize(
+    ("status", "staged"),
+    [pytest.param("staged", True, id="staged"), pytest.param("staging", False, id="incomplete")],
+)
+def test_reports_whether_the_release_is_staged(paths, status, staged):
+    ready(paths)
+    paths.release(C, status=status)
+
+    result = paths.prepare(Host(), C).prepare(check_mode=False)
+
+    assert (result["current"], result["staged"], result["noop"]) == (B, staged, False)
+
+
+def live_host(**changes: object) -> Host:
+    host = Host(active=[A, B], enabled=[unit(B)])
+    for name, value in changes.items():
+        setattr(host, name, value)
+    return host
+
+
+@pytest.mark.parametrize(
+    ("host", "standby", "noop"),
+    [
+        pytest.param(live_host(), True, True, id="live-with-standby"),
+        pytest.param(live_host(active=[B]), True, True, id="live-alone"),
+        pytest.param(live_host(), False, False, id="standby-not-allowed"),
+        pytest.param(live_host(enabled=set()), True, False, id="not-enabled"),
+        pytest.param(live_host(active=[A]), True, False, id="not-running"),
+        pytest.param(live_host(active=[A, B, C]), True, False, id="straggler"),
+        pytest.param(
+            live_host(active=[A, B, C], retiring=[C]), True, True, id="straggler-retiring"
+        ),
+        pytest.param(
+            live_host(probe_error=HealthError("status 502")), True, False, id="not-answering"
+        ),
+    ],
+)
+def test_noop_when_the_release_is_already_live_and_alone(paths, host, standby, noop):
+    ready(paths)
+    paths.release(C, "staged", "failed")
+
+    result = paths.prepare(host, standby=standby).prepare(check_mode=False)
+
+    assert result["noop"] is noop
+    assert result["changed"] is False
+    if noop:
+        # Nothing to switch here: the lock goes back in this same call.
+        assert result["lock"]["outcome"] == "released"
+        assert paths.lock_holder() is None
+        (target, expect, policy) = host.probes[0]
+        assert (target.host, target.port, target.unix_socket) == ("127.0.0.1", 8000, None)
+        assert expect == Expect(status=(200,), json={"ok": True, "release": B})
+        assert (policy.timeout, policy.successes) == (5.0, 2)
+    else:
+        assert result["lock"]["outcome"] == "acquired"
+        assert paths.lock_holder()["run_id"] == OWNER["run_id"]
+
+
+def test_noop_in_check_mode_probes_nothing_and_keeps_no_lock(paths):
+    ready(paths)
+    host = live_host()
+
+    result = paths.prepare(host).prepare(check_mode=True)
+
+    assert result["noop"] is True
+    assert host.probes == []
+    assert paths.lock_holder() is None
+
+
+def test_no_noop_when_something_changed(paths):
+    ready(paths)
+    paths.site.write_text("# edited by hand\n")
+    host = live_host()
+
+    result = paths.prepare(host).prepare(check_mode=False)
+
+    assert result["noop"] is False
+    assert host.probes == []
+    assert paths.lock_holder() is not None
+
+
+def test_noop_without_a_lock(paths):
+    ready(paths)
+    result = paths.prepare(live_host(), lock=None).prepare(check_mode=False)
+    assert (result["noop"], result["lock"]) == (True, None)
+    assert paths.lock_holder() is None
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_a_busy_lock_fails_before_anything_changes(paths):
+    paths.lock.mkdir(parents=True)
+    other = ServiceLock(SERVICE, str(paths.lock))
+    other.acquire({"run_id": "other:1:1", "by": "alice"})
+    host = Host()
+
+    with pytest.raises(LockError) as failed:
+        paths.prepare(host).prepare(check_mode=False)
+
+    assert f"{SERVICE} is locked by " in failed.value.msg
+    assert failed.value.retryable is True
+    assert host.calls == []
+    assert not paths.root.exists()
+    assert paths.lock_holder()["run_id"] == "other:1:1"
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        pytest.param({"service": "Shop!"}, "service", id="service"),
+        pytest.param({"release": "../../etc"}, "release", id="release"),
+    ],
+)
+def test_invalid_input_is_refused_before_anything(paths, check_mode, overrides, field):
+    host = Host()
+    spec = paths.spec(**{k: v for k, v in overrides.items() if k != "release"})
+    spec.release = overrides.get("release", B)  # type: ignore[assignment]
+    prepare = Prepare(
+        spec, run=host.run, prober=host.prober, lock=ServiceLock(SERVICE, str(paths.lock))
+    )
+
+    with pytest.raises(ReleaseError) as failed:
+        prepare.prepare(check_mode=check_mode)
+
+    assert failed.value.details["field"] == field
+    assert host.calls == []
+    assert not paths.root.exists()
+    assert not paths.lock.exists()

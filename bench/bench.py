@@ -498,6 +498,8 @@ def other_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     if wall <= 0:
         return None
     delta = {key: after[key] - before[key] for key in ("busy", "ours", "fleet")}
+    if delta["fleet"] < 0:  # the fleet's cgroup went away (teardown): its share is unknown
+        return None
     return {
         "busy_cores": round(delta["busy"] / wall, 2),
         "bench_cores": round((delta["ours"] + delta["fleet"]) / wall, 2),

@@ -332,8 +332,9 @@ def test_cgroup_usage_seconds(text, expected):
             {"busy_cores": 0.1, "bench_cores": 0.6, "other_cores": 0.0},
         ),
         ({"wall": 2.0, "busy": 10.0, "ours": 1.0, "fleet": 1.0}, None),
+        ({"wall": 12.0, "busy": 20.0, "ours": 3.0, "fleet": 0.0}, None),
     ],
-    ids=["others-0.4-cores", "clamped-at-zero", "no-time-passed"],
+    ids=["others-0.4-cores", "clamped-at-zero", "no-time-passed", "fleet-cgroup-removed"],
 )
 def test_other_cores(after, expected):
     before = {"wall": 2.0, "busy": 10.0, "ours": 1.0, "fleet": 1.0}

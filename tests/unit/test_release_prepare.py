@@ -1,0 +1,239 @@
+"""Unit tests of library/release_prepare.py: parameters to PrepareSpec, main()'s results.
+
+main() prepares real files under tmp_path; systemctl, nginx and the probe go through a
+fake runner, and the deploy lock lives under tmp_path, by replacing the module's Prepare
+with a factory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import release_prepare
+from ansible.module_utils.flipback_lock import ServiceLock
+from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
+from ansible.module_utils.flipback_release import utc_iso
+from ansible.module_utils.testing import patch_module_args
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+
+SERVICE = "shop"
+B = "20261102T120000-bbbbbbbbbb"
+SECRET = "s3cret-value-never-shown"
+OWNER = {"run_id": "ctl:4242:1795953600", "by": "bob"}
+
+
+class Host:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.specs: list[PrepareSpec] = []
+        self.nginx_rc = 0
+
+    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        rc = self.nginx_rc if argv[0] == "nginx" else 0
+        return subprocess.CompletedProcess(argv, rc, "", "nginx: [emerg] bad" if rc else "")
+
+    def prober(self, *_args: object) -> dict:
+        return {"ok": True}
+
+
+@pytest.fixture
+def host(monkeypatch, tmp_path) -> Host:
+    fake = Host()
+
+    def factory(spec: PrepareSpec) -> Prepare:
+        fake.specs.append(spec)
+        lock = ServiceLock(spec.service, str(tmp_path / "lock" / spec.service))
+        return Prepare(spec, run=fake.run, prober=fake.prober, lock=lock)
+
+    monkeypatch.setattr(release_prepare, "Prepare", factory)
+    return fake
+
+
+def args(tmp_path: Path, **extra: object) -> dict:
+    return {
+        "service": SERVICE,
+        "root": str(tmp_path / "srv" / SERVICE),
+        "user": "nobody",
+        "release": B,
+        "env_file": str(tmp_path / "etc" / f"{SERVICE}.env"),
+        "env_content": f"SHOP_TOKEN={SECRET}\n",
+        "unit_path": str(tmp_path / "systemd" / f"{SERVICE}@.service"),
+        "unit_content": "[Service]\n",
+        "site_path": str(tmp_path / "nginx" / f"flipback-{SERVICE}.conf"),
+        "site_content": "server {}\n",
+        "port": 8000,
+        **extra,
+    }
+
+
+def run_main(module_args: dict, capsys, check_mode: bool = False, diff: bool = False):
+    module_args = {"_ansible_check_mode": check_mode, "_ansible_diff": diff, **module_args}
+    with patch_module_args(module_args), pytest.raises(SystemExit) as exit_info:
+        release_prepare.main()
+    out = capsys.readouterr().out
+    return exit_info.value.code, json.loads(out), out
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_spec_from_the_parameters():
+    params = {
+        "service": SERVICE,
+        "root": None,
+        "user": "shop",
+        "release": B,
+        "env_file": "/etc/flipback/shop.env",
+        "env_content": "A=1\n",
+        "unit_path": "/etc/systemd/system/shop@.service",
+        "unit_content": "[Unit]\n",
+        "site_path": "/etc/nginx/conf.d/flipback-shop.conf",
+        "site_content": "server {}\n",
+        "lock_owner": {"run_id": "r1", "by": "bob", "playbook": None, "release": None},
+        "lock_wait": 5.0,
+        "lock_stale_after": 60,
+        "live_runs": {"controller": "ctl", "pids": [1], "at": 2.0},
+        "port": 8000,
+        "health_path": "/healthz",
+        "expect_status": [200, 204],
+        "expect_json": {"ok": True},
+        "public_successes": 5,
+        "standby": False,
+    }
+
+    assert release_prepare.spec_from(params) == PrepareSpec(
+        service=SERVICE,
+        root="/srv/shop",
+        user="shop",
+        release=B,
+        env_file=ManagedFile(
+            "/etc/flipback/shop.env", "A=1\n", 0o640, service_group=True, secret=True
+        ),
+        unit_file=ManagedFile("/etc/systemd/system/shop@.service", "[Unit]\n", 0o644),
+        site_file=ManagedFile("/etc/nginx/conf.d/flipback-shop.conf", "server {}\n", 0o644),
+        lock={
+            # Fields left out by the playbook are not passed on as None.
+            "owner": {"run_id": "r1", "by": "bob"},
+            "wait": 5.0,
+            "stale_after": 60,
+            "live_runs": {"controller": "ctl", "pids": [1], "at": 2.0},
+        },
+        port=8000,
+        health_path="/healthz",
+        expect_status=(200, 204),
+        expect_json={"ok": True},
+        public_successes=5,
+        standby=False,
+    )
+
+
+def test_no_lock_owner_no_lock(host, tmp_path, capsys):
+    code, result, _out = run_main(args(tmp_path), capsys)
+    assert code == 0
+    (spec,) = host.specs
+    assert spec.lock is None
+    assert result["lock"] is None
+
+
+def test_defaults(host, tmp_path, capsys):
+    module_args = args(tmp_path)
+    del module_args["root"]
+    run_main(module_args, capsys, check_mode=True)
+    (spec,) = host.specs
+    assert spec.root == f"/srv/{SERVICE}"
+    assert (spec.health_path, spec.expect_status, spec.expect_json) == ("/health", (200,), {})
+    assert (spec.public_successes, spec.standby) == (3, True)
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        pytest.param("env_content", "env_content", id="env-content"),
+        pytest.param("user", "user", id="user"),
+        pytest.param("port", "port", id="port"),
+    ],
+)
+def test_required_arguments(host, tmp_path, capsys, drop, message):
+    module_args = args(tmp_path)
+    del module_args[drop]
+    code, result, _out = run_main(module_args, capsys)
+    assert code == 1
+    assert message in result["msg"]
+    assert host.specs == []
+
+
+def test_lock_owner_needs_a_run_id(host, tmp_path, capsys):
+    code, result, _out = run_main(args(tmp_path, lock_owner={"by": "bob"}), capsys)
+    assert code == 1
+    assert "run_id" in result["msg"]
+    assert host.specs == []
+
+
+# --------------------------------------------------------------------------- results
+
+
+@pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_env_content_is_never_in_the_result(host, tmp_path, capsys, diff, check_mode):
+    code, result, out = run_main(
+        args(tmp_path, lock_owner=OWNER), capsys, check_mode=check_mode, diff=diff
+    )
+
+    assert code == 0
+    assert SECRET not in out
+    assert result["changed"] is True
+    assert isinstance(result["elapsed"], float)
+    assert "warnings" not in result
+    if diff:
+        headers = [d["after_header"] for d in result["diff"]]
+        assert headers == [args(tmp_path)["unit_path"], args(tmp_path)["site_path"]]
+    else:
+        assert "diff" not in result
+    assert (result["current"], result["staged"], result["noop"]) == (None, False, False)
+    assert result["lock"]["outcome"] == "acquired"
+
+
+def test_a_failure_fails_with_the_details(host, tmp_path, capsys):
+    host.nginx_rc = 1
+
+    code, result, out = run_main(args(tmp_path), capsys)
+
+    assert code == 1
+    assert result["msg"].startswith(f"nginx rejects the site of {SERVICE}")
+    assert (result["retryable"], result["field"]) == (False, "site")
+    assert isinstance(result["elapsed"], float)
+    assert SECRET not in out
+
+
+def test_a_lock_taken_over_is_a_warning(host, tmp_path, capsys):
+    lock = tmp_path / "lock" / SERVICE
+    lock.mkdir(parents=True)
+    since = time.time() - 10
+    holder = {
+        "service": SERVICE,
+        "run_id": "ctl:777:1700000000",
+        "by": "alice",
+        "since": utc_iso(since),
+        "ttl": 1800,
+        "expires": since + 1800,
+        "refreshed": since,
+        "stale_after": 120,
+    }
+    (lock / ".lock").write_text(json.dumps(holder))
+    live_runs = {"controller": "ctl", "pids": [4242], "at": time.time()}
+
+    code, result, _out = run_main(args(tmp_path, lock_owner=OWNER, live_runs=live_runs), capsys)
+
+    assert code == 0
+    assert result["lock"]["outcome"] == "took_over"
+    [warning] = result["warnings"]
+    assert "its ansible-playbook process no longer exists" in json.dumps(warning)

@@ -28,6 +28,7 @@ from ansible.module_utils.flipback_release import (
 from ansible.module_utils.flipback_stage import (
     Stager,
     StageSpec,
+    link_venv,
     safe_members,
     sha256_file,
 )
@@ -488,3 +489,157 @@ def test_hostile_artifact_is_refused_while_staging(root, tmp_path):
     assert not release(root, "link").is_symlink()
     assert read_manifest(str(root), RID)["status"] == "staging"
     assert runner.calls == []
+
+
+# --------------------------------------------------------------------------- venv reuse
+
+KEY = "0123456789abcdef"
+
+
+def donor_venv(venv: Path) -> None:
+    """A virtualenv as `python -m venv` and pip leave it, naming its own path."""
+    (venv / "bin").mkdir(parents=True)
+    site = venv / "lib" / "python3.11" / "site-packages" / "fastapi"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("version = '0.165.0'\n")
+    (venv / "pyvenv.cfg").write_text(
+        f"home = /usr/bin\ncommand = /usr/bin/python3 -m venv {venv}\n"
+    )
+    (venv / "bin" / "uvicorn").write_text(f"#!{venv}/bin/python\nimport uvicorn\n")
+    (venv / "bin" / "uvicorn").chmod(0o755)
+    (venv / "bin" / "activate").write_text(f'VIRTUAL_ENV="{venv}"\n')
+    (venv / "bin" / "plain").write_text("#!/bin/sh\necho no path here\n")
+    (venv / "bin" / "python").symlink_to("/usr/bin/python3")
+    (venv / "lib64").symlink_to("lib")
+
+
+def files(venv: Path) -> dict[str, bytes | str]:
+    """Every entry under venv: link target for symlinks, content for files."""
+    found: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(venv):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(venv))
+            if path.is_symlink():
+                found[rel] = f"-> {os.readlink(path)}"
+            elif path.is_file():
+                found[rel] = path.read_bytes()
+    return found
+
+
+def test_link_venv_shares_files_and_rewrites_what_names_the_path(tmp_path):
+    donor = tmp_path / "releases" / OLD / "venv"
+    dest = tmp_path / "releases" / RID / "venv"
+    donor_venv(donor)
+    before = files(donor)
+    dest.parent.mkdir(parents=True)
+
+    link_venv(str(donor), str(dest))
+
+    # The donor is untouched: same names, same bytes.
+    assert files(donor) == before
+    shared = "lib/python3.11/site-packages/fastapi/__init__.py"
+    assert (dest / shared).stat().st_ino == (donor / shared).stat().st_ino
+    assert (dest / "bin" / "plain").stat().st_ino == (donor / "bin" / "plain").stat().st_ino
+    for rewritten in ("bin/uvicorn", "bin/activate", "pyvenv.cfg"):
+        assert (dest / rewritten).stat().st_ino != (donor / rewritten).stat().st_ino
+        assert str(donor) not in (dest / rewritten).read_text()
+        assert str(dest) in (dest / rewritten).read_text()
+    assert (dest / "bin" / "uvicorn").read_text() == f"#!{dest}/bin/python\nimport uvicorn\n"
+    assert stat_mode(dest / "bin" / "uvicorn") == 0o755
+    # Symlinks are copied as symlinks, never followed.
+    assert os.readlink(dest / "bin" / "python") == "/usr/bin/python3"
+    assert os.readlink(dest / "lib64") == "lib"
+    assert sorted(files(dest)) == sorted(before)
+    assert not list(dest.rglob("*.tmp"))
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def staged_elsewhere(root: Path, release_id: str, *, key: str, status: str = "staged") -> Path:
+    path = root / "releases" / release_id
+    donor_venv(path / "venv")
+    manifest = {"id": release_id, "service": SERVICE, "status": status, "deps_key": key}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_a_release_with_the_same_deps_key_lends_its_venv(root, artifact, tmp_path, lchown_calls):
+    donor = staged_elsewhere(root, OLD, key=KEY)
+    before = files(donor / "venv")
+    runner = FakeRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    assert result["venv_from"] == OLD
+    path = release(root)
+    # Only the release's own source is compiled; no venv, no pip.
+    assert runner.calls == [
+        [f"{path}/venv/bin/python", "-m", "compileall", "-q", "-j", "0", "-x", "/venv/", str(path)]
+    ]
+    assert (path / "venv" / "pyvenv.cfg").read_text().endswith(f"{path / 'venv'}\n")
+    assert files(donor / "venv") == before
+    manifest = read_manifest(str(root), RID)
+    assert (manifest["status"], manifest["deps_key"]) == ("staged", KEY)
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "pyvenv"),
+    [
+        pytest.param("ffffffffffffffff", "staged", True, id="other-key"),
+        pytest.param(KEY, "staging", True, id="donor-incomplete"),
+        pytest.param(KEY, "staged", False, id="donor-without-venv"),
+    ],
+)
+def test_no_donor_builds_the_venv(root, artifact, tmp_path, lchown_calls, key, status, pyvenv):
+    donor = staged_elsewhere(root, OLD, key=key, status=status)
+    if not pyvenv:
+        (donor / "venv" / "pyvenv.cfg").unlink()
+    runner = FakeRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    assert result["venv_from"] is None
+    assert runner.steps == ["venv", "pip", "compileall"]
+    assert "-x" not in runner.calls[-1]
+
+
+def test_without_a_deps_key_no_venv_is_borrowed(root, artifact, tmp_path, lchown_calls):
+    staged_elsewhere(root, OLD, key="")
+    runner = FakeRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
+
+    assert result["venv_from"] is None
+    assert runner.steps == ["venv", "pip", "compileall"]
+    assert read_manifest(str(root), RID)["deps_key"] is None
+
+
+def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lchown_calls):
+    older = "20261127T120000-9999999999"
+    staged_elsewhere(root, older, key=KEY)
+    staged_elsewhere(root, OLD, key=KEY)
+    (root / "current").symlink_to(f"releases/{OLD}")
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(
+        False
+    )
+
+    assert result["venv_from"] == OLD
+
+
+# --------------------------------------------------------------------------- warm up
+
+
+@pytest.mark.parametrize(("rc", "warmed"), [(0, True), (1, False)], ids=["started", "refused"])
+def test_warm_up_starts_the_instance_without_waiting(root, artifact, tmp_path, rc, warmed):
+    calls = []
+
+    def run(argv):
+        calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, rc, "", "")
+
+    assert Stager(make_spec(root, artifact, tmp_path), run=run).warm_up() is warmed
+    assert calls == [["systemctl", "start", "--no-block", f"{SERVICE}@{RID}.service"]]

@@ -245,3 +245,53 @@ def test_live_lock_failure_names_the_holder(tmp_path, artifact, runner, capsys):
     assert isinstance(result["elapsed"], float)
     assert (path / ".staging-lock").exists()
     assert runner.calls == []
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def test_deps_key_reaches_the_spec(tmp_path, artifact, runner, capsys):
+    code, result = run_main(args_for(tmp_path, artifact, deps_key="0123456789abcdef"), capsys)
+    assert code == 0
+    (spec,) = runner.specs
+    assert spec.deps_key == "0123456789abcdef"
+    assert result["venv_from"] is None
+    manifest = read_manifest(str(tmp_path / "srv" / SERVICE), RID)
+    assert manifest["deps_key"] == "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("start", "fail", "warmed"),
+    [
+        pytest.param(True, "", True, id="started"),
+        pytest.param(True, "--no-block", False, id="refused"),
+        pytest.param(False, "", False, id="not-asked"),
+    ],
+)
+def test_start_warms_the_instance_once_staged(
+    tmp_path, artifact, runner, capsys, start, fail, warmed
+):
+    runner.fail = fail
+
+    code, result = run_main(args_for(tmp_path, artifact, start=start), capsys)
+
+    # A refused warm start is no failure: the switch starts the instance and says why.
+    assert code == 0
+    assert result["warmed"] is warmed
+    starts = [argv for argv in runner.calls if argv[0] == "systemctl"]
+    expected = [["systemctl", "start", "--no-block", f"{SERVICE}@{RID}.service"]]
+    assert starts == (expected if start else [])
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["already-staged", "check"])
+def test_start_does_nothing_when_nothing_was_staged(tmp_path, artifact, runner, capsys, check_mode):
+    args = args_for(tmp_path, artifact, start=True)
+    if not check_mode:
+        run_main(args_for(tmp_path, artifact), capsys)
+    runner.calls.clear()
+
+    code, result = run_main(args, capsys, check_mode=check_mode)
+
+    assert code == 0
+    assert result["warmed"] is False
+    assert runner.calls == []

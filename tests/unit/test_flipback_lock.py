@@ -20,6 +20,7 @@ from ansible.module_utils.flipback_lock import (
     ServiceLock,
     describe,
     read_holder,
+    run_is_gone,
     stale_reason,
     validate_owner,
 )
@@ -232,6 +233,77 @@ def test_gone_runs_take_over_a_live_looking_lock_at_once(root, clock, gone, outc
     assert "its ansible-playbook process no longer exists" in result["warnings"][0]
     assert on_disk(root)["run_id"] == BOB["run_id"]
     assert clock.sleeps == []
+
+
+LIVE = {"controller": "ctl", "pids": [100, "200"], "at": 1000.0}
+
+
+@pytest.mark.parametrize(
+    ("run_id", "live_runs", "gone"),
+    [
+        pytest.param("ctl:300:900", LIVE, True, id="pid-not-alive-started-before"),
+        pytest.param("ctl:300:998", LIVE, True, id="started-just-over-1s-before"),
+        pytest.param("ctl:300:999", LIVE, False, id="started-within-1s"),
+        pytest.param("ctl:300:1001", LIVE, False, id="started-after-the-look"),
+        pytest.param("ctl:100:900", LIVE, False, id="pid-alive"),
+        pytest.param("ctl:200:900", LIVE, False, id="pid-alive-as-string"),
+        pytest.param("other:300:900", LIVE, False, id="other-controller"),
+        pytest.param("ctl:300", LIVE, False, id="two-parts"),
+        pytest.param("ctl:300:900:1", LIVE, False, id="four-parts"),
+        pytest.param("ctl:x:900", LIVE, False, id="pid-not-a-number"),
+        pytest.param("ctl:300:soon", LIVE, False, id="start-not-a-number"),
+        pytest.param("ctl-4242-20261129T115500Z", LIVE, False, id="other-run-id-format"),
+        pytest.param("ctl:300:900", None, False, id="no-live-runs"),
+        pytest.param("ctl:300:900", {}, False, id="empty-live-runs"),
+        pytest.param("ctl:300:900", {"controller": "ctl", "pids": []}, False, id="no-at"),
+        pytest.param("ctl:300:900", {**LIVE, "pids": ["x"]}, False, id="bad-pids"),
+        pytest.param("ctl:300:900", {**LIVE, "at": "later"}, False, id="bad-at"),
+        pytest.param("ctl:300:900", {"controller": "ctl", "at": 1000}, True, id="no-pids"),
+    ],
+)
+def test_run_is_gone(run_id, live_runs, gone):
+    assert run_is_gone(run_id, live_runs) is gone
+
+
+@pytest.mark.parametrize(
+    ("run_id", "pids", "outcome"),
+    [
+        pytest.param("ctl:4242:1795953000", [777], "took_over", id="holder-gone"),
+        pytest.param("ctl:4242:1795953000", [777, 4242], None, id="holder-alive"),
+        pytest.param("ctl:4242:1795953600", [777], None, id="holder-started-now"),
+        pytest.param("ctl2:4242:1795953000", [777], None, id="other-controller"),
+    ],
+)
+def test_live_runs_take_over_the_lock_of_a_run_that_died(root, clock, run_id, pids, outcome):
+    # The holder's lock looks fresh (refreshed 5 s ago): only live_runs can end it.
+    hold(root, {**ALICE, "run_id": run_id}, since=NOW - 600, refreshed=NOW - 5)
+    live_runs = {"controller": "ctl", "pids": pids, "at": NOW}
+    new = {**BOB, "run_id": "ctl:777:1795953600"}
+    if outcome is None:
+        with pytest.raises(LockError):
+            lock_at(root, clock).acquire(new, live_runs=live_runs)
+        assert on_disk(root)["run_id"] == run_id
+        return
+    result = lock_at(root, clock).acquire(new, live_runs=live_runs)
+    assert result["outcome"] == outcome
+    assert result["took_over"]["run_id"] == run_id
+    assert "its ansible-playbook process no longer exists" in result["warnings"][0]
+    assert on_disk(root)["run_id"] == new["run_id"]
+    assert stale_files(root)
+    assert clock.sleeps == []
+
+
+def test_live_runs_in_check_mode_say_what_a_run_would_do(root, clock):
+    holder = hold(root, {**ALICE, "run_id": "ctl:4242:1795953000"}, since=NOW - 600)
+    before = tree(root)
+    live_runs = {"controller": "ctl", "pids": [], "at": NOW}
+
+    result = lock_at(root, clock).acquire(BOB, live_runs=live_runs, check_mode=True)
+
+    assert result["outcome"] == "took_over"
+    assert result["took_over"] == holder
+    assert result["warnings"][0].startswith("would take over the stale lock")
+    assert tree(root) == before
 
 
 def test_wait_then_acquire_when_released_during_the_wait(root, clock):

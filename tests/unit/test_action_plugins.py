@@ -1,0 +1,433 @@
+"""Unit tests of the controller action plugins in plugins/action/.
+
+Each plugin file is loaded from its path, as Ansible's action loader would. The pure
+functions are tested directly (live_runs on a fake /proc); ActionModule.run gets the
+smallest task and connection stand-ins ActionBase needs, since none of the three
+talks to a host.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+from ansible.errors import AnsibleActionFail
+
+pytestmark = pytest.mark.controller
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins" / "action"
+SECRET = "s3cr3t-hunter2"
+R1 = "20261129T141500-3f2a9c1d0e"
+R2 = "20261130T090000-aaaaaaaaaa"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"flipback_action_{name}", PLUGINS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+service_config = load("service_config")
+release_build = load("release_build")
+rollout_report = load("rollout_report")
+
+
+def action(module: ModuleType, args: dict, *, check_mode: bool = False):
+    task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, action="test")
+    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/nonexistent"))
+    return module.ActionModule(task, connection, None, None, None, None)
+
+
+# =========================================================================== service_config
+
+
+def test_run_identity_names_the_controller_the_run_and_the_deployer(monkeypatch):
+    monkeypatch.setenv("SUDO_USER", "carol")
+    identity = service_config.run_identity(now=1_795_953_600.7)
+    host = socket.gethostname()
+    assert identity == {
+        "run_id": f"{host}:{os.getppid()}:1795953600",
+        "deployer": f"carol@{host}",
+    }
+
+
+def test_run_identity_without_sudo_names_the_login(monkeypatch):
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setattr(service_config, "_login", lambda: "dave")
+    assert service_config.run_identity()["deployer"] == f"dave@{socket.gethostname()}"
+
+
+def fake_proc(tmp_path: Path, processes: dict[str, list[bytes] | None]) -> Path:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    for entry, argv in processes.items():
+        (proc / entry).mkdir()
+        if argv is not None:
+            (proc / entry / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    (proc / "self").mkdir(exist_ok=True)
+    (proc / "meminfo").write_text("MemTotal: 1 kB\n")
+    return proc
+
+
+def test_live_runs_lists_every_ansible_playbook_process(tmp_path):
+    proc = fake_proc(
+        tmp_path,
+        {
+            "101": [b"/usr/bin/python3", b"/opt/venv/bin/ansible-playbook", b"deploy.yml"],
+            "202": [b"ansible-playbook", b"rollback.yml"],
+            "303": [b"/usr/bin/python3", b"/usr/bin/ansible", b"all", b"-m", b"ping"],
+            "404": [b"vim", b"x", b"ansible-playbook"],
+            "505": [b"/usr/bin/python3", b"/opt/ansible-playbook-wrapper"],
+            "606": None,  # gone between listing and reading
+            "707": [b""],  # a kernel thread
+        },
+    )
+
+    runs = service_config.live_runs(str(proc))
+
+    assert runs["controller"] == socket.gethostname()
+    assert runs["pids"] == [101, 202]
+    assert isinstance(runs["at"], float)
+
+
+def test_live_runs_of_this_process_tree(tmp_path):
+    # The real /proc: this test's own process is no ansible-playbook.
+    assert os.getpid() not in service_config.live_runs()["pids"]
+
+
+def services() -> list[dict]:
+    return [
+        {
+            "name": "web",
+            "source": "/srv/git/web.git",
+            "app": "app:app",
+            "port": 8000,
+            "env": {"DATABASE_URL": f"postgres://web:{SECRET}@db/web", "DEBUG": "0"},
+        },
+        {"name": "api", "source": "/srv/git/api.git", "app": "api.main:app", "port": 8001},
+    ]
+
+
+def test_service_config_checks_names_the_run_and_hides_env(monkeypatch):
+    monkeypatch.setattr(service_config, "live_runs", lambda: {"controller": "c", "pids": [1]})
+    monkeypatch.setattr(
+        service_config, "run_identity", lambda: {"run_id": "c:1:2", "deployer": "u@c"}
+    )
+
+    result = action(service_config, {"services": services(), "service": "web"}).run(task_vars={})
+
+    assert "failed" not in result
+    assert result["changed"] is False
+    assert (result["run_id"], result["deployer"]) == ("c:1:2", "u@c")
+    assert result["live_runs"] == {"controller": "c", "pids": [1]}
+    assert [s["name"] for s in result["services"]] == ["web"]
+    assert result["services"][0]["env_names"] == ["DATABASE_URL", "DEBUG"]
+    assert isinstance(result["elapsed"], float)
+    assert SECRET not in json.dumps(result)
+    assert result["invocation"]["module_args"]["services"][0]["env"]["DEBUG"] == (
+        "(value not shown)"
+    )
+
+
+def test_service_config_refuses_bad_input_naming_every_problem():
+    bad = [{"name": "Web!", "port": 80}, {"name": "api", "port": "x"}]
+
+    result = action(service_config, {"services": bad}).run(task_vars={})
+
+    assert result["failed"] is True
+    assert result["retryable"] is False
+    assert len(result["problems"]) >= 2
+    assert result["msg"]
+    assert isinstance(result["elapsed"], float)
+    assert "run_id" not in result
+
+
+def test_service_config_rejects_unknown_arguments():
+    with pytest.raises(AnsibleActionFail):
+        action(service_config, {"services": services(), "colour": "blue"}).run(task_vars={})
+
+
+# =========================================================================== release_build
+
+
+class Builds:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.specs: list = []
+        self.error = error
+
+    def __call__(self, spec):
+        self.specs.append(spec)
+        return self
+
+    def build(self) -> dict:
+        if self.error is not None:
+            raise self.error
+        return {"changed": True, "release": R1, "deps_key": "0123456789abcdef"}
+
+
+def test_release_build_runs_the_builder_in_process(monkeypatch):
+    builds = Builds()
+    monkeypatch.setattr(release_build, "Builder", builds)
+
+    result = action(
+        release_build, {"service": "web", "source": "/srv/git/web.git", "subdir": "/svc/web/"}
+    ).run(task_vars={})
+
+    assert (result["changed"], result["release"], result["deps_key"]) == (
+        True,
+        R1,
+        "0123456789abcdef",
+    )
+    assert isinstance(result["elapsed"], float)
+    (spec,) = builds.specs
+    assert (spec.service, spec.source, spec.subdir, spec.ref) == (
+        "web",
+        "/srv/git/web.git",
+        "svc/web",
+        "HEAD",
+    )
+    assert spec.cache_dir == os.path.expanduser("~/.cache/flipback")
+    assert spec.pip == [sys.executable, "-m", "pip"]
+
+
+def test_release_build_passes_pip_and_ref(monkeypatch):
+    builds = Builds()
+    monkeypatch.setattr(release_build, "Builder", builds)
+    action(
+        release_build,
+        {"service": "web", "source": "s", "ref": "v2", "pip": ["/opt/pip"], "cache_dir": "/c"},
+    ).run(task_vars={})
+    (spec,) = builds.specs
+    assert (spec.ref, spec.pip, spec.cache_dir) == ("v2", ["/opt/pip"], "/c")
+
+
+def test_release_build_failure_carries_the_details(monkeypatch):
+    error = release_build.BuildError("ref v9 not found", retryable=False, field="ref")
+    monkeypatch.setattr(release_build, "Builder", Builds(error))
+
+    result = action(release_build, {"service": "web", "source": "s", "ref": "v9"}).run(task_vars={})
+
+    assert result["failed"] is True
+    assert (result["msg"], result["retryable"], result["field"]) == (
+        "ref v9 not found",
+        False,
+        "ref",
+    )
+    assert isinstance(result["elapsed"], float)
+
+
+def test_release_build_needs_a_source():
+    with pytest.raises(AnsibleActionFail):
+        action(release_build, {"service": "web"}).run(task_vars={})
+
+
+# =========================================================================== rollout_report
+
+
+def restore(name: str, **result: object) -> dict:
+    return {"_flipback_item": {"name": name}, **result}
+
+
+@pytest.mark.parametrize(
+    ("state", "restores", "outcome", "ok", "problem"),
+    [
+        pytest.param(
+            {"outcome": "switched", "current": R1}, [], f"switched to {R1}", True, None, id="ok"
+        ),
+        pytest.param(
+            {"outcome": "switched", "current": R2},
+            [],
+            f"switched to {R2}",
+            False,
+            f"h1 web: runs {R2}, expected {R1} like every other host",
+            id="other-release",
+        ),
+        pytest.param(
+            {"outcome": "already live", "release": R1},
+            [],
+            f"already live on {R1}",
+            True,
+            None,
+            id="already-live",
+        ),
+        pytest.param(
+            {"outcome": "failed", "error": "deploy of web failed on h1: Gate 1"},
+            [],
+            "deploy of web failed on h1: Gate 1",
+            False,
+            "deploy of web failed on h1: Gate 1",
+            id="failed",
+        ),
+        pytest.param(
+            {"outcome": "staging failed"},
+            [],
+            "staging failed",
+            False,
+            "staging failed",
+            id="staging-failed-without-error",
+        ),
+        pytest.param(
+            {"outcome": "not switched (rollout stopped)", "previous": R2},
+            [],
+            f"not switched (the rollout stopped); stays on {R2}",
+            True,
+            None,
+            id="not-switched",
+        ),
+        pytest.param(
+            {"outcome": "not switched (rollout stopped)"},
+            [],
+            "not switched (the rollout stopped); stays on nothing",
+            True,
+            None,
+            id="not-switched-first-deploy",
+        ),
+        pytest.param(
+            {"outcome": "staged"}, [], f"staged {R1}; not switched", True, None, id="staged"
+        ),
+        pytest.param({"outcome": "prepared"}, [], "prepared", True, None, id="other-outcome"),
+        pytest.param({}, [], "unknown", True, None, id="no-outcome"),
+        pytest.param(
+            {"outcome": "switched", "current": R1, "previous": R2},
+            [restore("web", changed=True)],
+            f"restored to {R2} (had switched to {R1})",
+            True,
+            None,
+            id="restored",
+        ),
+        pytest.param(
+            {"outcome": "switched", "current": R1},
+            [restore("web", failed=True, msg="Gate 2")],
+            "RESTORE FAILED: Gate 2",
+            False,
+            "h1 web: RESTORE FAILED: Gate 2",
+            id="restore-failed",
+        ),
+        pytest.param(
+            {"outcome": "switched", "current": R1},
+            [restore("web", failed=True)],
+            "RESTORE FAILED: no message",
+            False,
+            "h1 web: RESTORE FAILED: no message",
+            id="restore-failed-without-message",
+        ),
+        pytest.param(
+            {"outcome": "switched", "current": R1},
+            [restore("web", skipped=True), restore("api", changed=True), "junk", {"changed": 1}],
+            f"switched to {R1}",
+            True,
+            None,
+            id="restore-skipped-or-of-another-service",
+        ),
+    ],
+)
+def test_host_lines(state, restores, outcome, ok, problem):
+    rows, problems = rollout_report.host_lines("h1", {"web": state}, restores, {"web": R1})
+    assert rows == [{"host": "h1", "service": "web", "outcome": outcome, "ok": ok}]
+    assert problems == ([problem] if problem else [])
+
+
+def test_host_lines_of_a_host_that_did_not_report():
+    rows, problems = rollout_report.host_lines("h9", {}, [], {"web": R1})
+    assert rows == [{"host": "h9", "service": "-", "outcome": "no report", "ok": False}]
+    assert problems == ["h9: did not report (unreachable, or failed before staging)"]
+
+
+def test_host_lines_one_row_per_service_in_name_order():
+    states = {"web": {"outcome": "switched", "current": R1}, "api": {"outcome": "staged"}}
+    rows, _ = rollout_report.host_lines("h1", states, [], {"web": R1, "api": R2})
+    assert [(r["service"], r["outcome"]) for r in rows] == [
+        ("api", f"staged {R2}; not switched"),
+        ("web", f"switched to {R1}"),
+    ]
+
+
+def test_host_lines_without_a_build_release_accepts_what_switched():
+    rows, problems = rollout_report.host_lines(
+        "h1", {"web": {"outcome": "switched", "current": R2}}, [], {}
+    )
+    assert (rows[0]["ok"], problems) == (True, [])
+
+
+def report(rollout: dict, hosts: list[str], **extra: object) -> dict:
+    args = {"hosts": hosts, "rollout": rollout, "releases": {"web": R1}, **extra}
+    return action(rollout_report, args).run(task_vars={})
+
+
+def test_report_of_a_complete_rollout():
+    rollout = {
+        "h1": {"web": {"outcome": "switched", "current": R1}},
+        "host-two": {"web": {"outcome": "already live", "release": R1}},
+    }
+
+    result = report(rollout, ["h1", "host-two"])
+
+    assert "failed" not in result
+    assert result["changed"] is False
+    assert result["problems"] == []
+    assert result["lines"] == [
+        f"h1        web: switched to {R1}",
+        f"host-two  web: already live on {R1}",
+    ]
+    assert result["msg"] == "deploy: rollout complete\n" + "\n".join(result["lines"])
+    assert [r["host"] for r in result["report"]] == ["h1", "host-two"]
+
+
+def test_report_of_a_stopped_rollout_fails_naming_every_problem():
+    rollout = {
+        "h1": {"web": {"outcome": "switched", "current": R1, "previous": R2}},
+        "h2": {"web": {"outcome": "failed", "error": "deploy of web failed on h2: Gate 2"}},
+        "h3": {"web": {"outcome": "not switched (rollout stopped)", "previous": R2}},
+    }
+    restored = {"h1": [restore("web", changed=True)]}
+
+    result = report(rollout, ["h1", "h2", "h3", "h4"], restored=restored, action="deploy")
+
+    assert result["failed"] is True
+    assert result["msg"].startswith("deploy: the rollout stopped\n")
+    assert result["problems"] == [
+        "deploy of web failed on h2: Gate 2",
+        "h4: did not report (unreachable, or failed before staging)",
+    ]
+    assert result["msg"].endswith(
+        "\n- deploy of web failed on h2: Gate 2"
+        "\n- h4: did not report (unreachable, or failed before staging)"
+    )
+    assert f"h1    web: restored to {R2} (had switched to {R1})" in result["lines"]
+    assert "h4    -: no report" in result["lines"]
+
+
+def test_report_of_hosts_on_different_releases_fails_without_a_stop():
+    rollout = {
+        "h1": {"web": {"outcome": "switched", "current": R1}},
+        "h2": {"web": {"outcome": "switched", "current": R2}},
+    }
+
+    result = report(rollout, ["h1", "h2"], action="rollback")
+
+    assert result["failed"] is True
+    assert result["msg"].startswith("rollback: rollout finished with problems\n")
+    assert result["problems"] == [f"h2 web: runs {R2}, expected {R1} like every other host"]
+
+
+def test_report_of_a_failed_restore_fails():
+    rollout = {"h1": {"web": {"outcome": "switched", "current": R1}}}
+    restored = {"h1": [restore("web", failed=True, msg="unreachable")]}
+
+    result = report(rollout, ["h1"], restored=restored)
+
+    assert result["failed"] is True
+    assert result["problems"] == ["h1 web: RESTORE FAILED: unreachable"]
+
+
+def test_report_needs_the_hosts():
+    with pytest.raises(AnsibleActionFail):
+        action(rollout_report, {"rollout": {}}).run(task_vars={})

@@ -641,8 +641,11 @@ def _story(fleet: Fleet) -> None:
         if fleet.half_finished_after is not None:
             machine.make_half_finished(fleet.half_finished_after)
         machine.rollback_kill_points(fleet.share(count, index))
-        # The next deploy cleans a half-finished release away.
-        machine.roll_forward()
+        # The next deploy cleans a half-finished release away: unless a roll-forward
+        # between the rollbacks already did (and checked it), deploy once more.
+        machine.final = machine.state()
+        if machine.half_finished in machine.final.releases:
+            machine.roll_forward()
 
     fleet.in_parallel("rollback kills", rollbacks)
 

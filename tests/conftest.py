@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ansible.module_utils
 import ansible.module_utils._internal
+import ansible.module_utils.common.warnings
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +61,12 @@ def _module_side(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
     Importing any controller plugin (a callback, an action) makes Ansible treat the whole
     process as the controller, and a module's warn() then goes to the display instead of
-    its result: a module test would pass or fail depending on which test files were
-    collected with it.
+    its result; and a module's warnings are kept process-wide until exit, so one test's
+    warning would show up in the next test's result. Either way a module test would pass
+    or fail depending on which tests ran before it.
     """
+    warnings = ansible.module_utils.common.warnings
+    monkeypatch.setattr(warnings, "_global_warnings", {})
+    monkeypatch.setattr(warnings, "_global_deprecations", {})
     if request.node.get_closest_marker("controller") is None:
         monkeypatch.setattr(ansible.module_utils._internal, "is_controller", False)

@@ -76,3 +76,35 @@ def test_documented_options_are_the_argument_spec(path, monkeypatch):
             assert documented[name].get("default") == option["default"], name
         if "choices" in option:
             assert sorted(documented[name]["choices"]) == sorted(option["choices"]), name
+
+
+def _dict_options(spec: dict, documented: dict, where: str = ""):
+    """(path, spec suboptions, documented suboptions) of every dict option, nested too."""
+    for name, option in spec.items():
+        if option.get("options"):
+            sub = documented.get(name, {}).get("suboptions") or {}
+            yield f"{where}{name}", option["options"], sub
+            yield from _dict_options(option["options"], sub, f"{where}{name}.")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_documented_suboptions_are_the_argument_spec(path, monkeypatch):
+    documented = yaml.safe_load(_docs(path)["DOCUMENTATION"]).get("options", {})
+    spec = _argument_spec(path, monkeypatch)
+    for where, options, suboptions in _dict_options(spec, documented):
+        assert sorted(suboptions) == sorted(options), where
+        for name, option in options.items():
+            doc = suboptions[name]
+            assert doc.get("description"), f"{where}.{name} has no description"
+            assert doc.get("type") == option.get("type", "str"), f"{where}.{name}"
+            assert bool(doc.get("required")) == bool(option.get("required")), f"{where}.{name}"
+
+
+@pytest.mark.parametrize("stem", ["release_prepare", "release_switch"])
+def test_lock_owner_is_documented_with_its_suboptions(stem, monkeypatch):
+    path = LIBRARY / f"{stem}.py"
+    documented = yaml.safe_load(_docs(path)["DOCUMENTATION"])["options"]["lock_owner"]
+    assert documented["type"] == "dict"
+    assert set(documented["suboptions"]) == {"run_id", "by", "playbook", "release", "action"}
+    assert documented["suboptions"]["run_id"]["required"] is True
+    assert _argument_spec(path, monkeypatch)["lock_owner"]["options"]

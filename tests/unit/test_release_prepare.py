@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import release_prepare
+import yaml
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
@@ -200,6 +201,26 @@ def test_env_content_is_never_in_the_result(host, tmp_path, capsys, diff, check_
         assert "diff" not in result
     assert (result["current"], result["staged"], result["noop"]) == (None, False, False)
     assert result["lock"]["outcome"] == "acquired"
+
+
+ANSIBLE_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecations"}
+
+
+@pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize("owner", [None, OWNER], ids=["no-lock", "lock"])
+def test_every_key_returned_is_documented(host, tmp_path, capsys, diff, check_mode, owner):
+    documented = yaml.safe_load(release_prepare.RETURN)
+    extra = {"lock_owner": owner} if owner else {}
+
+    code, result, _out = run_main(args(tmp_path, **extra), capsys, check_mode=check_mode, diff=diff)
+
+    assert code == 0
+    # `diff` is the standard key Ansible shows in --diff mode (RETURN does not list it).
+    assert set(result) - ANSIBLE_KEYS - {"diff"} <= set(documented)
+    assert {"release", "env_changed"} <= set(result)
+    assert result["release"] == B
+    assert isinstance(result["env_changed"], bool)
 
 
 def test_a_failure_fails_with_the_details(host, tmp_path, capsys):

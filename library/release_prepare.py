@@ -61,6 +61,23 @@ options:
   lock_owner:
     description: Owner recorded in the deploy lock; no lock is taken without it.
     type: dict
+    suboptions:
+      run_id:
+        description: Id of the run (C(<controller>:<pid>:<start>)).
+        type: str
+        required: true
+      by:
+        description: Who runs it.
+        type: str
+      playbook:
+        description: Name of the play.
+        type: str
+      release:
+        description: Release the run deploys.
+        type: str
+      action:
+        description: deploy, rollback or restore.
+        type: str
   lock_wait:
     description: Seconds to wait for a busy lock.
     type: float
@@ -121,6 +138,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+release:
+  description: The release this run deploys.
+  type: str
+  returned: success
+env_changed:
+  description: Whether the environment file changed (its content is never shown).
+  type: bool
+  returned: success
 current:
   description: Release C(current) points at; null if none.
   type: str
@@ -138,6 +163,11 @@ changes:
   type: list
   elements: str
   returned: success
+diff:
+  description: Before and after of the unit and the nginx site (never the env file), in diff mode.
+  type: list
+  elements: dict
+  returned: in diff mode, when they change
 lock:
   description: Outcome of taking the lock (outcome, holder, took_over, waited).
   type: dict

@@ -55,6 +55,23 @@ options:
         it) before anything else and given back when the call ends, even on failure.
       - No lock is taken without it.
     type: dict
+    suboptions:
+      run_id:
+        description: Id of the run (C(<controller>:<pid>:<start>)).
+        type: str
+        required: true
+      by:
+        description: Who runs it.
+        type: str
+      playbook:
+        description: Name of the play.
+        type: str
+      release:
+        description: Release the run deploys.
+        type: str
+      action:
+        description: deploy, rollback or restore.
+        type: str
   lock_wait:
     description: Seconds to wait for a busy lock.
     type: float
@@ -134,6 +151,24 @@ release:
   description: The release switched to.
   type: str
   returned: always
+current:
+  description: The release C(current) points at after the call.
+  type: str
+  returned: success
+steps:
+  description: What the switch did, in order.
+  type: list
+  elements: str
+  returned: success
+undone:
+  description: What was undone after a failed gate.
+  type: list
+  elements: str
+  returned: when a gate failed
+diff:
+  description: The flip of C(current), in diff mode.
+  type: dict
+  returned: in diff mode
 previous:
   description: The release that was current before.
   type: str
@@ -176,6 +211,18 @@ elapsed:
   description: Seconds the module took.
   type: float
   returned: always
+field:
+  description: The parameter that was refused.
+  type: str
+  returned: when a parameter was refused
+value:
+  description: The value that was refused.
+  type: str
+  returned: when a parameter was refused
+expected:
+  description: What the refused parameter should have been.
+  type: str
+  returned: when a parameter was refused
 retryable:
   description: Whether running the same task again is safe and may succeed.
   type: bool

@@ -76,8 +76,10 @@ class PrepareSpec:
         return f"{self.service}@{release}.service"
 
 
-def active_instances(run: Runner, service: str) -> list[str]:
-    """Release ids of the service's instances that systemd has active or starting."""
+def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
+    """(active, retiring): release ids of the service's instances that systemd has
+    active or starting, and of those with a retire timer still pending; one call."""
+    timer_prefix = f"flipback-retire-{service}-"
     proc = run(
         [
             "systemctl",
@@ -86,15 +88,23 @@ def active_instances(run: Runner, service: str) -> list[str]:
             "--no-legend",
             "--state=active,activating,reloading",
             f"{service}@*.service",
+            f"{timer_prefix}*.timer",
         ]
     )
     prefix = f"{service}@"
-    found = []
+    active, retiring = [], []
     for line in proc.stdout.splitlines():
         name = line.split(" ", 1)[0]
         if name.startswith(prefix) and name.endswith(".service"):
-            found.append(name[len(prefix) : -len(".service")])
-    return sorted(found)
+            active.append(name[len(prefix) : -len(".service")])
+        elif name.startswith(timer_prefix) and name.endswith(".timer"):
+            retiring.append(name[len(timer_prefix) : -len(".timer")])
+    return sorted(active), sorted(retiring)
+
+
+def active_instances(run: Runner, service: str) -> list[str]:
+    """Release ids of the service's instances that systemd has active or starting."""
+    return list_instances(run, service)[0]
 
 
 class Prepare:
@@ -293,8 +303,8 @@ class Prepare:
         allowed = {spec.release}
         if spec.standby:
             allowed.update(state.previous_good()[:1])
-        active = active_instances(self.run, spec.service)
-        if spec.release not in active or set(active) - allowed:
+        active, retiring = list_instances(self.run, spec.service)
+        if spec.release not in active or set(active) - allowed - set(retiring):
             return False
         if check_mode:
             return True

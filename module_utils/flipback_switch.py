@@ -37,7 +37,7 @@ from typing import Any
 
 from ansible.module_utils.flipback_common import run_command
 from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target, probe
-from ansible.module_utils.flipback_prepare import active_instances
+from ansible.module_utils.flipback_prepare import list_instances
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
@@ -193,14 +193,23 @@ class Switch:
         validate_release_id(spec.release)
         state = self.releases.scan()
         previous = state.current
-        active = active_instances(self.run, spec.service)
+        active, retiring = list_instances(self.run, spec.service)
         keep = self._keep_after(state, previous)
         return {
             "release": spec.release,
             "previous": previous,
             "start": None if spec.release in active else spec.unit(spec.release),
-            "retire": [r for r in active if r not in keep],
-            "standby": next((r for r in sorted(keep) if r != spec.release), None),
+            # An instance whose retire timer is pending is on its way out already.
+            "retire": [r for r in active if r not in keep and r not in retiring],
+            # Only an instance that runs is a standby; none is started to become one.
+            "standby": next(
+                (
+                    r
+                    for r in sorted(keep)
+                    if r != spec.release and r in active and r not in retiring
+                ),
+                None,
+            ),
         }
 
     def _keep_after(self, state, previous: str | None) -> set[str]:
@@ -307,7 +316,7 @@ class Switch:
             "--quiet",
             "--collect",
             f"--unit={timer}",
-            f"--on-active={spec.drain_seconds:g}s",
+            f"--on-active={max(1, round(spec.drain_seconds * 1000))}ms",
             "--timer-property=AccuracySec=50ms",
             "systemctl",
             "stop",
@@ -316,9 +325,10 @@ class Switch:
         if self.run(argv).returncode != 0:
             # A timer of the same name from an earlier retire: replace it.
             self._systemctl("stop", "--quiet", f"{timer}.timer", f"{timer}.service", check=False)
-            proc = self.run(argv)
-            if proc.returncode != 0:
+            if self.run(argv).returncode != 0:
                 self._systemctl("stop", "--no-block", unit)
+                self.steps.append(f"stopping {unit} now (no retire timer could be made)")
+                return
         self.steps.append(f"stopping {unit} after {spec.drain_seconds:g} s")
 
     def _already_current(
@@ -379,9 +389,11 @@ class Switch:
                 undone.append("current removed (no earlier release)")
         unit = spec.unit(spec.release)
         journal = self._journal(unit)
-        if not was_running:
-            self._systemctl("stop", unit, check=False)
-            undone.append(f"stopped {unit}")
+        # Stopped even if it was already running (warmed up by staging, or the standby):
+        # an instance that failed a gate must not linger as anyone's standby.
+        self._systemctl("disable", "--quiet", unit, check=False)
+        self._systemctl("stop", unit, check=False)
+        undone.append(f"stopped {unit}" + (" (it was already running)" if was_running else ""))
         self.releases.record(
             spec.release,
             "failed",

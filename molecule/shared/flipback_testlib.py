@@ -84,6 +84,24 @@ def run_playbook(host, name: str, *extra: str) -> subprocess.CompletedProcess[st
     )
 
 
+def run_fleet_playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run one of flipback's playbooks on every machine of the scenario at once."""
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            str(PROJECT / "playbooks" / name),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **_PLAYBOOK_ENV},
+        timeout=900,
+    )
+
+
 def start_playbook(host, name: str, *extra: str) -> subprocess.Popen[str]:
     """Like run_playbook, but in the background; `.communicate()` collects it."""
     return subprocess.Popen(

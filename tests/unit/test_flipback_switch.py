@@ -554,11 +554,6 @@ def test_rollback_reports_a_standby_only_when_its_instance_runs(tree, check_mode
     assert (UNIT_A in host.active) is (standby is not None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a standby whose retire timer is pending is reported as the standby (and its "
-    "timer left to stop it): rollback C->B with A running but retiring returns standby=A",
-)
 def test_a_retiring_instance_is_not_reported_as_the_standby(tree):
     a_b_good_c_current(tree)
     # The deploy of C retired A, whose drain has not run out yet.

@@ -1,4 +1,4 @@
-"""After v1 then v2 (and v2 again): v2 is live and v1 is stopped, with the designed layout."""
+"""After v1 then v2 (and v2 again): v2 is live, v1 is its warm standby, with the designed layout."""
 
 from __future__ import annotations
 
@@ -25,15 +25,21 @@ def test_v2_replaced_v1(host):
     assert v2["status"] == v1["status"] == "staged"
 
 
-def test_v2_instance_active_and_v1_stopped(host):
+def test_v2_instance_active_and_v1_the_standby(host):
     v2 = lib.current_id(host)
     v1 = lib.manifest(host, v2)["replaces"]
     new = host.service(f"hello@{v2}")
     assert new.is_running, lib.journal(host, f"hello@{v2}")
     assert new.is_enabled
+    # The release rolled away from keeps running, off the public port and not started
+    # at boot, so a rollback to it starts nothing.
     old = host.service(f"hello@{v1}")
-    assert not old.is_running
+    assert old.is_running, lib.journal(host, f"hello@{v1}")
     assert not old.is_enabled
+    active = host.run("systemctl list-units --plain --no-legend --state=active 'hello@*'").stdout
+    assert sorted(line.split()[0] for line in active.splitlines()) == sorted(
+        [f"hello@{v1}.service", f"hello@{v2}.service"]
+    )
 
 
 def test_public_port_answers_with_v2(host):
@@ -102,13 +108,24 @@ def test_service_runs_as_its_user_with_no_new_privileges(host):
 
 
 @pytest.mark.parametrize(
-    ("playbook", "extra"),
+    ("playbook", "extra", "says"),
     [
-        pytest.param("deploy.yml", ("-e", "ref=v1"), id="deploy-v1"),
-        pytest.param("rollback.yml", (), id="rollback"),
+        # v2 goes on as the standby of v1: nothing starts (v1 runs) and nothing stops.
+        pytest.param(
+            "deploy.yml",
+            ("-e", "ref=v1"),
+            "would start nothing; would stop nothing",
+            id="deploy-v1",
+        ),
+        pytest.param(
+            "rollback.yml",
+            (),
+            "would start nothing (standby); would stop hello@{v2}.service",
+            id="rollback",
+        ),
     ],
 )
-def test_dry_run_shows_the_flip_and_changes_nothing(host, playbook, extra):
+def test_dry_run_shows_the_flip_and_changes_nothing(host, playbook, extra, says):
     v2 = lib.current_id(host)
     v1 = lib.manifest(host, v2)["replaces"]
     before = lib.snapshot(host)
@@ -117,13 +134,13 @@ def test_dry_run_shows_the_flip_and_changes_nothing(host, playbook, extra):
     assert run.returncode == 0, out[-3000:]
     assert f"-current -> releases/{v2}" in out, out[-3000:]
     assert f"+current -> releases/{v1}" in out
-    assert f"would start hello@{v1}.service; would stop hello@{v2}.service" in out
+    assert says.format(v2=v2) in out, out[-3000:]
     assert lib.snapshot(host) == before
     assert lib.public_health(host)["release"] == v2
 
 
-def _both(host, *extra: str) -> list[tuple[int, str]]:
-    runs = [lib.start_playbook(host, "deploy.yml", "-e", "ref=v2", *extra) for _ in range(2)]
+def _both(host, ref: str, *extra: str) -> list[tuple[int, str]]:
+    runs = [lib.start_playbook(host, "deploy.yml", "-e", f"ref={ref}", *extra) for _ in range(2)]
     results = []
     for run in runs:
         out, err = run.communicate(timeout=600)
@@ -132,25 +149,28 @@ def _both(host, *extra: str) -> list[tuple[int, str]]:
 
 
 def test_two_deploys_at_once_one_fails_naming_the_holder(host):
-    release = lib.current_id(host)
-    results = sorted(_both(host))
+    # A deploy that switches (v2 -> v1) holds the lock from staging to the switch.
+    v2 = lib.current_id(host)
+    v1 = lib.manifest(host, v2)["replaces"]
+    results = sorted(_both(host, "v1"))
     (ok_rc, _), (busy_rc, busy) = results
     assert ok_rc == 0, results
     assert busy_rc != 0, results
     assert "hello is locked by" in busy
-    for field in ("playbook Deploy services", f"release {release}", "action deploy", "since"):
+    for field in ("playbook Deploy - stage", f"release {v1}", "action deploy", "since"):
         assert field in busy, busy[-2000:]
-    assert '"retryable": true' in busy
-    assert lib.current_id(host) == release
-    assert lib.public_health(host)["release"] == release
+    assert "the rollout stopped" in busy, busy[-2000:]
+    assert lib.current_id(host) == v1
+    assert lib.public_health(host)["release"] == v1
     assert not host.file("/run/lock/flipback/hello/.lock").exists
 
 
 def test_two_deploys_at_once_with_lock_wait_both_succeed(host):
-    release = lib.current_id(host)
-    results = _both(host, "-e", "lock_wait=300")
+    listing = host.run("ls /srv/hello/releases").stdout.split()
+    (v2,) = [r for r in listing if lib.manifest(host, r)["git_sha"] == lib.git_sha("v2")]
+    results = _both(host, "v2", "-e", "lock_wait=300")
     assert [rc for rc, _ in results] == [0, 0], results
-    assert lib.current_id(host) == release
+    assert lib.current_id(host) == v2
     assert not host.file("/run/lock/flipback/hello/.lock").exists
 
 
@@ -167,7 +187,8 @@ def test_status_reports_what_is_live(host, tmp_path):
     assert hello["health"]["ok"] is True
     assert hello["health"]["release"] == v2
     states = {i["release"]: i["active_state"] for i in hello["instances"]}
-    assert states == {v1: "inactive", v2: "active"}
+    # v1 runs on as the warm standby.
+    assert states == {v1: "active", v2: "active"}
     assert {r["id"]: r["status"] for r in hello["releases"]} == {v1: "good", v2: "active"}
     assert hello["lock"] is None
     assert lib.snapshot(host) == before
@@ -175,7 +196,7 @@ def test_status_reports_what_is_live(host, tmp_path):
 
 def test_history_lists_the_deploys(host):
     v2 = lib.current_id(host)
-    run = lib.run_playbook(host, "history.yml", "-e", "service=hello", "-e", "last=2")
+    run = lib.run_playbook(host, "history.yml", "-e", "service=hello", "-e", "last=20")
     assert run.returncode == 0, lib.output(run)[-3000:]
     lines = [line for line in run.stdout.splitlines() if v2 in line]
     assert any(" staged " in line for line in lines), run.stdout[-2000:]

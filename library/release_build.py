@@ -76,6 +76,20 @@ artifact:
   description: Path of the artifact on the controller.
   type: str
   returned: success
+code_artifact:
+  description: Path of the same release without its wheels (for hosts that reuse a venv).
+  type: str
+  returned: success
+code_checksum:
+  description: sha256 of the code-only artifact.
+  type: str
+  returned: success
+code_b64:
+  description:
+    - The code-only artifact, base64 (up to 2 MiB; null if bigger). Returned by the
+      controller action only.
+  type: str
+  returned: success
 checksum:
   description: sha256 of the artifact.
   type: str

@@ -118,6 +118,10 @@ options:
     description: Whether the previous good release's instance may keep running.
     type: bool
     default: true
+  deps_key:
+    description: Key of the release's wheels (from release_build), to find a venv to reuse.
+    type: str
+    default: ""
 author: flipback
 """
 
@@ -152,6 +156,16 @@ current:
   returned: success
 staged:
   description: Whether the release is already staged on the host.
+  type: bool
+  returned: success
+venv_donor:
+  description: A staged release whose venv has the same wheels (the release can be staged
+    from the code-only artifact, without an upload); null if none or already staged.
+  type: str
+  returned: success
+warmed:
+  description: Whether the call started the instance of an already staged release
+    (not waiting for it), so the switch finds it warm.
   type: bool
   returned: success
 noop:
@@ -228,6 +242,7 @@ def spec_from(params: dict) -> PrepareSpec:
         expect_json=params["expect_json"],
         public_successes=params["public_successes"],
         standby=params["standby"],
+        deps_key=params["deps_key"],
     )
 
 
@@ -254,6 +269,7 @@ def main() -> None:
             "expect_json": {"type": "dict", "default": {}},
             "public_successes": {"type": "int", "default": 3},
             "standby": {"type": "bool", "default": True},
+            "deps_key": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )

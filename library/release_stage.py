@@ -54,6 +54,11 @@ options:
         (scripts rewritten for the new path) instead of built again.
     type: str
     default: ""
+  artifact_b64:
+    description:
+      - The artifact itself, base64 - a code-only artifact for a host that reuses a
+        venv with the same wheels, so no upload is needed. Written to O(artifact) first.
+    type: str
   start:
     description:
       - Once staged, start the release's instance without waiting for it (it listens
@@ -109,11 +114,29 @@ retryable:
   returned: failure
 """
 
+import base64
+import binascii
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_stage import Stager, StageSpec
+
+
+def write_inline(path: str, data_b64: str) -> None:
+    """The artifact sent inline, written where an upload would have put it (root, 0600)."""
+    try:
+        data = base64.b64decode(data_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ReleaseError(
+            f"artifact_b64: not valid base64 ({exc}); expected the artifact's bytes",
+            field="artifact_b64",
+        ) from exc
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def main() -> None:
@@ -130,6 +153,7 @@ def main() -> None:
             "by": {"type": "str", "default": "unknown"},
             "deps_key": {"type": "str", "default": ""},
             "start": {"type": "bool", "default": False},
+            "artifact_b64": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -150,6 +174,8 @@ def main() -> None:
     )
     try:
         stager = Stager(spec)
+        if params["artifact_b64"] and not module.check_mode and not stager.staged():
+            write_inline(spec.artifact, params["artifact_b64"])
         result = stager.stage(module.check_mode)
         result["warmed"] = False
         if params["start"] and result["changed"] and not module.check_mode:

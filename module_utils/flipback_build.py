@@ -284,7 +284,10 @@ class Builder:
         artifacts = os.path.join(spec.cache_dir, "artifacts")
         os.makedirs(artifacts, exist_ok=True)
         artifact = os.path.join(artifacts, f"{spec.service}-{rid}.tar")
-        changed = not os.path.exists(artifact)
+        # The same release without its wheels, for hosts that already have a venv with
+        # exactly these wheels: small enough to travel inside the staging call.
+        code_artifact = os.path.join(artifacts, f"{spec.service}-{rid}.code.tar")
+        changed = not (os.path.exists(artifact) and os.path.exists(code_artifact))
         meta = {
             "service": spec.service,
             "id": rid,
@@ -305,6 +308,7 @@ class Builder:
                     retryable=True,
                 )
             write_artifact(artifact, archive.stdout, wheels, commit_time, meta)
+            write_artifact(code_artifact, archive.stdout, [], commit_time, meta)
         return {
             "changed": changed,
             "id": rid,
@@ -314,6 +318,8 @@ class Builder:
             "commit_time": commit_time,
             "artifact": artifact,
             "checksum": sha256_file(artifact),
+            "code_artifact": code_artifact,
+            "code_checksum": sha256_file(code_artifact),
             "dependencies": deps,
             "deps_key": deps_key,
             "wheels": [os.path.basename(w) for w in wheels],

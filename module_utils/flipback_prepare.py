@@ -35,6 +35,7 @@ from ansible.module_utils.flipback_release import (
     validate_release_id,
     validate_service,
 )
+from ansible.module_utils.flipback_stage import find_donor
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 Prober = Callable[[Target, Expect, Policy], dict]
@@ -71,6 +72,8 @@ class PrepareSpec:
     public_successes: int = 3
     noop_timeout: float = 5.0
     standby: bool = True
+    # Key of the release's wheels: a staged release with the same key lends its venv.
+    deps_key: str = ""
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
@@ -161,6 +164,7 @@ class Prepare:
             changes=self.changes,
             current=state.current,
             staged=staged,
+            venv_donor=None if staged else find_donor(spec.root, spec.release, spec.deps_key),
             env_changed=env_changed,
             diff=self.diffs,
             warnings=self.warnings,
@@ -171,6 +175,14 @@ class Prepare:
             and self._live_and_alone(state, check_mode)
         )
         result["noop"] = noop
+        result["warmed"] = False
+        if staged and not noop and state.current != spec.release and not check_mode:
+            # Staged before (a roll forward): start it now, on every host at once, so the
+            # switch finds it warm. Only a head start; the switch gates it either way.
+            active, _retiring = list_instances(self.run, spec.service)
+            if spec.release not in active:
+                proc = self.run(["systemctl", "start", "--no-block", spec.unit(spec.release)])
+                result["warmed"] = proc.returncode == 0
         if noop and spec.lock is not None and not check_mode:
             # Nothing to switch on this host: the lock goes back in this same call.
             self.lock.release(spec.lock["owner"])

@@ -216,28 +216,7 @@ class Stager:
             self.meta = json.load(meta_file)
 
     def _donor(self) -> str | None:
-        """A complete release on this host whose virtualenv has exactly these wheels."""
-        key = self.spec.deps_key
-        if not key:
-            return None
-        current = current_release(self.spec.root)
-        releases = os.path.join(self.spec.root, "releases")
-        candidates = sorted(os.listdir(releases), key=lambda name: name != current)
-        for name in candidates:
-            if name == self.spec.release:
-                continue
-            try:
-                manifest = read_manifest(self.spec.root, name)
-            except ReleaseError:
-                continue
-            if (
-                manifest
-                and manifest.get("status") == "staged"
-                and manifest.get("deps_key") == key
-                and os.path.isfile(os.path.join(releases, name, "venv", "pyvenv.cfg"))
-            ):
-                return name
-        return None
+        return find_donor(self.spec.root, self.spec.release, self.spec.deps_key)
 
     def _virtualenv(self) -> None:
         venv = os.path.join(self.path, "venv")
@@ -248,6 +227,13 @@ class Stager:
             self._compile(self.path, exclude_venv=True)
             return
         self.venv_from = None
+        if self.meta.get("dependencies") and not os.path.isdir(os.path.join(self.path, WHEELS_DIR)):
+            raise ReleaseError(
+                f"{self.spec.release}: the artifact carries no wheels and no staged release on "
+                "this host has a virtualenv with them; expected the full artifact. A re-run "
+                "uploads it",
+                retryable=True,
+            )
         self._check(self.run([self.spec.python, "-m", "venv", venv]), "create the virtualenv")
         deps = self.meta.get("dependencies", [])
         if deps:
@@ -287,6 +273,9 @@ class Stager:
         # The code and its virtualenv belong to root: the service user can read and
         # run them, never change them.
         for dirpath, dirnames, filenames in os.walk(self.path):
+            if self.venv_from is not None and dirpath == self.path and "venv" in dirnames:
+                # A borrowed venv is the donor's files, already root's.
+                dirnames.remove("venv")
             for name in dirnames + filenames:
                 os.lchown(os.path.join(dirpath, name), 0, 0)
             os.chmod(dirpath, 0o755)
@@ -300,6 +289,33 @@ class Stager:
                 "'staging' and is never used",
                 retryable=False,
             )
+
+
+def find_donor(root: str, release: str, deps_key: str) -> str | None:
+    """A complete release on this host whose virtualenv has exactly these wheels."""
+    if not deps_key:
+        return None
+    current = current_release(root)
+    releases = os.path.join(root, "releases")
+    try:
+        names = os.listdir(releases)
+    except FileNotFoundError:
+        return None
+    for name in sorted(names, key=lambda name: name != current):
+        if name == release:
+            continue
+        try:
+            manifest = read_manifest(root, name)
+        except ReleaseError:
+            continue
+        if (
+            manifest
+            and manifest.get("status") == "staged"
+            and manifest.get("deps_key") == deps_key
+            and os.path.isfile(os.path.join(releases, name, "venv", "pyvenv.cfg"))
+        ):
+            return name
+    return None
 
 
 def link_venv(source: str, dest: str) -> None:

@@ -7,6 +7,8 @@ Builder (module_utils/flipback_build.py) inside the controller's worker.
 
 from __future__ import annotations
 
+import base64
+import os
 import sys
 import time
 
@@ -24,6 +26,18 @@ from ansible.module_utils.flipback_build import (
     BuildError,
     BuildSpec,
 )
+
+# Code-only artifacts up to this size are returned inline, for hosts that stage them
+# without an upload (they reuse a venv with the same wheels).
+INLINE_LIMIT = 2 * 1024 * 1024
+
+
+def inline_code(path: str, limit: int = INLINE_LIMIT) -> str | None:
+    """The code-only artifact as base64, or None when it is too big to travel inline."""
+    if os.path.getsize(path) > limit:
+        return None
+    with open(path, "rb") as handle:
+        return base64.b64encode(handle.read()).decode("ascii")
 
 
 class ActionModule(ActionBase):
@@ -45,6 +59,7 @@ class ActionModule(ActionBase):
         )
         try:
             result.update(Builder(spec).build())
+            result["code_b64"] = inline_code(result["code_artifact"])
         except BuildError as exc:
             result.update(failed=True, msg=exc.msg, retryable=exc.retryable, **exc.details)
         result["elapsed"] = round(time.monotonic() - started, 3)

@@ -8,6 +8,7 @@ talks to a host.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -158,10 +159,17 @@ def test_service_config_rejects_unknown_arguments():
 # =========================================================================== release_build
 
 
+CODE_TAR = b"a code-only artifact\n" * 3
+
+
 class Builds:
-    def __init__(self, error: Exception | None = None) -> None:
+    """Stands in for Builder; its code-only artifact is a real file, as the action reads it."""
+
+    def __init__(self, tmp_path: Path, error: Exception | None = None, size: int = 0) -> None:
         self.specs: list = []
         self.error = error
+        self.code_artifact = tmp_path / f"web-{R1}.code.tar"
+        self.code_artifact.write_bytes(CODE_TAR if not size else b"x" * size)
 
     def __call__(self, spec):
         self.specs.append(spec)
@@ -170,11 +178,16 @@ class Builds:
     def build(self) -> dict:
         if self.error is not None:
             raise self.error
-        return {"changed": True, "release": R1, "deps_key": "0123456789abcdef"}
+        return {
+            "changed": True,
+            "release": R1,
+            "deps_key": "0123456789abcdef",
+            "code_artifact": str(self.code_artifact),
+        }
 
 
-def test_release_build_runs_the_builder_in_process(monkeypatch):
-    builds = Builds()
+def test_release_build_runs_the_builder_in_process(monkeypatch, tmp_path):
+    builds = Builds(tmp_path)
     monkeypatch.setattr(release_build, "Builder", builds)
 
     result = action(
@@ -198,8 +211,8 @@ def test_release_build_runs_the_builder_in_process(monkeypatch):
     assert spec.pip == [sys.executable, "-m", "pip"]
 
 
-def test_release_build_passes_pip_and_ref(monkeypatch):
-    builds = Builds()
+def test_release_build_passes_pip_and_ref(monkeypatch, tmp_path):
+    builds = Builds(tmp_path)
     monkeypatch.setattr(release_build, "Builder", builds)
     action(
         release_build,
@@ -209,9 +222,9 @@ def test_release_build_passes_pip_and_ref(monkeypatch):
     assert (spec.ref, spec.pip, spec.cache_dir) == ("v2", ["/opt/pip"], "/c")
 
 
-def test_release_build_failure_carries_the_details(monkeypatch):
+def test_release_build_failure_carries_the_details(monkeypatch, tmp_path):
     error = release_build.BuildError("ref v9 not found", retryable=False, field="ref")
-    monkeypatch.setattr(release_build, "Builder", Builds(error))
+    monkeypatch.setattr(release_build, "Builder", Builds(tmp_path, error))
 
     result = action(release_build, {"service": "web", "source": "s", "ref": "v9"}).run(task_vars={})
 
@@ -222,6 +235,59 @@ def test_release_build_failure_carries_the_details(monkeypatch):
         "ref",
     )
     assert isinstance(result["elapsed"], float)
+    assert "code_b64" not in result
+
+
+def test_release_build_returns_the_code_only_artifact_inline(monkeypatch, tmp_path):
+    monkeypatch.setattr(release_build, "Builder", Builds(tmp_path))
+
+    result = action(release_build, {"service": "web", "source": "s"}).run(task_vars={})
+
+    assert "failed" not in result
+    assert base64.b64decode(result["code_b64"], validate=True) == CODE_TAR
+
+
+def test_release_build_leaves_a_big_code_only_artifact_out(monkeypatch, tmp_path):
+    size = release_build.INLINE_LIMIT + 1
+    monkeypatch.setattr(release_build, "Builder", Builds(tmp_path, size=size))
+
+    result = action(release_build, {"service": "web", "source": "s"}).run(task_vars={})
+
+    assert "failed" not in result
+    assert result["code_b64"] is None
+    assert result["code_artifact"] == str(tmp_path / f"web-{R1}.code.tar")
+
+
+@pytest.mark.parametrize(
+    ("size", "limit", "inline"),
+    [
+        pytest.param(0, 10, True, id="empty"),
+        pytest.param(9, 10, True, id="below"),
+        pytest.param(10, 10, True, id="at-the-limit"),
+        pytest.param(11, 10, False, id="above"),
+    ],
+)
+def test_inline_code_up_to_the_limit(tmp_path, size, limit, inline):
+    path = tmp_path / "code.tar"
+    data = bytes(range(256))[:size]
+    path.write_bytes(data)
+
+    encoded = release_build.inline_code(str(path), limit=limit)
+
+    if inline:
+        assert encoded is not None
+        assert base64.b64decode(encoded, validate=True) == data
+    else:
+        assert encoded is None
+
+
+def test_inline_code_default_limit_is_two_mib(tmp_path):
+    assert release_build.INLINE_LIMIT == 2 * 1024 * 1024
+    path = tmp_path / "code.tar"
+    path.write_bytes(b"\0" * release_build.INLINE_LIMIT)
+    assert release_build.inline_code(str(path)) is not None
+    path.write_bytes(b"\0" * (release_build.INLINE_LIMIT + 1))
+    assert release_build.inline_code(str(path)) is None
 
 
 def test_release_build_needs_a_source():

@@ -509,12 +509,39 @@ def test_first_build_writes_the_artifact(services, pip, tmp_path):
     assert pip_calls(pip)[0].startswith("download ")
 
 
+def test_every_build_also_writes_the_code_only_artifact(services, pip, tmp_path):
+    result = make_builder(services, pip, tmp_path).build()
+
+    code = result["code_artifact"]
+    assert code == str(tmp_path / "cache" / "artifacts" / f"hello-{result['id']}.code.tar")
+    assert result["code_checksum"] == hashlib.sha256(Path(code).read_bytes()).hexdigest()
+    assert result["code_checksum"] != result["checksum"]
+    # The full artifact minus its wheels: same source, same metadata.
+    full = members(result["artifact"])
+    assert sorted(members(code)) == sorted(n for n in full if not n.startswith("wheels/"))
+    for name in ("src/app.py", "src/pyproject.toml", "flipback.json"):
+        assert read_member(code, name) == read_member(result["artifact"], name), name
+
+
+@pytest.mark.parametrize("missing", ["artifact", "code_artifact"])
+def test_a_missing_artifact_builds_both_again_identically(services, pip, tmp_path, missing):
+    first = make_builder(services, pip, tmp_path).build()
+    Path(first[missing]).unlink()
+
+    again = make_builder(services, pip, tmp_path).build()
+
+    assert again["changed"] is True
+    for key in ("id", "artifact", "checksum", "code_artifact", "code_checksum"):
+        assert again[key] == first[key], key
+    assert Path(again["artifact"]).is_file() and Path(again["code_artifact"]).is_file()
+
+
 def test_same_ref_again_is_unchanged_and_uses_the_wheelhouse(services, pip, tmp_path):
     first = make_builder(services, pip, tmp_path).build()
     before = Path(first["artifact"]).stat().st_mtime_ns
     second = make_builder(services, pip, tmp_path).build()
     assert second["changed"] is False
-    for key in ("id", "checksum", "artifact", "git_sha", "wheels"):
+    for key in ("id", "checksum", "artifact", "code_checksum", "git_sha", "wheels"):
         assert second[key] == first[key], key
     assert Path(first["artifact"]).stat().st_mtime_ns == before
     assert len(pip_calls(pip)) == 1

@@ -55,6 +55,7 @@ class Host:
         self.nginx_test = (0, "")
         self.fail: dict[str, str] = {}
         self.probe_error: HealthError | None = None
+        self.start_rc = 0
         self.calls: list[list[str]] = []
         self.probes: list[tuple[Target, Expect, Policy]] = []
 
@@ -75,6 +76,8 @@ class Host:
             return subprocess.CompletedProcess(argv, 0, "".join(lines), "")
         if argv[:2] == ["systemctl", "is-enabled"]:
             return subprocess.CompletedProcess(argv, 0 if argv[-1] in self.enabled else 1, "", "")
+        if argv[:2] == ["systemctl", "start"]:
+            return subprocess.CompletedProcess(argv, self.start_rc, "", "")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     def prober(self, target: Target, expect: Expect, policy: Policy) -> dict:
@@ -126,10 +129,16 @@ class Paths:
         path = self.lock / ".lock"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def release(self, release_id: str, *events: str, status: str = "staged") -> None:
+    def release(
+        self, release_id: str, *events: str, status: str = "staged", deps_key: str = ""
+    ) -> None:
         path = self.root / "releases" / release_id
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"id": release_id, "service": SERVICE, "status": status}
+        if deps_key:
+            manifest["deps_key"] = deps_key
+            (path / "venv").mkdir(exist_ok=True)
+            (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
         (path / "manifest.json").write_text(json.dumps(manifest))
         for event in events:
             append_history(str(self.root), history_event(release_id, event, by="alice"))
@@ -497,6 +506,97 @@ def test_noop_without_a_lock(paths):
     result = paths.prepare(live_host(), lock=None).prepare(check_mode=False)
     assert (result["noop"], result["lock"]) == (True, None)
     assert paths.lock_holder() is None
+
+
+# --------------------------------------------------------------------------- roll forward
+
+KEY = "0123456789abcdef"
+WARM = ["systemctl start --no-block " + unit(C)]
+
+
+def host_with(**changes: object) -> Host:
+    host = Host(active=[B], enabled=[unit(B)])
+    for name, value in changes.items():
+        setattr(host, name, value)
+    return host
+
+
+@pytest.mark.parametrize(
+    ("release", "status", "host", "check_mode", "warmed", "commands"),
+    [
+        pytest.param(C, "staged", host_with(), False, True, WARM, id="staged-cold"),
+        pytest.param(C, "staged", host_with(start_rc=5), False, False, WARM, id="start-refused"),
+        pytest.param(C, "staged", host_with(active=[B, C]), False, False, [], id="already-up"),
+        pytest.param(C, "staged", host_with(), True, False, [], id="check"),
+        pytest.param(C, "staging", host_with(), False, False, [], id="not-staged"),
+        pytest.param(B, "staged", host_with(), False, False, [], id="current-noop"),
+        pytest.param(B, "staged", host_with(active=[]), False, False, [], id="current-down"),
+    ],
+)
+def test_a_staged_release_is_started_early(
+    paths, release, status, host, check_mode, warmed, commands
+):
+    ready(paths)
+    paths.release(C, status=status)
+
+    result = paths.prepare(host, release).prepare(check_mode=check_mode)
+
+    assert result["warmed"] is warmed
+    # A start refused is only a lost head start: the switch starts it and says why.
+    assert host.commands() == commands
+    assert result["changed"] is False
+
+
+def test_a_release_that_failed_a_gate_before_is_warmed_too(paths):
+    ready(paths)
+    paths.release(C, "staged", "failed")
+    host = host_with()
+
+    result = paths.prepare(host, C).prepare(check_mode=False)
+
+    # Staged before, failed a gate since: a new attempt still gets its head start.
+    assert (result["staged"], result["noop"], result["warmed"]) == (True, False, True)
+    assert result["lock"]["outcome"] == "acquired"
+    assert paths.lock_holder()["run_id"] == OWNER["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("deps_key", "donors", "current", "donor"),
+    [
+        pytest.param(KEY, {A: KEY}, None, A, id="same-wheels"),
+        pytest.param(KEY, {A: "f" * 16}, None, None, id="other-wheels"),
+        pytest.param("", {A: KEY}, None, None, id="no-key"),
+        pytest.param(KEY, {}, None, None, id="nothing-staged"),
+        pytest.param(KEY, {A: KEY, B: KEY}, B, B, id="current-first"),
+    ],
+)
+def test_venv_donor_names_a_release_with_the_same_wheels(paths, deps_key, donors, current, donor):
+    Prepare(paths.spec(lock=None), run=Host().run).prepare(check_mode=False)
+    for release_id, key in donors.items():
+        paths.release(release_id, deps_key=key)
+    if current:
+        paths.current(current)
+
+    result = paths.prepare(Host(), C, deps_key=deps_key).prepare(check_mode=False)
+
+    assert (result["staged"], result["venv_donor"]) == (False, donor)
+
+
+def test_a_staged_release_needs_no_venv_donor(paths):
+    ready(paths)
+    paths.release(A, deps_key=KEY)
+    paths.release(C, deps_key=KEY)
+
+    result = paths.prepare(host_with(), C, deps_key=KEY).prepare(check_mode=False)
+
+    assert (result["staged"], result["venv_donor"]) == (True, None)
+
+
+def test_venv_donor_in_check_mode_on_a_fresh_host(paths):
+    result = paths.prepare(Host(), C, deps_key=KEY).prepare(check_mode=True)
+
+    assert (result["venv_donor"], result["warmed"]) == (None, False)
+    assert not paths.root.exists()
 
 
 # --------------------------------------------------------------------------- refusals

@@ -109,6 +109,7 @@ def test_spec_from_the_parameters():
         "expect_json": {"ok": True},
         "public_successes": 5,
         "standby": False,
+        "deps_key": "0123456789abcdef",
     }
 
     assert release_prepare.spec_from(params) == PrepareSpec(
@@ -134,6 +135,7 @@ def test_spec_from_the_parameters():
         expect_json={"ok": True},
         public_successes=5,
         standby=False,
+        deps_key="0123456789abcdef",
     )
 
 
@@ -152,7 +154,7 @@ def test_defaults(host, tmp_path, capsys):
     (spec,) = host.specs
     assert spec.root == f"/srv/{SERVICE}"
     assert (spec.health_path, spec.expect_status, spec.expect_json) == ("/health", (200,), {})
-    assert (spec.public_successes, spec.standby) == (3, True)
+    assert (spec.public_successes, spec.standby, spec.deps_key) == (3, True, "")
 
 
 @pytest.mark.parametrize(
@@ -218,9 +220,78 @@ def test_every_key_returned_is_documented(host, tmp_path, capsys, diff, check_mo
     assert code == 0
     # `diff` is the standard key Ansible shows in --diff mode (RETURN does not list it).
     assert set(result) - ANSIBLE_KEYS - {"diff"} <= set(documented)
-    assert {"release", "env_changed"} <= set(result)
+    assert {"release", "env_changed", "venv_donor", "warmed"} <= set(result)
     assert result["release"] == B
     assert isinstance(result["env_changed"], bool)
+    assert (result["venv_donor"], result["warmed"]) == (None, False)
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_every_key_of_a_staged_release_is_documented(host, tmp_path, capsys, check_mode):
+    # The other branch: staged, not current, so the call warms it (outside check mode).
+    documented = yaml.safe_load(release_prepare.RETURN)
+    stage(tmp_path, B, "")
+
+    code, result, _out = run_main(args(tmp_path), capsys, check_mode=check_mode)
+
+    assert code == 0
+    assert set(result) - ANSIBLE_KEYS - {"diff"} <= set(documented)
+    assert (result["staged"], result["venv_donor"]) == (True, None)
+    assert result["warmed"] is not check_mode
+
+
+# --------------------------------------------------------------------------- roll forward
+
+KEY = "0123456789abcdef"
+DONOR = "20261101T120000-aaaaaaaaaa"
+
+
+def stage(tmp_path: Path, release_id: str, key: str) -> None:
+    """A release staged on the host, with a virtualenv another release may borrow."""
+    path = tmp_path / "srv" / SERVICE / "releases" / release_id
+    (path / "venv").mkdir(parents=True)
+    (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    manifest = {"id": release_id, "service": SERVICE, "status": "staged", "deps_key": key}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("deps_key", "donor_key", "donor"),
+    [
+        pytest.param(KEY, KEY, DONOR, id="same-wheels"),
+        pytest.param(KEY, "ffffffffffffffff", None, id="other-wheels"),
+        pytest.param("", KEY, None, id="no-key"),
+    ],
+)
+def test_deps_key_finds_the_venv_donor(host, tmp_path, capsys, deps_key, donor_key, donor):
+    stage(tmp_path, DONOR, donor_key)
+
+    code, result, _out = run_main(args(tmp_path, deps_key=deps_key), capsys)
+
+    assert code == 0
+    (spec,) = host.specs
+    assert spec.deps_key == deps_key
+    assert (result["staged"], result["venv_donor"]) == (False, donor)
+    assert result["warmed"] is False
+    assert not [c for c in host.calls if c[:2] == ["systemctl", "start"]]
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_a_staged_release_is_warmed(host, tmp_path, capsys, check_mode):
+    stage(tmp_path, DONOR, KEY)
+    stage(tmp_path, B, KEY)
+
+    code, result, _out = run_main(args(tmp_path, deps_key=KEY), capsys, check_mode=check_mode)
+
+    assert code == 0
+    # Already staged: nothing to borrow, whoever has the same wheels.
+    assert (result["staged"], result["venv_donor"]) == (True, None)
+    starts = [c for c in host.calls if c[:2] == ["systemctl", "start"]]
+    if check_mode:
+        assert (result["warmed"], starts) == (False, [])
+    else:
+        assert result["warmed"] is True
+        assert starts == [["systemctl", "start", "--no-block", f"{SERVICE}@{B}.service"]]
 
 
 def test_a_failure_fails_with_the_details(host, tmp_path, capsys):

@@ -108,6 +108,10 @@ elapsed:
   description: Seconds the module took.
   type: float
   returned: always
+field:
+  description: The parameter that was refused.
+  type: str
+  returned: when a parameter was refused
 retryable:
   description: Whether running the same task again is safe and may succeed.
   type: bool
@@ -120,7 +124,11 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_release import ReleaseError
+from ansible.module_utils.flipback_release import (
+    ReleaseError,
+    validate_release_id,
+    validate_service,
+)
 from ansible.module_utils.flipback_stage import Stager, StageSpec
 
 
@@ -136,6 +144,8 @@ def write_inline(path: str, data_b64: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
+        # O_CREAT's mode only applies to a new file.
+        os.fchmod(handle.fileno(), 0o600)
         handle.write(data)
 
 
@@ -153,7 +163,8 @@ def main() -> None:
             "by": {"type": "str", "default": "unknown"},
             "deps_key": {"type": "str", "default": ""},
             "start": {"type": "bool", "default": False},
-            "artifact_b64": {"type": "str"},
+            # Not a secret, but up to 2.7 MB that would be echoed back in every result.
+            "artifact_b64": {"type": "str", "no_log": True},
         },
         supports_check_mode=True,
     )
@@ -173,6 +184,9 @@ def main() -> None:
         deps_key=params["deps_key"],
     )
     try:
+        # Names are checked before anything is written for them.
+        validate_service(spec.service)
+        validate_release_id(spec.release)
         stager = Stager(spec)
         if params["artifact_b64"] and not module.check_mode and not stager.staged():
             write_inline(spec.artifact, params["artifact_b64"])

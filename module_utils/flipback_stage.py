@@ -328,6 +328,8 @@ def link_venv(source: str, dest: str) -> None:
         rel = os.path.relpath(dirpath, source)
         target_dir = os.path.normpath(os.path.join(dest, rel))
         os.makedirs(target_dir, mode=0o755, exist_ok=True)
+        # The donor's mode, not the umask's: the service user must read its venv.
+        os.chmod(target_dir, os.stat(dirpath).st_mode & 0o7777)
         for name in dirnames + filenames:
             src = os.path.join(dirpath, name)
             dst = os.path.join(target_dir, name)

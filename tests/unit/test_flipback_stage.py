@@ -707,12 +707,6 @@ def test_a_built_venv_is_still_walked(root, artifact, tmp_path, lchown_calls):
     assert python in {p for p, _uid, _gid in lchown_calls}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a borrowed venv's directories keep the staging umask (link_venv makes "
-    "them, _finish no longer chmods them 0755): under umask 077 or 027 the service user "
-    "cannot read its own venv",
-)
 @pytest.mark.parametrize("umask", [0o077, 0o027], ids=["077", "027"])
 def test_a_borrowed_venv_is_readable_whatever_the_umask(
     root, artifact, tmp_path, lchown_calls, umask

@@ -325,9 +325,6 @@ def test_write_inline_replaces_what_was_there(tmp_path):
     assert path.read_bytes() == b"short"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: O_CREAT's 0600 only applies to a new file; an existing one keeps"
-)
 def test_write_inline_makes_an_existing_file_root_only(tmp_path):
     path = tmp_path / f"{RID}.tar"
     path.write_bytes(b"old")
@@ -427,10 +424,6 @@ def test_an_inline_artifact_with_the_wrong_checksum_is_retryable(
     assert runner.calls == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the inline artifact is written before the release id is validated",
-)
 def test_an_invalid_release_writes_no_inline_artifact(tmp_path, artifact, runner, capsys):
     inline = tmp_path / "elsewhere" / "x.tar"
     args = args_for(
@@ -459,14 +452,7 @@ PATH_INFO = {"uid", "gid", "owner", "group", "mode", "state", "size", "secontext
         pytest.param(True, False, {}, "", id="already-staged"),
         pytest.param(False, True, {}, "", id="check"),
         pytest.param(False, False, {}, "pip", id="failed"),
-        pytest.param(
-            False,
-            False,
-            {"artifact_b64": "%%%"},
-            "",
-            id="bad-inline",
-            marks=pytest.mark.xfail(strict=True, reason="RETURN does not list `field`"),
-        ),
+        pytest.param(False, False, {"artifact_b64": "%%%"}, "", id="bad-inline"),
     ],
 )
 def test_every_key_returned_is_documented(

@@ -158,10 +158,10 @@ retryable:
   sample: false
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target, probe
+from ansible.module_utils.flipback_common import respond
+from ansible.module_utils.flipback_health import Expect, Policy, Target, probe
 
 
 def main() -> None:
@@ -186,8 +186,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    started = time.monotonic()
-    try:
+
+    def work() -> dict:
         result = probe(
             Target(
                 url_path=params["url_path"],
@@ -206,11 +206,11 @@ def main() -> None:
                 successes=params["successes"],
             ),
         )
-    except HealthError as exc:
-        # A probe failure carries its own elapsed; an invalid input fails before probing.
-        details = {"elapsed": round(time.monotonic() - started, 3), **exc.details}
-        module.fail_json(msg=exc.msg, retryable=exc.retryable, **details)
-    module.exit_json(changed=False, **result)
+        return {"changed": False, **result}
+
+    # The probe times itself, so its elapsed (on success or failure) is the one reported;
+    # an invalid input fails before probing, timed by respond().
+    respond(module, work)
 
 
 if __name__ == "__main__":

@@ -110,10 +110,10 @@ retryable:
 """
 
 import sys
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_build import ARGUMENT_SPEC, Builder, BuildError, BuildSpec
+from ansible.module_utils.flipback_build import ARGUMENT_SPEC, Builder, BuildSpec
+from ansible.module_utils.flipback_common import respond
 
 
 def main() -> None:
@@ -121,7 +121,6 @@ def main() -> None:
         argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
-    started = time.monotonic()
     params = module.params
     spec = BuildSpec(
         service=params["service"],
@@ -131,16 +130,7 @@ def main() -> None:
         cache_dir=params["cache_dir"],
         pip=params["pip"] or [sys.executable, "-m", "pip"],
     )
-    try:
-        result = Builder(spec).build()
-    except BuildError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+    respond(module, lambda: Builder(spec).build())
 
 
 if __name__ == "__main__":

@@ -196,11 +196,10 @@ retryable:
   returned: failure
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_lock import ServiceLock
-from ansible.module_utils.flipback_release import ReleaseError
 
 
 def run(params: dict, check_mode: bool) -> dict:
@@ -245,19 +244,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    started = time.monotonic()
-    try:
-        result = run(module.params, module.check_mode)
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+    respond(module, lambda: run(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

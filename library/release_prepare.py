@@ -200,11 +200,10 @@ retryable:
   returned: failure
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
-from ansible.module_utils.flipback_release import ReleaseError
 
 LOCK_OWNER = {
     "run_id": {"type": "str", "required": True},
@@ -273,22 +272,15 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    started = time.monotonic()
-    try:
+
+    def work() -> dict:
         result = Prepare(spec_from(module.params)).prepare(module.check_mode)
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    diffs = result.pop("diff")
-    if module._diff and diffs:
-        result["diff"] = diffs
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+        diffs = result.pop("diff")
+        if module._diff and diffs:
+            result["diff"] = diffs
+        return result
+
+    respond(module, work)
 
 
 if __name__ == "__main__":

@@ -121,9 +121,9 @@ retryable:
 import base64
 import binascii
 import os
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     validate_release_id,
@@ -168,7 +168,6 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    started = time.monotonic()
     params = module.params
     service = params["service"]
     spec = StageSpec(
@@ -183,7 +182,8 @@ def main() -> None:
         by=params["by"],
         deps_key=params["deps_key"],
     )
-    try:
+
+    def work() -> dict:
         # Names are checked before anything is written for them.
         validate_service(spec.service)
         validate_release_id(spec.release)
@@ -194,14 +194,9 @@ def main() -> None:
         result["warmed"] = False
         if params["start"] and result["changed"] and not module.check_mode:
             result["warmed"] = stager.warm_up()
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+        return result
+
+    respond(module, work)
 
 
 if __name__ == "__main__":

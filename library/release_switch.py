@@ -229,11 +229,10 @@ retryable:
   returned: failure
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_lock import ServiceLock
-from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
 LOCK_OWNER = {
@@ -294,7 +293,6 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    started = time.monotonic()
     params = module.params
     service = params["service"]
     spec = SwitchSpec(
@@ -316,18 +314,14 @@ def main() -> None:
         standby=params["standby"],
         keep_releases=params["keep_releases"],
     )
-    try:
+
+    def work() -> dict:
         result = run(spec, params, module.check_mode, module.warn)
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+        if not module._diff:
+            result.pop("diff", None)
+        return result
+
+    respond(module, work)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,9 @@ retryable:
 import ipaddress
 import os
 import shutil
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_sandbox import (
     Fleet,
     FleetSpec,
@@ -199,23 +199,17 @@ def main() -> None:
         required_if=[("state", "present", ("subnet", "image"))],
         supports_check_mode=True,
     )
-    started = time.monotonic()
-    try:
+
+    def work() -> dict:
         preflight()
         fleet = build_fleet(module.params)
         if module.params["state"] == "present":
-            result = fleet.present(module.check_mode)
-        else:
-            result = fleet.absent(module.check_mode)
-            result["machines"] = []
-    except SandboxError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+            return fleet.present(module.check_mode)
+        result = fleet.absent(module.check_mode)
+        result["machines"] = []
+        return result
+
+    respond(module, work)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,9 @@ retryable:
 
 import os
 import shutil
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_sandbox import (
     Host,
     Image,
@@ -129,17 +129,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    started = time.monotonic()
-    try:
-        result = run(module, Host())
-    except SandboxError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+    respond(module, lambda: run(module, Host()))
 
 
 if __name__ == "__main__":

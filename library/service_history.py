@@ -67,10 +67,9 @@ retryable:
   returned: failure
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_release import ReleaseError
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_status import host_history
 
 
@@ -84,19 +83,14 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    started = time.monotonic()
-    try:
+
+    def work() -> dict:
         services = host_history(
             params["services"], last=params["last"], root_parent=params["root_parent"]
         )
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(changed=False, services=services, elapsed=round(time.monotonic() - started, 3))
+        return {"changed": False, "services": services}
+
+    respond(module, work)
 
 
 if __name__ == "__main__":

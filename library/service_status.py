@@ -121,10 +121,9 @@ retryable:
   returned: failure
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_release import ReleaseError
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_status import host_status
 
 
@@ -139,12 +138,11 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    started = time.monotonic()
 
     def run(argv: list[str]) -> tuple[int, str, str]:
         return module.run_command(argv, environ_update={"LC_ALL": "C", "SYSTEMD_PAGER": ""})
 
-    try:
+    def work() -> dict:
         services = host_status(
             params["services"],
             run=run,
@@ -153,14 +151,9 @@ def main() -> None:
             lock_dir=params["lock_dir"],
             probe_timeout=params["probe_timeout"],
         )
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(changed=False, services=services, elapsed=round(time.monotonic() - started, 3))
+        return {"changed": False, "services": services}
+
+    respond(module, work)
 
 
 if __name__ == "__main__":

@@ -103,10 +103,9 @@ retryable:
   returned: failure
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_release import ReleaseError
+from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_status import history_report, status_report, write_json
 
 
@@ -146,17 +145,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    started = time.monotonic()
-    try:
-        result = run(module.params, module.check_mode)
-    except ReleaseError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            retryable=exc.retryable,
-            elapsed=round(time.monotonic() - started, 3),
-            **exc.details,
-        )
-    module.exit_json(elapsed=round(time.monotonic() - started, 3), **result)
+    respond(module, lambda: run(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

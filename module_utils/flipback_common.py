@@ -1,4 +1,4 @@
-"""Pieces every flipback module shares: its error type, running a command, hashing a file.
+"""Pieces every flipback module shares: its error type and answer, running a command, hashing.
 
 Standard library only: it runs on the controller and on the hosts.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 
 class FlipbackError(Exception):
@@ -18,6 +20,26 @@ class FlipbackError(Exception):
         self.msg = msg
         self.retryable = retryable
         self.details = details
+
+
+def respond(module: Any, work: Callable[[], dict[str, Any]]) -> NoReturn:
+    """End an AnsibleModule with what `work()` returns, or with the FlipbackError it raises.
+
+    Both answers carry `elapsed`, the seconds `work` took; a result or error that timed
+    itself (a health probe) keeps its own. A result's `warnings` become module warnings.
+    `module` is duck-typed so this file stays free of Ansible imports.
+    """
+    started = time.monotonic()
+    try:
+        result = work()
+    except FlipbackError as exc:
+        elapsed = round(time.monotonic() - started, 3)
+        module.fail_json(
+            msg=exc.msg, retryable=exc.retryable, **{"elapsed": elapsed, **exc.details}
+        )
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(**{"elapsed": round(time.monotonic() - started, 3), **result})
 
 
 def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:

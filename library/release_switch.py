@@ -190,10 +190,10 @@ reason:
   type: str
   returned: always
 pruned:
-  description: Releases pruned after the switch.
+  description: Releases pruned after the switch (in check mode, those that would be).
   type: list
   elements: str
-  returned: when a deploy pruned
+  returned: when a deploy prunes
 timings:
   description: Seconds each gate took.
   type: dict

@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ansible.module_utils.flipback_common import FlipbackError
 
@@ -456,6 +456,23 @@ def _age(manifest: dict | None, mtime: float, now: float) -> int:
                 parsed = parsed.replace(tzinfo=datetime.UTC)
             started = parsed.timestamp()
     return max(0, int(now - started))
+
+
+def as_if_activated(state: State, release_id: str) -> State:
+    """The state a deploy's activation of `release_id` would leave, for dry runs.
+
+    The release becomes current and the most recently active; the one it replaces
+    becomes good (a deploy keeps it as the previous good release).
+    """
+    position = len(state.history)
+    releases = {}
+    for rid, release in state.releases.items():
+        if rid == release_id:
+            release = replace(release, status="active", last_active=position)
+        elif rid == state.current:
+            release = replace(release, status="good")
+        releases[rid] = release
+    return State(current=release_id, releases=releases, history=state.history)
 
 
 def plan_prune(state: State, keep: int) -> list[str]:

@@ -41,6 +41,8 @@ from ansible.module_utils.flipback_prepare import list_instances
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
+    as_if_activated,
+    plan_prune,
     validate_positive,
     validate_release_id,
 )
@@ -248,7 +250,11 @@ class Switch:
         # A missing or incomplete release is refused before its instance starts.
         self.releases.activate(spec.release, by=spec.by, note=spec.note, check_mode=True)
         if check_mode:
-            # Nothing starts in a dry run, so there is nothing to probe.
+            # Nothing starts in a dry run, so there is nothing to probe; what the prune
+            # after the switch would remove is worked out on the state it would leave.
+            if spec.keep_releases > 0 and spec.action == "deploy":
+                after = as_if_activated(self.releases.scan(), spec.release)
+                result["pruned"] = plan_prune(after, validate_positive(spec.keep_releases, "keep"))
             return {**result, "changed": True}
 
         unit = spec.unit(spec.release)

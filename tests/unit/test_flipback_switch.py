@@ -745,6 +745,25 @@ def test_a_deploy_prunes_down_to_keep_releases_after_the_switch(tree):
 
 
 @pytest.mark.parametrize(
+    ("keep_releases", "pruned"),
+    [pytest.param(1, [A], id="keep-1"), pytest.param(3, [], id="keep-3")],
+)
+def test_a_dry_run_names_what_the_prune_after_the_switch_would_remove(tree, keep_releases, pruned):
+    a_good_b_current_c_staged(tree)
+    link, history = tree.readlink(), tree.history_bytes()
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    preview = host.switch(C, keep_releases=keep_releases).switch(check_mode=True)
+
+    assert preview["pruned"] == pruned
+    assert (tree.readlink(), tree.history_bytes()) == (link, history)
+    assert sorted(os.listdir(os.path.join(tree.root, "releases"))) == [A, B, C]
+    # The real run removes exactly what the dry run named.
+    done = host.switch(C, keep_releases=keep_releases).switch(check_mode=False)
+    assert done["pruned"] == pruned
+
+
+@pytest.mark.parametrize(
     ("action", "keep_releases"),
     [pytest.param("deploy", 0, id="keep-0"), pytest.param("rollback", 1, id="rollback")],
 )
@@ -1065,6 +1084,8 @@ def test_check_mode_changes_nothing(tree, setup, standby, previous, stopped, kep
         "standby": kept,
         "reason": None,
         "diff": {"before": before, "after": f"current -> releases/{B}\n"},
+        # keep_releases=1 keeps B and the release it replaces: nothing would be pruned.
+        "pruned": [],
         "changed": True,
     }
 

@@ -199,7 +199,7 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
-from ansible.module_utils.flipback_lock import ServiceLock
+from ansible.module_utils.flipback_lock import OWNER_OPTIONS, ServiceLock
 
 
 def run(params: dict, check_mode: bool) -> dict:
@@ -224,17 +224,7 @@ def main() -> None:
             "service": {"type": "str", "required": True},
             "root": {"type": "path"},
             "state": {"type": "str", "choices": ["acquired", "released"], "default": "acquired"},
-            "owner": {
-                "type": "dict",
-                "required": True,
-                "options": {
-                    "run_id": {"type": "str", "required": True},
-                    "by": {"type": "str"},
-                    "playbook": {"type": "str"},
-                    "release": {"type": "str"},
-                    "action": {"type": "str"},
-                },
-            },
+            "owner": {"type": "dict", "required": True, "options": OWNER_OPTIONS},
             "wait": {"type": "float", "default": 0},
             "poll": {"type": "float", "default": 0.2},
             "ttl": {"type": "int", "default": 1800},

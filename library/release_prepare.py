@@ -203,27 +203,12 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
+from ansible.module_utils.flipback_lock import LOCK_ARGUMENTS, lock_request
 from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
-
-LOCK_OWNER = {
-    "run_id": {"type": "str", "required": True},
-    "by": {"type": "str"},
-    "playbook": {"type": "str"},
-    "release": {"type": "str"},
-    "action": {"type": "str"},
-}
 
 
 def spec_from(params: dict) -> PrepareSpec:
     service = params["service"]
-    lock = None
-    if params["lock_owner"]:
-        lock = {
-            "owner": {k: v for k, v in params["lock_owner"].items() if v is not None},
-            "wait": params["lock_wait"],
-            "stale_after": params["lock_stale_after"],
-            "live_runs": params["live_runs"],
-        }
     return PrepareSpec(
         service=service,
         root=params["root"] or f"/srv/{service}",
@@ -234,7 +219,7 @@ def spec_from(params: dict) -> PrepareSpec:
         ),
         unit_file=ManagedFile(params["unit_path"], params["unit_content"], 0o644),
         site_file=ManagedFile(params["site_path"], params["site_content"], 0o644),
-        lock=lock,
+        lock=lock_request(params),
         port=params["port"],
         health_path=params["health_path"],
         expect_status=tuple(params["expect_status"]),
@@ -258,10 +243,7 @@ def main() -> None:
             "unit_content": {"type": "str", "required": True},
             "site_path": {"type": "path", "required": True},
             "site_content": {"type": "str", "required": True},
-            "lock_owner": {"type": "dict", "options": LOCK_OWNER},
-            "lock_wait": {"type": "float", "default": 0},
-            "lock_stale_after": {"type": "int", "default": 120},
-            "live_runs": {"type": "dict"},
+            **LOCK_ARGUMENTS,
             "port": {"type": "int", "required": True},
             "health_path": {"type": "str", "default": "/health"},
             "expect_status": {"type": "list", "elements": "int", "default": [200]},

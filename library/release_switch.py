@@ -232,38 +232,24 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
-from ansible.module_utils.flipback_lock import ServiceLock
+from ansible.module_utils.flipback_lock import LOCK_ARGUMENTS, ServiceLock, lock_request
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
-
-LOCK_OWNER = {
-    "run_id": {"type": "str", "required": True},
-    "by": {"type": "str"},
-    "playbook": {"type": "str"},
-    "release": {"type": "str"},
-    "action": {"type": "str"},
-}
 
 
 def run(spec: SwitchSpec, params: dict, check_mode: bool, warn) -> dict:
     """The switch under the service's deploy lock, given back however the switch ends."""
-    if not params["lock_owner"]:
+    request = lock_request(params)
+    if request is None:
         return Switch(spec).switch(check_mode)
-    owner = {k: v for k, v in params["lock_owner"].items() if v is not None}
     lock = ServiceLock(spec.service)
-    taken = lock.acquire(
-        owner,
-        wait=params["lock_wait"],
-        stale_after=params["lock_stale_after"],
-        live_runs=params["live_runs"],
-        check_mode=check_mode,
-    )
+    taken = lock.take(request, check_mode=check_mode)
     for warning in taken.pop("warnings", []):
         warn(warning)
     try:
         return Switch(spec).switch(check_mode)
     finally:
         if not check_mode:
-            lock.release(owner)
+            lock.release(request["owner"])
 
 
 def main() -> None:
@@ -275,10 +261,7 @@ def main() -> None:
             "steps": {"type": "int", "default": 1},
             "standby": {"type": "bool", "default": True},
             "keep_releases": {"type": "int", "default": 0},
-            "lock_owner": {"type": "dict", "options": LOCK_OWNER},
-            "lock_wait": {"type": "float", "default": 0},
-            "lock_stale_after": {"type": "int", "default": 120},
-            "live_runs": {"type": "dict"},
+            **LOCK_ARGUMENTS,
             "action": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback"]},
             "port": {"type": "int", "required": True},
             "health_path": {"type": "str", "default": "/health"},

@@ -191,14 +191,7 @@ class Prepare:
 
     # -- lock
     def _take_lock(self, check_mode: bool) -> dict:
-        lock = self.spec.lock or {}
-        taken = self.lock.acquire(
-            lock["owner"],
-            wait=lock.get("wait", 0),
-            stale_after=lock.get("stale_after", 120),
-            live_runs=lock.get("live_runs"),
-            check_mode=check_mode,
-        )
+        taken = self.lock.take(self.spec.lock or {}, check_mode=check_mode)
         self.warnings.extend(taken.pop("warnings", []))
         return {k: taken.get(k) for k in ("outcome", "holder", "took_over", "waited", "msg")}
 

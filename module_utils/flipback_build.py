@@ -19,15 +19,14 @@ import subprocess
 import tarfile
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ansible.module_utils.flipback_common import FlipbackError, run_command, sha256_file
+from ansible.module_utils.flipback_common import FlipbackError, Runner, run_command, sha256_file
 
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}^~-]{0,199}$")
 SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$|^$")
 
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 # Arguments of release_build, shared by the module and the controller action.
 ARGUMENT_SPEC: dict[str, dict] = {

@@ -42,6 +42,10 @@ def respond(module: Any, work: Callable[[], dict[str, Any]]) -> NoReturn:
     module.exit_json(**{"elapsed": round(time.monotonic() - started, 3), **result})
 
 
+# How modules run commands; tests pass a fake of this shape.
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
 def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False

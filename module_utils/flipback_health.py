@@ -17,6 +17,7 @@ import http.client
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ansible.module_utils.flipback_common import FlipbackError
@@ -275,3 +276,11 @@ def _failure(
         retryable=retryable,
         **result,
     )
+
+
+# How the switch and the prepare call probe; tests pass a fake of this shape.
+Prober = Callable[[Target, Expect, Policy], dict]
+
+
+def real_probe(target: Target, expect: Expect, policy: Policy) -> dict:
+    return probe(target, expect, policy, Clock())

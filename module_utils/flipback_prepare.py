@@ -20,14 +20,20 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.flipback_common import run_command
-from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target, probe
+from ansible.module_utils.flipback_common import Runner, run_command
+from ansible.module_utils.flipback_health import (
+    Expect,
+    HealthError,
+    Policy,
+    Prober,
+    Target,
+    real_probe,
+)
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
     ReleaseError,
@@ -36,13 +42,6 @@ from ansible.module_utils.flipback_release import (
     validate_service,
 )
 from ansible.module_utils.flipback_stage import find_donor
-
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-Prober = Callable[[Target, Expect, Policy], dict]
-
-
-def real_probe(target: Target, expect: Expect, policy: Policy) -> dict:
-    return probe(target, expect, policy, Clock())
 
 
 @dataclass

@@ -16,11 +16,10 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ansible.module_utils.flipback_common import run_command, sha256_file
+from ansible.module_utils.flipback_common import Runner, run_command, sha256_file
 from ansible.module_utils.flipback_release import (
     MANIFEST,
     STAGING_LOCK,
@@ -37,7 +36,6 @@ from ansible.module_utils.flipback_release import (
 )
 
 WHEELS_DIR = ".wheels"
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:

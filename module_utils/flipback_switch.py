@@ -31,12 +31,19 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.flipback_common import run_command
-from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target, probe
+from ansible.module_utils.flipback_common import Runner, run_command
+from ansible.module_utils.flipback_health import (
+    Expect,
+    HealthError,
+    Policy,
+    Prober,
+    Target,
+    real_probe,
+)
 from ansible.module_utils.flipback_prepare import list_instances
 from ansible.module_utils.flipback_release import (
     ReleaseError,
@@ -49,13 +56,6 @@ from ansible.module_utils.flipback_release import (
 
 GATE_1 = "Gate 1, health on the instance's private socket"
 GATE_2 = "Gate 2, health through the public port answers with the release"
-
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-Prober = Callable[[Target, Expect, Policy], dict]
-
-
-def real_probe(target: Target, expect: Expect, policy: Policy) -> dict:
-    return probe(target, expect, policy, Clock())
 
 
 @dataclass

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Sequence
 
 import pytest
+from ansible.module_utils import flipback_health
 from ansible.module_utils import flipback_switch as fs
 from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_release import (
@@ -288,7 +289,9 @@ def test_run_command_captures_output_and_exit_code():
 
 def test_real_probe_uses_a_real_clock(monkeypatch):
     seen = []
-    monkeypatch.setattr(fs, "probe", lambda *args: seen.append(args) or {"ok": True})
+    # The switch's default prober is the one in flipback_health, shared with prepare.
+    assert fs.Switch.__init__.__kwdefaults__["prober"] is flipback_health.real_probe
+    monkeypatch.setattr(flipback_health, "probe", lambda *args: seen.append(args) or {"ok": True})
     target, expect, policy = Target(port=1), Expect(), Policy()
     assert fs.real_probe(target, expect, policy) == {"ok": True}
     assert seen[0][:3] == (target, expect, policy)

@@ -809,13 +809,6 @@ def _problems(runs: Sequence[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run",
@@ -829,10 +822,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K[,K...]",
         help="fleet sizes, 1-16; several give a scaling table (default 2)",
     )
-    parser.add_argument("--rounds", type=_positive_int, default=5, metavar="R", help="default 5")
+    parser.add_argument(
+        "--rounds", type=load.positive_int, default=5, metavar="R", help="default 5"
+    )
     parser.add_argument(
         "--clients",
-        type=_positive_int,
+        type=load.positive_int,
         default=DEFAULT_CLIENTS,
         help=f"load clients, raised to K so every machine gets one (default {DEFAULT_CLIENTS})",
     )

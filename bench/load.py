@@ -482,7 +482,8 @@ def _positive_duration(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (bench.py uses it too)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -501,7 +502,7 @@ def _parser() -> argparse.ArgumentParser:
         help="http://host:port/path; several spread round-robin over clients",
     )
     parser.add_argument(
-        "--clients", type=_positive_int, required=True, help="concurrent clients (threads)"
+        "--clients", type=positive_int, required=True, help="concurrent clients (threads)"
     )
     parser.add_argument(
         "--duration",

@@ -11,11 +11,13 @@ description:
   - Starts C(<service>@<release>), probes it on its private socket (Gate 1), points
     C(current) at it with rename(2) (which moves live traffic), probes the public port
     until O(public_successes) answers in a row name the release (Gate 2), enables the
-    new instance, and stops the previous one after O(drain_seconds).
+    new instance, keeps the previous good release running as the warm standby (see
+    O(standby)) and retires other instances after O(drain_seconds).
   - If a gate fails, the switch is undone before the module fails - C(current) back on
     the release that was serving (removed if there was none), the new instance stopped
     unless it was already running, the release recorded as failed - and the error names
-    the gate and carries the instance's last journal lines.
+    the gate and carries the instance's last journal lines (led by the last Python
+    exception line when the traceback's end had already scrolled past them).
   - When the release is already current, makes sure its instance runs, is enabled and
     answers; C(changed=false) if it did.
   - With O(action=rollback), the release left is recorded as C(rolled_back).

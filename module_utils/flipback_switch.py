@@ -23,12 +23,14 @@ which any later switch to that release cancels first.
 If a gate fails, everything is undone before the error is raised: `current` goes
 back to the release that was serving (or is removed if there was none), the new
 instance is stopped unless it was already running, the release is recorded as
-failed, and the error carries the failing unit's last journal lines.
+failed, and the error carries the failing unit's last journal lines, led by the
+last Python exception line if that scrolled off (see `journal_excerpt`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -53,6 +55,38 @@ from ansible.module_utils.flipback_release import (
     validate_positive,
     validate_release_id,
 )
+
+# How far back the journal is read when a gate fails, to find the error behind it.
+JOURNAL_SCAN = 300
+# The last line of a Python traceback (`RuntimeError: ...`), also inside the `| `
+# frame of an exception group as anyio and Starlette print it.
+_EXCEPTION_LINE = re.compile(
+    r"^[\s|+]*(?:[A-Za-z_]\w*\.)*(?=[A-Za-z_])\w*(?:Error|Exception|ExceptionGroup|Exit|Interrupt)"
+    r"(?::\s.*)?$"
+)
+
+
+def journal_excerpt(lines: list[str], limit: int) -> list[str]:
+    """The last `limit` journal lines, led by the error behind them if it scrolled off.
+
+    A failing `/health` logs a traceback per probe, and the 500 reaches the gate before
+    uvicorn has finished logging it; its tail then ends inside the traceback, and the
+    shutdown lines push the error itself further up. So when the newest exception line
+    is older than the tail, it is kept as the first line, followed by a marker saying
+    how many lines were left out, and the rest of the room goes to the newest lines.
+    """
+    if len(lines) <= limit:
+        return list(lines)
+    tail = lines[-limit:]
+    if any(_EXCEPTION_LINE.match(line) for line in tail):
+        return tail
+    for index in range(len(lines) - limit - 1, -1, -1):
+        if _EXCEPTION_LINE.match(lines[index]):
+            kept = lines[-(limit - 2) :] if limit > 2 else []
+            skipped = len(lines) - index - 1 - len(kept)
+            return [lines[index].strip(" |+"), f"[{skipped} lines left out]", *kept][:limit]
+    return tail
+
 
 GATE_1 = "Gate 1, health on the instance's private socket"
 GATE_2 = "Gate 2, health through the public port answers with the release"
@@ -134,12 +168,12 @@ class Switch:
                 "--no-pager",
                 "--output=cat",
                 "-n",
-                str(self.spec.journal_lines),
+                str(max(JOURNAL_SCAN, self.spec.journal_lines)),
                 "-u",
                 unit,
             ]
         )
-        return proc.stdout.splitlines()
+        return journal_excerpt(proc.stdout.splitlines(), self.spec.journal_lines)
 
     # -- gates
     def _expect(self) -> Expect:

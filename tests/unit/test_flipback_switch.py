@@ -846,13 +846,94 @@ def test_gate_1_failure_leaves_current_alone(tree, setup, running_before, undone
     assert error.details["undone"] == [undone]
 
 
-def test_gate_1_failure_names_the_default_journal_length(tree):
+def test_gate_1_failure_reads_far_enough_back_to_find_the_error(tree):
     live_a_staged_b(tree)
     host = Host(tree, gates={"gate1": NOT_READY})
     with pytest.raises(GateFailed):
         host.switch().switch(check_mode=False)
     journal = [call for call in host.calls if call[0] == "journalctl"]
-    assert journal == [["journalctl", "--no-pager", "--output=cat", "-n", "15", "-u", UNIT_B]]
+    scan = str(fs.JOURNAL_SCAN)
+    assert journal == [["journalctl", "--no-pager", "--output=cat", "-n", scan, "-u", UNIT_B]]
+
+
+def traceback_of(message: str) -> list[str]:
+    """What uvicorn logs for one failing request under Starlette (an exception group)."""
+    return [
+        "ERROR:    Exception in ASGI application",
+        "  + Exception Group Traceback (most recent call last):",
+        '  |   File "/srv/hello/venv/lib/python3.11/site-packages/starlette/_utils.py", '
+        "line 76, in collapse_excgroups",
+        "  |     yield",
+        "  | ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)",
+        "  +-+---------------- 1 ----------------",
+        "    | Traceback (most recent call last):",
+        '    |   File "/srv/hello/releases/b/app.py", line 30, in health',
+        f'    |     raise RuntimeError("{message}")',
+        f"    | RuntimeError: {message}",
+        "    +------------------------------------",
+    ]
+
+
+def test_journal_excerpt_keeps_a_short_journal_whole():
+    lines = traceback_of("boom")
+    assert fs.journal_excerpt(lines, 15) == lines
+
+
+def test_journal_excerpt_keeps_the_tail_when_the_error_is_in_it():
+    lines = ["noise"] * 40 + traceback_of("boom")
+    assert fs.journal_excerpt(lines, 15) == lines[-15:]
+
+
+def test_journal_excerpt_leads_with_the_error_that_scrolled_off():
+    # The gate's last 500 arrived before uvicorn finished logging its traceback: the
+    # journal ends inside the next traceback, with the error of the one before it.
+    frame = '  |   File "/srv/hello/venv/lib/python3.11/site-packages/x.py", line 1, in f'
+    unfinished = traceback_of("older")[:4] + [frame] * 12
+    lines = ["INFO:     Started server process [12]"] + traceback_of("boom") * 2 + unfinished
+    excerpt = fs.journal_excerpt(lines, 15)
+    assert len(excerpt) == 15
+    assert excerpt[0] == "RuntimeError: boom"
+    assert excerpt[2:] == lines[-13:]
+    # Every line is either shown or counted.
+    shown_from = len(lines) - 13
+    error_at = max(i for i, line in enumerate(lines) if line.endswith("RuntimeError: boom"))
+    assert excerpt[1] == f"[{shown_from - error_at - 1} lines left out]"
+
+
+def test_journal_excerpt_without_any_error_is_the_plain_tail():
+    lines = [f"line {i}" for i in range(100)]
+    assert fs.journal_excerpt(lines, 15) == lines[-15:]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "RuntimeError: broken on purpose",
+        "    | RuntimeError: broken on purpose",
+        "ModuleNotFoundError: No module named 'app'",
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error",
+        "ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)",
+        "KeyboardInterrupt",
+        "SystemExit: 3",
+    ],
+)
+def test_journal_excerpt_knows_an_exception_line(line):
+    lines = [line] + [f"after {i}" for i in range(20)]
+    assert fs.journal_excerpt(lines, 5)[0] == line.strip(" |+")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "INFO:     Application startup complete.",
+        "ERROR:    Exception in ASGI application",
+        "Traceback (most recent call last):",
+        "hello@b.service: Main process exited, code=exited, status=1/FAILURE",
+    ],
+)
+def test_journal_excerpt_does_not_take_other_lines_for_the_error(line):
+    lines = [line] + [f"after {i}" for i in range(20)]
+    assert fs.journal_excerpt(lines, 5) == lines[-5:]
 
 
 @pytest.mark.parametrize(

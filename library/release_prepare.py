@@ -58,41 +58,6 @@ options:
     description: Content of the nginx site.
     type: str
     required: true
-  lock_owner:
-    description: Owner recorded in the deploy lock; no lock is taken without it.
-    type: dict
-    suboptions:
-      run_id:
-        description: Id of the run (C(<controller>:<pid>:<start>)).
-        type: str
-        required: true
-      by:
-        description: Who runs it.
-        type: str
-      playbook:
-        description: Name of the play.
-        type: str
-      release:
-        description: Release the run deploys.
-        type: str
-      action:
-        description: deploy, rollback or restore.
-        type: str
-  lock_wait:
-    description: Seconds to wait for a busy lock.
-    type: float
-    default: 0
-  lock_stale_after:
-    description: Seconds without a heartbeat after which a holder counts as gone.
-    type: int
-    default: 120
-  live_runs:
-    description:
-      - What the controller saw when the run began - C(controller) (its name), C(pids)
-        (of every ansible-playbook process) and C(at) (when). A lock held by a run of
-        that controller that started earlier and whose process was gone is taken over
-        at once, with a warning.
-    type: dict
   port:
     description: Public port (nginx) of the service.
     type: int
@@ -123,6 +88,8 @@ options:
     type: str
     default: ""
 author: flipback
+extends_documentation_fragment:
+  - flipback_lock
 """
 
 EXAMPLES = r"""

@@ -15,9 +15,11 @@ description:
     O(standby)) and retires other instances after O(drain_seconds).
   - If a gate fails, the switch is undone before the module fails - C(current) back on
     the release that was serving (removed if there was none), the new instance stopped
-    unless it was already running, the release recorded as failed - and the error names
-    the gate and carries the instance's last journal lines (led by the last Python
-    exception line when the traceback's end had already scrolled past them).
+    (even one already running, warmed by staging), the release recorded as failed - and
+    the error names the gate and carries the instance's last journal lines (led by the
+    last Python exception line when the traceback's end had already scrolled past them).
+  - With O(lock_owner), the service's deploy lock is taken first (or refreshed by the
+    run that holds it) and given back when the call ends, even when it fails.
   - When the release is already current, makes sure its instance runs, is enabled and
     answers; C(changed=false) if it did.
   - With O(action=rollback), the release left is recorded as C(rolled_back).
@@ -51,44 +53,6 @@ options:
     description: Deploy - prune down to this many good releases after the switch (0 - none).
     type: int
     default: 0
-  lock_owner:
-    description:
-      - Owner of the service's deploy lock; taken (or refreshed, for the run that holds
-        it) before anything else and given back when the call ends, even on failure.
-      - No lock is taken without it.
-    type: dict
-    suboptions:
-      run_id:
-        description: Id of the run (C(<controller>:<pid>:<start>)).
-        type: str
-        required: true
-      by:
-        description: Who runs it.
-        type: str
-      playbook:
-        description: Name of the play.
-        type: str
-      release:
-        description: Release the run deploys.
-        type: str
-      action:
-        description: deploy, rollback or restore.
-        type: str
-  lock_wait:
-    description: Seconds to wait for a busy lock.
-    type: float
-    default: 0
-  lock_stale_after:
-    description: Seconds without a heartbeat after which a holder counts as gone.
-    type: int
-    default: 120
-  live_runs:
-    description:
-      - What the controller saw when the run began - C(controller) (its name), C(pids)
-        (of every ansible-playbook process) and C(at) (when). A lock held by a run of
-        that controller that started earlier and whose process was gone is taken over
-        at once, with a warning.
-    type: dict
   action:
     description: What the switch is part of (recorded, and names the failure).
     type: str
@@ -137,6 +101,8 @@ options:
     type: str
     default: ""
 author: flipback
+extends_documentation_fragment:
+  - flipback_lock
 """
 
 EXAMPLES = r"""

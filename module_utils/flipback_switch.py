@@ -22,9 +22,10 @@ which any later switch to that release cancels first.
 
 If a gate fails, everything is undone before the error is raised: `current` goes
 back to the release that was serving (or is removed if there was none), the new
-instance is stopped unless it was already running, the release is recorded as
-failed, and the error carries the failing unit's last journal lines, led by the
-last Python exception line if that scrolled off (see `journal_excerpt`).
+instance is stopped (even one warmed by staging: a release that failed a gate must
+not linger as anyone's standby), the release is recorded as failed, and the error
+carries the failing unit's last journal lines, led by the last Python exception line
+if that scrolled off (see `journal_excerpt`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-LIBRARY = Path(__file__).resolve().parents[2] / "library"
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "library"
+FRAGMENTS = ROOT / "plugins" / "doc_fragments"
 MODULES = sorted(LIBRARY.glob("*.py"))
 
 
@@ -28,11 +30,33 @@ def _docs(path: Path) -> dict[str, str]:
     return found
 
 
+def _fragment_options(name: str) -> dict:
+    """The options of plugins/doc_fragments/<name>.py, as ansible-doc reads them."""
+    spec = importlib.util.spec_from_file_location(f"_fragment_{name}", FRAGMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return yaml.safe_load(module.ModuleDocFragment.DOCUMENTATION)["options"]
+
+
+def _documentation(path: Path) -> dict:
+    """DOCUMENTATION with its fragments' options merged in, as ansible-doc shows it."""
+    documentation = yaml.safe_load(_docs(path)["DOCUMENTATION"])
+    for name in documentation.get("extends_documentation_fragment", []):
+        shared = _fragment_options(name)
+        assert not set(shared) & set(documentation.get("options", {})), name
+        documentation.setdefault("options", {}).update(shared)
+    return documentation
+
+
+def _options(path: Path) -> dict:
+    return _documentation(path).get("options", {})
+
+
 @pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
 def test_module_documentation_parses_and_matches_the_module(path):
     docs = _docs(path)
     assert set(docs) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}
-    documentation = yaml.safe_load(docs["DOCUMENTATION"])
+    documentation = _documentation(path)
     assert documentation["module"] == path.stem
     assert documentation["short_description"]
     for name, option in documentation.get("options", {}).items():
@@ -67,7 +91,7 @@ def _argument_spec(path: Path, monkeypatch) -> dict:
 
 @pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
 def test_documented_options_are_the_argument_spec(path, monkeypatch):
-    documented = yaml.safe_load(_docs(path)["DOCUMENTATION"]).get("options", {})
+    documented = _options(path)
     spec = _argument_spec(path, monkeypatch)
     assert sorted(documented) == sorted(spec)
     for name, option in spec.items():
@@ -89,7 +113,7 @@ def _dict_options(spec: dict, documented: dict, where: str = ""):
 
 @pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
 def test_documented_suboptions_are_the_argument_spec(path, monkeypatch):
-    documented = yaml.safe_load(_docs(path)["DOCUMENTATION"]).get("options", {})
+    documented = _options(path)
     spec = _argument_spec(path, monkeypatch)
     for where, options, suboptions in _dict_options(spec, documented):
         assert sorted(suboptions) == sorted(options), where
@@ -103,8 +127,17 @@ def test_documented_suboptions_are_the_argument_spec(path, monkeypatch):
 @pytest.mark.parametrize("stem", ["release_prepare", "release_switch"])
 def test_lock_owner_is_documented_with_its_suboptions(stem, monkeypatch):
     path = LIBRARY / f"{stem}.py"
-    documented = yaml.safe_load(_docs(path)["DOCUMENTATION"])["options"]["lock_owner"]
+    documented = _options(path)["lock_owner"]
     assert documented["type"] == "dict"
     assert set(documented["suboptions"]) == {"run_id", "by", "playbook", "release", "action"}
     assert documented["suboptions"]["run_id"]["required"] is True
     assert _argument_spec(path, monkeypatch)["lock_owner"]["options"]
+
+
+def test_every_doc_fragment_is_used():
+    used = {
+        name
+        for path in MODULES
+        for name in _documentation(path).get("extends_documentation_fragment", [])
+    }
+    assert used == {p.stem for p in FRAGMENTS.glob("*.py")}

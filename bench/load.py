@@ -95,6 +95,7 @@ class Record:
     status: int | None  # None when no complete response arrived
     latency: float  # seconds, connect (mode new) to the last byte of the body
     release: str | None  # the JSON body's `release` field, when present
+    client: int = 0  # which client sent it; a client's requests are sequential
 
     @property
     def ok(self) -> bool:
@@ -184,18 +185,26 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def release_changes(records: Iterable[Record]) -> dict[str, list[tuple[float, str]]]:
+def release_changes(
+    records: Iterable[Record], *, per_client: bool = False
+) -> dict[Any, list[tuple[float, str]]]:
     """Per URL, the (start time, release) of each request whose release differs from
     the previous answer's, in start order: the first entry is the initial release.
 
     A clean deploy then rollback on one URL reads [(0.0, A), (t1, B), (t2, A)]; a
     flapping switch shows up as more entries than flips.
+
+    Across clients, start order is not the order in which the server picked the
+    release: a request that started first can reach nginx after the flip, and one that
+    started a moment later before it, which reads as a flap that did not happen. A
+    client's own requests are sequential, so with `per_client` the changes are worked
+    out per (URL, client), where every back and forth is real.
     """
-    changes: dict[str, list[tuple[float, str]]] = {}
+    changes: dict[Any, list[tuple[float, str]]] = {}
     for record in sorted(records, key=lambda r: r.t):
         if record.release is None:
             continue
-        seen = changes.setdefault(record.url, [])
+        seen = changes.setdefault((record.url, record.client) if per_client else record.url, [])
         if not seen or seen[-1][1] != record.release:
             seen.append((record.t, record.release))
     return changes
@@ -431,7 +440,7 @@ class LoadGenerator:
                     conn = http.client.HTTPConnection(
                         target.host, target.port, timeout=self.timeout
                     )
-                record = self._request(conn, target)
+                record = self._request(conn, target, index)
                 with self._lock:
                     self._records.append(record)
                 # After an error the connection's state is unknown: never reuse it.
@@ -449,7 +458,7 @@ class LoadGenerator:
                     now = time.monotonic()
                     self._ended = now if self.stop_event.is_set() else max(now, self._deadline)
 
-    def _request(self, conn: http.client.HTTPConnection, target: Target) -> Record:
+    def _request(self, conn: http.client.HTTPConnection, target: Target, client: int) -> Record:
         started = time.monotonic()
         try:
             if conn.sock is None:  # new mode, first request, or after an error / Connection: close
@@ -461,9 +470,8 @@ class LoadGenerator:
             body = response.read()
         except Exception as exc:
             kind = classify(exc)
-            return Record(
-                started - self._t0, target.url, kind, None, time.monotonic() - started, None
-            )
+            latency = time.monotonic() - started
+            return Record(started - self._t0, target.url, kind, None, latency, None, client)
         latency = time.monotonic() - started
         is_json, release = _parse_body(body)
         if not 200 <= response.status < 300:
@@ -472,7 +480,9 @@ class LoadGenerator:
             kind = "bad_body"
         else:
             kind = OK
-        return Record(started - self._t0, target.url, kind, response.status, latency, release)
+        return Record(
+            started - self._t0, target.url, kind, response.status, latency, release, client
+        )
 
 
 def _positive_duration(text: str) -> float:

@@ -60,10 +60,12 @@ from ansible.module_utils.flipback_release import (
 # How far back the journal is read when a gate fails, to find the error behind it.
 JOURNAL_SCAN = 300
 # The last line of a Python traceback (`RuntimeError: ...`), also inside the `| `
-# frame of an exception group as anyio and Starlette print it.
+# frame of an exception group as anyio and Starlette print it. A group's own line
+# (`ExceptionGroup: unhandled errors in a TaskGroup`) is not the error: it is printed
+# before the exceptions it holds, so it is left out.
 _EXCEPTION_LINE = re.compile(
-    r"^[\s|+]*(?:[A-Za-z_]\w*\.)*(?=[A-Za-z_])\w*(?:Error|Exception|ExceptionGroup|Exit|Interrupt)"
-    r"(?::\s.*)?$"
+    r"^[\s|+]*(?:[A-Za-z_]\w*\.)*(?=[A-Za-z_])(?!(?:Base)?ExceptionGroup\b)"
+    r"\w*(?:Error|Exception|Exit|Interrupt)(?::\s.*)?$"
 )
 
 
@@ -293,11 +295,14 @@ class Switch:
             return {**result, "changed": True}
 
         unit = spec.unit(spec.release)
-        # A retire timer left by an earlier switch must not stop the instance going live.
-        self._systemctl("stop", "--quiet", f"{spec.retire_timer(spec.release)}.timer", check=False)
+        # A retire left by an earlier switch must not stop the instance going live: its
+        # timer and the stop the timer runs are cancelled first. `start` is asked for even
+        # when the instance runs (a no-op then): a stop that was already under way is
+        # waited out and the instance started again, before any gate probes it.
+        self._cancel_retire(spec.release)
         was_running = plan["start"] is None
+        self._systemctl("start", unit)
         if not was_running:
-            self._systemctl("start", unit)
             self.steps.append(f"started {unit}")
         timings: dict[str, float] = {}
         try:
@@ -343,6 +348,12 @@ class Switch:
         for release in retire:
             self._retire(release)
 
+    def _cancel_retire(self, release: str) -> None:
+        """Cancel a pending retire of the release's instance: its timer, and the stop the
+        timer may have begun to run (a stop job already queued still runs)."""
+        timer = self.spec.retire_timer(release)
+        self._systemctl("stop", "--quiet", f"{timer}.timer", f"{timer}.service", check=False)
+
     def _retire(self, release: str) -> None:
         """Stop an instance after the drain, without waiting for it here."""
         spec = self.spec
@@ -365,7 +376,7 @@ class Switch:
         ]
         if self.run(argv).returncode != 0:
             # A timer of the same name from an earlier retire: replace it.
-            self._systemctl("stop", "--quiet", f"{timer}.timer", f"{timer}.service", check=False)
+            self._cancel_retire(release)
             if self.run(argv).returncode != 0:
                 self._systemctl("stop", "--no-block", unit)
                 self.steps.append(f"stopping {unit} now (no retire timer could be made)")
@@ -383,9 +394,7 @@ class Switch:
         if plan["start"] is not None:
             changed = True
             if not check_mode:
-                self._systemctl(
-                    "stop", "--quiet", f"{spec.retire_timer(spec.release)}.timer", check=False
-                )
+                self._cancel_retire(spec.release)
                 self._systemctl("start", unit)
                 self.steps.append(f"started {unit} (current, was not running)")
         if self._systemctl("is-enabled", "--quiet", unit, check=False).returncode != 0:
@@ -429,12 +438,13 @@ class Switch:
                 os.unlink(os.path.join(spec.root, "current"))
                 undone.append("current removed (no earlier release)")
         unit = spec.unit(spec.release)
-        journal = self._journal(unit)
         # Stopped even if it was already running (warmed up by staging, or the standby):
         # an instance that failed a gate must not linger as anyone's standby.
         self._systemctl("disable", "--quiet", unit, check=False)
         self._systemctl("stop", unit, check=False)
         undone.append(f"stopped {unit}" + (" (it was already running)" if was_running else ""))
+        # Read once it has stopped: by then it has finished logging its last traceback.
+        journal = self._journal(unit)
         self.releases.record(
             spec.release,
             "failed",

@@ -44,6 +44,16 @@ def public_health(host) -> dict:
     return json.loads(out.stdout)
 
 
+def stops_within(host, unit: str, seconds: int = 30) -> bool:
+    """Whether `unit` is (or within `seconds` becomes) inactive: a retired instance
+    runs on through its drain, then through uvicorn's graceful shutdown."""
+    script = (
+        f"for i in $(seq {seconds * 10}); do "
+        f"systemctl is-active --quiet {unit} || exit 0; sleep 0.1; done; exit 1"
+    )
+    return host.run(script).rc == 0
+
+
 def journal(host, unit: str) -> str:
     return host.run(f"journalctl --no-pager -n 40 -u {unit}").stdout
 
@@ -102,15 +112,33 @@ def run_fleet_playbook(name: str, *extra: str) -> subprocess.CompletedProcess[st
     )
 
 
-def start_playbook(host, name: str, *extra: str) -> subprocess.Popen[str]:
-    """Like run_playbook, but in the background; `.communicate()` collects it."""
+def start_playbook(
+    host, name: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Like run_playbook, but in the background; `.communicate()` collects it. `env`
+    adds to the environment (e.g. to arm the flipback_kill callback)."""
     return subprocess.Popen(
         _playbook_argv(host, name, extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **_PLAYBOOK_ENV},
+        env={**os.environ, **_PLAYBOOK_ENV, **(env or {})},
     )
+
+
+def callbacks_with_kill() -> str:
+    """The callbacks this configuration enables, plus flipback_kill (fault injection)."""
+    # Imported here: it reads ANSIBLE_CONFIG (molecule's), as the runs will.
+    from ansible import constants as C
+
+    enabled = list(C.config.get_config_value("CALLBACKS_ENABLED") or [])
+    return ",".join([*enabled, "flipback_kill"])
+
+
+def process_state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped, Z: exited, unreaped)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def output(run: subprocess.CompletedProcess[str]) -> str:

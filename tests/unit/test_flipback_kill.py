@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,8 +40,19 @@ def signals(monkeypatch):
     return sent
 
 
-def _plugin(monkeypatch, kill_after: str | None = None, task_log: Path | None = None):
-    for name, value in (("FLIPBACK_KILL_AFTER", kill_after), ("FLIPBACK_TASK_LOG", task_log)):
+def _plugin(
+    monkeypatch,
+    kill_after: str | None = None,
+    task_log: Path | None = None,
+    after_task: str | None = None,
+    kill_signal: str | None = None,
+):
+    for name, value in (
+        ("FLIPBACK_KILL_AFTER", kill_after),
+        ("FLIPBACK_TASK_LOG", task_log),
+        ("FLIPBACK_KILL_AFTER_TASK", after_task),
+        ("FLIPBACK_KILL_SIGNAL", kill_signal),
+    ):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
@@ -137,6 +149,37 @@ def test_armed_it_leads_its_own_process_group(monkeypatch, signals):
     assert signals == expected
 
 
+@pytest.mark.parametrize(
+    ("after_task", "killed_at"),
+    [
+        pytest.param("second", 3, id="after-second-kills-at-third"),
+        pytest.param("ourth", 5, id="a-part-of-the-last-name-kills-at-the-end"),
+        pytest.param("fifth", 5, id="never-seen-kills-at-the-end"),
+    ],
+)
+def test_kill_after_a_named_task(monkeypatch, signals, tmp_path, after_task, killed_at):
+    log = tmp_path / "tasks.log"
+    plugin = _plugin(monkeypatch, task_log=log, after_task=after_task)
+    _run_tasks(plugin, TASKS)
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if line.endswith("\tSIGKILL")] == [lines[killed_at - 1]]
+    assert [s for s in signals if s[0] == "killpg"] == [("killpg", os.getpgrp(), signal.SIGKILL)]
+
+
+def test_stop_pauses_once_and_the_run_goes_on_unarmed(monkeypatch, signals, tmp_path):
+    log = tmp_path / "tasks.log"
+    plugin = _plugin(monkeypatch, task_log=log, after_task="first", kill_signal="STOP")
+    _run_tasks(plugin, TASKS)
+    # Paused when "second" started; nothing more when the run ends after SIGCONT.
+    assert [s for s in signals if s[0] == "killpg"] == [("killpg", os.getpgrp(), signal.SIGSTOP)]
+    assert log.read_text().splitlines() == [
+        "1\tfirst",
+        "2\tsecond\tSIGSTOP",
+        "3\tthird",
+        "4\tfourth",
+    ]
+
+
 # --------------------------------------------------------------------------- real runs
 
 PLAYBOOK = """\
@@ -160,33 +203,41 @@ PLAYBOOK = """\
 """
 
 
-def _ansible_playbook(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _argv(tmp_path: Path) -> list[str]:
     playbook = tmp_path / "four.yml"
     playbook.write_text(PLAYBOOK)
     bin_dir = Path(sys.executable).parent
+    return [
+        str(bin_dir / "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "-e",
+        f"marker={tmp_path / 'task-three-ran'}",
+        str(playbook),
+    ]
+
+
+def _env(**env: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
+        "ANSIBLE_CALLBACKS_ENABLED": "flipback_kill",
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        **env,
+    }
+
+
+def _ansible_playbook(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    # Deliberately in the test's own process group: the kill must not reach us.
     return subprocess.run(
-        [
-            str(bin_dir / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-e",
-            f"marker={tmp_path / 'task-three-ran'}",
-            str(playbook),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        # Deliberately in the test's own process group: the kill must not reach us.
-        env={
-            **os.environ,
-            "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
-            "ANSIBLE_CALLBACKS_ENABLED": "flipback_kill",
-            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-            "ANSIBLE_LOCALHOST_WARNING": "false",
-            **env,
-        },
+        _argv(tmp_path), capture_output=True, text=True, check=False, timeout=120, env=_env(**env)
     )
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_real_run_is_killed_at_task_n_plus_1_and_the_caller_survives(tmp_path):
@@ -203,3 +254,33 @@ def test_real_run_with_only_a_task_log_completes(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert log.read_text().splitlines() == ["1\tOne", "2\tTwo", "3\tThree", "4\tFour"]
     assert (tmp_path / "task-three-ran").exists()
+
+
+def test_real_run_paused_after_a_named_task_goes_on_after_sigcont(tmp_path):
+    log = tmp_path / "tasks.log"
+    run = subprocess.Popen(
+        _argv(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(
+            FLIPBACK_KILL_AFTER_TASK="Two", FLIPBACK_KILL_SIGNAL="STOP", FLIPBACK_TASK_LOG=str(log)
+        ),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while _state(run.pid) != "T":
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        # Held between tasks two and three: three has not run, and we were not stopped.
+        assert not (tmp_path / "task-three-ran").exists()
+        assert log.read_text().splitlines() == ["1\tOne", "2\tTwo", "3\tThree\tSIGSTOP"]
+        os.killpg(run.pid, signal.SIGCONT)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 0, out
+    assert (tmp_path / "task-three-ran").exists()
+    assert log.read_text().splitlines()[3:] == ["4\tFour"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import http.client
 import importlib.util
+import itertools
 import json
 import signal
 import socket
@@ -290,6 +291,24 @@ def test_release_changes(records, expected):
     assert load.release_changes(records) == expected
 
 
+def test_release_changes_per_client_do_not_read_overlap_as_a_flap():
+    # Client 0's request started first but reached the server after the flip; client
+    # 1's started 2 ms later and got there before it. Per URL that reads A, B, A, B.
+    records = [
+        Record(0.100, U1, "ok", 200, 0.030, "A", 0),
+        Record(0.110, U1, "ok", 200, 0.010, "A", 1),
+        Record(0.200, U1, "ok", 200, 0.030, "B", 0),
+        Record(0.202, U1, "ok", 200, 0.010, "A", 1),
+        Record(0.300, U1, "ok", 200, 0.010, "B", 0),
+        Record(0.310, U1, "ok", 200, 0.010, "B", 1),
+    ]
+    assert [r for _, r in load.release_changes(records)[U1]] == ["A", "B", "A", "B"]
+    assert load.release_changes(records, per_client=True) == {
+        (U1, 0): [(0.100, "A"), (0.200, "B")],
+        (U1, 1): [(0.110, "A"), (0.310, "B")],
+    }
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -336,6 +355,11 @@ def test_run_records_every_request(app, mode):
     assert summary["releases"]["A"]["count"] == len(records)
     assert summary["latency_ms"]["max"] is not None
     assert min(r.t for r in records) < 0.1
+    # Each record names its client, and each client's requests are sequential.
+    assert {r.client for r in records} == {0, 1}
+    for client in (0, 1):
+        mine = sorted((r for r in records if r.client == client), key=lambda r: r.t)
+        assert all(a.t + a.latency <= b.t + 1e-9 for a, b in itertools.pairwise(mine))
 
 
 @MODES
@@ -435,10 +459,12 @@ def test_release_changes_follow_the_flips(app, mode):
                 server.behaviour = release
         time.sleep(0.15)
 
-    changes = load.release_changes(generator.records)
-    for server in servers:
-        assert [release for _, release in changes[server.url]] == ["A", "B", "A", "C"]
-        times = [t for t, _ in changes[server.url]]
+    changes = load.release_changes(generator.records, per_client=True)
+    # Four clients over two URLs: two clients each, and each saw every flip once.
+    assert sorted(changes) == sorted((s.url, c) for c in range(4) for s in [servers[c % 2]])
+    for seen in changes.values():
+        assert [release for _, release in seen] == ["A", "B", "A", "C"]
+        times = [t for t, _ in seen]
         assert times == sorted(times)
     assert generator.summary()["failed"] == 0
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,17 +153,37 @@ def _both(host, ref: str, *extra: str) -> list[tuple[int, str]]:
 
 
 def test_two_deploys_at_once_one_fails_naming_the_holder(host):
-    # A deploy that switches (v2 -> v1) holds the lock from staging to the switch.
+    # A deploy that switches (v2 -> v1) holds the lock from staging to the switch. The
+    # first run is paused (SIGSTOP, by the flipback_kill callback) right after the task
+    # that takes the lock, so the second one asks while the first holds it, every time,
+    # however fast the first would have been.
     v2 = lib.current_id(host)
     v1 = lib.manifest(host, v2)["replaces"]
-    results = sorted(_both(host, "v1"))
-    (ok_rc, _), (busy_rc, busy) = results
-    assert ok_rc == 0, results
-    assert busy_rc != 0, results
-    assert "hello is locked by" in busy
+    pause = {
+        "ANSIBLE_CALLBACKS_ENABLED": lib.callbacks_with_kill(),
+        "FLIPBACK_KILL_AFTER_TASK": "Take the deploy lock",
+        "FLIPBACK_KILL_SIGNAL": "STOP",
+    }
+    holder = lib.start_playbook(host, "deploy.yml", "-e", "ref=v1", env=pause)
+    try:
+        deadline = time.monotonic() + 300
+        while lib.process_state(holder.pid) != "T":
+            assert holder.poll() is None, holder.communicate()
+            assert time.monotonic() < deadline, "the first deploy never reached its pause"
+            time.sleep(0.1)
+        assert host.file("/run/lock/flipback/hello/.lock").exists
+        busy = lib.run_playbook(host, "deploy.yml", "-e", "ref=v1")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGCONT)
+        out, err = holder.communicate(timeout=600)
+    said = lib.output(busy)
+    assert holder.returncode == 0, (out + err)[-3000:]
+    assert busy.returncode != 0, said[-3000:]
+    assert "hello is locked by" in said, said[-3000:]
     for field in ("playbook Deploy - stage", f"release {v1}", "action deploy", "since"):
-        assert field in busy, busy[-2000:]
-    assert "the rollout stopped" in busy, busy[-2000:]
+        assert field in said, said[-2000:]
+    assert "the rollout stopped" in said, said[-2000:]
     assert lib.current_id(host) == v1
     assert lib.public_health(host)["release"] == v1
     assert not host.file("/run/lock/flipback/hello/.lock").exists

@@ -106,7 +106,7 @@ def test_what_each_host_recorded_about_the_stopped_release(host, picky_rollout):
     }[host.backend.get_hostname()]
     assert events == expected
     # No instance of the stopped release is left running anywhere (a short drain aside).
-    assert host.run(f"sleep 2; systemctl is-active hello@{picky}").stdout.strip() != "active"
+    assert lib.stops_within(host, f"hello@{picky}.service")
 
 
 def test_status_and_history_after_the_stopped_rollout(host, picky_rollout, tmp_path):

@@ -559,7 +559,7 @@ class Fleet:
         self.addresses = [i["address"] for i in instances]
         self.scratch = scratch
         self.repo = Repo(lib.REPO, lib.git_sha("v1"), scratch)
-        self.callbacks = _callbacks_with_kill()
+        self.callbacks = lib.callbacks_with_kill()
         self.keep = _keep_releases()
         self.machines = [Machine(i["instance"], self) for i in instances]
         self.task_names: dict[str, list[str]] = {}
@@ -582,15 +582,6 @@ class Fleet:
     def share(self, count: int, index: int) -> list[int]:
         """Kill points 1..count dealt round-robin, so every machine gets early and late ones."""
         return list(range(1 + index, count + 1, len(self.machines)))
-
-
-def _callbacks_with_kill() -> str:
-    """The callbacks this configuration enables, plus flipback_kill."""
-    # Imported here: it reads ANSIBLE_CONFIG (molecule's), as the runs will.
-    from ansible import constants as C
-
-    enabled = list(C.config.get_config_value("CALLBACKS_ENABLED") or [])
-    return ",".join([*enabled, "flipback_kill"])
 
 
 def _keep_releases() -> int:

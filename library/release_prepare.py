@@ -58,27 +58,6 @@ options:
     description: Content of the nginx site.
     type: str
     required: true
-  port:
-    description: Public port (nginx) of the service.
-    type: int
-    required: true
-  health_path:
-    description: Health URL path.
-    type: str
-    default: /health
-  expect_status:
-    description: Status codes a healthy answer has.
-    type: list
-    elements: int
-    default: [200]
-  expect_json:
-    description: JSON fields a healthy answer has; C(release) is always added.
-    type: dict
-    default: {}
-  public_successes:
-    description: Answers in a row that prove the live release.
-    type: int
-    default: 3
   standby:
     description: Whether the previous good release's instance may keep running.
     type: bool
@@ -89,6 +68,7 @@ options:
     default: ""
 author: flipback
 extends_documentation_fragment:
+  - flipback_health
   - flipback_lock
 """
 
@@ -170,6 +150,7 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
+from ansible.module_utils.flipback_health import PUBLIC_HEALTH_ARGUMENTS, public_health
 from ansible.module_utils.flipback_lock import LOCK_ARGUMENTS, lock_request
 from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
 
@@ -187,11 +168,7 @@ def spec_from(params: dict) -> PrepareSpec:
         unit_file=ManagedFile(params["unit_path"], params["unit_content"], 0o644),
         site_file=ManagedFile(params["site_path"], params["site_content"], 0o644),
         lock=lock_request(params),
-        port=params["port"],
-        health_path=params["health_path"],
-        expect_status=tuple(params["expect_status"]),
-        expect_json=params["expect_json"],
-        public_successes=params["public_successes"],
+        **public_health(params),
         standby=params["standby"],
         deps_key=params["deps_key"],
     )
@@ -211,11 +188,7 @@ def main() -> None:
             "site_path": {"type": "path", "required": True},
             "site_content": {"type": "str", "required": True},
             **LOCK_ARGUMENTS,
-            "port": {"type": "int", "required": True},
-            "health_path": {"type": "str", "default": "/health"},
-            "expect_status": {"type": "list", "elements": "int", "default": [200]},
-            "expect_json": {"type": "dict", "default": {}},
-            "public_successes": {"type": "int", "default": 3},
+            **PUBLIC_HEALTH_ARGUMENTS,
             "standby": {"type": "bool", "default": True},
             "deps_key": {"type": "str", "default": ""},
         },

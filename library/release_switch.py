@@ -58,31 +58,10 @@ options:
     type: str
     default: deploy
     choices: [deploy, rollback]
-  port:
-    description: Public port (nginx) of the service.
-    type: int
-    required: true
-  health_path:
-    description: Health URL path.
-    type: str
-    default: /health
-  expect_status:
-    description: Status codes a healthy answer has.
-    type: list
-    elements: int
-    default: [200]
-  expect_json:
-    description: JSON fields a healthy answer has; C(release) is always added.
-    type: dict
-    default: {}
   health_timeout:
     description: Seconds each gate may take.
     type: float
     default: 30
-  public_successes:
-    description: Answers in a row Gate 2 needs.
-    type: int
-    default: 3
   drain_seconds:
     description:
       - Seconds an instance being retired keeps running after the flip; a timer on the
@@ -102,6 +81,7 @@ options:
     default: ""
 author: flipback
 extends_documentation_fragment:
+  - flipback_health
   - flipback_lock
 """
 
@@ -200,6 +180,7 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
+from ansible.module_utils.flipback_health import PUBLIC_HEALTH_ARGUMENTS, public_health
 from ansible.module_utils.flipback_lock import LOCK_ARGUMENTS, ServiceLock, lock_request
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
@@ -231,12 +212,8 @@ def main() -> None:
             "keep_releases": {"type": "int", "default": 0},
             **LOCK_ARGUMENTS,
             "action": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback"]},
-            "port": {"type": "int", "required": True},
-            "health_path": {"type": "str", "default": "/health"},
-            "expect_status": {"type": "list", "elements": "int", "default": [200]},
-            "expect_json": {"type": "dict", "default": {}},
+            **PUBLIC_HEALTH_ARGUMENTS,
             "health_timeout": {"type": "float", "default": 30},
-            "public_successes": {"type": "int", "default": 3},
             "drain_seconds": {"type": "float", "default": 1},
             "socket_dir": {"type": "path"},
             "by": {"type": "str", "default": "unknown"},
@@ -251,12 +228,8 @@ def main() -> None:
         root=params["root"] or f"/srv/{service}",
         release=params["release"],
         action=params["action"],
-        port=params["port"],
-        health_path=params["health_path"],
-        expect_status=tuple(params["expect_status"]),
-        expect_json=params["expect_json"],
+        **public_health(params),
         health_timeout=params["health_timeout"],
-        public_successes=params["public_successes"],
         drain_seconds=params["drain_seconds"],
         socket_dir=params["socket_dir"] or f"/run/flipback-{service}",
         by=params["by"],

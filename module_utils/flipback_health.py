@@ -94,6 +94,30 @@ class Expect:
         return text
 
 
+def expect_release(status, json_fields: dict, release: str) -> Expect:
+    """A healthy answer of `release`: one of `status`, with `json_fields` and the
+    `release` field naming it (what every gate of a release asks)."""
+    return Expect(status=tuple(status), json={**json_fields, "release": release})
+
+
+# The health parameters of the modules that prove a release through the public port
+# (release_prepare: is it live already; release_switch: Gate 2). Documented once in
+# plugins/doc_fragments/flipback_health.py.
+PUBLIC_HEALTH_ARGUMENTS: dict[str, dict] = {
+    "port": {"type": "int", "required": True},
+    "health_path": {"type": "str", "default": "/health"},
+    "expect_status": {"type": "list", "elements": "int", "default": [200]},
+    "expect_json": {"type": "dict", "default": {}},
+    "public_successes": {"type": "int", "default": 3},
+}
+
+
+def public_health(params: dict) -> dict:
+    """The PUBLIC_HEALTH_ARGUMENTS of `params`, as the spec dataclasses take them."""
+    found = {name: params[name] for name in PUBLIC_HEALTH_ARGUMENTS}
+    return {**found, "expect_status": tuple(found["expect_status"])}
+
+
 @dataclass(frozen=True)
 class Policy:
     timeout: float = 30.0

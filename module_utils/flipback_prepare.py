@@ -27,11 +27,11 @@ from typing import Any
 
 from ansible.module_utils.flipback_common import Runner, run_command
 from ansible.module_utils.flipback_health import (
-    Expect,
     HealthError,
     Policy,
     Prober,
     Target,
+    expect_release,
     real_probe,
 )
 from ansible.module_utils.flipback_lock import ServiceLock
@@ -315,10 +315,7 @@ class Prepare:
         try:
             self.prober(
                 Target(url_path=spec.health_path, host="127.0.0.1", port=spec.port),
-                Expect(
-                    status=tuple(spec.expect_status),
-                    json={**spec.expect_json, "release": spec.release},
-                ),
+                expect_release(spec.expect_status, spec.expect_json, spec.release),
                 Policy(timeout=spec.noop_timeout, delay=0.05, successes=spec.public_successes),
             )
         except HealthError:

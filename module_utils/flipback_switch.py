@@ -45,6 +45,7 @@ from ansible.module_utils.flipback_health import (
     Policy,
     Prober,
     Target,
+    expect_release,
     real_probe,
 )
 from ansible.module_utils.flipback_prepare import list_instances
@@ -180,10 +181,8 @@ class Switch:
 
     # -- gates
     def _expect(self) -> Expect:
-        return Expect(
-            status=tuple(self.spec.expect_status),
-            json={**self.spec.expect_json, "release": self.spec.release},
-        )
+        spec = self.spec
+        return expect_release(spec.expect_status, spec.expect_json, spec.release)
 
     def _gate_private(self) -> dict:
         socket_path = os.path.join(self.spec.socket_dir, self.spec.release, "app.sock")

@@ -16,6 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from ansible.module_utils import flipback_health
 from ansible.module_utils.flipback_health import (
     BODY_LIMIT,
     Expect,
@@ -443,3 +444,27 @@ def test_invalid_input_fails_before_probing(target, expect, policy, field):
     assert err.value.details["field"] == field
     assert err.value.retryable is False
     assert clock.sleeps == []
+
+
+def test_expect_release_names_the_release_over_the_configured_fields():
+    expect = flipback_health.expect_release([200, 204], {"ok": True, "release": "x"}, "r1")
+    assert expect == flipback_health.Expect(status=(200, 204), json={"ok": True, "release": "r1"})
+
+
+def test_public_health_takes_exactly_its_arguments_as_the_specs_want_them():
+    params = {
+        "port": 8000,
+        "health_path": "/ready",
+        "expect_status": [200],
+        "expect_json": {"ok": True},
+        "public_successes": 2,
+        "service": "shop",
+    }
+    assert flipback_health.public_health(params) == {
+        "port": 8000,
+        "health_path": "/ready",
+        "expect_status": (200,),
+        "expect_json": {"ok": True},
+        "public_successes": 2,
+    }
+    assert set(flipback_health.PUBLIC_HEALTH_ARGUMENTS) == set(params) - {"service"}

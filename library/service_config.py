@@ -85,8 +85,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_config import (
     ARGUMENT_SPEC,
     ConfigError,
-    check_request,
-    redact_env,
+    check_params,
+    invocation,
 )
 
 
@@ -97,34 +97,23 @@ def main() -> None:
     )
     started = time.monotonic()
     params = module.params
-    # Ansible echoes the module's arguments as `invocation` (shown with -vvv, kept in the
-    # registered result); the env values in them may be secrets, so echo them hidden.
-    invocation = {"module_args": {**params, "services": redact_env(params["services"])}}
+    # Ansible echoes the module's arguments as `invocation`; the env values in them may
+    # be secrets, so they are echoed hidden.
+    echoed = invocation(params)
     try:
-        result = check_request(
-            params["services"],
-            service=params["service"],
-            ref=params["ref"],
-            source=params["source"],
-            release=params["release"],
-            steps=params["steps"],
-        )
+        result = check_params(params)
     except ConfigError as exc:
         module.fail_json(
             msg=exc.msg,
             problems=exc.problems,
             retryable=False,
             elapsed=round(time.monotonic() - started, 3),
-            invocation=invocation,
+            invocation=echoed,
         )
-    # Environment values may be secrets: they are checked but never returned, so they
-    # cannot reach the output; the role writes them from the definitions with no_log.
-    for svc in result["services"]:
-        svc["env_names"] = sorted(svc.pop("env"))
     module.exit_json(
         changed=False,
         elapsed=round(time.monotonic() - started, 3),
-        invocation=invocation,
+        invocation=echoed,
         **result,
     )
 

@@ -321,6 +321,30 @@ def check_request(
     }
 
 
+def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """check_request on the parameters of ARGUMENT_SPEC, as the service_config module
+    and action return it. Environment values may be secrets: they are checked but never
+    returned (only their names, `env_names`), so they cannot reach the output; the role
+    writes them from the definitions with no_log."""
+    result = check_request(
+        params["services"],
+        service=params["service"],
+        ref=params["ref"],
+        source=params["source"],
+        release=params["release"],
+        steps=params["steps"],
+    )
+    for svc in result["services"]:
+        svc["env_names"] = sorted(svc.pop("env"))
+    return result
+
+
+def invocation(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The `invocation` Ansible echoes (shown with -vvv, kept in a registered result),
+    with the env values in it hidden."""
+    return {"module_args": {**params, "services": redact_env(params["services"])}}
+
+
 def _check_unique(services: Sequence[Mapping[str, Any]], key: str, problems: list[str]) -> None:
     seen: dict[Any, str] = {}
     for svc in services:

@@ -25,8 +25,8 @@ for _path in C.DEFAULT_MODULE_UTILS_PATH:
 from ansible.module_utils.flipback_config import (
     ARGUMENT_SPEC,
     ConfigError,
-    check_request,
-    redact_env,
+    check_params,
+    invocation,
 )
 
 
@@ -70,18 +70,9 @@ class ActionModule(ActionBase):
         started = time.monotonic()
         validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
-        result["invocation"] = {
-            "module_args": {**params, "services": redact_env(params["services"])}
-        }
+        result["invocation"] = invocation(params)
         try:
-            checked = check_request(
-                params["services"],
-                service=params["service"],
-                ref=params["ref"],
-                source=params["source"],
-                release=params["release"],
-                steps=params["steps"],
-            )
+            checked = check_params(params)
         except ConfigError as exc:
             result.update(
                 failed=True,
@@ -91,8 +82,6 @@ class ActionModule(ActionBase):
                 elapsed=round(time.monotonic() - started, 3),
             )
             return result
-        for svc in checked["services"]:
-            svc["env_names"] = sorted(svc.pop("env"))
         result.update(checked, changed=False, live_runs=live_runs(), **run_identity())
         result["elapsed"] = round(time.monotonic() - started, 3)
         return result

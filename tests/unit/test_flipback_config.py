@@ -8,7 +8,9 @@ import pytest
 from ansible.module_utils.flipback_config import (
     HEALTH_DEFAULTS,
     ConfigError,
+    check_params,
     check_request,
+    invocation,
     redact_env,
 )
 
@@ -403,3 +405,36 @@ def test_redact_env_hides_every_env_value_and_keeps_the_rest():
         "env",
         3,
     ]
+
+
+def _params(services: Any, **selectors: Any) -> dict[str, Any]:
+    return {
+        "services": services,
+        **{k: "" for k in ("service", "ref", "source", "release")},
+        "steps": None,
+        **selectors,
+    }
+
+
+def test_check_params_returns_env_names_never_values():
+    services = [service(env={"SECRET_KEY": "hunter2", "API": "x"})]
+    result = check_params(_params(services, ref="v2"))
+    (svc,) = result["services"]
+    assert svc["env_names"] == ["API", "SECRET_KEY"]
+    assert "env" not in svc
+    assert "hunter2" not in repr(result)
+    assert svc["ref"] == "v2"
+
+
+def test_check_params_raises_what_check_request_raises():
+    with pytest.raises(ConfigError) as info:
+        check_params(_params(two(), service="nope"))
+    assert problem_for(info.value, "service")
+
+
+def test_invocation_hides_env_values_and_keeps_the_rest():
+    params = _params([service(env={"SECRET_KEY": "hunter2"})], ref="v2")
+    echoed = invocation(params)["module_args"]
+    assert "hunter2" not in repr(echoed)
+    assert echoed["ref"] == "v2"
+    assert echoed["services"][0]["name"] == "web"

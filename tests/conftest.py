@@ -1,4 +1,4 @@
-"""Make the project's module_utils and library modules importable, as Ansible would.
+"""Make the project's module_utils, library modules and bench scripts importable.
 
 Ansible ships `module_utils/` next to a playbook as `ansible.module_utils.*` and
 runs `library/*.py` as scripts; the tests reproduce both without installing
@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 
+# bench/ is no package: its scripts import each other by name (bench.py imports load
+# and plot), and so do the tests (`import load`).
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
+
 
 def _load_library_module(name: str) -> None:
     spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
@@ -44,6 +49,7 @@ for _name in (
     "status_report",
     "release_switch",
     "release_prepare",
+    "release",
 ):
     if _name not in sys.modules:
         _load_library_module(_name)

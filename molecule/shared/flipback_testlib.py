@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 SERVICE = "hello"
@@ -12,6 +14,19 @@ ROOT = f"/srv/{SERVICE}"
 PORT = 8000
 REPO = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "hello-repo"
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[2]))
+
+
+def bench_load():
+    """bench/load.py, the load generator (bench/ is no package), loaded once from its
+    file as `flipback_load`."""
+    if "flipback_load" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "flipback_load", PROJECT / "bench" / "load.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["flipback_load"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["flipback_load"]
 
 
 def git_sha(ref: str) -> str:

@@ -3,27 +3,11 @@ pixels round-trip through zlib), and the timeline draws what it is given."""
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
 import zlib
-from pathlib import Path
 
+import plot
 import pytest
-
-
-def _load_module():
-    if "plot" not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "bench" / "plot.py"
-        spec = importlib.util.spec_from_file_location("plot", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["plot"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["plot"]
-
-
-plot = _load_module()
 
 
 def chunks(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -4,29 +4,12 @@ the tables. Nothing here runs a playbook or a machine."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
+import load
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+import bench
 
-
-def _load(name: str):
-    """A module of bench/ (no package), loaded from its file once, as test_load.py does."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-load = _load("load")
-_load("plot")
-bench = _load("bench")
 Record = load.Record
 
 

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import errno
 import http.client
-import importlib.util
 import itertools
 import json
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
+import load
 import pytest
 
-
-def _load_module():
-    """bench/load.py, loaded from its file (bench/ is no package)."""
-    if "load" not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "bench" / "load.py"
-        spec = importlib.util.spec_from_file_location("load", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["load"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["load"]
-
-
-load = _load_module()
 Record = load.Record
 
 LINGER_RESET = struct.pack("ii", 1, 0)

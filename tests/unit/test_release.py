@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+import release
 from ansible.module_utils.flipback_release import append_history, history_event, read_history
 from ansible.module_utils.testing import patch_module_args
-
-
-def _library_module(name: str):
-    """The library module, loaded from its file as conftest loads the others."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "library" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-release = _library_module("release")
 
 SERVICE = "shop"
 A = "20261101T120000-aaaaaaaaaa"

@@ -26,7 +26,6 @@ rollback and must land one more good release back (reported apart in the totals)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -48,10 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import flipback_testlib as lib
 
-_spec = importlib.util.spec_from_file_location("flipback_load", lib.PROJECT / "bench" / "load.py")
-load = importlib.util.module_from_spec(_spec)
-sys.modules["flipback_load"] = load
-_spec.loader.exec_module(load)
+load = lib.bench_load()
 
 # One client per machine, a new connection per request, 5 requests/s per machine:
 # enough to catch a refused or reset connection at any flip, light on 2 cores.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,10 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import flipback_testlib as lib
 
-_spec = importlib.util.spec_from_file_location("flipback_load", lib.PROJECT / "bench" / "load.py")
-load = importlib.util.module_from_spec(_spec)
-sys.modules["flipback_load"] = load
-_spec.loader.exec_module(load)
+load = lib.bench_load()
 
 # Clients per mode; the rate stays well below what TIME_WAIT allows (DESIGN.md).
 CLIENTS = 4

@@ -109,7 +109,6 @@ retryable:
   returned: failure
 """
 
-import sys
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_build import ARGUMENT_SPEC, Builder, BuildSpec
@@ -122,14 +121,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    spec = BuildSpec(
-        service=params["service"],
-        source=params["source"],
-        subdir=params["subdir"].strip("/"),
-        ref=params["ref"],
-        cache_dir=params["cache_dir"],
-        pip=params["pip"] or [sys.executable, "-m", "pip"],
-    )
+    spec = BuildSpec.from_params(params)
     respond(module, lambda: Builder(spec).build())
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import time
 import tomllib
@@ -140,6 +141,19 @@ class BuildSpec:
     ref: str
     cache_dir: str
     pip: Sequence[str]
+
+    @classmethod
+    def from_params(cls, params: dict) -> BuildSpec:
+        """The spec that ARGUMENT_SPEC's parameters ask for (module and action alike);
+        pip defaults to this interpreter's."""
+        return cls(
+            service=params["service"],
+            source=params["source"],
+            subdir=params["subdir"].strip("/"),
+            ref=params["ref"],
+            cache_dir=params["cache_dir"],
+            pip=params["pip"] or [sys.executable, "-m", "pip"],
+        )
 
 
 class Builder:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 import time
 
 import ansible.module_utils
@@ -49,14 +48,7 @@ class ActionModule(ActionBase):
         started = time.monotonic()
         validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
-        spec = BuildSpec(
-            service=params["service"],
-            source=params["source"],
-            subdir=params["subdir"].strip("/"),
-            ref=params["ref"],
-            cache_dir=params["cache_dir"],
-            pip=params["pip"] or [sys.executable, "-m", "pip"],
-        )
+        spec = BuildSpec.from_params(params)
         try:
             result.update(Builder(spec).build())
             result["code_b64"] = inline_code(result["code_artifact"])

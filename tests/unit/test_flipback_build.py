@@ -769,3 +769,27 @@ def test_failing_git_archive_is_retryable(services, pip, tmp_path, monkeypatch):
     assert info.value.retryable is True
     assert "fatal: disk full" in info.value.msg
     assert list((tmp_path / "cache" / "artifacts").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("pip", "expected"),
+    [([], [sys.executable, "-m", "pip"]), (["/opt/pip"], ["/opt/pip"])],
+    ids=["default-pip", "given-pip"],
+)
+def test_build_spec_from_params(pip, expected):
+    params = {
+        "service": "web",
+        "source": "/srv/git/web.git",
+        "subdir": "/services/web/",
+        "ref": "v1",
+        "cache_dir": "/var/cache/flipback",
+        "pip": pip,
+    }
+    assert BuildSpec.from_params(params) == BuildSpec(
+        service="web",
+        source="/srv/git/web.git",
+        subdir="services/web",
+        ref="v1",
+        cache_dir="/var/cache/flipback",
+        pip=expected,
+    )

@@ -9,14 +9,17 @@ module: release_prepare
 short_description: Take the deploy lock and get a host ready for a release, in one call
 description:
   - Takes the service's deploy lock (or fails naming its holder), makes sure the
-    service user, its directories, its environment file (0640 root:<user>, never
-    shown), its systemd template unit and its nginx site are as given, reloads systemd
-    and nginx only when their files changed (nginx only after C(nginx -t) passes; a
-    rejected site is put back), and reports whether the release is staged and live.
+    service user, its directories and its nginx site are as given, reloads nginx only
+    when the site changed (only after C(nginx -t) passes; a rejected site is put back),
+    and reports whether the release is staged and live.
+  - Writes no unit and no env file - each release carries its own, staged with its
+    code by release_stage - so nothing it writes changes how the live release starts.
+  - Reports how the release's configuration differs from the live release's
+    (C(config_changes); env values are compared on the host and never shown).
   - When the release is already current, running, enabled, alone (apart from the
     standby) and answering through the public port, returns C(noop=true) and gives
     the lock back in the same call.
-  - Check mode reports what would change, with diffs of the unit and site; the lock is
+  - Check mode reports what would change, with diffs of the site and configuration; the lock is
     only looked at.
 options:
   service:
@@ -34,22 +37,15 @@ options:
     description: Release this run deploys.
     type: str
     required: true
+  config:
+    description: How the release runs, as release_config returned it.
+    type: dict
+    default: {}
   env_file:
-    description: Path of the environment file.
-    type: path
-    required: true
-  env_content:
-    description: Content of the environment file; kept out of every output.
+    description: The release's env file (C(flipback_env_file) filter); only compared
+      with the live release's, never written here, never shown.
     type: str
-    required: true
-  unit_path:
-    description: Path of the systemd template unit.
-    type: path
-    required: true
-  unit_content:
-    description: Content of the systemd template unit.
-    type: str
-    required: true
+    default: ""
   site_path:
     description: Path of the nginx site.
     type: path
@@ -78,10 +74,8 @@ EXAMPLES = r"""
     service: hello
     user: hello
     release: 20261129T141500-3f2a9c1d0e
-    env_file: /etc/flipback/hello.env
-    env_content: "HELLO_GREETING=\"hi\"\n"
-    unit_path: /etc/systemd/system/hello@.service
-    unit_content: "{{ lookup('template', 'service@.service.j2') }}"
+    config: "{{ hello_release.config }}"
+    env_file: "{{ {'HELLO_GREETING': 'hi'} | flipback_env_file('hello') }}"
     site_path: /etc/nginx/conf.d/flipback-hello.conf
     site_content: "{{ lookup('template', 'nginx-site.conf.j2') }}"
     port: 8000
@@ -93,9 +87,12 @@ release:
   description: The release this run deploys.
   type: str
   returned: success
-env_changed:
-  description: Whether the environment file changed (its content is never shown).
-  type: bool
+config_changes:
+  description: How the release's configuration differs from the live release's, e.g.
+    C(workers 1 -> 2), C(HELLO_GREETING) (value changed), C(+DJANGO_DEBUG), C(-OLD);
+    env values are never shown. Empty when nothing differs or nothing is live.
+  type: list
+  elements: str
   returned: success
 current:
   description: Release C(current) points at; null if none.
@@ -125,7 +122,8 @@ changes:
   elements: str
   returned: success
 diff:
-  description: Before and after of the unit and the nginx site (never the env file), in diff mode.
+  description: Before and after of the nginx site and of the configuration (env values
+    masked), in diff mode.
   type: list
   elements: dict
   returned: in diff mode, when they change
@@ -162,15 +160,13 @@ def spec_from(params: dict) -> PrepareSpec:
         root=params["root"] or f"/srv/{service}",
         user=params["user"],
         release=params["release"],
-        env_file=ManagedFile(
-            params["env_file"], params["env_content"], 0o640, service_group=True, secret=True
-        ),
-        unit_file=ManagedFile(params["unit_path"], params["unit_content"], 0o644),
         site_file=ManagedFile(params["site_path"], params["site_content"], 0o644),
         lock=lock_request(params),
         **public_health(params),
         standby=params["standby"],
         deps_key=params["deps_key"],
+        config=params["config"],
+        env_text=params["env_file"],
     )
 
 
@@ -181,10 +177,8 @@ def main() -> None:
             "root": {"type": "path"},
             "user": {"type": "str", "required": True},
             "release": {"type": "str", "required": True},
-            "env_file": {"type": "path", "required": True},
-            "env_content": {"type": "str", "required": True, "no_log": True},
-            "unit_path": {"type": "path", "required": True},
-            "unit_content": {"type": "str", "required": True},
+            "config": {"type": "dict", "default": {}},
+            "env_file": {"type": "str", "default": "", "no_log": True},
             "site_path": {"type": "path", "required": True},
             "site_content": {"type": "str", "required": True},
             **LOCK_ARGUMENTS,

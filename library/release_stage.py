@@ -12,6 +12,10 @@ description:
     virtualenv at that final path, installs the dependencies from the artifact's
     wheelhouse with no network, precompiles bytecode, links C(sock) to the release's
     private socket, and writes the manifest. Code and virtualenv are owned by root.
+  - Stages the release's configuration with it - its own systemd unit
+    C(/etc/systemd/system/<service>@<release>.service) and its env file - after checking
+    that they are what the release id stands for; neither is changed afterwards, so each
+    instance starts from its own release's configuration.
   - A release already staged is left alone (C(changed=false)). A release left
     half-finished by a killed run is wiped and staged again; one being staged by a live
     run is refused (retryable).
@@ -59,6 +63,23 @@ options:
       - The artifact itself, base64 - a code-only artifact for a host that reuses a
         venv with the same wheels, so no upload is needed. Written to O(artifact) first.
     type: str
+  build_id:
+    description: The build the release is made of (C(id) of release_build).
+    type: str
+    required: true
+  config:
+    description:
+      - How the release runs, as release_config returned it (app, factory, workers, user,
+        env_names, env_digest, unit_sha256). Checked against the release id, then staged
+        with the code and recorded in the manifest; never changed after.
+    type: dict
+    required: true
+  env_file:
+    description:
+      - The release's env file, as the C(flipback_env_file) filter renders it; written to
+        C(<release>/.flipback/env) (0640 root:<user>) and never shown.
+    type: str
+    required: true
   start:
     description:
       - Once staged, start the release's instance without waiting for it (it listens
@@ -79,6 +100,9 @@ EXAMPLES = r"""
     release: 20261129T141500-3f2a9c1d0e
     artifact: /srv/hello/.incoming/20261129T141500-3f2a9c1d0e.tar
     checksum: "{{ deploy_build.checksum }}"
+    build_id: "{{ deploy_build.id }}"
+    config: "{{ hello_release.config }}"
+    env_file: "{{ {'HELLO_GREETING': 'hi'} | flipback_env_file('hello') }}"
     manifest:
       git_sha: "{{ deploy_build.git_sha }}"
 """
@@ -163,6 +187,9 @@ def main() -> None:
             "by": {"type": "str", "default": "unknown"},
             "deps_key": {"type": "str", "default": ""},
             "start": {"type": "bool", "default": False},
+            "build_id": {"type": "str", "required": True},
+            "config": {"type": "dict", "required": True},
+            "env_file": {"type": "str", "required": True, "no_log": True},
             # Not a secret, but up to 2.7 MB that would be echoed back in every result.
             "artifact_b64": {"type": "str", "no_log": True},
         },
@@ -181,6 +208,9 @@ def main() -> None:
         manifest=params["manifest"],
         by=params["by"],
         deps_key=params["deps_key"],
+        build_id=params["build_id"],
+        config=params["config"],
+        env_text=params["env_file"],
     )
 
     def work() -> dict:

@@ -10,10 +10,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ansible.module_utils.flipback_runtime import APP_RE, app_and_factory, env_problems
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-APP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@^~{}-]{0,199}$")
 SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$")
@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "subdir": "",
     "ref": "HEAD",
     "workers": 1,
+    "factory": False,
     "env": {},
     "keep_releases": 5,
     "health": {},
@@ -139,7 +140,18 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
         problems.append(_problem(f"{where}.ref", ref, "a branch, tag or commit"))
     app = svc.get("app")
     if not isinstance(app, str) or not APP_RE.match(app):
-        problems.append(_problem(f"{where}.app", app, "'module:attribute', e.g. 'app:app'"))
+        problems.append(
+            _problem(
+                f"{where}.app",
+                app,
+                "'module:attribute' (e.g. 'app:app') or a factory 'module:create_app()'",
+            )
+        )
+    factory = svc.get("factory")
+    if not isinstance(factory, bool):
+        problems.append(_problem(f"{where}.factory", factory, "true or false"))
+    elif isinstance(app, str) and APP_RE.match(app):
+        svc["app"], svc["factory"] = app_and_factory(app, factory)
     port = _int(svc.get("port"))
     if port is None or not 1 <= port <= 65535:
         problems.append(_problem(f"{where}.port", svc.get("port"), "an integer 1-65535"))
@@ -180,36 +192,8 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
 
 
 def _check_env(where: str, env: Any, problems: list[str]) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        problems.append(_problem(f"{where}.env", type(env).__name__, "a mapping NAME: value"))
-        return {}
-    clean = {}
-    for key, value in env.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
-            # The value may be a secret: name the key only.
-            problems.append(
-                _problem(
-                    f"{where}.env",
-                    key,
-                    "variable names of letters, digits and '_', not starting with a digit (no '=')",
-                )
-            )
-            continue
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            problems.append(
-                f"{where}.env.{key}: got a {type(value).__name__}, expected a string or number"
-            )
-            continue
-        text = str(value)
-        if "\n" in text or "\0" in text:
-            problems.append(
-                f"{where}.env.{key}: got a value with a newline or NUL byte, "
-                "expected a single line (value not shown)"
-            )
-            continue
-        clean[key] = text
+    clean, found = env_problems(where, env)
+    problems.extend(found)
     return clean
 
 

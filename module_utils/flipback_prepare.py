@@ -4,9 +4,15 @@ The first round trip of a deploy, so it does everything that does not depend on 
 release being staged yet:
 
     take the service's deploy lock              (or fail naming its holder)
-    the service user, its directories, its env file (secret), unit file and nginx site
-    daemon-reload / nginx -t + reload           only when those files changed
-    report: current release, whether the release is staged, whether it is already live
+    the service user, its directories and its nginx site
+    nginx -t + reload                           only when the site changed
+    report: current release, whether the release is staged, whether it is already live,
+            and how its configuration differs from the live release's (env values
+            compared here, on the host, never shown)
+
+The unit and env file are not written here: each release carries its own, staged with
+its code (flipback_stage), so nothing this call writes can change how the live release
+or its standby starts.
 
 If the release is already current, its instance active and enabled, no other
 instance is left over, and it answers through the public port, the deploy has
@@ -38,8 +44,14 @@ from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
+    recorded_config,
     validate_release_id,
     validate_service,
+)
+from ansible.module_utils.flipback_runtime import (
+    config_changes,
+    masked_config,
+    parse_env_file,
 )
 from ansible.module_utils.flipback_stage import find_donor
 
@@ -49,9 +61,6 @@ class ManagedFile:
     path: str
     content: str
     mode: int
-    # Group-owned by the service user (readable by the service), else by root.
-    service_group: bool = False
-    secret: bool = False
 
 
 @dataclass
@@ -60,9 +69,11 @@ class PrepareSpec:
     root: str
     user: str
     release: str
-    env_file: ManagedFile
-    unit_file: ManagedFile
     site_file: ManagedFile
+    # How the release runs (release_config's `config`) and its env file, to tell what
+    # changes against the live release.
+    config: dict = field(default_factory=dict)
+    env_text: str = ""
     lock: dict | None = None
     port: int = 0
     health_path: str = "/health"
@@ -140,16 +151,10 @@ class Prepare:
         self._dir(os.path.join(spec.root, "releases"), 0, 0, 0o755, check_mode)
         self._dir(os.path.join(spec.root, ".incoming"), 0, 0, 0o700, check_mode)
         self._dir(os.path.join(spec.root, "shared"), uid, gid, 0o750, check_mode)
-        self._dir(os.path.dirname(spec.env_file.path), 0, 0, 0o755, check_mode)
-        for managed in (spec.unit_file, spec.site_file):
-            # System directories: created if missing, their mode left alone.
-            self._dir(os.path.dirname(managed.path), -1, -1, 0o755, check_mode)
-        env_changed = self._file(spec.env_file, gid, check_mode)
-        unit_changed = self._file(spec.unit_file, 0, check_mode)
+        # A system directory: created if missing, its mode left alone.
+        self._dir(os.path.dirname(spec.site_file.path), -1, -1, 0o755, check_mode)
         site_before = _read(spec.site_file.path)
-        site_changed = self._file(spec.site_file, 0, check_mode)
-        if unit_changed and not check_mode:
-            self._must(["systemctl", "daemon-reload"], "reload systemd")
+        site_changed = self._file(spec.site_file, check_mode)
         if site_changed and not check_mode:
             self._reload_nginx(site_before)
 
@@ -164,7 +169,7 @@ class Prepare:
             current=state.current,
             staged=staged,
             venv_donor=None if staged else find_donor(spec.root, spec.release, spec.deps_key),
-            env_changed=env_changed,
+            config_changes=self._config_changes(state.current),
             diff=self.diffs,
             warnings=self.warnings,
         )
@@ -187,6 +192,29 @@ class Prepare:
             self.lock.release(spec.lock["owner"])
             result["lock"] = {**(result["lock"] or {}), "outcome": "released"}
         return result
+
+    # -- configuration
+    def _config_changes(self, current: str | None) -> list[str]:
+        """How this release's configuration differs from the live one's (names only)."""
+        spec = self.spec
+        if not current or current == spec.release or not spec.config:
+            return []
+        before, before_env = recorded_config(spec.root, current)
+        if before is None:
+            return [f"configuration of {current} not recorded (staged by an older flipback)"]
+        after_env = parse_env_file(spec.env_text)
+        changes = config_changes(before, before_env, spec.config, after_env)
+        if changes:
+            changed = {c for c in changes if c.isidentifier()}
+            self.diffs.append(
+                {
+                    "before_header": f"{spec.service} configuration of {current}",
+                    "after_header": f"{spec.service} configuration of {spec.release}",
+                    "before": masked_config(before, {}),
+                    "after": masked_config(spec.config, {n: "*** (changed)" for n in changed}),
+                }
+            )
+        return changes
 
     # -- lock
     def _take_lock(self, check_mode: bool) -> dict:
@@ -247,18 +275,18 @@ class Prepare:
                 os.chown(path, uid, gid)
                 os.chmod(path, mode)
 
-    def _file(self, managed: ManagedFile, gid: int, check_mode: bool) -> bool:
+    def _file(self, managed: ManagedFile, check_mode: bool) -> bool:
+        """A root-owned file as given; True when its content changed."""
         before = _read(managed.path)
-        gid = gid if managed.service_group else 0
         content_changed = before != managed.content
         meta_changed = False
-        if before is not None and gid >= 0:
+        if before is not None:
             st = os.stat(managed.path)
-            meta_changed = (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (managed.mode, 0, gid)
+            meta_changed = (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (managed.mode, 0, 0)
         if not (content_changed or meta_changed):
             return False
         self.changes.append(f"file {managed.path}")
-        if content_changed and not managed.secret:
+        if content_changed:
             self.diffs.append(
                 {
                     "before_header": managed.path,
@@ -268,7 +296,7 @@ class Prepare:
                 }
             )
         if not check_mode:
-            _write_atomic(managed.path, managed.content, managed.mode, max(gid, 0))
+            _write_atomic(managed.path, managed.content, managed.mode, 0)
         return content_changed
 
     def _reload_nginx(self, site_before: str | None) -> None:

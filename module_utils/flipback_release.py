@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ansible.module_utils.flipback_common import FlipbackError
+from ansible.module_utils.flipback_runtime import UNIT_DIR, env_path, parse_env_file
 
 SERVICE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
@@ -141,6 +142,21 @@ def read_manifest(root: str, release_id: str) -> dict | None:
             path=path,
         )
     return manifest
+
+
+def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, str] | None]:
+    """(config, env values) a staged release runs with; None for what cannot be read
+    (a release staged by an older flipback has no config; values need root)."""
+    try:
+        config = (read_manifest(root, release_id) or {}).get("config")
+    except ReleaseError:
+        config = None
+    try:
+        with open(env_path(root, release_id), encoding="utf-8") as handle:
+            env: dict[str, str] | None = parse_env_file(handle.read())
+    except OSError:
+        env = None
+    return (config if isinstance(config, dict) else None), env
 
 
 def manifest_problem(manifest: dict | None, release_id: str, service: str) -> str | None:
@@ -513,11 +529,17 @@ class Releases:
     """The five operations of the release module on one service's root."""
 
     def __init__(
-        self, service: str, root: str | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        service: str,
+        root: str | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        unit_dir: str = UNIT_DIR,
     ) -> None:
         self.service = validate_service(service)
         self.root = root or f"/srv/{service}"
         self.clock = clock
+        self.unit_dir = unit_dir
 
     @property
     def current_link(self) -> str:
@@ -665,6 +687,14 @@ class Releases:
             append_history(self.root, self._event(release_id, "pruned", by, why, None, None))
             try:
                 shutil.rmtree(release_dir(self.root, release_id))
+                # The release's own unit goes with it (never enabled: only current is).
+                unit = f"{self.service}@{release_id}.service"
+                for path in (
+                    os.path.join(self.unit_dir, "multi-user.target.wants", unit),
+                    os.path.join(self.unit_dir, unit),
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
             except OSError as exc:
                 raise ReleaseError(
                     f"could not remove {release_dir(self.root, release_id)}: {exc}; expected "

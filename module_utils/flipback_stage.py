@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ansible.module_utils.flipback_common import Runner, run_command, sha256_file
@@ -34,6 +35,7 @@ from ansible.module_utils.flipback_release import (
     validate_release_id,
     validate_service,
 )
+from ansible.module_utils.flipback_runtime import CONFIG_DIR, ENV_FILE, UNIT_DIR, staged_files
 
 WHEELS_DIR = ".wheels"
 
@@ -73,6 +75,12 @@ class StageSpec:
     by: str
     # Key of the dependency set; a staged release with the same key lends its venv.
     deps_key: str = ""
+    # How the release runs (release_config's `config`), the build it is made of, and
+    # its env file (flipback_env_file): staged with the code, never changed after.
+    build_id: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    env_text: str = ""
+    unit_dir: str = UNIT_DIR
 
 
 class Stager:
@@ -81,6 +89,7 @@ class Stager:
         self.run = run
         self.path = release_dir(spec.root, spec.release)
         self.venv_from: str | None = None
+        self.unit_text = ""
 
     def staged(self) -> bool:
         manifest = read_manifest(self.spec.root, self.spec.release)
@@ -91,6 +100,15 @@ class Stager:
         validate_service(spec.service)
         validate_release_id(spec.release)
         result: dict[str, Any] = {"release": spec.release, "path": self.path}
+        # The configuration is checked against the release id before anything is written.
+        self.unit_text, _env = staged_files(
+            service=spec.service,
+            home=spec.root,
+            release=spec.release,
+            build_id=spec.build_id,
+            config=spec.config,
+            env_text=spec.env_text,
+        )
         if self.staged():
             return {**result, "changed": False}
         holder = staging_lock_holder(self.path)
@@ -128,6 +146,7 @@ class Stager:
             self._unpack()
             self._virtualenv()
             self._finish()
+            self._configure()
         except ReleaseError:
             raise
         except (OSError, tarfile.TarError) as exc:
@@ -151,6 +170,29 @@ class Stager:
             ),
         )
         return {**result, "changed": True, "replaces": previous, "venv_from": self.venv_from}
+
+    def unit_path(self) -> str:
+        return os.path.join(self.spec.unit_dir, f"{self.spec.service}@{self.spec.release}.service")
+
+    def _configure(self) -> None:
+        """The release's own configuration: its env file (root, readable by the service's
+        group only) beside the code, and its own unit; systemd learns of the unit now."""
+        gid = pwd.getpwnam(self.spec.config["user"]).pw_gid
+        conf_dir = os.path.join(self.path, CONFIG_DIR)
+        # The code may carry a file or directory of that name: flipback's wins.
+        if os.path.isdir(conf_dir) and not os.path.islink(conf_dir):
+            shutil.rmtree(conf_dir)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(conf_dir)
+        os.mkdir(conf_dir, 0o750)
+        os.chown(conf_dir, 0, gid)
+        os.chmod(conf_dir, 0o750)
+        write_file(os.path.join(conf_dir, ENV_FILE), self.spec.env_text, 0o640, gid)
+        os.makedirs(self.spec.unit_dir, mode=0o755, exist_ok=True)
+        write_file(self.unit_path(), self.unit_text, 0o644, 0)
+        proc = self.run(["systemctl", "daemon-reload"])
+        self._check(proc, "reload systemd for the release's unit")
 
     def warm_up(self) -> bool:
         """Start the staged release's instance, not waiting: the switch gates it later.
@@ -176,6 +218,9 @@ class Stager:
             "replaces": previous,
             "status": status,
             "deps_key": spec.deps_key or None,
+            "build": spec.build_id or None,
+            # How it runs: env names and a digest, never values.
+            "config": spec.config,
         }
         path = os.path.join(self.path, MANIFEST)
         tmp = f"{path}.tmp"
@@ -355,6 +400,24 @@ def link_venv(source: str, dest: str) -> None:
         os.chmod(tmp, mode)
         # rename(2) replaces the link, so the donor's file is untouched.
         os.replace(tmp, path)
+
+
+def write_file(path: str, content: str, mode: int, gid: int) -> None:
+    """Write by rename, owned by root and `gid`, with `mode` from the start."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchown(handle.fileno(), 0, gid)
+            os.fchmod(handle.fileno(), mode)
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def utc_iso_now() -> str:

@@ -32,10 +32,12 @@ from ansible.module_utils.flipback_lock import DEFAULT_LOCK_DIR, LOCK, read_hold
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     read_history,
+    recorded_config,
     scan,
     validate_positive,
     validate_service,
 )
+from ansible.module_utils.flipback_runtime import config_changes
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -268,6 +270,8 @@ def host_status(
             "health": None,
             "lock": None,
             "error": None,
+            "config": None,
+            "config_changes": None,
         }
         errors = []
         try:
@@ -277,6 +281,7 @@ def host_status(
         else:
             report["current"] = state.current
             report["previous_good"] = next(iter(state.previous_good()), None)
+            report["config"], report["config_changes"] = _config(root, state)
             report["releases"] = [
                 {
                     "id": rel.id,
@@ -307,6 +312,21 @@ def host_status(
         if unit_error and report["releases"]:
             report["error"] = "; ".join(filter(None, (report["error"], unit_error)))
     return reports
+
+
+def _config(root: str, state: Any) -> tuple[dict | None, list[str] | None]:
+    """The live release's configuration (no values), and what changed from the previous
+    good release (None when either was staged before releases carried it)."""
+    if not state.current:
+        return None, None
+    config, env = recorded_config(root, state.current)
+    previous = next(iter(state.previous_good()), None)
+    if config is None or previous is None:
+        return config, None
+    before, before_env = recorded_config(root, previous)
+    if before is None:
+        return config, None
+    return config, config_changes(before, before_env, config, env or {})
 
 
 # =========================================================================== host: history
@@ -393,6 +413,18 @@ def _health_cell(report: Mapping[str, Any]) -> str:
     return f"FAIL {truncate(health.get('error'), ERROR_WIDTH)}"
 
 
+def _config_cell(report: Mapping[str, Any]) -> str:
+    """`<workers>w <n> env`, then what changed from the previous good release."""
+    config = report.get("config")
+    if not config:
+        return "-" if not report.get("current") else "not recorded"
+    cell = f"{config.get('workers')}w {len(config.get('env_names') or [])} env"
+    changes = report.get("config_changes")
+    if changes:
+        cell += f"; changed: {truncate(', '.join(changes), ERROR_WIDTH)}"
+    return cell
+
+
 def _lock_cell(lock: Mapping[str, Any] | None) -> str:
     if not lock:
         return "-"
@@ -429,6 +461,7 @@ STATUS_COLUMNS = (
     ("instance", "INSTANCE"),
     ("health", "HEALTH"),
     ("releases", "RELEASES"),
+    ("config", "CONFIG"),
     ("lock", "LOCK"),
 )
 HISTORY_COLUMNS = (
@@ -479,6 +512,7 @@ def status_report(hosts: object) -> dict:
                 "instance": _instance_cell(report),
                 "health": _health_cell(report),
                 "releases": _releases_cell(releases),
+                "config": _config_cell(report),
                 "lock": _lock_cell(report.get("lock")),
             }
             by_service.setdefault(row["service"], []).append(row)

@@ -2,8 +2,10 @@
 
 The last task of a deploy. From what each host noted during the run (staged,
 switched, failed and why, not switched because the rollout stopped, restored), it
-prints one line per host and service, checks that every host that is live on the
-new release runs the same release id, and fails the run when the rollout stopped.
+prints one line per host and service (with the configuration changes each release
+brought, names only), checks that every host that switched runs the release worked
+out for it (build + its configuration: hosts with the same configuration share an
+id), and fails the run when the rollout stopped.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ def host_lines(
         elif outcome == "switched":
             current = state.get("current")
             text = f"switched to {current}"
-            if current != releases.get(service, current):
+            if current != release:
                 problems.append(
-                    f"{host} {service}: runs {current}, expected {releases[service]} like "
-                    "every other host"
+                    f"{host} {service}: runs {current}, expected {release} (its build with "
+                    "this host's configuration)"
                 )
                 ok = False
         elif outcome == "already live":
@@ -68,7 +70,20 @@ def host_lines(
             text = f"staged {release}; not switched"
         else:
             text = outcome
-        rows.append({"host": host, "service": service, "outcome": text, "ok": ok})
+        changes = state.get("config_changes") or []
+        if (changes and outcome in ("switched", "failed", "staged")) or (
+            changes and service in restored
+        ):
+            text += f" (config changed: {', '.join(changes)})"
+        rows.append(
+            {
+                "host": host,
+                "service": service,
+                "outcome": text,
+                "ok": ok,
+                "config_changes": changes,
+            }
+        )
     return rows, problems
 
 

@@ -1,0 +1,481 @@
+"""How a release runs: its configuration, the files that carry it on a host, and its id.
+
+A release is its build (code + wheels) *and* its configuration, immutable once staged:
+
+    /etc/systemd/system/<service>@<release>.service   the release's own unit (0644 root):
+                                                      user, app, factory, workers, hardening
+    <root>/releases/<release>/.flipback/env           its environment values
+                                                      (0640 root:<user>, never shown)
+    <root>/releases/<release>/manifest.json "config"  app, factory, workers, user, the env
+                                                      names and a digest (never values)
+
+Each instance starts from its own release's unit and env file, so nothing a deploy
+writes before its switch can change how the live release (or its standby) starts, and
+a rollback brings back the configuration the release ran with. The release id covers
+the build and the effective configuration: the same code with a new env value is a
+new release; the same code with the same configuration is the same id (a no-op).
+
+Everything here is pure and runs the same on the controller (release_config) and on
+the hosts (release_prepare, release_stage): standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.module_utils.flipback_common import FlipbackError
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+APP_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\(\))?$"
+)
+BUILD_ID_RE = re.compile(r"^([0-9]{8}T[0-9]{6})-[0-9a-f]{10}$")
+UNIT_DIR = "/etc/systemd/system"
+# Inside a release directory: flipback's own files, beside the code.
+CONFIG_DIR = ".flipback"
+ENV_FILE = "env"
+# Names the unit sets, or that would take the process away from its release: the
+# interpreter, the loader, uvicorn's own options, systemd's protocol variables.
+RESERVED_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONUSERBASE",
+        "PYTHONEXECUTABLE",
+        "PYTHONPLATLIBDIR",
+        "PYTHONNOUSERSITE",
+        "PYTHONSAFEPATH",
+        "PYTHONINSPECT",
+        "PYTHONDONTWRITEBYTECODE",
+        "NOTIFY_SOCKET",
+        "MAINPID",
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CACHE_DIRECTORY",
+        "LOGS_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+        "CREDENTIALS_DIRECTORY",
+    }
+)
+RESERVED_ENV_PREFIXES = ("FLIPBACK_", "LD_", "UVICORN_", "LISTEN_", "WATCHDOG_", "SYSTEMD_")
+# systemd's own line limit is far larger; a bigger value is a file, not a setting.
+MAX_ENV_VALUE = 32 * 1024
+# Characters a systemd EnvironmentFile value cannot carry (a newline ends the line,
+# and systemd drops values with other control characters); tab is allowed.
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Inside double quotes, systemd's EnvironmentFile parser takes these after a backslash
+# as themselves; every other character (tab, any Unicode) stands for itself.
+_NEEDS_ESCAPE = re.compile(r'(["\\`$])')
+# Work factor of the env digest: it is kept in world-readable manifests and in the
+# release id, so guessing a value from it must be slow.
+ENV_DIGEST_ROUNDS = 60_000
+
+
+def reserved_env_name(name: str) -> bool:
+    return name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES)
+
+
+def env_problems(where: str, env: Any) -> tuple[dict[str, str], list[str]]:
+    """(the values as text, problems): every problem names the key, never the value."""
+    if env is None:
+        return {}, []
+    if not isinstance(env, Mapping):
+        return {}, [f"{where}.env: got a {type(env).__name__}, expected a mapping NAME: value"]
+    clean: dict[str, str] = {}
+    problems: list[str] = []
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            problems.append(
+                f"{where}.env: got the name {key!r}, expected letters, digits and '_', "
+                "not starting with a digit (no '=')"
+            )
+            continue
+        if reserved_env_name(key):
+            problems.append(
+                f"{where}.env.{key}: got a reserved name, expected a name of the app's own "
+                f"(flipback or systemd sets it, or it would change how the release starts: "
+                f"{', '.join(sorted(RESERVED_ENV_NAMES))} and names starting with "
+                f"{', '.join(RESERVED_ENV_PREFIXES)})"
+            )
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append(
+                f"{where}.env.{key}: got a {type(value).__name__}, expected a string or number "
+                "(quote yes/no/true/false in YAML)"
+            )
+            continue
+        text = str(value)
+        bad = _FORBIDDEN_CHARS.search(text)
+        if bad:
+            problems.append(
+                f"{where}.env.{key}: got a value with the control character "
+                f"U+{ord(bad.group()):04X} (value not shown), expected text on one line: a "
+                "systemd environment file cannot carry NUL, newlines, CR or other control "
+                "characters (tab is fine)"
+            )
+            continue
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            problems.append(
+                f"{where}.env.{key}: got a value that is not valid Unicode text "
+                "(value not shown), expected UTF-8 text"
+            )
+            continue
+        if size > MAX_ENV_VALUE:
+            problems.append(
+                f"{where}.env.{key}: got a value of {size} bytes (value not shown), expected "
+                f"at most {MAX_ENV_VALUE}; put large content in a file under shared/"
+            )
+            continue
+        clean[key] = text
+    return clean, problems
+
+
+def env_file_text(env: Mapping[str, str]) -> str:
+    """The env file systemd reads for the release: each value exactly as given."""
+    lines = ["# flipback: environment of one release; written at staging, never changed."]
+    for key in sorted(env):
+        escaped = _NEEDS_ESCAPE.sub(r"\\\1", env[key])
+        lines.append(f'{key}="{escaped}"')
+    return "\n".join(lines) + "\n"
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """The values of a file written by env_file_text (only that shape is read)."""
+    values: dict[str, str] = {}
+    for line in text.split("\n"):
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, quoted = line.split("=", 1)
+        if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+            continue
+        body, out, escaped = quoted[1:-1], [], False
+        for char in body:
+            if escaped:
+                out.append(char if char in '"\\`$' else "\\" + char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            else:
+                out.append(char)
+        values[key] = "".join(out)
+    return values
+
+
+def env_digest(service: str, env: Mapping[str, str]) -> str:
+    """A slow, salted digest of the env values: equal values, equal digest."""
+    canonical = json.dumps(dict(sorted(env.items())), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.pbkdf2_hmac(
+        "sha256", canonical.encode("utf-8"), f"flipback-env:{service}".encode(), ENV_DIGEST_ROUNDS
+    ).hex()
+
+
+def app_and_factory(app: str, factory: bool) -> tuple[str, bool]:
+    """`module:create_app()` is the factory form of `module:create_app`."""
+    if app.endswith("()"):
+        return app[:-2], True
+    return app, bool(factory)
+
+
+def home_of(root: str, service: str) -> str:
+    return root if root else f"/srv/{service}"
+
+
+def socket_dir_of(service: str) -> str:
+    return f"/run/flipback-{service}"
+
+
+def unit_path(service: str, release: str) -> str:
+    return f"{UNIT_DIR}/{service}@{release}.service"
+
+
+def env_path(home: str, release: str) -> str:
+    return f"{home}/releases/{release}/{CONFIG_DIR}/{ENV_FILE}"
+
+
+def unit_text(*, service: str, home: str, user: str, app: str, factory: bool, workers: int) -> str:
+    """The systemd unit of one release of `service` (its id is the instance, %i)."""
+    socket_dir = socket_dir_of(service)
+    factory_flag = " --factory" if factory else ""
+    return f"""\
+# flipback: one release of {service}, written at staging and never changed; the
+# release's own configuration (app, workers, env file) is in this file.
+[Unit]
+Description=flipback {service} release %i
+After=network.target
+AssertPathExists={home}/releases/%i/manifest.json
+
+[Service]
+Type=exec
+User={user}
+Group={user}
+WorkingDirectory={home}/releases/%i
+EnvironmentFile={home}/releases/%i/{CONFIG_DIR}/{ENV_FILE}
+Environment=FLIPBACK_RELEASE=%i PYTHONDONTWRITEBYTECODE=1
+RuntimeDirectory=flipback-{service}/%i
+RuntimeDirectoryMode=0755
+ExecStart={home}/releases/%i/venv/bin/python -m uvicorn {app}{factory_flag} \
+--uds {socket_dir}/%i/app.sock --workers {workers} --no-access-log \
+--timeout-graceful-shutdown 20
+Restart=on-failure
+RestartSec=1
+TimeoutStopSec=30
+KillMode=mixed
+
+# Sandboxing: the code is read-only, only shared/ is writable.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={home}/shared
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+ProtectProc=invisible
+ProcSubset=pid
+DevicePolicy=closed
+# uvicorn listens on a unix socket; the app may still call out over IP.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+CapabilityBoundingSet=
+AmbientCapabilities=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_config(
+    *,
+    service: str,
+    home: str,
+    user: str,
+    app: str,
+    factory: bool,
+    workers: int,
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """What the manifest records of how a release runs (env names and a digest only)."""
+    app, factory = app_and_factory(app, factory)
+    unit = unit_text(
+        service=service, home=home, user=user, app=app, factory=factory, workers=workers
+    )
+    return {
+        "app": app,
+        "factory": factory,
+        "workers": int(workers),
+        "user": user,
+        "env_names": sorted(env),
+        "env_digest": env_digest(service, env),
+        "unit_sha256": sha256_text(unit),
+    }
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    keys = ("app", "factory", "workers", "user", "env_names", "env_digest", "unit_sha256")
+    canonical = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def release_id_for(build_id: str, config: Mapping[str, Any]) -> str:
+    """`<commit time>-<hash of the build and the configuration>`: sortable, content-stable."""
+    match = BUILD_ID_RE.match(build_id or "")
+    if not match:
+        raise ValueError(f"build id {build_id!r} is not like 20261129T141500-3f2a9c1d0e")
+    content = f"{build_id}\n{config_digest(config)}".encode()
+    return f"{match.group(1)}-{hashlib.sha256(content).hexdigest()[:10]}"
+
+
+def config_changes(
+    before: Mapping[str, Any] | None,
+    before_env: Mapping[str, str] | None,
+    after: Mapping[str, Any],
+    after_env: Mapping[str, str],
+) -> list[str]:
+    """What differs between two releases' configurations, values of env never shown:
+    `app app:app -> app:make()`, `workers 1 -> 2`, `HELLO_GREETING` (value changed),
+    `+DJANGO_DEBUG` (added), `-OLD` (removed)."""
+    if before is None:
+        return []
+    changes = []
+    for key in ("app", "factory", "workers", "user"):
+        if before.get(key) != after.get(key):
+            changes.append(f"{key} {before.get(key)} -> {after.get(key)}")
+    old_names = set(before.get("env_names") or [])
+    new_names = set(after.get("env_names") or [])
+    for name in sorted(old_names | new_names):
+        if name not in old_names:
+            changes.append(f"+{name}")
+        elif name not in new_names:
+            changes.append(f"-{name}")
+        elif before_env is not None and before_env.get(name) != after_env.get(name):
+            changes.append(name)
+    if before_env is None and before.get("env_digest") != after.get("env_digest"):
+        changes.append("env values (which ones is not known)")
+    if not changes and before.get("unit_sha256") != after.get("unit_sha256"):
+        changes.append("unit (flipback's service settings)")
+    return changes
+
+
+def masked_config(config: Mapping[str, Any], env_marks: Mapping[str, str]) -> str:
+    """A configuration as diff text, env values replaced by a mark."""
+    lines = [
+        f"app: {config.get('app')}{' (factory)' if config.get('factory') else ''}",
+        f"workers: {config.get('workers')}",
+        f"user: {config.get('user')}",
+    ]
+    lines += [f"env {name}={env_marks.get(name, '***')}" for name in config.get("env_names", [])]
+    return "\n".join(lines) + "\n"
+
+
+class ConfigInvalid(FlipbackError):
+    """A release's configuration that cannot run; retrying the same input fails the same."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            f"invalid configuration ({len(problems)} problem{'s' if len(problems) != 1 else ''}), "
+            "nothing was changed on any host; fix it and run again (retrying as-is fails the "
+            "same way): " + "; ".join(problems),
+            retryable=False,
+            problems=problems,
+        )
+
+
+def resolve_release(
+    *,
+    service: str,
+    user: str,
+    app: str,
+    factory: bool,
+    workers: int,
+    env: Any,
+    build_id: str,
+    root: str = "",
+) -> dict[str, Any]:
+    """The release a build becomes with this configuration: its id and what its manifest
+    records. Env values are checked (never returned, never echoed)."""
+    where = f"flipback_services ({service})"
+    clean, problems = env_problems(where, env)
+    if not isinstance(app, str) or not APP_RE.match(app):
+        problems.append(
+            f"{where}.app: got {app!r}, expected 'module:attribute' or 'module:factory()'"
+        )
+    if not BUILD_ID_RE.match(build_id or ""):
+        problems.append(f"build_id: got {build_id!r}, expected a build id of release_build")
+    if problems:
+        raise ConfigInvalid(problems)
+    config = run_config(
+        service=service,
+        home=home_of(root, service),
+        user=user,
+        app=app,
+        factory=factory,
+        workers=workers,
+        env=clean,
+    )
+    return {"release": release_id_for(build_id, config), "config": config, "build_id": build_id}
+
+
+def staged_files(
+    *,
+    service: str,
+    home: str,
+    release: str,
+    build_id: str,
+    config: Mapping[str, Any],
+    env_text: str,
+) -> tuple[str, str]:
+    """(unit text, env file text) of a release, after checking on the host, the same way
+    as the controller did, that they are what the release id stands for."""
+    values = parse_env_file(env_text)
+    clean, problems = env_problems(f"flipback_services ({service})", values)
+    if problems:
+        raise ConfigInvalid(problems)
+    if env_file_text(clean) != env_text:
+        raise ConfigInvalid(
+            ["env_file: got text that is not an env file written by flipback_env_file"]
+        )
+    expected = resolve_release(
+        service=service,
+        user=str(config.get("user")),
+        app=str(config.get("app")),
+        factory=bool(config.get("factory")),
+        workers=int(config.get("workers") or 0),
+        env=clean,
+        build_id=build_id,
+        root=home,
+    )
+    if expected["release"] != release or expected["config"] != dict(config):
+        raise ConfigInvalid(
+            [
+                f"release: got {release!r} for this build and configuration, expected "
+                f"{expected['release']!r} (the configuration changed since the release id "
+                "was worked out; run the deploy again)"
+            ]
+        )
+    unit = unit_text(
+        service=service,
+        home=home,
+        user=expected["config"]["user"],
+        app=expected["config"]["app"],
+        factory=expected["config"]["factory"],
+        workers=expected["config"]["workers"],
+    )
+    return unit, env_text
+
+
+# Arguments of release_config, shared by the module and the controller action.
+CONFIG_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "service": {"type": "dict", "required": True},
+    "env": {"type": "raw", "default": {}, "no_log": True},
+    "build_id": {"type": "str", "required": True},
+    "root": {"type": "str", "default": ""},
+}
+
+
+def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """resolve_release on release_config's parameters (`service`: a checked definition)."""
+    svc = params["service"]
+    name = str(svc.get("name", ""))
+    result = resolve_release(
+        service=name,
+        user=str(svc.get("user", name)),
+        app=svc.get("app"),
+        factory=bool(svc.get("factory", False)),
+        workers=int(svc.get("workers", 1)),
+        env=params["env"],
+        build_id=params["build_id"],
+        root=params["root"],
+    )
+    return {"service": name, **result}

@@ -16,13 +16,23 @@ description:
     same content gives the same id and the same artifact (C(changed=false)).
   - Changes nothing on any host. Check mode still builds (the artifact is a cache on
     the controller), so that a dry run can name the release that would go live.
+  - Credentials in O(source) (C(https://user:token@host/x.git)) are never stored or
+    shown. Git gets them from its environment through a credential helper; the mirror
+    under O(cache_dir) is cloned from and configured with the URL without them; every
+    message and result shows that redacted URL (returned as RV(source)), and the
+    artifact's metadata holds no URL at all. A mirror an older version configured with
+    credentials is cleaned.
 options:
   service:
     description: Service name (names the artifact).
     type: str
     required: true
   source:
-    description: Git repository (path or URL) reachable from the controller.
+    description:
+      - Git repository (path or URL) reachable from the controller.
+      - An http(s) URL may carry credentials, C(https://user:token@host/x.git) or
+        C(https://token@host/x.git); they are used, never stored or shown. A password
+        in an ssh:// URL is dropped (ssh takes none from git; use a key).
     type: str
     required: true
   subdir:
@@ -58,6 +68,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+source:
+  description: O(source) without its credentials (an ssh:// URL keeps its user), as
+    recorded in manifests.
+  type: str
+  returned: success
+  sample: https://git.example.com/acme/services.git
 id:
   description: Release id.
   type: str
@@ -112,7 +128,7 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_build import ARGUMENT_SPEC, Builder, BuildSpec
-from ansible.module_utils.flipback_common import respond
+from ansible.module_utils.flipback_common import respond, split_credentials
 
 
 def main() -> None:
@@ -122,6 +138,11 @@ def main() -> None:
     )
     params = module.params
     spec = BuildSpec.from_params(params)
+    # Ansible echoes the parameters in the answer's `invocation`: the redacted URL there,
+    # and Ansible masks the credentials anywhere else in the answer.
+    source, username, password = split_credentials(spec.source)
+    module.params["source"] = source
+    module.no_log_values.update(secret for secret in (username, password) if secret)
     respond(module, lambda: Builder(spec).build())
 
 

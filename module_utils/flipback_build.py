@@ -5,6 +5,11 @@ The artifact is a tar with `src/` (the service directory at the commit, from
 offline). Its release id is `<commit time UTC>-<content hash>`: sortable, and the
 same for the same content, so building the same ref twice yields the same id and
 the deploy has nothing to do.
+
+Credentials in `source` (`https://user:token@host/x.git`) stay in the controller's
+memory: the mirror is cloned from, configured with and named after the URL without
+them, git gets them from its environment through a credential helper, and every
+message and result shows the redacted URL.
 """
 
 from __future__ import annotations
@@ -23,10 +28,26 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ansible.module_utils.flipback_common import FlipbackError, Runner, run_command, sha256_file
+from ansible.module_utils.flipback_common import (
+    EnvRunner,
+    FlipbackError,
+    Runner,
+    run_command,
+    scrub,
+    sha256_file,
+    split_credentials,
+)
 
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}^~-]{0,199}$")
 SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$|^$")
+
+# Hands git the credentials of `source` from the environment of a clone or fetch, so they
+# are in neither its argv (visible in `ps`) nor the mirror's config. The empty helper
+# before it drops the user's own helpers, which could otherwise store them on disk.
+CREDENTIAL_HELPER = (
+    'credential.helper=!f() { test "$1" = get && '
+    'printf "username=%s\\npassword=%s\\n" "$FLIPBACK_GIT_USERNAME" "$FLIPBACK_GIT_PASSWORD"; }; f'
+)
 
 
 # Arguments of release_build, shared by the module and the controller action.
@@ -157,46 +178,114 @@ class BuildSpec:
 
 
 class Builder:
-    def __init__(self, spec: BuildSpec, run: Runner = run_command) -> None:
+    """Builds `spec`. `run` runs the local commands (git in the mirror, pip); `run_remote`
+    runs the git commands that reach the source (clone, fetch) with variables added to
+    their environment, the credentials among them."""
+
+    def __init__(
+        self, spec: BuildSpec, run: Runner = run_command, run_remote: EnvRunner = run_command
+    ) -> None:
         self.spec = spec
         self.run = run
+        self.run_remote = run_remote
+        # `source` is the URL every message, result and mirror config shows.
+        self.source, self.username, self.password = split_credentials(spec.source)
+
+    def scrub(self, text: str) -> str:
+        """A command's output, fit for a message: without the credentials of the source."""
+        return scrub(text, [self.username, self.password])
 
     def git(self, *args: str) -> str:
         proc = self.run(["git", "-C", self.mirror, *args])
         if proc.returncode != 0:
             raise BuildError(
-                f"git {' '.join(args)} failed in the mirror of {self.spec.source}: "
-                f"{proc.stderr.strip()[-500:]}",
+                f"git {' '.join(args)} failed in the mirror of {self.source}: "
+                f"{self.scrub(proc.stderr.strip())[-500:]}",
                 retryable=False,
             )
         return proc.stdout
 
+    def remote_git(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`git *args` that reaches the source: never prompts (a missing credential fails
+        instead of hanging), and gets the credentials, if any, from its environment."""
+        env = {"GIT_TERMINAL_PROMPT": "0"}
+        argv = ["git"]
+        if self.username is not None or self.password is not None:
+            for value in (self.username or "", self.password or ""):
+                if any(c in value for c in "\n\r\0"):
+                    raise BuildError(
+                        "source: the credentials in the URL contain a line break or NUL "
+                        f"(percent-encoded?); expected a plain user and token for {self.source}",
+                        field="source",
+                        value=self.source,
+                        retryable=False,
+                    )
+            argv += ["-c", "credential.helper=", "-c", CREDENTIAL_HELPER]
+            env["FLIPBACK_GIT_USERNAME"] = self.username or ""
+            env["FLIPBACK_GIT_PASSWORD"] = self.password or ""
+        return self.run_remote([*argv, *args], env)
+
+    @staticmethod
+    def _mirror_of(cache_dir: str, url: str) -> str:
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
+        return os.path.join(cache_dir, "git", f"{key}.git")
+
     @property
     def mirror(self) -> str:
-        key = hashlib.sha256(self.spec.source.encode()).hexdigest()[:16]
-        return os.path.join(self.spec.cache_dir, "git", f"{key}.git")
+        """Named after the redacted URL: the same mirror with or without credentials."""
+        return self._mirror_of(self.spec.cache_dir, self.source)
+
+    def _adopt_old_mirror(self) -> None:
+        """Versions before redaction named the mirror after the URL with its credentials
+        and kept them in its config: take such a mirror over (its fix follows), or, if
+        there is one under the new name already, clean its config where it lies."""
+        if self.source == self.spec.source:
+            return
+        old = self._mirror_of(self.spec.cache_dir, self.spec.source)
+        if not os.path.isdir(old):
+            return
+        if not os.path.isdir(self.mirror):
+            os.rename(old, self.mirror)
+            return
+        self._clean_remote_url(old)
+
+    def _clean_remote_url(self, mirror: str) -> None:
+        proc = self.run(["git", "-C", mirror, "config", "--get", "remote.origin.url"])
+        if proc.returncode == 0 and proc.stdout.strip() != self.source:
+            fixed = self.run(["git", "-C", mirror, "remote", "set-url", "origin", self.source])
+            if fixed.returncode != 0:
+                raise BuildError(
+                    f"git remote set-url failed in the mirror of {self.source}: "
+                    f"{self.scrub(fixed.stderr.strip())[-500:]}",
+                    retryable=False,
+                )
 
     def sync_mirror(self) -> None:
         """A bare mirror of the source, fetched every build, so refs are current."""
+        self._adopt_old_mirror()
         if not os.path.isdir(self.mirror):
             os.makedirs(os.path.dirname(self.mirror), exist_ok=True)
-            proc = self.run(["git", "clone", "--quiet", "--mirror", self.spec.source, self.mirror])
+            proc = self.remote_git("clone", "--quiet", "--mirror", self.source, self.mirror)
             if proc.returncode != 0:
                 raise BuildError(
-                    f"source: got {self.spec.source!r}, expected a git repository reachable "
-                    f"from the controller ({proc.stderr.strip()[-400:]}); nothing was changed",
+                    f"source: got {self.source!r}, expected a git repository reachable "
+                    f"from the controller ({self.scrub(proc.stderr.strip())[-400:]}); "
+                    "nothing was changed",
                     field="source",
-                    value=self.spec.source,
+                    value=self.source,
                     retryable=False,
                 )
             return
-        proc = self.run(["git", "-C", self.mirror, "fetch", "--quiet", "--prune", "origin"])
+        # A mirror whose config still holds the credentials (made by an older version).
+        self._clean_remote_url(self.mirror)
+        proc = self.remote_git("-C", self.mirror, "fetch", "--quiet", "--prune", "origin")
         if proc.returncode != 0:
             raise BuildError(
-                f"source: could not fetch {self.spec.source!r} ({proc.stderr.strip()[-400:]}); "
+                f"source: could not fetch {self.source!r} "
+                f"({self.scrub(proc.stderr.strip())[-400:]}); "
                 "retrying is safe, nothing was changed",
                 field="source",
-                value=self.spec.source,
+                value=self.source,
                 retryable=True,
             )
 
@@ -215,7 +304,7 @@ class Builder:
         if proc.returncode != 0:
             raise BuildError(
                 f"ref: got {self.spec.ref!r}, expected a branch, tag or commit of "
-                f"{self.spec.source}; nothing was changed",
+                f"{self.source}; nothing was changed",
                 field="ref",
                 value=self.spec.ref,
                 retryable=False,
@@ -244,8 +333,8 @@ class Builder:
                 if proc.returncode != 0:
                     raise BuildError(
                         f"could not download wheels for {list(deps)}: "
-                        f"{proc.stderr.strip()[-600:]}; expected every dependency as a wheel "
-                        "for the hosts' Python",
+                        f"{self.scrub(proc.stderr.strip())[-600:]}; expected every dependency "
+                        "as a wheel for the hosts' Python",
                         retryable=True,
                     )
             with open(done, "w", encoding="utf-8") as fh:
@@ -317,13 +406,15 @@ class Builder:
             )
             if archive.returncode != 0:
                 raise BuildError(
-                    f"git archive of {treeish} failed: {archive.stderr.decode()[-400:]}",
+                    f"git archive of {treeish} failed: "
+                    f"{self.scrub(archive.stderr.decode(errors='replace'))[-400:]}",
                     retryable=True,
                 )
             write_artifact(artifact, archive.stdout, wheels, commit_time, meta)
             write_artifact(code_artifact, archive.stdout, [], commit_time, meta)
         return {
             "changed": changed,
+            "source": self.source,
             "id": rid,
             "git_sha": sha,
             "ref": spec.ref,

@@ -1,4 +1,5 @@
-"""Pieces every flipback module shares: its error type and answer, running a command, hashing.
+"""Pieces every flipback module shares: its error type and answer, running a command, hashing,
+and keeping credentials in a git URL out of everything flipback writes or reports.
 
 Standard library only: it runs on the controller and on the hosts.
 """
@@ -6,10 +7,13 @@ Standard library only: it runs on the controller and on the hosts.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
+from urllib.parse import quote, unquote
 
 
 class FlipbackError(Exception):
@@ -44,11 +48,22 @@ def respond(module: Any, work: Callable[[], dict[str, Any]]) -> NoReturn:
 
 # How modules run commands; tests pass a fake of this shape.
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+# The same with variables added to the command's environment (say, a credential that
+# must not appear in its argv); run_command is one.
+EnvRunner = Callable[[Sequence[str], Mapping[str, str]], "subprocess.CompletedProcess[str]"]
 
 
-def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def run_command(
+    argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` without a stdin; `env`, if given, is added to this process's environment."""
     return subprocess.run(
-        list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+        list(argv),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -58,3 +73,85 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ------------------------------------------------------------- credentials in URLs
+
+# `scheme://authority...`: the authority ends at the first "/", "?" or "#", as git reads it.
+_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)$", re.DOTALL)
+# ssh logs in as the URL's user, which is no secret; its password, if any, is.
+_SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
+
+
+def _userinfo(url: str) -> tuple[str, str, str | None, str] | None:
+    """(`scheme://`, raw username, raw password or None, `host[:port]...`) of a URL with
+    userinfo; None for one without, for a scp-like `user@host:path` and for a local path.
+
+    The userinfo ends at the authority's last "@", so a password with an unencoded "@"
+    is taken out whole instead of leaking its tail into the host.
+    """
+    match = _URL_RE.match(url)
+    if match is None:
+        return None
+    prefix, authority, rest = match.groups()
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return None
+    username, colon, password = userinfo.partition(":")
+    return prefix, username, password if colon else None, hostport + rest
+
+
+def redact_url(url: str) -> str:
+    """`url` without its credentials: every userinfo of an http(s) (or any other) URL
+    goes; an ssh:// URL keeps a user without a password and loses a password.
+
+    `https://u:token@git.example.com/x.git` -> `https://git.example.com/x.git`,
+    `ssh://git:pw@host/x.git` -> `ssh://git@host/x.git`; `ssh://git@host/x.git`,
+    scp-like `git@host:x.git` and local paths come back unchanged.
+    """
+    parts = _userinfo(url)
+    if parts is None:
+        return url
+    prefix, username, password, rest = parts
+    if prefix[:-3].lower() in _SSH_SCHEMES and username:
+        return url if password is None else f"{prefix}{username}@{rest}"
+    return prefix + rest
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(redact_url(url), username, password): the credentials redact_url took out,
+    percent-decoded as git would send them; None for a part that was not there or stays
+    in the URL (an ssh user)."""
+    clean = redact_url(url)
+    parts = _userinfo(url)
+    if parts is None or clean == url:
+        return clean, None, None
+    prefix, username, password, _rest = parts
+    kept = prefix[:-3].lower() in _SSH_SCHEMES
+    return (
+        clean,
+        unquote(username) if username and not kept else None,
+        unquote(password) if password else None,
+    )
+
+
+def _spellings(secret: str) -> set[str]:
+    """The ways `secret` may be written in a URL or a message: as given, decoded, and
+    percent-encoded (upper- and lower-case hex)."""
+    forms = {secret, unquote(secret)}
+    for plain in list(forms):
+        for safe in ("", "!$&'()*+,;=:"):
+            encoded = quote(plain, safe=safe)
+            forms.add(encoded)
+            forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded))
+    return {form for form in forms if form}
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every spelling of each non-empty secret replaced by `***`."""
+    forms = set().union(*(_spellings(s) for s in secrets if s))
+    if not forms:
+        return text
+    # Longest first, so that a secret containing another one goes whole.
+    pattern = "|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f)))
+    return re.sub(pattern, "***", text)

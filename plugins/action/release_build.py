@@ -3,6 +3,9 @@
 Building only ever happens on the controller, so running it as a module there only
 added an interpreter start and a payload per build; the action calls the same
 Builder (module_utils/flipback_build.py) inside the controller's worker.
+
+Credentials in `source` never reach the result: the Builder reports the redacted URL
+(`source`) and scrubs them from its messages (see the module's documentation).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ requirement), so nothing here touches the network.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -17,6 +19,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from ansible.module_utils import flipback_build
@@ -793,3 +796,342 @@ def test_build_spec_from_params(pip, expected):
         cache_dir="/var/cache/flipback",
         pip=expected,
     )
+
+
+# ------------------------------------------------------------ credentials in source
+
+SECRET = "s3cr%t/tok@n"  # percent-encoded in a URL: s3cr%25t%2Ftok%40n
+SECRET_IN_URL = quote(SECRET, safe="")
+USER = "deploy-bot"
+
+
+def file_url(repo: Repo) -> str:
+    """`file://user:secret@/path`: the builder clones `file:///path`, so the real
+    repository stands in for an https server that wants credentials."""
+    return f"file://{USER}:{SECRET_IN_URL}@{repo.path}"
+
+
+def spellings(secret: str) -> list[str]:
+    return [secret, quote(secret, safe=""), quote(secret, safe="").lower()]
+
+
+def assert_no_secret_under(path: Path) -> None:
+    """No file under `path` (mirror config, packs, artifacts, locks) holds the secret."""
+    for file in path.rglob("*"):
+        if file.is_file():
+            data = file.read_bytes()
+            for form in spellings(SECRET):
+                assert form.encode() not in data, f"{form!r} in {file}"
+
+
+def remote_url(mirror: str) -> str:
+    return subprocess.run(
+        ["git", "-C", mirror, "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+class RecordingRemote:
+    """Stands in for run_remote: records (argv, env), then answers as told, never running
+    git: "ok" succeeds, any other text fails with it as stderr."""
+
+    def __init__(self, answer: str = "ok") -> None:
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+        self.answer = answer
+
+    def __call__(self, argv, env):
+        self.calls.append((list(argv), dict(env)))
+        if self.answer == "ok":
+            return ok(argv)
+        return subprocess.CompletedProcess(argv, 128, "", self.answer)
+
+
+def ok(argv, stdout: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess(argv, 0, stdout, "")
+
+
+def test_credentials_stay_out_of_the_cache_and_the_result(services, pip, tmp_path):
+    source = file_url(services)
+    builder = make_builder(services, pip, tmp_path, source=source)
+    first = builder.build()
+    second = make_builder(services, pip, tmp_path, source=source).build()  # fetches
+
+    clean = f"file://{services.path}"
+    assert first["source"] == second["source"] == clean
+    assert second["id"] == first["id"]
+    assert remote_url(builder.mirror) == clean
+    # Same mirror with or without the credentials.
+    assert builder.mirror == make_builder(services, pip, tmp_path, source=clean).mirror
+    assert_no_secret_under(tmp_path / "cache")
+    for form in [*spellings(SECRET), USER]:
+        assert form not in json.dumps(first)
+
+
+def test_result_source_of_a_plain_path_is_the_path(services, pip, tmp_path):
+    assert make_builder(services, pip, tmp_path).build()["source"] == str(services.path)
+
+
+def _old_mirror(name: str):
+    """Set up a mirror as a version before redaction left it, under `name`: "old" (named
+    after the URL with credentials) or "new" (named after the redacted URL)."""
+
+    def setup(repo: Repo, builder: Builder) -> list[str]:
+        where = Builder._mirror_of(builder.spec.cache_dir, builder.spec.source)
+        if name == "new":
+            where = builder.mirror
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        # What `git clone --mirror <url with credentials>` leaves (git reads a file URL's
+        # encoded "/" as a path, so the clone itself cannot take this one).
+        subprocess.run(["git", "clone", "--quiet", "--mirror", str(repo.path), where], check=True)
+        subprocess.run(
+            ["git", "-C", where, "config", "remote.origin.url", builder.spec.source], check=True
+        )
+        assert SECRET_IN_URL in remote_url(where)
+        return [where]
+
+    return setup
+
+
+def _old_and_new_mirror(repo: Repo, builder: Builder) -> list[str]:
+    (old,) = _old_mirror("old")(repo, builder)
+    make_builder(repo, [], Path(builder.spec.cache_dir).parent, source=builder.source).sync_mirror()
+    return [old, builder.mirror]
+
+
+@pytest.mark.parametrize(
+    ("setup", "kept_old"),
+    [(_old_mirror("old"), False), (_old_mirror("new"), False), (_old_and_new_mirror, True)],
+    ids=["old-name-taken-over", "new-name-cleaned", "old-beside-new-cleaned-in-place"],
+)
+def test_a_mirror_with_credentials_in_its_config_is_cleaned(
+    services, pip, tmp_path, setup, kept_old
+):
+    builder = make_builder(services, pip, tmp_path, source=file_url(services))
+    mirrors = setup(services, builder)
+
+    result = builder.build()
+
+    assert result["source"] == f"file://{services.path}"
+    assert remote_url(builder.mirror) == result["source"]
+    old = Builder._mirror_of(builder.spec.cache_dir, builder.spec.source)
+    assert os.path.isdir(old) is kept_old
+    for mirror in mirrors:
+        if os.path.isdir(mirror):
+            assert remote_url(mirror) == result["source"]
+    assert_no_secret_under(tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    ("source", "clean", "env"),
+    [
+        pytest.param(
+            f"https://{USER}:{SECRET_IN_URL}@git.example.com/team/app.git",
+            "https://git.example.com/team/app.git",
+            {"FLIPBACK_GIT_USERNAME": USER, "FLIPBACK_GIT_PASSWORD": SECRET},
+            id="user-and-token",
+        ),
+        pytest.param(
+            f"http://{SECRET_IN_URL}@[::1]:8080/x.git",
+            "http://[::1]:8080/x.git",
+            {"FLIPBACK_GIT_USERNAME": SECRET, "FLIPBACK_GIT_PASSWORD": ""},
+            id="token-as-user-ipv6",
+        ),
+        pytest.param(
+            f"ssh://git:{SECRET_IN_URL}@host:2222/x.git",
+            "ssh://git@host:2222/x.git",
+            {"FLIPBACK_GIT_USERNAME": "", "FLIPBACK_GIT_PASSWORD": SECRET},
+            id="ssh-password",
+        ),
+        pytest.param(
+            "https://git.example.com/x.git", "https://git.example.com/x.git", {}, id="none"
+        ),
+        pytest.param("ssh://git@host/x.git", "ssh://git@host/x.git", {}, id="ssh-user"),
+        pytest.param("git@host:x.git", "git@host:x.git", {}, id="scp-like"),
+    ],
+)
+def test_credentials_reach_git_in_its_environment_only(tmp_path, source, clean, env):
+    remote = RecordingRemote()
+    spec = BuildSpec("hello", source, "hello", "main", str(tmp_path / "cache"), ["pip"])
+    builder = Builder(spec, run_remote=remote)
+    builder.sync_mirror()  # clones
+    os.makedirs(builder.mirror)
+    builder.run = lambda argv: ok(argv, stdout=clean)  # the mirror's config is clean
+    builder.sync_mirror()  # fetches
+
+    (clone_argv, clone_env), (fetch_argv, fetch_env) = remote.calls
+    assert clone_argv[-4:] == ["--quiet", "--mirror", clean, builder.mirror]
+    assert fetch_argv[-6:] == ["-C", builder.mirror, "fetch", "--quiet", "--prune", "origin"]
+    helper = ["-c", "credential.helper=", "-c", flipback_build.CREDENTIAL_HELPER]
+    for argv, given in ((clone_argv, clone_env), (fetch_argv, fetch_env)):
+        assert given == {"GIT_TERMINAL_PROMPT": "0", **env}
+        # Credentials replace the user's helpers; without them, those still answer.
+        assert (argv[1:5] == helper) is bool(env)
+        for word in argv:
+            for form in spellings(SECRET):
+                assert form not in word
+
+
+def test_the_credential_helper_answers_get_from_the_environment():
+    script = flipback_build.CREDENTIAL_HELPER.removeprefix("credential.helper=!")
+    env = {
+        **os.environ,
+        "FLIPBACK_GIT_USERNAME": USER,
+        "FLIPBACK_GIT_PASSWORD": "p a$s'\"\\x",
+    }
+    run = [
+        subprocess.run(["sh", "-c", f"{script} {op}"], env=env, capture_output=True, text=True)
+        for op in ("get", "store", "erase")
+    ]
+    assert run[0].stdout == f"username={USER}\npassword=p a$s'\"\\x\n"
+    assert [r.stdout for r in run[1:]] == ["", ""]
+
+
+@pytest.mark.parametrize("line_break", ["%0A", "%0d", "%00"], ids=["lf", "cr", "nul"])
+def test_credentials_with_a_line_break_are_refused_without_showing_them(tmp_path, line_break):
+    source = f"https://{USER}:{SECRET_IN_URL}{line_break}x@host/x.git"
+    spec = BuildSpec("hello", source, "hello", "main", str(tmp_path / "cache"), ["pip"])
+    remote = RecordingRemote()
+    with pytest.raises(BuildError) as info:
+        Builder(spec, run_remote=remote).sync_mirror()
+    assert remote.calls == []
+    assert info.value.details == {"field": "source", "value": "https://host/x.git"}
+    for form in [*spellings(SECRET), USER]:
+        assert form not in info.value.msg
+
+
+def _stderr_with_the_secret() -> str:
+    return (
+        f"fatal: could not read from https://{USER}:{SECRET_IN_URL}@git.example.com/x\n"
+        f"remote: token {SECRET} is expired ({SECRET_IN_URL.lower()})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "field", "retryable", "says"),
+    [
+        ("clone", "source", False, "reachable from the controller"),
+        ("fetch", "source", True, "could not fetch"),
+        ("mirror-git", None, False, "failed in the mirror of"),
+    ],
+    ids=["clone", "fetch", "git-in-the-mirror"],
+)
+def test_failures_never_show_the_credentials(services, pip, tmp_path, step, field, retryable, says):
+    source = file_url(services)
+    clean = f"file://{services.path}"
+    builder = make_builder(services, pip, tmp_path, source=source)
+    if step == "fetch":
+        builder.build()
+    if step in ("clone", "fetch"):
+        builder.run_remote = RecordingRemote(_stderr_with_the_secret())
+    else:
+        real = builder.run
+
+        def run(argv):
+            if "--format=%ct" in argv:
+                return subprocess.CompletedProcess(argv, 128, "", _stderr_with_the_secret())
+            return real(argv)
+
+        builder.run = run
+
+    with pytest.raises(BuildError) as info:
+        builder.build()
+
+    assert says in info.value.msg
+    assert clean in info.value.msg
+    assert "remote: token *** is expired (***)" in info.value.msg
+    assert info.value.retryable is retryable
+    assert info.value.details.get("field") == field
+    if field is not None:
+        assert info.value.details["value"] == clean
+    shown = info.value.msg + json.dumps(info.value.details)
+    for form in [*spellings(SECRET), USER]:
+        assert form not in shown
+    assert_no_secret_under(tmp_path / "cache")
+
+
+# An https server is too much for a unit test; git's own "dumb" HTTP protocol over
+# http.server is not: it shows the credential helper at work with a real git.
+
+
+AUTH = "Basic " + base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
+WRONG_AUTH = "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode()
+
+
+@pytest.fixture
+def served(services, tmp_path, monkeypatch):
+    """`services` as a bare repository over http://127.0.0.1, behind basic auth."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    www = tmp_path / "www"
+    www.mkdir()
+    subprocess.run(
+        ["git", "clone", "--quiet", "--bare", str(services.path), str(www / "services.git")],
+        check=True,
+    )
+    subprocess.run(["git", "-C", str(www / "services.git"), "update-server-info"], check=True)
+    seen: list[str | None] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != AUTH:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="flipback"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}/services.git", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "works", "sent"),
+    [
+        (f"{USER}:{SECRET_IN_URL}@", True, {None, AUTH}),
+        (f"{USER}:wrong@", False, {None, WRONG_AUTH}),
+        ("", False, {None}),
+    ],
+    ids=["right-credentials", "wrong-password", "no-credentials-fails-without-a-prompt"],
+)
+def test_over_http_with_basic_auth(served, services, pip, tmp_path, userinfo, works, sent):
+    where, seen = served
+    # A credential helper of the user's that stores what it is given must not get them.
+    store = tmp_path / "stored-credentials"
+    Path(os.environ["GIT_CONFIG_GLOBAL"]).write_text(
+        f"[credential]\n\thelper = store --file {store}\n"
+    )
+    builder = make_builder(services, pip, tmp_path, source=f"http://{userinfo}{where}")
+
+    if works:
+        result = builder.build()
+        again = make_builder(services, pip, tmp_path, source=builder.spec.source).build()
+        assert result["source"] == again["source"] == f"http://{where}"
+        assert result["git_sha"] == services.git("rev-parse", "v2")
+        assert again["id"] == result["id"]
+        assert remote_url(builder.mirror) == f"http://{where}"
+    else:
+        with pytest.raises(BuildError) as info:
+            builder.build()
+        assert info.value.details == {"field": "source", "value": f"http://{where}"}
+        for form in [*spellings(SECRET), USER, "wrong"]:
+            assert form not in info.value.msg
+    # Git asked without credentials first, then with those of the URL, from the helper.
+    assert set(seen) == sent
+    assert not store.exists()
+    assert_no_secret_under(tmp_path / "cache")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote
 
 import pytest
 import release_build
@@ -226,3 +227,30 @@ def test_main_reports_failures(args, capsys, tmp_path, overrides, field, retryab
     if field is not None:
         assert result["value"] == {**args, **overrides}[field]
     assert "id" not in result
+
+
+# ------------------------------------------------------------ credentials in source
+
+SECRET = "s3cr%t/tok@n"
+USER = "deploy-bot"
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["built", "unreachable"])
+def test_main_never_shows_the_credentials_of_the_source(args, capsys, tmp_path, exists):
+    path = args["source"] if exists else str(tmp_path / "no-such-repo")
+    # git takes (and ignores) userinfo in a file URL: a local stand-in for an https one.
+    source = f"file://{USER}:{quote(SECRET, safe='')}@{path}"
+    code, result = run_main({**args, "source": source}, capsys)
+
+    assert code == (0 if exists else 1), result
+    clean = f"file://{path}"
+    if exists:
+        assert result["source"] == clean
+    else:
+        assert (result["field"], result["value"]) == ("source", clean)
+        assert clean in result["msg"]
+    # Ansible echoes the parameters in `invocation`: the redacted URL there too.
+    assert result["invocation"]["module_args"]["source"] == clean
+    shown = json.dumps(result)
+    for form in (SECRET, quote(SECRET, safe=""), USER):
+        assert form not in shown

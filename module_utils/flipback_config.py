@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ansible.module_utils.flipback_common import redact_url
 from ansible.module_utils.flipback_runtime import APP_RE, app_and_factory, env_problems
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -80,12 +81,15 @@ def _problem(field: str, value: Any, expected: str) -> str:
 
 
 def redact_env(value: Any) -> Any:
-    """`value` with every `env` value hidden, for echoing definitions that may hold secrets."""
+    """`value` with every `env` value hidden and the credentials of every `source` URL
+    taken out, for echoing definitions that may hold secrets."""
     if isinstance(value, Mapping):
         return {
             key: (
                 ({name: SECRET_MASK for name in item} if isinstance(item, Mapping) else SECRET_MASK)
                 if key == "env"
+                else redact_url(item)
+                if key == "source" and isinstance(item, str)
                 else redact_env(item)
             )
             for key, item in value.items()
@@ -309,7 +313,8 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """check_request on the parameters of ARGUMENT_SPEC, as the service_config module
     and action return it. Environment values may be secrets: they are checked but never
     returned (only their names, `env_names`), so they cannot reach the output; the role
-    writes them from the definitions with no_log."""
+    sends them from the definitions in a no_log argument. A `source` comes back without
+    its credentials."""
     result = check_request(
         params["services"],
         service=params["service"],
@@ -320,13 +325,22 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     )
     for svc in result["services"]:
         svc["env_names"] = sorted(svc.pop("env"))
+        # Credentials in a source URL stay in the controller's memory: the build gets the
+        # URL from the definitions, results and output only ever see it without them.
+        svc["source"] = redact_url(svc["source"])
     return result
 
 
 def invocation(params: Mapping[str, Any]) -> dict[str, Any]:
     """The `invocation` Ansible echoes (shown with -vvv, kept in a registered result),
     with the env values in it hidden."""
-    return {"module_args": {**params, "services": redact_env(params["services"])}}
+    return {
+        "module_args": {
+            **params,
+            "services": redact_env(params["services"]),
+            "source": redact_url(params["source"]),
+        }
+    }
 
 
 def _check_unique(services: Sequence[Mapping[str, Any]], key: str, problems: list[str]) -> None:

@@ -98,8 +98,8 @@ def env_problems(where: str, env: Any) -> tuple[dict[str, str], list[str]]:
     for key, value in env.items():
         if not isinstance(key, str) or not ENV_NAME_RE.match(key):
             problems.append(
-                f"{where}.env: got the name {key!r}, expected letters, digits and '_', "
-                "not starting with a digit (no '=')"
+                f"{where}.env: got {key!r}, expected variable names of letters, digits and "
+                "'_', not starting with a digit (no '=')"
             )
             continue
         if reserved_env_name(key):

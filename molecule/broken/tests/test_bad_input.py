@@ -119,6 +119,34 @@ CASES = [
         ["-e", services(env={"A=B": "x"})],
         "env: got 'A=B', expected variable names",
     ),
+    *[
+        (
+            f"env-reserved-{name.lower()}",
+            "deploy.yml",
+            ["-e", services(env={name: "x", "HELLO_SECRET": "s3cret-value-never-printed"})],
+            f"env.{name}: got a reserved name",
+        )
+        for name in ("FLIPBACK_RELEASE", "PATH", "LD_PRELOAD", "PYTHONPATH", "UVICORN_PORT")
+    ],
+    *[
+        (
+            f"env-value-{label}",
+            "deploy.yml",
+            ["-e", services(env={"HELLO_SECRET": f"s3cret-value-never-printed{char}x"})],
+            f"env.HELLO_SECRET: got a value with the control character {code}",
+        )
+        for label, char, code in (
+            ("newline", "\n", "U+000A"),
+            ("cr", "\r", "U+000D"),
+            ("escape", "\x1b", "U+001B"),
+        )
+    ],
+    (
+        "factory-not-bool",
+        "deploy.yml",
+        ["-e", services(factory="yes please")],
+        "factory: got 'yes please', expected true or false",
+    ),
     (
         "steps-zero",
         "rollback.yml",

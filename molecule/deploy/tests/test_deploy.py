@@ -74,9 +74,19 @@ def test_service_user_is_unprivileged_and_cannot_write_code(host):
 def test_shared_and_secrets_permissions(host):
     shared = host.file("/srv/hello/shared")
     assert (shared.user, shared.group, shared.mode) == ("hello", "hello", 0o750)
-    env = host.file("/etc/flipback/hello.env")
+    release = lib.current_id(host)
+    conf = host.file(f"/srv/hello/releases/{release}/.flipback")
+    assert (conf.user, conf.group, conf.mode) == ("root", "hello", 0o750)
+    env = host.file(f"/srv/hello/releases/{release}/.flipback/env")
     assert (env.user, env.group, env.mode) == ("root", "hello", 0o640)
-    assert "HELLO_SECRET=" in env.content_string
+    assert 'HELLO_SECRET="s3cret-value-never-printed"' in env.content_string
+    # The manifest (world-readable) keeps the names and a digest, never the values.
+    text = host.file(f"/srv/hello/releases/{release}/manifest.json").content_string
+    assert "s3cret-value-never-printed" not in text
+    assert lib.manifest(host, release)["config"]["env_names"] == ["HELLO_SECRET"]
+    unit = host.file(f"/etc/systemd/system/hello@{release}.service")
+    assert (unit.user, unit.mode) == ("root", 0o644)
+    assert "EnvironmentFile=/srv/hello/releases/%i/.flipback/env" in unit.content_string
 
 
 def test_history_records_both_releases(host):

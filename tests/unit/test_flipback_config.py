@@ -88,6 +88,11 @@ W0 = "flipback_services[0]"
         pytest.param({"app": "app:"}, f"{W}.app", "'app:'", id="app-empty-attr"),
         pytest.param({"app": "my-app:app"}, f"{W}.app", "'my-app:app'", id="app-dash"),
         pytest.param({"app": DROP}, f"{W}.app", "None", id="app-missing"),
+        pytest.param({"app": "app:make( )"}, f"{W}.app", "'app:make( )'", id="app-call-args"),
+        pytest.param({"app": "app:make()()"}, f"{W}.app", "'app:make()()'", id="app-call-twice"),
+        pytest.param({"factory": "yes"}, f"{W}.factory", "'yes'", id="factory-text"),
+        pytest.param({"factory": 1}, f"{W}.factory", "got 1,", id="factory-number"),
+        pytest.param({"factory": None}, f"{W}.factory", "None", id="factory-none"),
         pytest.param({"port": 0}, f"{W}.port", "got 0,", id="port-0"),
         pytest.param({"port": 65536}, f"{W}.port", "65536", id="port-65536"),
         pytest.param({"port": "abc"}, f"{W}.port", "'abc'", id="port-abc"),
@@ -157,10 +162,30 @@ def test_invalid_definition(changes, field, shown):
         pytest.param({"DB": [SECRET]}, f"{W}.env.DB", "got a list", id="value-list"),
         pytest.param({"DB": True}, f"{W}.env.DB", "got a bool", id="value-bool"),
         pytest.param(
-            {"DB": f"line\n{SECRET}"}, f"{W}.env.DB", "newline or NUL", id="value-newline"
+            {"DB": f"line\n{SECRET}"}, f"{W}.env.DB", "control character U+000A", id="value-newline"
         ),
-        pytest.param({"DB": f"a\0{SECRET}"}, f"{W}.env.DB", "newline or NUL", id="value-nul"),
-        pytest.param([f"DB={SECRET}"], f"{W}.env", "'list'", id="not-a-mapping"),
+        pytest.param(
+            {"DB": f"a\0{SECRET}"}, f"{W}.env.DB", "control character U+0000", id="value-nul"
+        ),
+        pytest.param(
+            {"DB": f"a\r{SECRET}"}, f"{W}.env.DB", "control character U+000D", id="value-cr"
+        ),
+        pytest.param({"DB": f"{SECRET}\udc80"}, f"{W}.env.DB", "not valid Unicode", id="surrogate"),
+        pytest.param(
+            {"DB": SECRET * 4096}, f"{W}.env.DB", "bytes (value not shown)", id="value-too-big"
+        ),
+        pytest.param({"PATH": SECRET}, f"{W}.env.PATH", "reserved name", id="reserved-name"),
+        pytest.param(
+            {"LD_PRELOAD": SECRET}, f"{W}.env.LD_PRELOAD", "reserved name", id="reserved-prefix"
+        ),
+        pytest.param(
+            {"FLIPBACK_RELEASE": SECRET},
+            f"{W}.env.FLIPBACK_RELEASE",
+            "reserved name",
+            id="reserved-flipback",
+        ),
+        pytest.param({"DB": None}, f"{W}.env.DB", "got a NoneType", id="value-none"),
+        pytest.param([f"DB={SECRET}"], f"{W}.env", "got a list", id="not-a-mapping"),
     ],
 )
 def test_invalid_env_never_shows_the_value(env, field, says):
@@ -323,12 +348,35 @@ def test_defaults_are_filled_in():
         "subdir": "services/web",
         "ref": "HEAD",
         "workers": 1,
+        "factory": False,
         "keep_releases": 5,
         "user": "web",
         "env": {},
         "health": HEALTH_DEFAULTS,
     }
     assert result == {"services": [svc], "names": ["web"], "release": "", "steps": None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "app", "factory"),
+    [
+        pytest.param({}, "app:app", False, id="attribute"),
+        pytest.param({"factory": True}, "app:app", True, id="factory-flag"),
+        pytest.param({"app": "app:create()"}, "app:create", True, id="factory-form"),
+        pytest.param(
+            {"app": "pkg.main:create()", "factory": True},
+            "pkg.main:create",
+            True,
+            id="factory-form-and-flag",
+        ),
+        # The form says it is a factory, whatever the flag says.
+        pytest.param({"app": "app:create()", "factory": False}, "app:create", True, id="form-wins"),
+    ],
+)
+def test_a_factory_app_is_normalized(changes, app, factory):
+    (svc,) = check_request([service(**changes)])["services"]
+
+    assert (svc["app"], svc["factory"]) == (app, factory)
 
 
 def test_values_are_normalized():

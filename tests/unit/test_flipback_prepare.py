@@ -2,7 +2,8 @@
 
 The tests run as root (as the module does), so ownership is real: the service user is
 `nobody`. systemctl, nginx, useradd and the public probe go through fakes; the deploy
-lock is a real ServiceLock under tmp_path.
+lock is a real ServiceLock under tmp_path. Releases whose configuration is recorded are
+made with test_flipback_runtime.a_release, as release_config and release_stage make them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ansible.module_utils.flipback_prepare import (
     list_instances,
 )
 from ansible.module_utils.flipback_release import ReleaseError, append_history, history_event
+from test_flipback_runtime import Release, a_release
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 
@@ -35,9 +37,9 @@ USER = "nobody"
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
 C = "20261103T120000-cccccccccc"
-UNIT = "[Service]\nExecStart=/srv/shop/releases/%i/venv/bin/uvicorn app:app\n"
 SITE = "server { listen 8000; }\n"
-ENV = 'SHOP_SECRET="s3cret"\n'
+OLD_SECRET = "old-s3cret-value"
+NEW_SECRET = "new-s3cret-value"
 OWNER = {"run_id": "ctl:4242:1795953600", "by": "bob"}
 
 
@@ -94,11 +96,15 @@ class Host:
 
 class Paths:
     def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
         self.root = tmp_path / "srv" / SERVICE
-        self.env = tmp_path / "etc" / "flipback" / f"{SERVICE}.env"
-        self.unit = tmp_path / "etc" / "systemd" / "system" / f"{SERVICE}@.service"
         self.site = tmp_path / "etc" / "nginx" / "conf.d" / f"flipback-{SERVICE}.conf"
         self.lock = tmp_path / "lock" / SERVICE
+
+    def configured(self, env: dict[str, str] | None = None, **changes: object) -> Release:
+        """A release of the shop on this root, as release_config works it out."""
+        values: dict = {"env": env, "user": USER, **changes}
+        return a_release(SERVICE, str(self.root), **values)
 
     def spec(self, release: str = B, **overrides: object) -> PrepareSpec:
         values: dict = {
@@ -106,8 +112,6 @@ class Paths:
             "root": str(self.root),
             "user": USER,
             "release": release,
-            "env_file": ManagedFile(str(self.env), ENV, 0o640, service_group=True, secret=True),
-            "unit_file": ManagedFile(str(self.unit), UNIT, 0o644),
             "site_file": ManagedFile(str(self.site), SITE, 0o644),
             "lock": {"owner": OWNER, "wait": 0, "stale_after": 120, "live_runs": None},
             "port": 8000,
@@ -130,8 +134,15 @@ class Paths:
         return json.loads(path.read_text()) if path.exists() else None
 
     def release(
-        self, release_id: str, *events: str, status: str = "staged", deps_key: str = ""
+        self,
+        release_id: str,
+        *events: str,
+        status: str = "staged",
+        deps_key: str = "",
+        configured: Release | None = None,
     ) -> None:
+        """A release on disk; `configured`: staged with that configuration (its manifest's
+        `config` and its env file), else as an older flipback staged it (neither)."""
         path = self.root / "releases" / release_id
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"id": release_id, "service": SERVICE, "status": status}
@@ -139,6 +150,10 @@ class Paths:
             manifest["deps_key"] = deps_key
             (path / "venv").mkdir(exist_ok=True)
             (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        if configured is not None:
+            manifest["config"] = configured.config
+            (path / ".flipback").mkdir(mode=0o750, exist_ok=True)
+            (path / ".flipback" / "env").write_text(configured.env_text)
         (path / "manifest.json").write_text(json.dumps(manifest))
         for event in events:
             append_history(str(self.root), history_event(release_id, event, by="alice"))
@@ -160,11 +175,12 @@ def mode_owner(path: Path) -> tuple[int, int, int]:
 NOBODY = pwd.getpwnam(USER)
 
 
-def ready(paths: Paths) -> None:
-    """A host prepared before, with B current and A the previous good release."""
+def ready(paths: Paths, configured: Release | None = None) -> None:
+    """A host prepared before, with B current (staged with `configured`, if given) and A
+    the previous good release."""
     Prepare(paths.spec(lock=None), run=Host().run).prepare(check_mode=False)
     paths.release(A, "staged", "active")
-    paths.release(B, "staged", "active")
+    paths.release(B, "staged", "active", configured=configured)
     paths.current(B)
 
 
@@ -219,38 +235,29 @@ def test_a_fresh_host_gets_everything(paths):
     assert mode_owner(paths.root / "releases") == (0o755, 0, 0)
     assert mode_owner(paths.root / ".incoming") == (0o700, 0, 0)
     assert mode_owner(paths.root / "shared") == (0o750, NOBODY.pw_uid, NOBODY.pw_gid)
-    assert paths.env.read_text() == ENV
-    assert mode_owner(paths.env) == (0o640, 0, NOBODY.pw_gid)
-    assert (paths.unit.read_text(), mode_owner(paths.unit)) == (UNIT, (0o644, 0, 0))
     assert (paths.site.read_text(), mode_owner(paths.site)) == (SITE, (0o644, 0, 0))
     # No temporary files left next to the managed ones.
     assert sorted(p.name for p in paths.site.parent.iterdir()) == [paths.site.name]
 
-    assert host.commands() == [
-        "systemctl daemon-reload",
-        "nginx -t -q",
-        "systemctl reload-or-restart nginx",
-    ]
+    # No unit, no env file, no daemon-reload: each release stages its own.
+    assert host.commands() == ["nginx -t -q", "systemctl reload-or-restart nginx"]
+    assert sorted(p.name for p in paths.tmp_path.iterdir()) == ["etc", "lock", "srv"]
+    assert sorted(p.name for p in (paths.tmp_path / "etc").iterdir()) == ["nginx"]
     assert result["changed"] is True
     assert result["changes"] == [
         f"directory {paths.root}",
         f"directory {paths.root / 'releases'}",
         f"directory {paths.root / '.incoming'}",
         f"directory {paths.root / 'shared'}",
-        f"directory {paths.env.parent}",
-        f"directory {paths.unit.parent}",
         f"directory {paths.site.parent}",
-        f"file {paths.env}",
-        f"file {paths.unit}",
         f"file {paths.site}",
     ]
     assert (result["current"], result["staged"], result["noop"]) == (None, False, False)
-    assert result["env_changed"] is True
+    assert result["config_changes"] == []
+    assert "env_changed" not in result
     assert result["lock"]["outcome"] == "acquired"
     assert paths.lock_holder()["run_id"] == OWNER["run_id"]
-    # The environment is a secret: no diff of it, and its content nowhere in the result.
-    assert [d["after_header"] for d in result["diff"]] == [str(paths.unit), str(paths.site)]
-    assert "s3cret" not in json.dumps(result)
+    assert [d["after_header"] for d in result["diff"]] == [str(paths.site)]
 
 
 def test_a_prepared_host_is_unchanged_and_reloads_nothing(paths):
@@ -262,42 +269,39 @@ def test_a_prepared_host_is_unchanged_and_reloads_nothing(paths):
     assert result["changed"] is False
     assert result["changes"] == []
     assert result["diff"] == []
-    assert result["env_changed"] is False
+    assert result["config_changes"] == []
     assert result["lock"]["outcome"] == "refreshed"
     assert host.commands() == []
 
 
-@pytest.mark.parametrize(
-    ("what", "commands", "env_changed"),
-    [
-        pytest.param("env", [], True, id="env-only"),
-        pytest.param("unit", ["systemctl daemon-reload"], False, id="unit"),
-        pytest.param(
-            "site", ["nginx -t -q", "systemctl reload-or-restart nginx"], False, id="site"
-        ),
-    ],
-)
-def test_reloads_follow_what_changed(paths, what, commands, env_changed):
-    paths.prepare(Host()).prepare(check_mode=False)
-    overrides = {
-        "env": {"env_file": ManagedFile(str(paths.env), "X=1\n", 0o640, True, True)},
-        "unit": {"unit_file": ManagedFile(str(paths.unit), UNIT + "# v2\n", 0o644)},
-        "site": {"site_file": ManagedFile(str(paths.site), SITE + "# v2\n", 0o644)},
-    }[what]
+def test_a_new_configuration_writes_and_reloads_nothing(paths):
+    ready(paths, paths.configured({"SHOP_SECRET": OLD_SECRET}))
     host = Host()
+    new = paths.configured({"SHOP_SECRET": NEW_SECRET}, workers=2)
 
-    result = paths.prepare(host, **overrides).prepare(check_mode=False)
+    result = paths.prepare(host, C, config=new.config, env_text=new.env_text).prepare(False)
 
-    assert host.commands() == commands
-    assert result["env_changed"] is env_changed
-    assert len(result["changes"]) == 1
-    assert len(result["diff"]) == (0 if what == "env" else 1)
+    # How C runs is C's own unit and env file, staged with it: nothing to write here.
+    assert result["config_changes"] == ["workers 1 -> 2", "SHOP_SECRET"]
+    assert (result["changed"], result["changes"], host.commands()) == (False, [], [])
+
+
+def test_a_changed_site_reloads_nginx(paths):
+    paths.prepare(Host()).prepare(check_mode=False)
+    host = Host()
+    site = ManagedFile(str(paths.site), SITE + "# v2\n", 0o644)
+
+    result = paths.prepare(host, site_file=site).prepare(check_mode=False)
+
+    assert host.commands() == ["nginx -t -q", "systemctl reload-or-restart nginx"]
+    assert result["changes"] == [f"file {paths.site}"]
+    assert [(d["before"], d["after"]) for d in result["diff"]] == [(SITE, SITE + "# v2\n")]
 
 
 def test_owner_and_mode_are_put_right_without_a_diff(paths):
     paths.prepare(Host()).prepare(check_mode=False)
-    os.chmod(paths.env, 0o644)
-    os.chown(paths.env, 0, 0)
+    os.chmod(paths.site, 0o600)
+    os.chown(paths.site, 0, NOBODY.pw_gid)
     os.chmod(paths.root / "shared", 0o777)
     host = Host()
 
@@ -305,12 +309,12 @@ def test_owner_and_mode_are_put_right_without_a_diff(paths):
 
     assert result["changes"] == [
         f"directory {paths.root / 'shared'} (owner or mode)",
-        f"file {paths.env}",
+        f"file {paths.site}",
     ]
-    assert result["env_changed"] is False
     assert result["diff"] == []
-    assert mode_owner(paths.env) == (0o640, 0, NOBODY.pw_gid)
+    assert mode_owner(paths.site) == (0o644, 0, 0)
     assert mode_owner(paths.root / "shared") == (0o750, NOBODY.pw_uid, NOBODY.pw_gid)
+    # The content is the same: nginx has nothing new to read.
     assert host.commands() == []
 
 
@@ -342,7 +346,7 @@ def test_a_site_nginx_rejects_is_put_back_and_nginx_not_reloaded(paths, before):
 @pytest.mark.parametrize(
     ("failing", "what"),
     [
-        pytest.param("systemctl", "reload systemd", id="daemon-reload"),
+        pytest.param("systemctl", "reload nginx", id="nginx-reload"),
         pytest.param("useradd", f"create the system user {USER}x", id="useradd"),
     ],
 )
@@ -407,13 +411,13 @@ def test_check_mode_changes_nothing(paths, monkeypatch):
 
     assert result["changed"] is True
     assert result["changes"][0] == f"user {USER}"
-    assert f"file {paths.unit}" in result["changes"]
-    assert [d["after"] for d in result["diff"]] == [UNIT, SITE]
+    assert f"file {paths.site}" in result["changes"]
+    assert [d["after"] for d in result["diff"]] == [SITE]
     assert result["lock"]["outcome"] == "acquired"
     assert result["noop"] is False
     assert host.calls == []
     assert not paths.root.exists()
-    assert not paths.env.parent.exists()
+    assert not paths.site.parent.exists()
     assert not paths.lock.exists()
 
 
@@ -597,6 +601,132 @@ def test_venv_donor_in_check_mode_on_a_fresh_host(paths):
 
     assert (result["venv_donor"], result["warmed"]) == (None, False)
     assert not paths.root.exists()
+
+
+# --------------------------------------------------------------------------- configuration
+
+LIVE_ENV = {"SHOP_SECRET": OLD_SECRET, "KEEP": "same", "GONE": OLD_SECRET}
+
+
+@pytest.mark.parametrize(
+    ("env", "changes", "config_changes"),
+    [
+        pytest.param(
+            {**LIVE_ENV, "SHOP_SECRET": NEW_SECRET}, {}, ["SHOP_SECRET"], id="value-changed"
+        ),
+        pytest.param({**LIVE_ENV, "ADDED": NEW_SECRET}, {}, ["+ADDED"], id="added"),
+        pytest.param(
+            {k: v for k, v in LIVE_ENV.items() if k != "GONE"}, {}, ["-GONE"], id="removed"
+        ),
+        pytest.param(LIVE_ENV, {"workers": 3}, ["workers 1 -> 3"], id="workers"),
+        pytest.param(
+            LIVE_ENV,
+            {"app": "app:make()"},
+            ["app app:app -> app:make", "factory False -> True"],
+            id="factory",
+        ),
+        pytest.param(
+            {"SHOP_SECRET": NEW_SECRET, "KEEP": "same", "ADDED": "x"},
+            {"workers": 2},
+            ["workers 1 -> 2", "+ADDED", "-GONE", "SHOP_SECRET"],
+            id="all-at-once",
+        ),
+        # The same configuration with another build: nothing to say about it.
+        pytest.param(
+            LIVE_ENV, {"build_id": "20261130T090000-aaaaaaaaaa"}, [], id="same-config-new-code"
+        ),
+    ],
+)
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_config_changes_against_the_live_release(paths, env, changes, config_changes, check_mode):
+    ready(paths, paths.configured(LIVE_ENV))
+    new = paths.configured(env, **changes)
+
+    result = paths.prepare(host_with(), C, config=new.config, env_text=new.env_text).prepare(
+        check_mode=check_mode
+    )
+
+    assert result["config_changes"] == config_changes
+    config_diffs = [
+        d for d in result["diff"] if d["after_header"].endswith(f"configuration of {C}")
+    ]
+    assert len(config_diffs) == (1 if config_changes else 0)
+    # Values are compared here, on the host, and shown nowhere.
+    assert OLD_SECRET not in json.dumps(result)
+    assert NEW_SECRET not in json.dumps(result)
+
+
+def test_the_config_diff_masks_every_value(paths):
+    ready(paths, paths.configured(LIVE_ENV))
+    new = paths.configured({**LIVE_ENV, "SHOP_SECRET": NEW_SECRET, "ADDED": NEW_SECRET}, workers=2)
+
+    result = paths.prepare(host_with(), C, config=new.config, env_text=new.env_text).prepare(
+        check_mode=False
+    )
+
+    [diff] = result["diff"]
+    assert diff == {
+        "before_header": f"{SERVICE} configuration of {B}",
+        "after_header": f"{SERVICE} configuration of {C}",
+        "before": (
+            f"app: app:app\nworkers: 1\nuser: {USER}\n"
+            "env GONE=***\nenv KEEP=***\nenv SHOP_SECRET=***\n"
+        ),
+        "after": (
+            f"app: app:app\nworkers: 2\nuser: {USER}\n"
+            "env ADDED=***\nenv GONE=***\nenv KEEP=***\nenv SHOP_SECRET=*** (changed)\n"
+        ),
+    }
+    assert OLD_SECRET not in json.dumps(result)
+    assert NEW_SECRET not in json.dumps(result)
+
+
+def test_config_changes_of_a_live_release_staged_before_configs_were_recorded(paths):
+    ready(paths)
+    new = paths.configured({"SHOP_SECRET": NEW_SECRET})
+
+    result = paths.prepare(host_with(), C, config=new.config, env_text=new.env_text).prepare(
+        check_mode=False
+    )
+
+    assert result["config_changes"] == [
+        f"configuration of {B} not recorded (staged by an older flipback)"
+    ]
+    assert result["diff"] == []
+    assert NEW_SECRET not in json.dumps(result)
+
+
+def test_config_changes_when_the_live_env_file_cannot_be_read(paths):
+    ready(paths, paths.configured(LIVE_ENV))
+    (paths.root / "releases" / B / ".flipback" / "env").unlink()
+    new = paths.configured({**LIVE_ENV, "SHOP_SECRET": NEW_SECRET, "ADDED": "x"})
+
+    result = paths.prepare(host_with(), C, config=new.config, env_text=new.env_text).prepare(
+        check_mode=False
+    )
+
+    # Names still compare; which values changed cannot be told without the old ones.
+    assert result["config_changes"] == ["+ADDED", "env values (which ones is not known)"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "release", "config"),
+    [
+        pytest.param("live", B, True, id="release-is-current"),
+        pytest.param("fresh", C, True, id="nothing-live"),
+        pytest.param("live", C, False, id="no-config-given"),
+    ],
+)
+def test_no_config_changes_without_two_configurations(paths, setup, release, config):
+    if setup == "live":
+        ready(paths, paths.configured(LIVE_ENV))
+    new = paths.configured({**LIVE_ENV, "SHOP_SECRET": NEW_SECRET}, workers=4)
+    overrides = {"config": new.config, "env_text": new.env_text} if config else {}
+
+    result = paths.prepare(host_with(), release, **overrides).prepare(check_mode=False)
+
+    assert result["config_changes"] == []
+    assert [d for d in result["diff"] if "configuration of" in d["after_header"]] == []
 
 
 # --------------------------------------------------------------------------- refusals

@@ -22,11 +22,14 @@ from ansible.module_utils.flipback_release import (
     plan_prune,
     read_history,
     read_manifest,
+    recorded_config,
     staging_lock_holder,
     validate_positive,
     validate_release_id,
     validate_service,
 )
+from ansible.module_utils.flipback_runtime import UNIT_DIR
+from test_flipback_runtime import a_release
 
 SERVICE = "shop"
 # 2026-11-29T12:00:00Z: every age below is measured from here.
@@ -43,10 +46,12 @@ A, B, C, D, E, F = (rid(x) for x in "abcdef")
 
 
 class Tree:
-    """A service root on disk: releases with manifests, a history log, a current link."""
+    """A service root on disk: releases with manifests, a history log, a current link; and
+    a systemd unit directory for the releases' own units."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, unit_dir: str = "") -> None:
         self.root = root
+        self.unit_dir = unit_dir or os.path.join(os.path.dirname(root), "systemd")
         self.clock = 0
         os.makedirs(os.path.join(root, "releases"), exist_ok=True)
 
@@ -110,7 +115,30 @@ class Tree:
         return sorted(os.listdir(os.path.join(self.root, "releases")))
 
     def releases(self) -> Releases:
-        return Releases(SERVICE, self.root, clock=lambda: NOW)
+        return Releases(SERVICE, self.root, clock=lambda: NOW, unit_dir=self.unit_dir)
+
+    def unit(self, release_id: str, *, wanted: bool = False) -> Tree:
+        """The release's own unit, as release_stage writes it (enabled: `wanted`)."""
+        os.makedirs(os.path.join(self.unit_dir, "multi-user.target.wants"), exist_ok=True)
+        path = os.path.join(self.unit_dir, f"{SERVICE}@{release_id}.service")
+        with open(path, "w") as handle:
+            handle.write("[Service]\n")
+        if wanted:
+            os.symlink(path, self.wants(release_id))
+        return self
+
+    def wants(self, release_id: str) -> str:
+        return os.path.join(
+            self.unit_dir, "multi-user.target.wants", f"{SERVICE}@{release_id}.service"
+        )
+
+    def units(self) -> list[str]:
+        """Every file and link under the unit directory, relative to it."""
+        return sorted(
+            os.path.relpath(os.path.join(d, n), self.unit_dir)
+            for d, _dirs, files in os.walk(self.unit_dir)
+            for n in files
+        )
 
     def statuses(self) -> dict[str, str]:
         return {r["id"]: r["status"] for r in self.releases().list_releases()["releases"]}
@@ -246,6 +274,7 @@ def test_default_user(monkeypatch, env, user):
 def test_releases_root_defaults_to_srv_service():
     assert Releases("shop").root == "/srv/shop"
     assert Releases("shop", "/opt/shop").root == "/opt/shop"
+    assert Releases("shop").unit_dir == UNIT_DIR == "/etc/systemd/system"
 
 
 def test_releases_validates_the_service():
@@ -316,6 +345,76 @@ def test_read_manifest_rejects(tree, content, message):
 )
 def test_manifest_problem(manifest, problem):
     assert manifest_problem(manifest, A, SERVICE) == problem
+
+
+# =========================================================================== recorded config
+
+SECRET = "s3cr3t-hunter2"
+
+
+def configure(tree: Tree, release_id: str, env: dict[str, str]):
+    """The release's configuration, as release_stage stages it: in the manifest, its
+    env file beside the code."""
+    conf = a_release(SERVICE, tree.root, env=env)
+    with open(tree.path(release_id, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    with open(tree.path(release_id, "manifest.json"), "w") as handle:
+        json.dump({**manifest, "config": conf.config}, handle)
+    os.makedirs(tree.path(release_id, ".flipback"))
+    with open(tree.path(release_id, ".flipback", "env"), "w") as handle:
+        handle.write(conf.env_text)
+    return conf
+
+
+def test_recorded_config_of_a_configured_release(tree):
+    tree.release(A)
+    conf = configure(tree, A, {"TOKEN": SECRET, "DEBUG": "0"})
+
+    assert recorded_config(tree.root, A) == (conf.config, {"DEBUG": "0", "TOKEN": SECRET})
+
+
+def test_recorded_config_without_the_env_file(tree):
+    # Values need root (0640 root:<service>); the config alone is still known.
+    tree.release(A)
+    conf = configure(tree, A, {"TOKEN": SECRET})
+    os.unlink(tree.path(A, ".flipback", "env"))
+
+    assert recorded_config(tree.root, A) == (conf.config, None)
+
+
+def without_config(tree: Tree, kind: str) -> None:
+    """Release A on disk with no configuration of its own to read, in one of many ways."""
+    if kind == "no-release":
+        return
+    tree.release(A, status=None if kind == "no-manifest" else "staged")
+    manifest = {
+        "corrupt-manifest": "{not json",
+        "config-not-a-mapping": json.dumps({"id": A, "config": ["workers"]}),
+    }.get(kind)
+    if manifest is not None:
+        with open(tree.path(A, "manifest.json"), "w") as handle:
+            handle.write(manifest)
+    if kind == "env-file-without-config":
+        os.makedirs(tree.path(A, ".flipback"))
+        with open(tree.path(A, ".flipback", "env"), "w") as handle:
+            handle.write('OLD="1"\n')
+
+
+@pytest.mark.parametrize(
+    ("kind", "env"),
+    [
+        pytest.param("staged-before-configs", None, id="staged-before-configs"),
+        pytest.param("no-release", None, id="no-release"),
+        pytest.param("no-manifest", None, id="no-manifest"),
+        pytest.param("corrupt-manifest", None, id="corrupt-manifest"),
+        pytest.param("config-not-a-mapping", None, id="config-not-a-mapping"),
+        pytest.param("env-file-without-config", {"OLD": "1"}, id="env-file-without-config"),
+    ],
+)
+def test_recorded_config_of_what_has_no_config(tree, kind, env):
+    without_config(tree, kind)
+
+    assert recorded_config(tree.root, A) == (None, env)
 
 
 # =========================================================================== staging locks
@@ -1410,6 +1509,43 @@ def test_prune_reports_a_failed_removal(tree, monkeypatch):
     assert tree.statuses()[B] == "incomplete"
     monkeypatch.setattr(fr.shutil, "rmtree", real_rmtree)
     assert tree.releases().prune(3, by="bob", note="", check_mode=False)["removed"] == [B]
+
+
+def test_prune_removes_the_units_of_what_it_removes(tree, monkeypatch):
+    prune_tree(tree, monkeypatch)
+    for release_id in (A, B, C, D, E):
+        tree.unit(release_id, wanted=release_id in (B, E))
+
+    result = tree.releases().prune(3, by="bob", note="", check_mode=False)
+
+    assert result["removed"] == [A, B]
+    assert tree.units() == [
+        "multi-user.target.wants/shop@" + E + ".service",
+        f"shop@{C}.service",
+        f"shop@{D}.service",
+        f"shop@{E}.service",
+    ]
+    assert not os.path.lexists(tree.wants(B))
+
+
+def test_prune_of_a_release_without_a_unit(tree, monkeypatch):
+    # Staged before releases had their own unit: nothing to remove but the release.
+    prune_tree(tree, monkeypatch)
+    tree.unit(D)
+
+    result = tree.releases().prune(3, by="bob", note="", check_mode=False)
+
+    assert result["removed"] == [A, B]
+    assert tree.units() == [f"shop@{D}.service"]
+
+
+def test_prune_in_check_mode_keeps_the_units(tree, monkeypatch):
+    prune_tree(tree, monkeypatch)
+    tree.unit(A, wanted=True)
+
+    tree.releases().prune(3, by="bob", note="", check_mode=True)
+
+    assert tree.units() == [f"multi-user.target.wants/shop@{A}.service", f"shop@{A}.service"]
 
 
 def test_prune_rejects_keep_zero(tree):

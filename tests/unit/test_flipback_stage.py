@@ -1,14 +1,18 @@
 """Unit tests of module_utils/flipback_stage.py: real artifacts staged into tmp_path roots.
 
 Artifacts are written by flipback_build.write_artifact itself, so the format under test
-is the one the build produces; the virtualenv and pip run through a fake runner.
+is the one the build produces; the virtualenv, pip and systemctl run through a fake
+runner. Each release is configured as release_config would work it out for its root
+(test_flipback_runtime.a_release), and its unit goes to a tmp_path unit directory.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
+import pwd
 import subprocess
 import sys
 import tarfile
@@ -25,6 +29,7 @@ from ansible.module_utils.flipback_release import (
     read_history,
     read_manifest,
 )
+from ansible.module_utils.flipback_runtime import ConfigInvalid, parse_env_file, unit_text
 from ansible.module_utils.flipback_stage import (
     Stager,
     StageSpec,
@@ -33,16 +38,30 @@ from ansible.module_utils.flipback_stage import (
     safe_members,
     sha256_file,
 )
+from test_flipback_runtime import Release, a_release
 
 SERVICE = "shop"
-RID = "20261129T141500-3f2a9c1d0e"
+BUILD = "20261129T141500-3f2a9c1d0e"
 OLD = "20261128T120000-aaaaaaaaaa"
+# A release id of no staged release (the pure helpers take any).
+NEW = "20261129T141500-0123456789"
 HEALTH = {"path": "/health", "expect_status": [200]}
 DEPS = ["fastapi==0.165.0", "uvicorn==0.54.0"]
+USER = "nobody"
+SECRET = "s3cr3t-hunter2"
+ENV = {"SHOP_SECRET": SECRET, "GREETING": 'say "hi" to $USER'}
+
+
+@functools.cache
+def configured(root: Path) -> Release:
+    """The release BUILD becomes with the shop's configuration on a host rooted at `root`:
+    the id covers the root (the unit names its paths), so each test's root has its own."""
+    return a_release(SERVICE, str(root), env=ENV, build_id=BUILD, user=USER, workers=2)
 
 
 class FakeRunner:
-    """Records every argv; `-m venv` makes venv/bin/python; fails where told to."""
+    """Records every argv; `-m venv` makes venv/bin/python; fails where told to (a
+    module's step, or systemctl's verb)."""
 
     def __init__(self, fail: str = "") -> None:
         self.calls: list[list[str]] = []
@@ -51,7 +70,7 @@ class FakeRunner:
     def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
-        step = argv[2]
+        step = step_of(argv)
         if step == "venv":
             python = Path(argv[3], "bin", "python")
             python.parent.mkdir(parents=True)
@@ -62,10 +81,15 @@ class FakeRunner:
 
     @property
     def steps(self) -> list[str]:
-        return [argv[2] for argv in self.calls]
+        return [step_of(argv) for argv in self.calls]
 
 
-def source_tar() -> bytes:
+def step_of(argv: Sequence[str]) -> str:
+    return argv[1] if argv[0] == "systemctl" else argv[2]
+
+
+def source_tar(extra: Sequence[tuple[str, bytes | None]] = ()) -> bytes:
+    """The shop's code; `extra` adds files (name, data) or directories (name, None)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data, mode in [
@@ -80,25 +104,39 @@ def source_tar() -> bytes:
         info = tarfile.TarInfo("./pkg")
         info.type, info.mode = tarfile.DIRTYPE, 0o700
         tar.addfile(info)
+        for name, data in extra:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
-def build_artifact(tmp_path: Path, deps: Sequence[str] = DEPS, *, code_only: bool = False) -> Path:
+def build_artifact(
+    tmp_path: Path,
+    deps: Sequence[str] = DEPS,
+    *,
+    code_only: bool = False,
+    extra: Sequence[tuple[str, bytes | None]] = (),
+) -> Path:
     """The build's full artifact, or its code-only one (no wheels/) when code_only."""
     wheel = tmp_path / "wheelhouse" / "fastapi-0.165.0-py3-none-any.whl"
     wheel.parent.mkdir(exist_ok=True)
     wheel.write_bytes(b"PK fake wheel")
-    artifact = tmp_path / "incoming" / f"{RID}.tar"
+    artifact = tmp_path / "incoming" / f"{BUILD}.tar"
     artifact.parent.mkdir(exist_ok=True)
-    meta = {"service": SERVICE, "id": RID, "dependencies": list(deps)}
+    meta = {"service": SERVICE, "id": BUILD, "dependencies": list(deps)}
     wheels = [] if code_only else [str(wheel)]
-    write_artifact(str(artifact), source_tar(), wheels, 1_795_953_600, meta)
+    write_artifact(str(artifact), source_tar(extra), wheels, 1_795_953_600, meta)
     return artifact
 
 
 def raw_artifact(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
     """An artifact that write_artifact would never produce: one extra, hostile member."""
-    artifact = tmp_path / "incoming" / f"{RID}.tar"
+    artifact = tmp_path / "incoming" / f"{BUILD}.tar"
     artifact.parent.mkdir(exist_ok=True)
     with tarfile.open(artifact, "w", format=tarfile.PAX_FORMAT) as tar:
         meta = json.dumps({"dependencies": []}).encode()
@@ -110,8 +148,31 @@ def raw_artifact(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> 
 
 
 @pytest.fixture
-def lchown_calls(monkeypatch) -> list[tuple[str, int, int]]:
-    """Every os.lchown; passed on to the real one only as root (where it works)."""
+def chown_calls(monkeypatch) -> list[tuple[str, int, int]]:
+    """Every os.chown and os.fchown (named by the file's path), as the release's
+    configuration is written; passed on to the real ones only as root (where they work)."""
+    calls: list[tuple[str, int, int]] = []
+    real_chown, real_fchown = os.chown, os.fchown
+
+    def chown(path, uid, gid):
+        calls.append((str(path), uid, gid))
+        if os.geteuid() == 0:
+            real_chown(path, uid, gid)
+
+    def fchown(fd, uid, gid):
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), uid, gid))
+        if os.geteuid() == 0:
+            real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(os, "chown", chown)
+    monkeypatch.setattr(os, "fchown", fchown)
+    return calls
+
+
+@pytest.fixture
+def lchown_calls(monkeypatch, chown_calls) -> list[tuple[str, int, int]]:
+    """Every os.lchown; passed on to the real one only as root (where it works). Staging
+    that far writes the configuration too: chown_calls stands in for its owners."""
     calls: list[tuple[str, int, int]] = []
     real = os.lchown
 
@@ -134,24 +195,36 @@ def artifact(tmp_path) -> Path:
     return build_artifact(tmp_path)
 
 
+@pytest.fixture
+def rid(root) -> str:
+    """The id of the release staged into `root`."""
+    return configured(root).id
+
+
 def make_spec(root: Path, artifact: Path, tmp_path: Path, **changes) -> StageSpec:
+    conf = configured(root)
     fields = {
         "service": SERVICE,
         "root": str(root),
-        "release": RID,
+        "release": conf.id,
         "artifact": str(artifact),
         "checksum": sha256_file(str(artifact)) if artifact.exists() else "0" * 64,
         "socket_dir": str(tmp_path / "run" / f"flipback-{SERVICE}"),
         "python": sys.executable,
         "manifest": {"git_sha": "f" * 40, "ref": "main", "health": HEALTH},
         "by": "alice",
+        "build_id": conf.build_id,
+        "config": conf.config,
+        "env_text": conf.env_text,
+        "unit_dir": str(tmp_path / "systemd"),
     }
     fields.update(changes)
     return StageSpec(**fields)
 
 
 def release(root: Path, *parts: str) -> Path:
-    return root / "releases" / RID / Path(*parts) if parts else root / "releases" / RID
+    path = root / "releases" / configured(root).id
+    return path / Path(*parts) if parts else path
 
 
 def go_live(root: Path, release_id: str) -> None:
@@ -170,7 +243,7 @@ def dead_pid() -> int:
 
 
 @pytest.mark.parametrize("previous", [None, OLD], ids=["first", "replaces-current"])
-def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
+def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
     if previous:
         go_live(root, previous)
     spec = make_spec(root, artifact, tmp_path)
@@ -180,7 +253,7 @@ def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
 
     path = release(root)
     assert result == {
-        "release": RID,
+        "release": rid,
         "path": str(path),
         "changed": True,
         "replaces": previous,
@@ -198,14 +271,14 @@ def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
     assert not (path / "wheels").exists()
     assert not (path / "flipback.json").exists()
     assert not (path / ".staging-lock").exists()
-    assert os.readlink(path / "sock") == os.path.join(spec.socket_dir, RID, "app.sock")
+    assert os.readlink(path / "sock") == os.path.join(spec.socket_dir, rid, "app.sock")
     assert not artifact.exists()
 
-    manifest = read_manifest(str(root), RID)
+    manifest = read_manifest(str(root), rid)
     assert manifest is not None
-    assert manifest_problem(manifest, RID, SERVICE) is None
+    assert manifest_problem(manifest, rid, SERVICE) is None
     assert {k: manifest[k] for k in ("id", "service", "checksum", "replaces", "deployed_by")} == {
-        "id": RID,
+        "id": rid,
         "service": SERVICE,
         "checksum": spec.checksum,
         "replaces": previous,
@@ -217,7 +290,7 @@ def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
 
     last = read_history(str(root))[-1]
     assert (last["release"], last["event"], last["by"], last["from"]) == (
-        RID,
+        rid,
         "staged",
         "alice",
         previous,
@@ -233,12 +306,16 @@ def test_fresh_stage(root, artifact, tmp_path, lchown_calls, previous):
     assert pip[-2:] == DEPS
     assert runner.calls[2][:3] == [f"{venv}/bin/python", "-m", "compileall"]
     assert runner.calls[2][-1] == str(path)
+    assert runner.calls[3:] == [["systemctl", "daemon-reload"]]
 
     owned = {p for p, uid, gid in lchown_calls if (uid, gid) == (0, 0)}
+    # Everything but the configuration (root:<service group>, see test_configure_*).
+    config = {str(path / ".flipback"), str(path / ".flipback" / "env")}
     on_disk = {str(path)} | {
         os.path.join(d, n) for d, dirs, files in os.walk(path) for n in dirs + files
     }
-    assert on_disk <= owned
+    assert on_disk - config <= owned
+    assert sorted(os.listdir(path / ".flipback")) == ["env"]
     if os.geteuid() == 0:
         assert (path / "app.py").stat().st_uid == 0
 
@@ -249,11 +326,11 @@ def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
 
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
 
-    assert runner.steps == ["venv", "compileall"]
+    assert runner.steps == ["venv", "compileall", "daemon-reload"]
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
-def test_already_staged_is_left_alone(root, artifact, tmp_path, lchown_calls, check_mode):
+def test_already_staged_is_left_alone(root, rid, artifact, tmp_path, lchown_calls, check_mode):
     Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
     before = (release(root, "manifest.json")).read_text()
     events = len(read_history(str(root)))
@@ -261,18 +338,18 @@ def test_already_staged_is_left_alone(root, artifact, tmp_path, lchown_calls, ch
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
 
-    assert result == {"release": RID, "path": str(release(root)), "changed": False}
+    assert result == {"release": rid, "path": str(release(root)), "changed": False}
     assert runner.calls == []
     assert release(root, "manifest.json").read_text() == before
     assert len(read_history(str(root))) == events
 
 
-def test_check_mode_writes_nothing(root, artifact, tmp_path):
+def test_check_mode_writes_nothing(root, rid, artifact, tmp_path):
     runner = FakeRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=True)
 
-    assert result == {"release": RID, "path": str(release(root)), "changed": True}
+    assert result == {"release": rid, "path": str(release(root)), "changed": True}
     assert not root.exists()
     assert artifact.exists()
     assert runner.calls == []
@@ -310,11 +387,11 @@ def test_artifact_missing(root, tmp_path):
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
-def test_live_staging_lock_is_refused(root, artifact, tmp_path, check_mode):
+def test_live_staging_lock_is_refused(root, rid, artifact, tmp_path, check_mode):
     path = release(root)
     path.mkdir(parents=True)
     (path / ".staging-lock").write_text(f"{os.getpid()}\n")
-    (path / "manifest.json").write_text(json.dumps({"id": RID, "status": "staging"}))
+    (path / "manifest.json").write_text(json.dumps({"id": rid, "status": "staging"}))
     (path / "app.py").write_text("half")
     runner = FakeRunner()
 
@@ -333,7 +410,7 @@ def test_live_staging_lock_is_refused(root, artifact, tmp_path, check_mode):
 
 @pytest.mark.parametrize("lock", ["dead-pid", "no-lock", "garbage"])
 def test_half_finished_release_is_wiped_and_staged_again(
-    root, artifact, tmp_path, lchown_calls, lock
+    root, rid, artifact, tmp_path, lchown_calls, lock
 ):
     path = release(root)
     path.mkdir(parents=True)
@@ -341,7 +418,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
         (path / ".staging-lock").write_text(f"{dead_pid()}\n")
     elif lock == "garbage":
         (path / ".staging-lock").write_text("not a pid\n")
-    (path / "manifest.json").write_text(json.dumps({"id": RID, "status": "staging"}))
+    (path / "manifest.json").write_text(json.dumps({"id": rid, "status": "staging"}))
     (path / "leftover.py").write_text("from the killed run")
 
     result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
@@ -349,7 +426,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
     assert result["changed"] is True
     assert not (path / "leftover.py").exists()
     assert not (path / ".staging-lock").exists()
-    assert read_manifest(str(root), RID)["status"] == "staged"
+    assert read_manifest(str(root), rid)["status"] == "staged"
     assert (path / "app.py").is_file()
 
 
@@ -359,9 +436,12 @@ def test_half_finished_release_is_wiped_and_staged_again(
         pytest.param("venv", "create the virtualenv", id="venv"),
         pytest.param("pip", "install the dependencies from the wheelhouse (offline)", id="pip"),
         pytest.param("compileall", "precompile bytecode", id="compileall"),
+        pytest.param("daemon-reload", "reload systemd for the release's unit", id="daemon-reload"),
     ],
 )
-def test_command_failure_leaves_the_release_unusable(root, artifact, tmp_path, fail, what):
+def test_command_failure_leaves_the_release_unusable(
+    root, rid, artifact, tmp_path, lchown_calls, fail, what
+):
     runner = FakeRunner(fail=fail)
 
     with pytest.raises(ReleaseError) as info:
@@ -369,19 +449,19 @@ def test_command_failure_leaves_the_release_unusable(root, artifact, tmp_path, f
 
     error = info.value
     assert error.retryable is False
-    assert f"could not {what} for {RID} (exit 1): {fail} exploded" in error.msg
+    assert f"could not {what} for {rid} (exit 1): {fail} exploded" in error.msg
     assert "stays marked 'staging' and is never used" in error.msg
     assert runner.steps[-1] == fail
-    manifest = read_manifest(str(root), RID)
+    manifest = read_manifest(str(root), rid)
     assert manifest is not None
     assert manifest["status"] == "staging"
-    assert manifest_problem(manifest, RID, SERVICE) is not None
+    assert manifest_problem(manifest, rid, SERVICE) is not None
     assert not Stager(make_spec(root, artifact, tmp_path)).staged()
     assert artifact.exists()
     assert [e["event"] for e in read_history(str(root))] == []
 
 
-def test_disk_failure_is_retryable(root, artifact, tmp_path, monkeypatch):
+def test_disk_failure_is_retryable(root, rid, artifact, tmp_path, monkeypatch):
     def no_symlink(*args):
         raise OSError(28, "No space left on device")
 
@@ -392,7 +472,7 @@ def test_disk_failure_is_retryable(root, artifact, tmp_path, monkeypatch):
 
     assert info.value.retryable is True
     assert "No space left on device" in info.value.msg
-    assert read_manifest(str(root), RID)["status"] == "staging"
+    assert read_manifest(str(root), rid)["status"] == "staging"
     assert artifact.exists()
 
 
@@ -421,6 +501,199 @@ def test_invalid_input_is_rejected_before_any_write(
     assert not (tmp_path / "etc").exists()
     assert artifact.exists()
     assert runner.calls == []
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
+    root, rid, artifact, tmp_path, lchown_calls, chown_calls
+):
+    spec = make_spec(root, artifact, tmp_path)
+    conf_dir = release(root, ".flipback")
+    env_file = conf_dir / "env"
+    unit_file = tmp_path / "systemd" / f"{SERVICE}@{rid}.service"
+    runner = FakeRunner()
+    on_reload: list[tuple[bool, bool]] = []
+
+    def run(argv):
+        if argv[:2] == ["systemctl", "daemon-reload"]:
+            on_reload.append((env_file.is_file(), unit_file.is_file()))
+        return runner(argv)
+
+    Stager(spec, run=run).stage(check_mode=False)
+
+    gid = pwd.getpwnam(USER).pw_gid
+    assert gid != 0
+    assert stat_mode(conf_dir) == 0o750
+    assert stat_mode(env_file) == 0o640
+    assert stat_mode(unit_file) == 0o644
+    assert env_file.read_text() == configured(root).env_text
+    assert parse_env_file(env_file.read_text()) == ENV
+    assert unit_file.read_text() == unit_text(
+        service=SERVICE, home=str(root), user=USER, app="app:app", factory=False, workers=2
+    )
+    # Owned by root, the env file readable by the service's group only; written by
+    # rename, owner and mode set before the content.
+    pid = os.getpid()
+    assert chown_calls == [
+        (str(conf_dir), 0, gid),
+        (f"{env_file}.tmp.{pid}", 0, gid),
+        (f"{unit_file}.tmp.{pid}", 0, 0),
+    ]
+    if os.geteuid() == 0:
+        for path, group in ((conf_dir, gid), (env_file, gid), (unit_file, 0)):
+            assert (path.stat().st_uid, path.stat().st_gid) == (0, group), path
+    assert sorted(os.listdir(conf_dir)) == ["env"]
+    assert sorted(os.listdir(unit_file.parent)) == [unit_file.name]
+    # systemd hears of the unit once both files are in place, and only once.
+    assert on_reload == [(True, True)]
+    assert runner.steps[-1] == "daemon-reload"
+
+
+def test_the_manifest_records_the_build_and_the_config_never_env_values(
+    root, rid, artifact, tmp_path, lchown_calls
+):
+    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+
+    manifest = read_manifest(str(root), rid)
+    assert manifest["build"] == BUILD
+    assert manifest["config"] == configured(root).config
+    assert manifest["config"]["env_names"] == ["GREETING", "SHOP_SECRET"]
+    text = release(root, "manifest.json").read_text()
+    for value in ENV.values():
+        assert json.dumps(value)[1:-1] not in text
+    assert SECRET not in text
+
+
+@pytest.mark.parametrize(
+    "shipped",
+    [
+        pytest.param([("./.flipback", b"PATH=/tmp/evil\n")], id="file"),
+        pytest.param([("./.flipback", None), ("./.flipback/env", b'PATH="/tmp/evil"\n')], id="dir"),
+        pytest.param(
+            [
+                ("./.flipback", None),
+                ("./.flipback/nested", None),
+                ("./.flipback/nested/x", b"x"),
+                ("./.flipback/unit", b"[Service]\n"),
+            ],
+            id="dir-with-more",
+        ),
+    ],
+)
+def test_a_flipback_file_or_dir_shipped_in_the_code_is_replaced(
+    root, tmp_path, lchown_calls, shipped
+):
+    artifact = build_artifact(tmp_path, extra=shipped)
+
+    result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
+
+    assert result["changed"] is True
+    conf_dir = release(root, ".flipback")
+    assert conf_dir.is_dir() and not conf_dir.is_symlink()
+    assert stat_mode(conf_dir) == 0o750
+    assert sorted(os.listdir(conf_dir)) == ["env"]
+    assert (conf_dir / "env").read_text() == configured(root).env_text
+    assert read_manifest(str(root), release(root).name)["status"] == "staged"
+
+
+def tampered(root: Path, what: str) -> dict:
+    """StageSpec changes whose configuration the release id does not stand for."""
+    conf = configured(root)
+    return {
+        "env-value": {"env_text": conf.env_text.replace(SECRET, "other")},
+        "env-added": {"env_text": conf.env_text + 'ZZ="1"\n'},
+        "env-not-canonical": {"env_text": conf.env_text.replace('"\n', '"  \n')},
+        "env-reserved": {"env_text": conf.env_text + 'PATH="/tmp"\n'},
+        "workers": {"config": {**conf.config, "workers": 3}},
+        "user": {"config": {**conf.config, "user": "root"}},
+        "digest": {"config": {**conf.config, "env_digest": "0" * 64}},
+        "build": {"build_id": "20261130T090000-aaaaaaaaaa"},
+        "other-root": {
+            "config": a_release(SERVICE, "/srv/shop", env=ENV, build_id=BUILD, user=USER).config
+        },
+    }[what]
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("what", "says"),
+    [
+        pytest.param("env-value", "release: got ", id="env-value"),
+        pytest.param("env-added", "release: got ", id="env-added"),
+        pytest.param("env-not-canonical", "env_file: got text that is not", id="env-form"),
+        pytest.param("env-reserved", "flipback_services (shop).env.PATH", id="env-reserved"),
+        pytest.param("workers", "release: got ", id="workers"),
+        pytest.param("user", "release: got ", id="user"),
+        pytest.param("digest", "release: got ", id="config-digest"),
+        pytest.param("build", "release: got ", id="build"),
+        pytest.param("other-root", "release: got ", id="other-root"),
+    ],
+)
+def test_a_config_the_release_id_does_not_stand_for_is_refused_before_any_write(
+    root, artifact, tmp_path, what, says, check_mode
+):
+    runner = FakeRunner()
+    spec = make_spec(root, artifact, tmp_path, **tampered(root, what))
+
+    with pytest.raises(ConfigInvalid) as failed:
+        Stager(spec, run=runner).stage(check_mode)
+
+    error = failed.value
+    assert error.retryable is False
+    [problem] = error.details["problems"]
+    assert problem.startswith(says)
+    assert SECRET not in error.msg
+    assert not root.exists()
+    assert not (tmp_path / "systemd").exists()
+    assert artifact.exists()
+    assert runner.calls == []
+
+
+def test_a_staged_release_is_checked_again_and_left_alone(root, artifact, tmp_path, lchown_calls):
+    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    env_file = release(root, ".flipback", "env")
+    before = env_file.read_text()
+    runner = FakeRunner()
+    spec = make_spec(root, artifact, tmp_path, **tampered(root, "env-value"))
+
+    with pytest.raises(ConfigInvalid):
+        Stager(spec, run=runner).stage(check_mode=False)
+
+    assert env_file.read_text() == before
+    assert runner.calls == []
+
+
+def test_a_unit_that_cannot_be_written_is_retryable(root, rid, artifact, tmp_path, lchown_calls):
+    (tmp_path / "systemd").write_text("a file where the unit directory should be")
+
+    with pytest.raises(ReleaseError) as failed:
+        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+
+    assert failed.value.retryable is True
+    assert failed.value.msg.startswith(f"staging {rid} failed: ")
+    assert read_manifest(str(root), rid)["status"] == "staging"
+    assert artifact.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="flipback_stage.py Stager._configure: pwd.getpwnam(config['user']) raises a "
+    "bare KeyError for a user the host lacks; stage() only turns OSError/TarError into "
+    "a ReleaseError, so the module fails with a traceback (release left 'staging')",
+)
+def test_a_user_the_host_lacks_fails_as_a_release_error(
+    root, artifact, tmp_path, lchown_calls, monkeypatch
+):
+    def no_such_user(name):
+        raise KeyError(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", no_such_user)
+
+    with pytest.raises(ReleaseError):
+        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -480,7 +753,7 @@ def test_safe_members_keeps_src_wheels_and_metadata(tmp_path):
     assert names == ["flipback.json", "src/app.py", "wheels/x.whl"]
 
 
-def test_hostile_artifact_is_refused_while_staging(root, tmp_path):
+def test_hostile_artifact_is_refused_while_staging(root, rid, tmp_path):
     artifact = raw_artifact(tmp_path, member("src/link", tarfile.SYMTYPE, "/etc/shadow"))
     runner = FakeRunner()
 
@@ -490,7 +763,7 @@ def test_hostile_artifact_is_refused_while_staging(root, tmp_path):
     assert "member 'src/link' is not a plain file or directory" in info.value.msg
     assert not release(root, "link").exists()
     assert not release(root, "link").is_symlink()
-    assert read_manifest(str(root), RID)["status"] == "staging"
+    assert read_manifest(str(root), rid)["status"] == "staging"
     assert runner.calls == []
 
 
@@ -532,7 +805,7 @@ def files(venv: Path) -> dict[str, bytes | str]:
 
 def test_link_venv_shares_files_and_rewrites_what_names_the_path(tmp_path):
     donor = tmp_path / "releases" / OLD / "venv"
-    dest = tmp_path / "releases" / RID / "venv"
+    dest = tmp_path / "releases" / NEW / "venv"
     donor_venv(donor)
     before = files(donor)
     dest.parent.mkdir(parents=True)
@@ -569,7 +842,9 @@ def staged_elsewhere(root: Path, release_id: str, *, key: str, status: str = "st
     return path
 
 
-def test_a_release_with_the_same_deps_key_lends_its_venv(root, artifact, tmp_path, lchown_calls):
+def test_a_release_with_the_same_deps_key_lends_its_venv(
+    root, rid, artifact, tmp_path, lchown_calls
+):
     donor = staged_elsewhere(root, OLD, key=KEY)
     before = files(donor / "venv")
     runner = FakeRunner()
@@ -580,11 +855,12 @@ def test_a_release_with_the_same_deps_key_lends_its_venv(root, artifact, tmp_pat
     path = release(root)
     # Only the release's own source is compiled; no venv, no pip.
     assert runner.calls == [
-        [f"{path}/venv/bin/python", "-m", "compileall", "-q", "-j", "0", "-x", "/venv/", str(path)]
+        [f"{path}/venv/bin/python", "-m", "compileall", "-q", "-j", "0", "-x", "/venv/", str(path)],
+        ["systemctl", "daemon-reload"],
     ]
     assert (path / "venv" / "pyvenv.cfg").read_text().endswith(f"{path / 'venv'}\n")
     assert files(donor / "venv") == before
-    manifest = read_manifest(str(root), RID)
+    manifest = read_manifest(str(root), rid)
     assert (manifest["status"], manifest["deps_key"]) == ("staged", KEY)
 
 
@@ -605,19 +881,19 @@ def test_no_donor_builds_the_venv(root, artifact, tmp_path, lchown_calls, key, s
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
     assert result["venv_from"] is None
-    assert runner.steps == ["venv", "pip", "compileall"]
+    assert runner.steps == ["venv", "pip", "compileall", "daemon-reload"]
     assert "-x" not in runner.calls[-1]
 
 
-def test_without_a_deps_key_no_venv_is_borrowed(root, artifact, tmp_path, lchown_calls):
+def test_without_a_deps_key_no_venv_is_borrowed(root, rid, artifact, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key="")
     runner = FakeRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
 
     assert result["venv_from"] is None
-    assert runner.steps == ["venv", "pip", "compileall"]
-    assert read_manifest(str(root), RID)["deps_key"] is None
+    assert runner.steps == ["venv", "pip", "compileall", "daemon-reload"]
+    assert read_manifest(str(root), rid)["deps_key"] is None
 
 
 def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lchown_calls):
@@ -633,7 +909,7 @@ def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lc
     assert result["venv_from"] == OLD
 
 
-def test_a_code_only_artifact_stages_with_a_donor(root, tmp_path, lchown_calls):
+def test_a_code_only_artifact_stages_with_a_donor(root, rid, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
     artifact = build_artifact(tmp_path, code_only=True)
     runner = FakeRunner()
@@ -641,16 +917,18 @@ def test_a_code_only_artifact_stages_with_a_donor(root, tmp_path, lchown_calls):
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
     assert (result["changed"], result["venv_from"]) == (True, OLD)
-    assert runner.steps == ["compileall"]
+    assert runner.steps == ["compileall", "daemon-reload"]
     path = release(root)
     assert (path / "app.py").read_bytes() == b"app = object()\n"
     assert (path / "venv" / "pyvenv.cfg").is_file()
     assert not (path / ".wheels").exists()
-    assert read_manifest(str(root), RID)["status"] == "staged"
+    assert read_manifest(str(root), rid)["status"] == "staged"
     assert not artifact.exists()
 
 
-def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(root, tmp_path, lchown_calls):
+def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(
+    root, rid, tmp_path, lchown_calls
+):
     staged_elsewhere(root, OLD, key="ffffffffffffffff")
     artifact = build_artifact(tmp_path, code_only=True)
     runner = FakeRunner()
@@ -660,13 +938,13 @@ def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(root, tmp_pa
 
     error = failed.value
     assert error.msg == (
-        f"{RID}: the artifact carries no wheels and no staged release on this host has a "
+        f"{rid}: the artifact carries no wheels and no staged release on this host has a "
         "virtualenv with them; expected the full artifact. A re-run uploads it"
     )
     assert error.retryable is True
     # Nothing was built from an empty wheelhouse; the release is never used as it is.
     assert runner.calls == []
-    assert read_manifest(str(root), RID)["status"] == "staging"
+    assert read_manifest(str(root), rid)["status"] == "staging"
     assert artifact.exists()
 
 
@@ -677,7 +955,7 @@ def test_a_code_only_artifact_without_dependencies_needs_no_donor(root, tmp_path
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
     assert (result["changed"], result["venv_from"]) == (True, None)
-    assert runner.steps == ["venv", "compileall"]
+    assert runner.steps == ["venv", "compileall", "daemon-reload"]
 
 
 def test_a_borrowed_venv_is_not_walked_again(root, artifact, tmp_path, lchown_calls):
@@ -689,12 +967,13 @@ def test_a_borrowed_venv_is_not_walked_again(root, artifact, tmp_path, lchown_ca
     venv = str(path / "venv")
     owned = {p for p, uid, gid in lchown_calls if (uid, gid) == (0, 0)}
     assert not {p for p in owned if p == venv or p.startswith(venv + os.sep)}
-    # Everything else in the release still belongs to root.
+    # Everything else in the release still belongs to root (its configuration to
+    # root:<service group>).
     on_disk = {str(path)} | {
         os.path.join(d, n)
         for d, dirs, files in os.walk(path)
         for n in dirs + files
-        if not os.path.join(d, n).startswith(venv)
+        if not os.path.join(d, n).startswith((venv, str(path / ".flipback")))
     }
     assert on_disk <= owned
     assert stat_mode(path / "pkg") == 0o755
@@ -743,7 +1022,7 @@ def stray_file(root: Path) -> None:
         pytest.param(lambda root: staged_elsewhere(root, OLD, key=KEY), KEY, OLD, id="found"),
         pytest.param(lambda root: staged_elsewhere(root, OLD, key=KEY), "", None, id="no-key"),
         pytest.param(lambda root: None, KEY, None, id="no-releases-dir"),
-        pytest.param(lambda root: staged_elsewhere(root, RID, key=KEY), KEY, None, id="itself"),
+        pytest.param(lambda root: staged_elsewhere(root, NEW, key=KEY), KEY, None, id="itself"),
         pytest.param(
             lambda root: manifest_only(root, OLD, "{not json"), KEY, None, id="bad-manifest"
         ),
@@ -753,13 +1032,13 @@ def stray_file(root: Path) -> None:
 )
 def test_find_donor(root, setup, key, donor):
     setup(root)
-    assert find_donor(str(root), RID, key) == donor
+    assert find_donor(str(root), NEW, key) == donor
 
 
 def test_find_donor_skips_what_it_cannot_read_and_goes_on(root):
     manifest_only(root, "20261127T120000-9999999999", "{not json")
     staged_elsewhere(root, OLD, key=KEY)
-    assert find_donor(str(root), RID, KEY) == OLD
+    assert find_donor(str(root), NEW, KEY) == OLD
 
 
 def test_find_donor_prefers_the_current_release(root):
@@ -767,14 +1046,14 @@ def test_find_donor_prefers_the_current_release(root):
     staged_elsewhere(root, older, key=KEY)
     staged_elsewhere(root, OLD, key=KEY)
     (root / "current").symlink_to(f"releases/{older}")
-    assert find_donor(str(root), RID, KEY) == older
+    assert find_donor(str(root), NEW, KEY) == older
 
 
 # --------------------------------------------------------------------------- warm up
 
 
 @pytest.mark.parametrize(("rc", "warmed"), [(0, True), (1, False)], ids=["started", "refused"])
-def test_warm_up_starts_the_instance_without_waiting(root, artifact, tmp_path, rc, warmed):
+def test_warm_up_starts_the_instance_without_waiting(root, rid, artifact, tmp_path, rc, warmed):
     calls = []
 
     def run(argv):
@@ -782,4 +1061,4 @@ def test_warm_up_starts_the_instance_without_waiting(root, artifact, tmp_path, r
         return subprocess.CompletedProcess(argv, rc, "", "")
 
     assert Stager(make_spec(root, artifact, tmp_path), run=run).warm_up() is warmed
-    assert calls == [["systemctl", "start", "--no-block", f"{SERVICE}@{RID}.service"]]
+    assert calls == [["systemctl", "start", "--no-block", f"{SERVICE}@{rid}.service"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -325,12 +326,25 @@ def test_target_none_reason(tmp_path, capsys):
 # --------------------------------------------------------------------------- prune
 
 
+@pytest.fixture
+def unit_dir(tmp_path, monkeypatch) -> Path:
+    """The releases' own units, in a tmp_path unit directory instead of the system's."""
+    path = tmp_path / "systemd"
+    path.mkdir()
+    monkeypatch.setattr(
+        release, "Releases", functools.partial(release.Releases, unit_dir=str(path))
+    )
+    return path
+
+
 @pytest.mark.parametrize(
     ("check_mode", "gone"), [(False, True), (True, False)], ids=["run", "check"]
 )
-def test_prune(root, capsys, check_mode, gone):
+def test_prune(root, unit_dir, capsys, check_mode, gone):
     # A third good release makes A the oldest beyond keep=2 (B current, the new one previous).
     go_live(root, C)
+    for release_id in (A, B, C):
+        (unit_dir / f"{SERVICE}@{release_id}.service").write_text("[Service]\n")
 
     code, result = run_main(
         {"action": "prune", "service": SERVICE, "root": str(root), "keep": 2},
@@ -343,9 +357,13 @@ def test_prune(root, capsys, check_mode, gone):
     assert (result["current"], result["previous_good"]) == (C, B)
     assert (root / "releases" / A).exists() is not gone
     assert ((A, "pruned") in events(root)) is gone
+    # The release's own unit goes with it.
+    assert (unit_dir / f"{SERVICE}@{A}.service").exists() is not gone
+    assert (unit_dir / f"{SERVICE}@{B}.service").exists()
+    assert (unit_dir / f"{SERVICE}@{C}.service").exists()
 
 
-def test_prune_keeps_current_and_previous_good(root, capsys):
+def test_prune_keeps_current_and_previous_good(root, unit_dir, capsys):
     code, result = run_main(
         {"action": "prune", "service": SERVICE, "root": str(root), "keep": 1}, capsys
     )

@@ -2,7 +2,7 @@
 
 main() prepares real files under tmp_path; systemctl, nginx and the probe go through a
 fake runner, and the deploy lock lives under tmp_path, by replacing the module's Prepare
-with a factory.
+with a factory. Configurations are made with test_flipback_runtime.a_release.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
 from ansible.module_utils.testing import patch_module_args
+from test_flipback_runtime import a_release
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 
 SERVICE = "shop"
 B = "20261102T120000-bbbbbbbbbb"
 SECRET = "s3cret-value-never-shown"
+OLD_SECRET = "old-s3cret-value-never-shown"
 OWNER = {"run_id": "ctl:4242:1795953600", "by": "bob"}
 
 
@@ -59,16 +61,20 @@ def host(monkeypatch, tmp_path) -> Host:
     return fake
 
 
+def configured(tmp_path: Path, secret: str = SECRET, **changes: object):
+    root = str(tmp_path / "srv" / SERVICE)
+    return a_release(SERVICE, root, env={"SHOP_TOKEN": secret}, user="nobody", **changes)
+
+
 def args(tmp_path: Path, **extra: object) -> dict:
+    conf = configured(tmp_path)
     return {
         "service": SERVICE,
         "root": str(tmp_path / "srv" / SERVICE),
         "user": "nobody",
         "release": B,
-        "env_file": str(tmp_path / "etc" / f"{SERVICE}.env"),
-        "env_content": f"SHOP_TOKEN={SECRET}\n",
-        "unit_path": str(tmp_path / "systemd" / f"{SERVICE}@.service"),
-        "unit_content": "[Service]\n",
+        "config": conf.config,
+        "env_file": conf.env_text,
         "site_path": str(tmp_path / "nginx" / f"flipback-{SERVICE}.conf"),
         "site_content": "server {}\n",
         "port": 8000,
@@ -93,10 +99,8 @@ def test_spec_from_the_parameters():
         "root": None,
         "user": "shop",
         "release": B,
-        "env_file": "/etc/flipback/shop.env",
-        "env_content": "A=1\n",
-        "unit_path": "/etc/systemd/system/shop@.service",
-        "unit_content": "[Unit]\n",
+        "config": {"workers": 2},
+        "env_file": 'A="1"\n',
         "site_path": "/etc/nginx/conf.d/flipback-shop.conf",
         "site_content": "server {}\n",
         "lock_owner": {"run_id": "r1", "by": "bob", "playbook": None, "release": None},
@@ -117,10 +121,6 @@ def test_spec_from_the_parameters():
         root="/srv/shop",
         user="shop",
         release=B,
-        env_file=ManagedFile(
-            "/etc/flipback/shop.env", "A=1\n", 0o640, service_group=True, secret=True
-        ),
-        unit_file=ManagedFile("/etc/systemd/system/shop@.service", "[Unit]\n", 0o644),
         site_file=ManagedFile("/etc/nginx/conf.d/flipback-shop.conf", "server {}\n", 0o644),
         lock={
             # Fields left out by the playbook are not passed on as None.
@@ -136,6 +136,8 @@ def test_spec_from_the_parameters():
         public_successes=5,
         standby=False,
         deps_key="0123456789abcdef",
+        config={"workers": 2},
+        env_text='A="1"\n',
     )
 
 
@@ -155,13 +157,26 @@ def test_defaults(host, tmp_path, capsys):
     assert spec.root == f"/srv/{SERVICE}"
     assert (spec.health_path, spec.expect_status, spec.expect_json) == ("/health", (200,), {})
     assert (spec.public_successes, spec.standby, spec.deps_key) == (3, True, "")
+    assert (spec.config, spec.env_text) == (module_args["config"], module_args["env_file"])
+
+
+def test_config_and_env_file_are_optional(host, tmp_path, capsys):
+    module_args = args(tmp_path)
+    del module_args["config"], module_args["env_file"]
+
+    code, result, _out = run_main(module_args, capsys, check_mode=True)
+
+    assert code == 0
+    (spec,) = host.specs
+    assert (spec.config, spec.env_text) == ({}, "")
+    assert result["config_changes"] == []
 
 
 @pytest.mark.parametrize(
     ("drop", "message"),
     [
-        pytest.param("env_content", "env_content", id="env-content"),
         pytest.param("user", "user", id="user"),
+        pytest.param("site_content", "site_content", id="site-content"),
         pytest.param("port", "port", id="port"),
     ],
 )
@@ -186,7 +201,7 @@ def test_lock_owner_needs_a_run_id(host, tmp_path, capsys):
 
 @pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
-def test_env_content_is_never_in_the_result(host, tmp_path, capsys, diff, check_mode):
+def test_env_file_is_never_in_the_result(host, tmp_path, capsys, diff, check_mode):
     code, result, out = run_main(
         args(tmp_path, lock_owner=OWNER), capsys, check_mode=check_mode, diff=diff
     )
@@ -198,7 +213,7 @@ def test_env_content_is_never_in_the_result(host, tmp_path, capsys, diff, check_
     assert "warnings" not in result
     if diff:
         headers = [d["after_header"] for d in result["diff"]]
-        assert headers == [args(tmp_path)["unit_path"], args(tmp_path)["site_path"]]
+        assert headers == [args(tmp_path)["site_path"]]
     else:
         assert "diff" not in result
     assert (result["current"], result["staged"], result["noop"]) == (None, False, False)
@@ -220,9 +235,9 @@ def test_every_key_returned_is_documented(host, tmp_path, capsys, diff, check_mo
     assert code == 0
     # `diff` is the standard key Ansible shows in --diff mode (RETURN does not list it).
     assert set(result) - ANSIBLE_KEYS - {"diff"} <= set(documented)
-    assert {"release", "env_changed", "venv_donor", "warmed"} <= set(result)
+    assert {"release", "config_changes", "venv_donor", "warmed"} <= set(result)
     assert result["release"] == B
-    assert isinstance(result["env_changed"], bool)
+    assert result["config_changes"] == []
     assert (result["venv_donor"], result["warmed"]) == (None, False)
 
 
@@ -246,13 +261,41 @@ KEY = "0123456789abcdef"
 DONOR = "20261101T120000-aaaaaaaaaa"
 
 
-def stage(tmp_path: Path, release_id: str, key: str) -> None:
-    """A release staged on the host, with a virtualenv another release may borrow."""
+def stage(tmp_path: Path, release_id: str, key: str, conf=None) -> None:
+    """A release staged on the host, with a virtualenv another release may borrow, and
+    with its configuration if `conf` (a_release) is given."""
     path = tmp_path / "srv" / SERVICE / "releases" / release_id
     (path / "venv").mkdir(parents=True)
     (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
     manifest = {"id": release_id, "service": SERVICE, "status": "staged", "deps_key": key}
+    if conf is not None:
+        manifest["config"] = conf.config
+        (path / ".flipback").mkdir()
+        (path / ".flipback" / "env").write_text(conf.env_text)
     (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def go_live(tmp_path: Path, release_id: str) -> None:
+    (tmp_path / "srv" / SERVICE / "current").symlink_to(f"releases/{release_id}")
+
+
+@pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_config_changes_against_the_live_release(host, tmp_path, capsys, diff, check_mode):
+    stage(tmp_path, DONOR, KEY, configured(tmp_path, OLD_SECRET))
+    go_live(tmp_path, DONOR)
+    new = configured(tmp_path, SECRET, workers=2)
+    module_args = args(tmp_path, config=new.config, env_file=new.env_text)
+
+    code, result, out = run_main(module_args, capsys, check_mode=check_mode, diff=diff)
+
+    assert code == 0
+    assert result["config_changes"] == ["workers 1 -> 2", "SHOP_TOKEN"]
+    if diff:
+        [config_diff] = [d for d in result["diff"] if "configuration" in d["after_header"]]
+        assert config_diff["after"].endswith("env SHOP_TOKEN=*** (changed)\n")
+    assert SECRET not in out
+    assert OLD_SECRET not in out
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,8 @@ STATUS = {
             "health": {"ok": True, "status": 200, "release": B, "latency_ms": 3.0},
             "lock": None,
             "error": None,
+            "config": {"app": "app:app", "workers": 2, "env_names": ["DEBUG", "TOKEN"]},
+            "config_changes": ["workers 1 -> 2", "+DEBUG"],
         }
     ],
 }
@@ -65,6 +67,7 @@ def test_main_renders_the_status_table(capsys):
             "instance": "active/running",
             "health": "ok 3 ms",
             "releases": "2 (1 active, 1 good)",
+            "config": "2w 2 env; changed: workers 1 -> 2, +DEBUG",
             "lock": "-",
         }
     ]
@@ -83,8 +86,18 @@ def test_main_renders_the_status_table(capsys):
         "active,",
         "1",
         "good)",
+        "2w",
+        "2",
+        "env;",
+        "changed:",
+        "workers",
+        "1",
+        "->",
+        "2,",
+        "+DEBUG",
         "-",
     ]
+    assert result["table"].splitlines()[0].split()[-2:] == ["CONFIG", "LOCK"]
 
 
 @pytest.mark.parametrize(

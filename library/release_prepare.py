@@ -19,7 +19,7 @@ description:
   - When the release is already current, running, enabled, alone (apart from the
     standby) and answering through the public port, returns C(noop=true) and gives
     the lock back in the same call.
-  - Check mode reports what would change, with diffs of the site and configuration; the lock is
+  - Check mode reports what would change, with the site as a diff; the lock is
     only looked at.
 options:
   service:
@@ -122,8 +122,7 @@ changes:
   elements: str
   returned: success
 diff:
-  description: Before and after of the nginx site and of the configuration (env values
-    masked), in diff mode.
+  description: Before and after of the nginx site, in diff mode.
   type: list
   elements: dict
   returned: in diff mode, when they change

@@ -132,6 +132,17 @@ elapsed:
   description: Seconds the module took.
   type: float
   returned: always
+diff:
+  description: In diff mode, when the release's configuration differs from the live
+    release's - both as text, every env value shown as C(***), a changed one as
+    C(*** (changed)).
+  type: dict
+  returned: in diff mode, when the configuration changes
+problems:
+  description: Every problem of a refused configuration (names, never values).
+  type: list
+  elements: str
+  returned: when the configuration does not match the release id or cannot run
 field:
   description: The parameter that was refused.
   type: str
@@ -221,6 +232,9 @@ def main() -> None:
         if params["artifact_b64"] and not module.check_mode and not stager.staged():
             write_inline(spec.artifact, params["artifact_b64"])
         result = stager.stage(module.check_mode)
+        diff = result.pop("diff", None)
+        if module._diff and diff is not None:
+            result["diff"] = diff
         result["warmed"] = False
         if params["start"] and result["changed"] and not module.check_mode:
             result["warmed"] = stager.warm_up()

@@ -90,6 +90,17 @@ services:
     error:
       description: Why part of the service could not be read; null if all of it was.
       type: str
+    config:
+      description: How the live release runs, from its manifest (C(app), C(factory),
+        C(workers), C(user), C(env_names), C(env_digest), C(unit_sha256)); never env
+        values; null if nothing is live or the release was staged before releases carried it.
+      type: dict
+    config_changes:
+      description: What the live release's configuration changed from the previous good
+        release's (C(NAME), C(+NAME), C(-NAME), C(workers 1 -> 2)); null when either
+        configuration is unknown.
+      type: list
+      elements: str
   sample:
     - name: hello
       port: 8000

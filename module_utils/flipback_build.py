@@ -66,7 +66,7 @@ class BuildError(FlipbackError):
 
 
 def validate_ref(ref: str) -> str:
-    if not isinstance(ref, str) or not REF_RE.match(ref) or ".." in ref:
+    if not isinstance(ref, str) or not REF_RE.fullmatch(ref) or ".." in ref:
         raise BuildError(
             f"ref: got {ref!r}, expected a branch, tag or commit (letters, digits, ._/-)",
             field="ref",
@@ -77,7 +77,7 @@ def validate_ref(ref: str) -> str:
 
 def validate_subdir(subdir: str) -> str:
     parts = subdir.split("/") if subdir else []
-    if not SUBDIR_RE.match(subdir) or any(p in (".", "..") for p in parts):
+    if not SUBDIR_RE.fullmatch(subdir) or any(p in (".", "..") for p in parts):
         raise BuildError(
             f"subdir: got {subdir!r}, expected a relative path inside the repository "
             "(no '..', no leading '/')",

@@ -108,7 +108,7 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
         return None
     svc: dict[str, Any] = {**DEFAULTS, **raw}
     name = svc.get("name")
-    if isinstance(name, str) and NAME_RE.match(name):
+    if isinstance(name, str) and NAME_RE.fullmatch(name):
         where = f"flipback_services[{index}] ({name})"
     else:
         problems.append(
@@ -129,7 +129,7 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
     if not isinstance(subdir, str) or (
         subdir.strip("/")
         and (
-            not SUBDIR_RE.match(subdir.strip("/"))
+            not SUBDIR_RE.fullmatch(subdir.strip("/"))
             # release_build refuses '.' as well: catch it here, before anything is built.
             or any(part in (".", "..") for part in subdir.split("/"))
         )
@@ -140,10 +140,10 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
     else:
         svc["subdir"] = subdir.strip("/")
     ref = svc.get("ref")
-    if not isinstance(ref, str) or not REF_RE.match(ref) or ".." in ref:
+    if not isinstance(ref, str) or not REF_RE.fullmatch(ref) or ".." in ref:
         problems.append(_problem(f"{where}.ref", ref, "a branch, tag or commit"))
     app = svc.get("app")
-    if not isinstance(app, str) or not APP_RE.match(app):
+    if not isinstance(app, str) or not APP_RE.fullmatch(app):
         problems.append(
             _problem(
                 f"{where}.app",
@@ -154,7 +154,7 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
     factory = svc.get("factory")
     if not isinstance(factory, bool):
         problems.append(_problem(f"{where}.factory", factory, "true or false"))
-    elif isinstance(app, str) and APP_RE.match(app):
+    elif isinstance(app, str) and APP_RE.fullmatch(app):
         svc["app"], svc["factory"] = app_and_factory(app, factory)
     port = _int(svc.get("port"))
     if port is None or not 1 <= port <= 65535:
@@ -182,7 +182,7 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
     else:
         svc["keep_releases"] = keep
     user = svc.get("user", name)
-    if not isinstance(user, str) or not USER_RE.match(user) or user in RESERVED_USERS:
+    if not isinstance(user, str) or not USER_RE.fullmatch(user) or user in RESERVED_USERS:
         problems.append(
             _problem(
                 f"{where}.user", user, "a dedicated system user name (not root or a system account)"
@@ -275,12 +275,12 @@ def check_request(
             problems.append(_problem("service", service, f"one of the defined services {names}"))
         selected = [s for s in valid if s.get("name") == service]
     if ref:
-        if not REF_RE.match(ref) or ".." in ref:
+        if not REF_RE.fullmatch(ref) or ".." in ref:
             problems.append(_problem("ref", ref, "a branch, tag or commit"))
         selected = [{**s, "ref": ref} for s in selected]
     if source:
         selected = [{**s, "source": source} for s in selected]
-    if release and not RELEASE_ID_RE.match(release):
+    if release and not RELEASE_ID_RE.fullmatch(release):
         problems.append(
             _problem("release", release, "a release id like 20261129T141500-3f2a9c1d0e")
         )

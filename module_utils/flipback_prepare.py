@@ -44,14 +44,9 @@ from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
-    recorded_config,
+    config_report,
     validate_release_id,
     validate_service,
-)
-from ansible.module_utils.flipback_runtime import (
-    config_changes,
-    masked_config,
-    parse_env_file,
 )
 from ansible.module_utils.flipback_stage import find_donor
 
@@ -197,24 +192,9 @@ class Prepare:
     def _config_changes(self, current: str | None) -> list[str]:
         """How this release's configuration differs from the live one's (names only)."""
         spec = self.spec
-        if not current or current == spec.release or not spec.config:
-            return []
-        before, before_env = recorded_config(spec.root, current)
-        if before is None:
-            return [f"configuration of {current} not recorded (staged by an older flipback)"]
-        after_env = parse_env_file(spec.env_text)
-        changes = config_changes(before, before_env, spec.config, after_env)
-        if changes:
-            changed = {c for c in changes if c.isidentifier()}
-            self.diffs.append(
-                {
-                    "before_header": f"{spec.service} configuration of {current}",
-                    "after_header": f"{spec.service} configuration of {spec.release}",
-                    "before": masked_config(before, {}),
-                    "after": masked_config(spec.config, {n: "*** (changed)" for n in changed}),
-                }
-            )
-        return changes
+        return config_report(
+            spec.root, spec.service, current, spec.release, spec.config, spec.env_text
+        )[0]
 
     # -- lock
     def _take_lock(self, check_mode: bool) -> dict:

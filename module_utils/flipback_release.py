@@ -30,7 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ansible.module_utils.flipback_common import FlipbackError
-from ansible.module_utils.flipback_runtime import UNIT_DIR, env_path, parse_env_file
+from ansible.module_utils.flipback_runtime import (
+    UNIT_DIR,
+    config_changes,
+    env_path,
+    masked_config,
+    parse_env_file,
+)
 
 SERVICE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
@@ -157,6 +163,33 @@ def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, 
     except OSError:
         env = None
     return (config if isinstance(config, dict) else None), env
+
+
+def config_report(
+    root: str,
+    service: str,
+    current: str | None,
+    release: str,
+    config: dict,
+    env_text: str,
+) -> tuple[list[str], dict | None]:
+    """(changes, diff): how a release's configuration differs from the live release's,
+    env values compared here (as root) and never shown; the diff masks every value."""
+    if not current or current == release or not config:
+        return [], None
+    before, before_env = recorded_config(root, current)
+    if before is None:
+        return [f"configuration of {current} not recorded (staged by an older flipback)"], None
+    changes = config_changes(before, before_env, config, parse_env_file(env_text))
+    if not changes:
+        return [], None
+    changed = {c for c in changes if c.isidentifier()}
+    return changes, {
+        "before_header": f"{service} configuration of {current}",
+        "after_header": f"{service} configuration of {release}",
+        "before": masked_config(before, {}),
+        "after": masked_config(config, {name: "*** (changed)" for name in changed}),
+    }
 
 
 def manifest_problem(manifest: dict | None, release_id: str, service: str) -> str | None:

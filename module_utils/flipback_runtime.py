@@ -96,7 +96,7 @@ def env_problems(where: str, env: Any) -> tuple[dict[str, str], list[str]]:
     clean: dict[str, str] = {}
     problems: list[str] = []
     for key, value in env.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
             problems.append(
                 f"{where}.env: got {key!r}, expected variable names of letters, digits and "
                 "'_', not starting with a digit (no '=')"
@@ -310,7 +310,7 @@ def config_digest(config: Mapping[str, Any]) -> str:
 
 def release_id_for(build_id: str, config: Mapping[str, Any]) -> str:
     """`<commit time>-<hash of the build and the configuration>`: sortable, content-stable."""
-    match = BUILD_ID_RE.match(build_id or "")
+    match = BUILD_ID_RE.fullmatch(build_id or "")
     if not match:
         raise ValueError(f"build id {build_id!r} is not like 20261129T141500-3f2a9c1d0e")
     content = f"{build_id}\n{config_digest(config)}".encode()
@@ -321,7 +321,7 @@ def config_changes(
     before: Mapping[str, Any] | None,
     before_env: Mapping[str, str] | None,
     after: Mapping[str, Any],
-    after_env: Mapping[str, str],
+    after_env: Mapping[str, str] | None,
 ) -> list[str]:
     """What differs between two releases' configurations, values of env never shown:
     `app app:app -> app:make()`, `workers 1 -> 2`, `HELLO_GREETING` (value changed),
@@ -339,9 +339,15 @@ def config_changes(
             changes.append(f"+{name}")
         elif name not in new_names:
             changes.append(f"-{name}")
-        elif before_env is not None and before_env.get(name) != after_env.get(name):
+        elif (
+            before_env is not None
+            and after_env is not None
+            and before_env.get(name) != after_env.get(name)
+        ):
             changes.append(name)
-    if before_env is None and before.get("env_digest") != after.get("env_digest"):
+    if (before_env is None or after_env is None) and before.get("env_digest") != after.get(
+        "env_digest"
+    ):
         changes.append("env values (which ones is not known)")
     if not changes and before.get("unit_sha256") != after.get("unit_sha256"):
         changes.append("unit (flipback's service settings)")
@@ -387,11 +393,11 @@ def resolve_release(
     records. Env values are checked (never returned, never echoed)."""
     where = f"flipback_services ({service})"
     clean, problems = env_problems(where, env)
-    if not isinstance(app, str) or not APP_RE.match(app):
+    if not isinstance(app, str) or not APP_RE.fullmatch(app):
         problems.append(
             f"{where}.app: got {app!r}, expected 'module:attribute' or 'module:factory()'"
         )
-    if not BUILD_ID_RE.match(build_id or ""):
+    if not BUILD_ID_RE.fullmatch(build_id or ""):
         problems.append(f"build_id: got {build_id!r}, expected a build id of release_build")
     if problems:
         raise ConfigInvalid(problems)

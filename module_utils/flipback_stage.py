@@ -26,6 +26,7 @@ from ansible.module_utils.flipback_release import (
     STAGING_LOCK,
     ReleaseError,
     append_history,
+    config_report,
     current_release,
     history_event,
     read_manifest,
@@ -111,6 +112,17 @@ class Stager:
         )
         if self.staged():
             return {**result, "changed": False}
+        # What staging changes in how the service runs (values masked), for --diff.
+        _changes, diff = config_report(
+            spec.root,
+            spec.service,
+            current_release(spec.root),
+            spec.release,
+            spec.config,
+            spec.env_text,
+        )
+        if diff is not None:
+            result["diff"] = diff
         holder = staging_lock_holder(self.path)
         if holder is not None:
             raise ReleaseError(
@@ -177,7 +189,17 @@ class Stager:
     def _configure(self) -> None:
         """The release's own configuration: its env file (root, readable by the service's
         group only) beside the code, and its own unit; systemd learns of the unit now."""
-        gid = pwd.getpwnam(self.spec.config["user"]).pw_gid
+        user = self.spec.config["user"]
+        try:
+            gid = pwd.getpwnam(user).pw_gid
+        except KeyError as exc:
+            raise ReleaseError(
+                f"user: {user!r} does not exist on the host; expected the service user "
+                "release_prepare creates. Retrying runs release_prepare first",
+                field="user",
+                value=user,
+                retryable=True,
+            ) from exc
         conf_dir = os.path.join(self.path, CONFIG_DIR)
         # The code may carry a file or directory of that name: flipback's wins.
         if os.path.isdir(conf_dir) and not os.path.islink(conf_dir):

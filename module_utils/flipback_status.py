@@ -326,7 +326,7 @@ def _config(root: str, state: Any) -> tuple[dict | None, list[str] | None]:
     before, before_env = recorded_config(root, previous)
     if before is None:
         return config, None
-    return config, config_changes(before, before_env, config, env or {})
+    return config, config_changes(before, before_env, config, env)
 
 
 # =========================================================================== host: history

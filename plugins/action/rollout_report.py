@@ -17,13 +17,10 @@ ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
     "rollout": {"type": "dict", "default": {}},
     "restored": {"type": "dict", "default": {}},
-    "releases": {"type": "dict", "default": {}},
 }
 
 
-def host_lines(
-    host: str, states: dict, restores: list, releases: dict
-) -> tuple[list[dict], list[str]]:
+def host_lines(host: str, states: dict, restores: list) -> tuple[list[dict], list[str]]:
     """(rows, problems) for one host."""
     rows, problems = [], []
     restored = {
@@ -38,7 +35,7 @@ def host_lines(
     for service in sorted(states):
         state = states[service]
         outcome = state.get("outcome", "unknown")
-        release = state.get("release") or releases.get(service)
+        release = state.get("release")
         previous = state.get("previous")
         ok = True
         if service in restored:
@@ -52,7 +49,7 @@ def host_lines(
         elif outcome == "switched":
             current = state.get("current")
             text = f"switched to {current}"
-            if current != release:
+            if release and current != release:
                 problems.append(
                     f"{host} {service}: runs {current}, expected {release} (its build with "
                     "this host's configuration)"
@@ -101,7 +98,6 @@ class ActionModule(ActionBase):
                 host,
                 params["rollout"].get(host) or {},
                 params["restored"].get(host) or [],
-                params["releases"],
             )
             rows += host_rows
             problems += host_problems

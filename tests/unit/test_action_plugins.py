@@ -583,7 +583,8 @@ def restore(name: str, **result: object) -> dict:
     ],
 )
 def test_host_lines(state, restores, outcome, ok, problem):
-    rows, problems = rollout_report.host_lines("h1", {"web": state}, restores, {"web": R1})
+    # The release this host was to run, as its stage step noted it.
+    rows, problems = rollout_report.host_lines("h1", {"web": {"release": R1, **state}}, restores)
     assert rows == [
         {"host": "h1", "service": "web", "outcome": outcome, "ok": ok, "config_changes": []}
     ]
@@ -638,7 +639,7 @@ SAID = " (config changed: workers 1 -> 2, +DEBUG, SECRET_KEY)"
 def test_host_lines_name_the_config_changes_of_what_ran(state, restores, outcome):
     state = {**state, "config_changes": CHANGES}
 
-    rows, _problems = rollout_report.host_lines("h1", {"web": state}, restores, {"web": R1})
+    rows, _problems = rollout_report.host_lines("h1", {"web": {"release": R1, **state}}, restores)
 
     assert [(r["outcome"], r["config_changes"]) for r in rows] == [(outcome, CHANGES)]
 
@@ -647,41 +648,38 @@ def test_host_lines_name_the_config_changes_of_what_ran(state, restores, outcome
 def test_host_lines_without_config_changes_say_nothing_of_them(changes):
     state = {"outcome": "switched", "current": R1, "config_changes": changes}
 
-    rows, _problems = rollout_report.host_lines("h1", {"web": state}, [], {"web": R1})
+    rows, _problems = rollout_report.host_lines("h1", {"web": state}, [])
 
     assert [(r["outcome"], r["config_changes"]) for r in rows] == [(f"switched to {R1}", [])]
 
 
 def test_host_lines_of_a_host_that_did_not_report():
-    rows, problems = rollout_report.host_lines("h9", {}, [], {"web": R1})
+    rows, problems = rollout_report.host_lines("h9", {}, [])
     assert rows == [{"host": "h9", "service": "-", "outcome": "no report", "ok": False}]
     assert problems == ["h9: did not report (unreachable, or failed before staging)"]
 
 
 def test_host_lines_one_row_per_service_in_name_order():
-    states = {"web": {"outcome": "switched", "current": R1}, "api": {"outcome": "staged"}}
-    rows, _ = rollout_report.host_lines("h1", states, [], {"web": R1, "api": R2})
+    states = {
+        "web": {"outcome": "switched", "current": R1, "release": R1},
+        "api": {"outcome": "staged", "release": R2},
+    }
+    rows, _ = rollout_report.host_lines("h1", states, [])
     assert [(r["service"], r["outcome"]) for r in rows] == [
         ("api", f"staged {R2}; not switched"),
         ("web", f"switched to {R1}"),
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugins/action/rollout_report.py host_lines: with no `release` in the host's "
-    "state and none in `releases`, `release` is None and a switched host is reported as "
-    "'runs <id>, expected None' (before, it was accepted: nothing to compare with)",
-)
-def test_host_lines_without_a_build_release_accepts_what_switched():
+def test_host_lines_without_a_release_accepts_what_switched():
     rows, problems = rollout_report.host_lines(
-        "h1", {"web": {"outcome": "switched", "current": R2}}, [], {}
+        "h1", {"web": {"outcome": "switched", "current": R2}}, []
     )
     assert (rows[0]["ok"], problems) == (True, [])
 
 
 def report(rollout: dict, hosts: list[str], **extra: object) -> dict:
-    args = {"hosts": hosts, "rollout": rollout, "releases": {"web": R1}, **extra}
+    args = {"hosts": hosts, "rollout": rollout, **extra}
     return action(rollout_report, args).run(task_vars={})
 
 
@@ -706,7 +704,7 @@ def test_report_of_a_complete_rollout():
 
 def test_report_of_a_stopped_rollout_fails_naming_every_problem():
     rollout = {
-        "h1": {"web": {"outcome": "switched", "current": R1, "previous": R2}},
+        "h1": {"web": {"outcome": "switched", "current": R1, "previous": R2, "release": R1}},
         "h2": {"web": {"outcome": "failed", "error": "deploy of web failed on h2: Gate 2"}},
         "h3": {"web": {"outcome": "not switched (rollout stopped)", "previous": R2}},
     }
@@ -730,8 +728,8 @@ def test_report_of_a_stopped_rollout_fails_naming_every_problem():
 
 def test_report_of_hosts_on_different_releases_fails_without_a_stop():
     rollout = {
-        "h1": {"web": {"outcome": "switched", "current": R1}},
-        "h2": {"web": {"outcome": "switched", "current": R2}},
+        "h1": {"web": {"outcome": "switched", "current": R1, "release": R1}},
+        "h2": {"web": {"outcome": "switched", "current": R2, "release": R1}},
     }
 
     result = report(rollout, ["h1", "h2"], action="rollback")

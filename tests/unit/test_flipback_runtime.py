@@ -310,12 +310,6 @@ def test_env_problems_reports_every_problem_and_keeps_the_good_values():
         assert SECRET not in problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ENV_NAME_RE.match: '$' also matches before a trailing newline, so a name "
-    "'DEBUG\\n' passes and env_file_text writes a broken line (flipback_runtime.py "
-    "env_problems, ENV_NAME_RE.match; fullmatch would refuse it)",
-)
 def test_env_problems_refuses_a_name_with_a_trailing_newline():
     clean, problems = env_problems(W, {"DEBUG\n": "1"})
 
@@ -867,13 +861,6 @@ def test_resolve_release_names_every_problem_at_once():
     assert SECRET not in failed.value.msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="APP_RE.match and BUILD_ID_RE.match: '$' also matches before a trailing "
-    "newline, so resolve_release accepts app 'app:app\\n' (the unit's ExecStart line "
-    "breaks in two: uvicorn starts without --uds) and a build id ending in a newline "
-    "(flipback_runtime.py resolve_release; fullmatch would refuse them)",
-)
 @pytest.mark.parametrize(
     "changes",
     [

@@ -677,13 +677,6 @@ def test_a_unit_that_cannot_be_written_is_retryable(root, rid, artifact, tmp_pat
     assert artifact.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="flipback_stage.py Stager._configure: pwd.getpwnam(config['user']) raises a "
-    "bare KeyError for a user the host lacks; stage() only turns OSError/TarError into "
-    "a ReleaseError, so the module fails with a traceback (release left 'staging')",
-)
 def test_a_user_the_host_lacks_fails_as_a_release_error(
     root, artifact, tmp_path, lchown_calls, monkeypatch
 ):

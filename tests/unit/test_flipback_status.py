@@ -625,12 +625,6 @@ def test_host_status_when_the_previous_env_file_cannot_be_read(srv, locks):
     assert hello["config_changes"] == ["env values (which ones is not known)"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flipback_status.py _config: the current release's env values, when they "
-    "cannot be read, are taken as none ({}), so every env name is reported changed "
-    "though the digests are equal (config_changes handles only before_env=None)",
-)
 def test_host_status_when_the_current_env_file_cannot_be_read(srv, locks):
     configured_tree(srv, GOOD_ENV, GOOD_ENV)
     (srv / "hello" / "releases" / B / ".flipback" / "env").unlink()

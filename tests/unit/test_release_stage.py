@@ -584,11 +584,6 @@ PATH_INFO = {"uid", "gid", "owner", "group", "mode", "state", "size", "secontext
             {"env_file": TAMPERED},
             "",
             id="config-invalid",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library/release_stage.py RETURN does not document `problems`, which "
-                "a refused configuration (ConfigInvalid from staged_files) returns",
-            ),
         ),
     ],
 )

@@ -184,12 +184,6 @@ def test_main_argument_spec(capsys):
     assert "services" in result["msg"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library/service_status.py RETURN: services.contains does not document `config` "
-    "and `config_changes`, which host_status returns for every service since releases "
-    "carry their configuration",
-)
 def test_every_key_of_a_service_is_documented(tmp_path, capsys, systemctl):
     deploy(tmp_path / "srv" / "hello", "hello", A, B)
     documented = yaml.safe_load(service_status.RETURN)["services"]["contains"]

@@ -146,7 +146,9 @@ def _environ(host, release: str) -> dict[str, str]:
 def _release_with(host, greeting: str) -> str:
     """The release (of picky, the only code here) whose env gives this greeting."""
     matches = []
-    for name in _releases(host):
+    for name, manifest in _releases(host).items():
+        if manifest["config"]["app"] != "app:app":
+            continue  # the release of the bad `app`
         env = host.file(f"{lib.ROOT}/releases/{name}/.flipback/env").content_string
         if f'HELLO_GREETING="{_escaped(greeting)}"' in env and 'FAIL_HEALTH="0"' in env:
             matches.append(name)

@@ -9,17 +9,18 @@ module: release_prepare
 short_description: Take the deploy lock and get a host ready for a release, in one call
 description:
   - Takes the service's deploy lock (or fails naming its holder), makes sure the
-    service user, its directories and its nginx site are as given, reloads nginx only
-    when the site changed (only after C(nginx -t) passes; a rejected site is put back),
-    and reports whether the release is staged and live.
-  - Writes no unit and no env file - each release carries its own, staged with its
-    code by release_stage - so nothing it writes changes how the live release starts.
+    service user and its directories are there, and reports whether the release is
+    staged and live.
+  - Writes no unit, env file or nginx site - each release carries its own unit and env
+    file, staged with its code by release_stage, and its site (its port) is put in
+    place by release_switch after its gate - so nothing it writes changes how the live
+    release starts or serves.
   - Reports how the release's configuration differs from the live release's
     (C(config_changes); env values are compared on the host and never shown).
   - When the release is already current, running, enabled, alone (apart from the
     standby) and answering through the public port, returns C(noop=true) and gives
     the lock back in the same call.
-  - Check mode reports what would change, with the site as a diff; the lock is
+  - Check mode reports what would change; the lock is
     only looked at.
 options:
   service:
@@ -46,14 +47,6 @@ options:
       with the live release's, never written here, never shown.
     type: str
     default: ""
-  site_path:
-    description: Path of the nginx site.
-    type: path
-    required: true
-  site_content:
-    description: Content of the nginx site.
-    type: str
-    required: true
   standby:
     description: Whether the previous good release's instance may keep running.
     type: bool
@@ -76,8 +69,6 @@ EXAMPLES = r"""
     release: 20261129T141500-3f2a9c1d0e
     config: "{{ hello_release.config }}"
     env_file: "{{ {'HELLO_GREETING': 'hi'} | flipback_env_file('hello') }}"
-    site_path: /etc/nginx/conf.d/flipback-hello.conf
-    site_content: "{{ lookup('template', 'nginx-site.conf.j2') }}"
     port: 8000
     lock_owner: {run_id: "ctl:1234:1764425700"}
 """
@@ -117,15 +108,10 @@ noop:
   type: bool
   returned: success
 changes:
-  description: What was (or would be) changed - user, directories, files.
+  description: What was (or would be) changed - the user, directories.
   type: list
   elements: str
   returned: success
-diff:
-  description: Before and after of the nginx site, in diff mode.
-  type: list
-  elements: dict
-  returned: in diff mode, when they change
 lock:
   description: Outcome of taking the lock (outcome, holder, took_over, waited).
   type: dict
@@ -149,7 +135,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
 from ansible.module_utils.flipback_health import PUBLIC_HEALTH_ARGUMENTS, public_health
 from ansible.module_utils.flipback_lock import LOCK_ARGUMENTS, lock_request
-from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
+from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 
 
 def spec_from(params: dict) -> PrepareSpec:
@@ -159,7 +145,6 @@ def spec_from(params: dict) -> PrepareSpec:
         root=params["root"] or f"/srv/{service}",
         user=params["user"],
         release=params["release"],
-        site_file=ManagedFile(params["site_path"], params["site_content"], 0o644),
         lock=lock_request(params),
         **public_health(params),
         standby=params["standby"],
@@ -178,8 +163,6 @@ def main() -> None:
             "release": {"type": "str", "required": True},
             "config": {"type": "dict", "default": {}},
             "env_file": {"type": "str", "default": "", "no_log": True},
-            "site_path": {"type": "path", "required": True},
-            "site_content": {"type": "str", "required": True},
             **LOCK_ARGUMENTS,
             **PUBLIC_HEALTH_ARGUMENTS,
             "standby": {"type": "bool", "default": True},
@@ -188,14 +171,7 @@ def main() -> None:
         supports_check_mode=True,
     )
 
-    def work() -> dict:
-        result = Prepare(spec_from(module.params)).prepare(module.check_mode)
-        diffs = result.pop("diff")
-        if module._diff and diffs:
-            result["diff"] = diffs
-        return result
-
-    respond(module, work)
+    respond(module, lambda: Prepare(spec_from(module.params)).prepare(module.check_mode))
 
 
 if __name__ == "__main__":

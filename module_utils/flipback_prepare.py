@@ -4,15 +4,15 @@ The first round trip of a deploy, so it does everything that does not depend on 
 release being staged yet:
 
     take the service's deploy lock              (or fail naming its holder)
-    the service user, its directories and its nginx site
-    nginx -t + reload                           only when the site changed
+    the service user and its directories
     report: current release, whether the release is staged, whether it is already live,
             and how its configuration differs from the live release's (env values
             compared here, on the host, never shown)
 
-The unit and env file are not written here: each release carries its own, staged with
-its code (flipback_stage), so nothing this call writes can change how the live release
-or its standby starts.
+No unit, env file or nginx site is written here: each release carries its own unit
+and env file, staged with its code (flipback_stage), and its site (its port) is put in
+place by the switch that makes it live, after its gate (flipback_switch). So nothing
+this call writes can change how the live release or its standby starts or serves.
 
 If the release is already current, its instance active and enabled, no other
 instance is left over, and it answers through the public port, the deploy has
@@ -23,10 +23,8 @@ Runs on the target host: standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,17 +43,12 @@ from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
     config_report,
+    recorded_config,
     validate_release_id,
     validate_service,
 )
+from ansible.module_utils.flipback_runtime import SITE_DIR, site_path, site_text
 from ansible.module_utils.flipback_stage import find_donor
-
-
-@dataclass
-class ManagedFile:
-    path: str
-    content: str
-    mode: int
 
 
 @dataclass
@@ -64,7 +57,6 @@ class PrepareSpec:
     root: str
     user: str
     release: str
-    site_file: ManagedFile
     # How the release runs (release_config's `config`) and its env file, to tell what
     # changes against the live release.
     config: dict = field(default_factory=dict)
@@ -79,6 +71,8 @@ class PrepareSpec:
     standby: bool = True
     # Key of the release's wheels: a staged release with the same key lends its venv.
     deps_key: str = ""
+    # Where nginx sites live (the service's is flipback-<service>.conf).
+    site_dir: str = SITE_DIR
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
@@ -129,7 +123,6 @@ class Prepare:
         self.prober = prober
         self.lock = lock or ServiceLock(spec.service)
         self.changes: list[str] = []
-        self.diffs: list[dict[str, str]] = []
         self.warnings: list[str] = []
 
     # -- the call
@@ -146,12 +139,6 @@ class Prepare:
         self._dir(os.path.join(spec.root, "releases"), 0, 0, 0o755, check_mode)
         self._dir(os.path.join(spec.root, ".incoming"), 0, 0, 0o700, check_mode)
         self._dir(os.path.join(spec.root, "shared"), uid, gid, 0o750, check_mode)
-        # A system directory: created if missing, its mode left alone.
-        self._dir(os.path.dirname(spec.site_file.path), -1, -1, 0o755, check_mode)
-        site_before = _read(spec.site_file.path)
-        site_changed = self._file(spec.site_file, check_mode)
-        if site_changed and not check_mode:
-            self._reload_nginx(site_before)
 
         releases = Releases(spec.service, spec.root)
         state = releases.scan()
@@ -165,7 +152,6 @@ class Prepare:
             staged=staged,
             venv_donor=None if staged else find_donor(spec.root, spec.release, spec.deps_key),
             config_changes=self._config_changes(state.current),
-            diff=self.diffs,
             warnings=self.warnings,
         )
         noop = (
@@ -255,48 +241,6 @@ class Prepare:
                 os.chown(path, uid, gid)
                 os.chmod(path, mode)
 
-    def _file(self, managed: ManagedFile, check_mode: bool) -> bool:
-        """A root-owned file as given; True when its content changed."""
-        before = _read(managed.path)
-        content_changed = before != managed.content
-        meta_changed = False
-        if before is not None:
-            st = os.stat(managed.path)
-            meta_changed = (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (managed.mode, 0, 0)
-        if not (content_changed or meta_changed):
-            return False
-        self.changes.append(f"file {managed.path}")
-        if content_changed:
-            self.diffs.append(
-                {
-                    "before_header": managed.path,
-                    "after_header": managed.path,
-                    "before": before or "",
-                    "after": managed.content,
-                }
-            )
-        if not check_mode:
-            _write_atomic(managed.path, managed.content, managed.mode, 0)
-        return content_changed
-
-    def _reload_nginx(self, site_before: str | None) -> None:
-        test = self.run(["nginx", "-t", "-q"])
-        if test.returncode != 0:
-            path = self.spec.site_file.path
-            if site_before is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            else:
-                _write_atomic(path, site_before, self.spec.site_file.mode, 0)
-            raise ReleaseError(
-                f"nginx rejects the site of {self.spec.service} ({path}): "
-                f"{(test.stderr or test.stdout).strip()[-500:]}; the previous site was put "
-                "back and nginx was not reloaded",
-                retryable=False,
-                field="site",
-            )
-        self._must(["systemctl", "reload-or-restart", "nginx"], "reload nginx")
-
     def _must(self, argv: Sequence[str], what: str) -> None:
         proc = self.run(argv)
         if proc.returncode != 0:
@@ -318,6 +262,16 @@ class Prepare:
         active, retiring = list_instances(self.run, spec.service)
         if spec.release not in active or set(active) - allowed - set(retiring):
             return False
+        config, _env = recorded_config(spec.root, spec.release)
+        if (
+            config
+            and config.get("port")
+            and _read(site_path(spec.service, spec.site_dir))
+            != (site_text(service=spec.service, home=spec.root, port=config["port"]))
+        ):
+            # The site is not the release's (edited, or left by an interrupted switch):
+            # the switch puts it back.
+            return False
         if check_mode:
             return True
         try:
@@ -338,20 +292,3 @@ def _read(path: str) -> str | None:
             return handle.read()
     except FileNotFoundError:
         return None
-
-
-def _write_atomic(path: str, content: str, mode: int, gid: int) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fchown(handle.fileno(), 0, gid)
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -6,8 +6,11 @@ A release is its build (code + wheels) *and* its configuration, immutable once s
                                                       user, app, factory, workers, hardening
     <root>/releases/<release>/.flipback/env           its environment values
                                                       (0640 root:<user>, never shown)
-    <root>/releases/<release>/manifest.json "config"  app, factory, workers, user, the env
-                                                      names and a digest (never values)
+    <root>/releases/<release>/manifest.json "config"  app, factory, workers, user, port,
+                                                      the env names and a digest (never values)
+    /etc/nginx/conf.d/flipback-<service>.conf         the public port of the live release:
+                                                      put in place by the switch that makes
+                                                      a release live, never before its gate
 
 Each instance starts from its own release's unit and env file, so nothing a deploy
 writes before its switch can change how the live release (or its standby) starts, and
@@ -198,6 +201,34 @@ def socket_dir_of(service: str) -> str:
     return f"/run/flipback-{service}"
 
 
+SITE_DIR = "/etc/nginx/conf.d"
+
+
+def site_path(service: str, site_dir: str = SITE_DIR) -> str:
+    return f"{site_dir}/flipback-{service}.conf"
+
+
+def site_text(*, service: str, home: str, port: int) -> str:
+    """The nginx site of `service` while a release listening on `port` is live."""
+    return f"""\
+# flipback: public port of {service}, as the live release defines it; written by the
+# switch that makes a release live. The upstream path goes through the `current`
+# symlink and is resolved at every connect, so renaming `current` moves new connections
+# to the new release with no nginx reload.
+server {{
+    listen {port};
+    listen [::]:{port};
+
+    location / {{
+        proxy_pass http://unix:{home}/current/sock:;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+}}
+"""
+
+
 def unit_path(service: str, release: str) -> str:
     return f"{UNIT_DIR}/{service}@{release}.service"
 
@@ -284,6 +315,7 @@ def run_config(
     app: str,
     factory: bool,
     workers: int,
+    port: int,
     env: Mapping[str, str],
 ) -> dict[str, Any]:
     """What the manifest records of how a release runs (env names and a digest only)."""
@@ -295,6 +327,7 @@ def run_config(
         "app": app,
         "factory": factory,
         "workers": int(workers),
+        "port": int(port),
         "user": user,
         "env_names": sorted(env),
         "env_digest": env_digest(service, env),
@@ -303,7 +336,7 @@ def run_config(
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
-    keys = ("app", "factory", "workers", "user", "env_names", "env_digest", "unit_sha256")
+    keys = ("app", "factory", "workers", "port", "user", "env_names", "env_digest", "unit_sha256")
     canonical = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -329,7 +362,7 @@ def config_changes(
     if before is None:
         return []
     changes = []
-    for key in ("app", "factory", "workers", "user"):
+    for key in ("app", "factory", "workers", "port", "user"):
         if before.get(key) != after.get(key):
             changes.append(f"{key} {before.get(key)} -> {after.get(key)}")
     old_names = set(before.get("env_names") or [])
@@ -359,6 +392,7 @@ def masked_config(config: Mapping[str, Any], env_marks: Mapping[str, str]) -> st
     lines = [
         f"app: {config.get('app')}{' (factory)' if config.get('factory') else ''}",
         f"workers: {config.get('workers')}",
+        f"port: {config.get('port')}",
         f"user: {config.get('user')}",
     ]
     lines += [f"env {name}={env_marks.get(name, '***')}" for name in config.get("env_names", [])]
@@ -385,6 +419,7 @@ def resolve_release(
     app: str,
     factory: bool,
     workers: int,
+    port: int,
     env: Any,
     build_id: str,
     root: str = "",
@@ -399,6 +434,8 @@ def resolve_release(
         )
     if not BUILD_ID_RE.fullmatch(build_id or ""):
         problems.append(f"build_id: got {build_id!r}, expected a build id of release_build")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        problems.append(f"{where}.port: got {port!r}, expected an integer 1-65535")
     if problems:
         raise ConfigInvalid(problems)
     config = run_config(
@@ -408,6 +445,7 @@ def resolve_release(
         app=app,
         factory=factory,
         workers=workers,
+        port=port,
         env=clean,
     )
     return {"release": release_id_for(build_id, config), "config": config, "build_id": build_id}
@@ -438,6 +476,7 @@ def staged_files(
         app=str(config.get("app")),
         factory=bool(config.get("factory")),
         workers=int(config.get("workers") or 0),
+        port=int(config.get("port") or 0),
         env=clean,
         build_id=build_id,
         root=home,
@@ -480,6 +519,7 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
         app=svc.get("app"),
         factory=bool(svc.get("factory", False)),
         workers=int(svc.get("workers", 1)),
+        port=int(svc.get("port", 0)),
         env=params["env"],
         build_id=params["build_id"],
         root=params["root"],

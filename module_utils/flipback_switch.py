@@ -7,6 +7,7 @@ The whole switch is one transaction on the host, so it costs one round trip:
     start <service>@<release>            (the rollback's "restart of uvicorn"; a no-op
                                           when it runs as the warm standby)
     Gate 1: health on its private socket (the answer can only come from it)
+    the nginx site of the release's port (only when it differs: nginx -t, reload)
     flip `current` with rename(2)        (which also moves live traffic)
     Gate 2: health through the public port, N answers in a row naming the release
     enable the new instance, disable the others; record the events
@@ -20,8 +21,13 @@ at once and the flip is the whole rollback. The drain never blocks the call: the
 instance is stopped by a transient timer (`flipback-retire-<service>-<release>`),
 which any later switch to that release cancels first.
 
+The site is part of the release's configuration (its port): it is written by the
+switch that makes a release live, after its Gate 1, never before, and a rollback
+puts back the site of the release it returns to.
+
 If a gate fails, everything is undone before the error is raised: `current` goes
-back to the release that was serving (or is removed if there was none), the new
+back to the release that was serving (or is removed if there was none), the site
+that was there is put back, the new
 instance is stopped (even one warmed by staging: a release that failed a gate must
 not linger as anyone's standby), the release is recorded as failed, and the error
 carries the failing unit's last journal lines, led by the last Python exception line
@@ -30,15 +36,17 @@ if that scrolled off (see `journal_excerpt`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.flipback_common import Runner, run_command
+from ansible.module_utils.flipback_common import FlipbackError, Runner, run_command
 from ansible.module_utils.flipback_health import (
     Expect,
     HealthError,
@@ -54,9 +62,11 @@ from ansible.module_utils.flipback_release import (
     Releases,
     as_if_activated,
     plan_prune,
+    recorded_config,
     validate_positive,
     validate_release_id,
 )
+from ansible.module_utils.flipback_runtime import SITE_DIR, site_path, site_text
 
 # How far back the journal is read when a gate fails, to find the error behind it.
 JOURNAL_SCAN = 300
@@ -94,6 +104,7 @@ def journal_excerpt(lines: list[str], limit: int) -> list[str]:
 
 GATE_1 = "Gate 1, health on the instance's private socket"
 GATE_2 = "Gate 2, health through the public port answers with the release"
+SITE = "the nginx site of the release's port"
 
 
 @dataclass
@@ -118,6 +129,8 @@ class SwitchSpec:
     standby: bool = True
     # Deploy: prune down to this many good releases after the switch (0: no prune).
     keep_releases: int = 0
+    # Where nginx sites live (the service's is flipback-<service>.conf).
+    site_dir: str = SITE_DIR
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
@@ -267,6 +280,10 @@ class Switch:
         spec = self.spec
         chosen = self.choose()
         plan = self.plan()
+        site = self._site_of(spec.release)
+        if site is not None:
+            # The release's own port: Gate 2 asks where it will listen.
+            spec.port = site[1]
         previous = self.previous = plan["previous"]
         result: dict[str, Any] = {
             "release": spec.release,
@@ -311,6 +328,10 @@ class Switch:
         except HealthError as exc:
             raise self._undo(GATE_1, exc, flipped=False, was_running=was_running) from exc
 
+        try:
+            site_before = self._ensure_site(site)
+        except ReleaseError as exc:
+            raise self._undo(SITE, exc, flipped=False, was_running=was_running) from exc
         self.releases.activate(spec.release, by=spec.by, note=spec.note, check_mode=False)
         self.steps.append(f"flipped current to {spec.release}")
         try:
@@ -318,7 +339,9 @@ class Switch:
             self._gate_public()
             timings["gate_2"] = round(time.monotonic() - started, 3)
         except HealthError as exc:
-            raise self._undo(GATE_2, exc, flipped=True, was_running=was_running) from exc
+            raise self._undo(
+                GATE_2, exc, flipped=True, was_running=was_running, site_before=site_before
+            ) from exc
 
         if previous and spec.action == "rollback":
             self.releases.record(
@@ -408,6 +431,11 @@ class Switch:
                 )
                 for release in plan["retire"]:
                     self._retire(release)
+        site = self._site_of(spec.release)
+        if site is not None and _read(self.site_path) != site[0]:
+            changed = True
+            if not check_mode:
+                self._ensure_site(site)
         if not check_mode:
             try:
                 self._gate_public()
@@ -421,8 +449,58 @@ class Switch:
                 ) from exc
         return {**result, "changed": changed, "steps": self.steps}
 
+    # -- the public site
+    @property
+    def site_path(self) -> str:
+        return site_path(self.spec.service, self.spec.site_dir)
+
+    def _site_of(self, release: str) -> tuple[str, int] | None:
+        """The site a release defines (its port), or None for a release staged before
+        releases carried their configuration (the site is then left as it is)."""
+        config, _env = recorded_config(self.spec.root, release)
+        port = (config or {}).get("port")
+        if not isinstance(port, int) or isinstance(port, bool):
+            return None
+        return site_text(service=self.spec.service, home=self.spec.root, port=port), port
+
+    def _ensure_site(self, site: tuple[str, int] | None) -> tuple[str | None] | None:
+        """Put the release's site in place if it differs from the one there; returns
+        (what was there,) when it changed it, for the undo; None when nothing changed."""
+        if site is None:
+            return None
+        before = _read(self.site_path)
+        if before == site[0]:
+            return None
+        self._install_site(site[0])
+        self.steps.append(f"site {self.site_path} now listens on port {site[1]}")
+        return (before,)
+
+    def _install_site(self, content: str | None) -> None:
+        """Write (or, for None, remove) the site; nginx -t, then reload. A site nginx
+        rejects is taken out again, and nginx is not reloaded."""
+        path = self.site_path
+        before = _read(path)
+        _put(path, content)
+        test = self.run(["nginx", "-t", "-q"])
+        if test.returncode != 0:
+            _put(path, before)
+            raise ReleaseError(
+                f"nginx rejects the site of {self.spec.service} ({path}): "
+                f"{(test.stderr or test.stdout).strip()[-500:]}; the previous site was put "
+                "back and nginx was not reloaded",
+                retryable=False,
+                field="site",
+            )
+        self._systemctl("reload-or-restart", "nginx")
+
     def _undo(
-        self, gate: str, error: HealthError, *, flipped: bool, was_running: bool
+        self,
+        gate: str,
+        error: FlipbackError,
+        *,
+        flipped: bool,
+        was_running: bool,
+        site_before: tuple[str | None] | None = None,
     ) -> GateFailed:
         spec = self.spec
         previous = self.previous
@@ -436,6 +514,12 @@ class Switch:
             else:
                 os.unlink(os.path.join(spec.root, "current"))
                 undone.append("current removed (no earlier release)")
+        if site_before is not None:
+            try:
+                self._install_site(site_before[0])
+                undone.append(f"site {self.site_path} put back")
+            except ReleaseError as exc:
+                undone.append(f"site {self.site_path} NOT put back: {exc.msg}")
         unit = spec.unit(spec.release)
         # Stopped even if it was already running (warmed up by staging, or the standby):
         # an instance that failed a gate must not linger as anyone's standby.
@@ -465,3 +549,33 @@ class Switch:
             undone=undone,
             journal=journal,
         )
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _put(path: str, content: str | None) -> None:
+    """Replace `path` by rename (root, 0644), or remove it for None."""
+    if content is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -175,6 +175,12 @@ kept:
   type: list
   elements: str
   returned: action=prune
+legacy_removed:
+  description: With O(action=prune), the service-wide unit template and env file of
+    older flipback versions, removed once no release on disk needs them.
+  type: list
+  elements: str
+  returned: action=prune, when not in check mode
 diff:
   description: With O(action=activate) in diff mode, the C(current) link before and after.
   type: dict

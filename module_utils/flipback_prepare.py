@@ -43,11 +43,11 @@ from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
     config_report,
-    recorded_config,
+    recorded_site,
     validate_release_id,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import SITE_DIR, site_path, site_text
+from ansible.module_utils.flipback_runtime import SITE_DIR, site_path
 from ansible.module_utils.flipback_stage import find_donor
 
 
@@ -262,13 +262,8 @@ class Prepare:
         active, retiring = list_instances(self.run, spec.service)
         if spec.release not in active or set(active) - allowed - set(retiring):
             return False
-        config, _env = recorded_config(spec.root, spec.release)
-        if (
-            config
-            and config.get("port")
-            and _read(site_path(spec.service, spec.site_dir))
-            != (site_text(service=spec.service, home=spec.root, port=config["port"]))
-        ):
+        site = recorded_site(spec.root, spec.service, spec.release)
+        if site is not None and _read(site_path(spec.service, spec.site_dir)) != site[0]:
             # The site is not the release's (edited, or left by an interrupted switch):
             # the switch puts it back.
             return False

@@ -36,6 +36,7 @@ from ansible.module_utils.flipback_runtime import (
     env_path,
     masked_config,
     parse_env_file,
+    site_text,
 )
 
 SERVICE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -47,6 +48,8 @@ RECORDABLE_EVENTS = ("staged", "failed", "rolled_back", "pruned")
 MANIFEST = "manifest.json"
 STAGING_LOCK = ".staging-lock"
 HISTORY = "history.jsonl"
+# Where releases staged before releases carried their configuration found their env.
+LEGACY_ENV_DIR = "/etc/flipback"
 MANIFEST_SUMMARY_KEYS = (
     "git_sha",
     "ref",
@@ -163,6 +166,16 @@ def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, 
     except OSError:
         env = None
     return (config if isinstance(config, dict) else None), env
+
+
+def recorded_site(root: str, service: str, release_id: str) -> tuple[str, int] | None:
+    """(nginx site, port) a staged release defines; None when it recorded no port
+    (staged before releases carried their configuration)."""
+    config, _env = recorded_config(root, release_id)
+    port = (config or {}).get("port")
+    if not isinstance(port, int) or isinstance(port, bool):
+        return None
+    return site_text(service=service, home=root, port=port), port
 
 
 def config_report(
@@ -568,11 +581,13 @@ class Releases:
         *,
         clock: Callable[[], float] = time.time,
         unit_dir: str = UNIT_DIR,
+        legacy_env_dir: str = LEGACY_ENV_DIR,
     ) -> None:
         self.service = validate_service(service)
         self.root = root or f"/srv/{service}"
         self.clock = clock
         self.unit_dir = unit_dir
+        self.legacy_env_dir = legacy_env_dir
 
     @property
     def current_link(self) -> str:
@@ -736,7 +751,29 @@ class Releases:
                     removed=done,
                 ) from exc
             done.append(release_id)
+        result["legacy_removed"] = self._remove_legacy_files(set(state.releases) - set(remove))
         return result
+
+    def _remove_legacy_files(self, kept: set[str]) -> list[str]:
+        """Releases staged before releases carried their configuration ran from one
+        service-wide unit template and env file. Once none of them is left on disk,
+        those two files go (the env file holds secrets no release uses any more)."""
+        for release_id in kept:
+            try:
+                manifest = read_manifest(self.root, release_id)
+            except ReleaseError:
+                return []
+            if not isinstance((manifest or {}).get("config"), dict):
+                return []
+        removed = []
+        for path in (
+            os.path.join(self.unit_dir, f"{self.service}@.service"),
+            os.path.join(self.legacy_env_dir, f"{self.service}.env"),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+        return removed
 
     # -- helpers
     def _event(

@@ -58,15 +58,16 @@ from ansible.module_utils.flipback_health import (
 )
 from ansible.module_utils.flipback_prepare import list_instances
 from ansible.module_utils.flipback_release import (
+    LEGACY_ENV_DIR,
     ReleaseError,
     Releases,
     as_if_activated,
     plan_prune,
-    recorded_config,
+    recorded_site,
     validate_positive,
     validate_release_id,
 )
-from ansible.module_utils.flipback_runtime import SITE_DIR, site_path, site_text
+from ansible.module_utils.flipback_runtime import SITE_DIR, UNIT_DIR, site_path
 
 # How far back the journal is read when a gate fails, to find the error behind it.
 JOURNAL_SCAN = 300
@@ -131,6 +132,10 @@ class SwitchSpec:
     keep_releases: int = 0
     # Where nginx sites live (the service's is flipback-<service>.conf).
     site_dir: str = SITE_DIR
+    # Where units live (each release's own; pruning removes them).
+    unit_dir: str = UNIT_DIR
+    # Where releases staged by older versions found their env (pruning tidies it).
+    legacy_env_dir: str = LEGACY_ENV_DIR
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
@@ -160,7 +165,9 @@ class Switch:
         self.run = run
         self.prober = prober
         self.sleep = sleep
-        self.releases = Releases(spec.service, spec.root)
+        self.releases = Releases(
+            spec.service, spec.root, unit_dir=spec.unit_dir, legacy_env_dir=spec.legacy_env_dir
+        )
         self.steps: list[str] = []
         self.previous: str | None = None
 
@@ -457,11 +464,7 @@ class Switch:
     def _site_of(self, release: str) -> tuple[str, int] | None:
         """The site a release defines (its port), or None for a release staged before
         releases carried their configuration (the site is then left as it is)."""
-        config, _env = recorded_config(self.spec.root, release)
-        port = (config or {}).get("port")
-        if not isinstance(port, int) or isinstance(port, bool):
-            return None
-        return site_text(service=self.spec.service, home=self.spec.root, port=port), port
+        return recorded_site(self.spec.root, self.spec.service, release)
 
     def _ensure_site(self, site: tuple[str, int] | None) -> tuple[str | None] | None:
         """Put the release's site in place if it differs from the one there; returns
@@ -491,7 +494,19 @@ class Switch:
                 retryable=False,
                 field="site",
             )
-        self._systemctl("reload-or-restart", "nginx")
+        reload = self._systemctl("reload-or-restart", "nginx", check=False)
+        if reload.returncode != 0:
+            # nginx keeps what it had loaded; the file on disk must say the same, or the
+            # next reload or reboot would serve the other port.
+            _put(path, before)
+            self._systemctl("reload-or-restart", "nginx", check=False)
+            raise ReleaseError(
+                f"could not reload nginx for the site of {self.spec.service} ({path}): "
+                f"{(reload.stderr or reload.stdout).strip()[-500:]}; the previous site was "
+                "put back",
+                retryable=True,
+                field="site",
+            )
 
     def _undo(
         self,

@@ -333,6 +333,7 @@ def test_release_config_works_out_the_release_of_this_host():
         app="app:app",
         factory=False,
         workers=2,
+        port=8000,
         env=WEB_ENV,
         build_id=BUILD_ID,
         root="/srv/web",
@@ -341,6 +342,7 @@ def test_release_config_works_out_the_release_of_this_host():
     assert (result["service"], result["build_id"]) == ("web", BUILD_ID)
     assert (result["release"], result["config"]) == (expected["release"], expected["config"])
     assert result["config"]["env_names"] == ["DATABASE_URL", "DEBUG"]
+    assert result["config"]["port"] == 8000
     assert isinstance(result["elapsed"], float)
     assert SECRET not in json.dumps(result)
 
@@ -351,6 +353,7 @@ def test_release_config_works_out_the_release_of_this_host():
         pytest.param({"env": dict(WEB_ENV)}, True, id="same-configuration"),
         pytest.param({"env": {**WEB_ENV, "DEBUG": "1"}}, False, id="other-env-value"),
         pytest.param({"service": web(workers=4)}, False, id="other-workers"),
+        pytest.param({"service": web(port=8001)}, False, id="other-port"),
         pytest.param({"service": web(app="app:make()")}, False, id="factory"),
         pytest.param({"root": "/opt/web"}, False, id="other-root"),
         pytest.param({"build_id": "20261130T090000-aaaaaaaaaa"}, False, id="other-build"),
@@ -378,6 +381,7 @@ def test_release_config_defaults():
             app="app:app",
             factory=False,
             workers=2,
+            port=8000,
             env={},
             build_id=BUILD_ID,
             root="/srv/web",

@@ -52,6 +52,8 @@ class Tree:
     def __init__(self, root: str, unit_dir: str = "") -> None:
         self.root = root
         self.unit_dir = unit_dir or os.path.join(os.path.dirname(root), "systemd")
+        # Stands for /etc/flipback, where releases of older versions found their env.
+        self.legacy_env_dir = os.path.join(os.path.dirname(root), "etc-flipback")
         self.clock = 0
         os.makedirs(os.path.join(root, "releases"), exist_ok=True)
 
@@ -115,7 +117,37 @@ class Tree:
         return sorted(os.listdir(os.path.join(self.root, "releases")))
 
     def releases(self) -> Releases:
-        return Releases(SERVICE, self.root, clock=lambda: NOW, unit_dir=self.unit_dir)
+        return Releases(
+            SERVICE,
+            self.root,
+            clock=lambda: NOW,
+            unit_dir=self.unit_dir,
+            legacy_env_dir=self.legacy_env_dir,
+        )
+
+    def legacy_files(self) -> list[str]:
+        """The service-wide unit template and env file of older versions."""
+        os.makedirs(self.unit_dir, exist_ok=True)
+        os.makedirs(self.legacy_env_dir, exist_ok=True)
+        paths = [
+            os.path.join(self.unit_dir, f"{SERVICE}@.service"),
+            os.path.join(self.legacy_env_dir, f"{SERVICE}.env"),
+        ]
+        for path in paths:
+            with open(path, "w") as handle:
+                handle.write("legacy\n")
+        return paths
+
+    def configure(self, *release_ids: str) -> Tree:
+        """Give releases a recorded configuration, as releases staged now have."""
+        for release_id in release_ids:
+            path = self.path(release_id, "manifest.json")
+            with open(path) as handle:
+                manifest = json.load(handle)
+            manifest["config"] = {"app": "app:app", "port": 8000, "env_names": []}
+            with open(path, "w") as handle:
+                json.dump(manifest, handle)
+        return self
 
     def unit(self, release_id: str, *, wanted: bool = False) -> Tree:
         """The release's own unit, as release_stage writes it (enabled: `wanted`)."""
@@ -1526,6 +1558,38 @@ def test_prune_removes_the_units_of_what_it_removes(tree, monkeypatch):
         f"shop@{E}.service",
     ]
     assert not os.path.lexists(tree.wants(B))
+
+
+@pytest.mark.parametrize(
+    ("configured", "gone"),
+    [
+        pytest.param((C, D, E), True, id="every-release-left-carries-its-config"),
+        pytest.param((D, E), False, id="one-left-without-config"),
+        pytest.param((), False, id="none-with-config"),
+    ],
+)
+def test_prune_removes_the_legacy_unit_and_env_once_no_release_needs_them(
+    tree, monkeypatch, configured, gone
+):
+    prune_tree(tree, monkeypatch)
+    tree.configure(*configured)
+    legacy = tree.legacy_files()
+
+    result = tree.releases().prune(3, by="bob", note="", check_mode=False)
+
+    assert result["removed"] == [A, B]
+    assert result["legacy_removed"] == (legacy if gone else [])
+    assert [os.path.exists(p) for p in legacy] == [not gone, not gone]
+
+
+def test_prune_in_check_mode_keeps_the_legacy_files(tree, monkeypatch):
+    prune_tree(tree, monkeypatch)
+    tree.configure(C, D, E)
+    legacy = tree.legacy_files()
+
+    tree.releases().prune(3, by="bob", note="", check_mode=True)
+
+    assert all(os.path.exists(p) for p in legacy)
 
 
 def test_prune_of_a_release_without_a_unit(tree, monkeypatch):

@@ -21,6 +21,7 @@ from ansible.module_utils.flipback_runtime import (
     MAX_ENV_VALUE,
     RESERVED_ENV_NAMES,
     RESERVED_ENV_PREFIXES,
+    SITE_DIR,
     UNIT_DIR,
     ConfigInvalid,
     app_and_factory,
@@ -38,6 +39,8 @@ from ansible.module_utils.flipback_runtime import (
     resolve_release,
     run_config,
     sha256_text,
+    site_path,
+    site_text,
     staged_files,
     unit_path,
     unit_text,
@@ -75,6 +78,7 @@ def a_release(
     app: str = "app:app",
     factory: bool = False,
     workers: int = 1,
+    port: int = 8000,
 ) -> Release:
     """The release `build_id` becomes on a host whose service root is `root`, with the
     env file the flipback_env_file filter renders for it."""
@@ -85,6 +89,7 @@ def a_release(
         app=app,
         factory=factory,
         workers=workers,
+        port=port,
         env=env,
         build_id=build_id,
         root=root,
@@ -479,6 +484,64 @@ def test_unit_and_env_paths():
     assert env_path(HOME, BUILD_ID) == f"{HOME}/releases/{BUILD_ID}/.flipback/env"
 
 
+def test_site_path_is_the_service_s_conf_in_the_site_dir():
+    assert SITE_DIR == "/etc/nginx/conf.d"
+    assert site_path(SERVICE) == "/etc/nginx/conf.d/flipback-shop.conf"
+    assert site_path("web", "/tmp/sites") == "/tmp/sites/flipback-web.conf"
+
+
+def site_lines(text: str) -> list[str]:
+    """The directives of a site: comments and blank lines left out, indentation stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_site_text_listens_on_the_port_and_proxies_through_current():
+    text = site_text(service=SERVICE, home=HOME, port=8000)
+
+    assert site_lines(text) == [
+        "server {",
+        "listen 8000;",
+        "listen [::]:8000;",
+        "location / {",
+        "proxy_pass http://unix:/srv/shop/current/sock:;",
+        "proxy_set_header Host $host;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "}",
+        "}",
+    ]
+    assert text.startswith(f"# flipback: public port of {SERVICE}")
+    assert text.endswith("}\n")
+    # Through the `current` link, never a release's own path: the flip moves traffic.
+    assert not RELEASE_ID_RE.search(text)
+    assert "/releases/" not in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "line"),
+    [
+        pytest.param({"port": 8443}, "listen 8443;", id="port-v4"),
+        pytest.param({"port": 8443}, "listen [::]:8443;", id="port-v6"),
+        pytest.param(
+            {"home": "/opt/shop"}, "proxy_pass http://unix:/opt/shop/current/sock:;", id="home"
+        ),
+        pytest.param({"service": "web"}, "public port of web,", id="service"),
+    ],
+)
+def test_site_text_follows_each_setting(changes, line):
+    values: dict[str, Any] = {"service": SERVICE, "home": HOME, "port": 8000, **changes}
+
+    assert line in site_text(**values)
+    assert line not in site_text(service=SERVICE, home=HOME, port=8000)
+
+
+def test_site_text_is_the_same_for_the_same_release_config():
+    # The switch and prepare compare the installed site with it byte for byte.
+    first = site_text(service=SERVICE, home=HOME, port=8000)
+    assert first == site_text(service=SERVICE, home=HOME, port=8000)
+    assert first != site_text(service=SERVICE, home=HOME, port=8001)
+
+
 def unit(**changes: Any) -> str:
     values: dict[str, Any] = {
         "service": SERVICE,
@@ -562,6 +625,7 @@ def config(**changes: Any) -> dict[str, Any]:
         "app": "app:app",
         "factory": False,
         "workers": 2,
+        "port": 8000,
         "env": {"A": "1", "B": SECRET},
     }
     values.update(changes)
@@ -575,6 +639,7 @@ def test_run_config_records_names_and_a_digest_never_values():
         "app": "app:app",
         "factory": False,
         "workers": 2,
+        "port": 8000,
         "user": "shopuser",
         "env_names": ["A", "B"],
         "env_digest": env_digest(SERVICE, {"A": "1", "B": SECRET}),
@@ -588,10 +653,11 @@ def test_run_config_records_names_and_a_digest_never_values():
 
 
 def test_run_config_normalizes_a_factory_app_and_workers():
-    recorded = config(app="app:create()", workers="4")
+    recorded = config(app="app:create()", workers="4", port="8001")
 
     assert (recorded["app"], recorded["factory"], recorded["workers"]) == ("app:create", True, 4)
-    assert recorded == config(app="app:create", factory=True, workers=4)
+    assert recorded["port"] == 8001
+    assert recorded == config(app="app:create", factory=True, workers=4, port=8001)
 
 
 def test_config_digest_covers_only_what_runs_the_release():
@@ -601,6 +667,9 @@ def test_config_digest_covers_only_what_runs_the_release():
     assert config_digest(base) == config_digest({**base, "note": "not part of it"})
     for key in base:
         assert config_digest(base) != config_digest({**base, key: "changed"}), key
+    # The port is part of it: the site a release is served through is its own.
+    assert "port" in base
+    assert config_digest(base) != config_digest({**base, "port": 8001})
 
 
 @pytest.mark.parametrize(
@@ -611,6 +680,8 @@ def test_config_digest_covers_only_what_runs_the_release():
         pytest.param({"env": {"A": "1", "B": "other"}}, False, id="env-value"),
         pytest.param({"env": {"A": "1"}}, False, id="env-removed"),
         pytest.param({"workers": 3}, False, id="workers"),
+        pytest.param({"port": 8001}, False, id="port"),
+        pytest.param({"port": "8000"}, True, id="port-as-text"),
         pytest.param({"user": "other"}, False, id="user"),
         pytest.param({"app": "app:other"}, False, id="app"),
         pytest.param({"factory": True}, False, id="factory"),
@@ -664,6 +735,7 @@ def recorded(**changes: Any) -> dict[str, Any]:
         "app": "app:app",
         "factory": False,
         "workers": 1,
+        "port": 8000,
         "user": "shop",
         "env_names": ["KEEP", "SAME"],
         "env_digest": "d1",
@@ -690,6 +762,31 @@ ENV = {"KEEP": "k", "SAME": "s"}
             id="app-and-factory",
         ),
         pytest.param(recorded(), ENV, recorded(workers=2), ENV, ["workers 1 -> 2"], id="workers"),
+        pytest.param(recorded(), ENV, recorded(port=8001), ENV, ["port 8000 -> 8001"], id="port"),
+        pytest.param(
+            recorded(),
+            ENV,
+            recorded(port=8001, unit_sha256="u2"),
+            ENV,
+            ["port 8000 -> 8001"],
+            id="port-with-the-unit",
+        ),
+        pytest.param(
+            recorded(),
+            ENV,
+            recorded(workers=2, port=9000, user="other"),
+            ENV,
+            ["workers 1 -> 2", "port 8000 -> 9000", "user shop -> other"],
+            id="port-between-workers-and-user",
+        ),
+        pytest.param(
+            {k: v for k, v in recorded().items() if k != "port"},
+            ENV,
+            recorded(),
+            ENV,
+            ["port None -> 8000"],
+            id="port-not-recorded-before",
+        ),
         pytest.param(
             recorded(), ENV, recorded(user="other"), ENV, ["user shop -> other"], id="user"
         ),
@@ -773,9 +870,13 @@ def test_masked_config_shows_no_values():
     )
 
     assert text == (
-        "app: app:make (factory)\nworkers: 1\nuser: shop\nenv A=*** (changed)\nenv B=***\n"
+        "app: app:make (factory)\nworkers: 1\nport: 8000\nuser: shop\n"
+        "env A=*** (changed)\nenv B=***\n"
     )
-    assert masked_config(recorded(env_names=[]), {}) == "app: app:app\nworkers: 1\nuser: shop\n"
+    assert masked_config(recorded(env_names=[]), {}) == (
+        "app: app:app\nworkers: 1\nport: 8000\nuser: shop\n"
+    )
+    assert "port: 8443\n" in masked_config(recorded(port=8443), {})
 
 
 # =========================================================================== resolve_release
@@ -788,6 +889,7 @@ def resolve(**changes: Any) -> dict[str, Any]:
         "app": "app:app",
         "factory": False,
         "workers": 2,
+        "port": 8000,
         "env": {"A": "1", "B": SECRET},
         "build_id": BUILD_ID,
         "root": HOME,
@@ -830,6 +932,20 @@ def test_resolve_release_default_root_is_srv_service():
             {"env": {"A": f"{SECRET}\n"}}, f"{W}.env.A: got a value with the", id="env-value"
         ),
         pytest.param({"env": [SECRET]}, f"{W}.env: got a list", id="env-not-a-mapping"),
+        pytest.param({"port": 0}, f"{W}.port: got 0, expected an integer 1-65535", id="port-0"),
+        pytest.param(
+            {"port": 65536}, f"{W}.port: got 65536, expected an integer 1-65535", id="port-65536"
+        ),
+        pytest.param(
+            {"port": 70000}, f"{W}.port: got 70000, expected an integer 1-65535", id="port-70000"
+        ),
+        pytest.param({"port": -1}, f"{W}.port: got -1, expected ", id="port-negative"),
+        pytest.param(
+            {"port": "8000"}, f"{W}.port: got '8000', expected an integer", id="port-as-text"
+        ),
+        pytest.param({"port": True}, f"{W}.port: got True, expected an integer", id="port-bool"),
+        pytest.param({"port": None}, f"{W}.port: got None, expected an integer", id="port-none"),
+        pytest.param({"port": 8000.0}, f"{W}.port: got 8000.0, expected ", id="port-float"),
     ],
 )
 def test_resolve_release_refuses_a_configuration_that_cannot_run(changes, starts):
@@ -848,7 +964,7 @@ def test_resolve_release_refuses_a_configuration_that_cannot_run(changes, starts
 
 def test_resolve_release_names_every_problem_at_once():
     with pytest.raises(ConfigInvalid) as failed:
-        resolve(app="app", build_id="x", env={"LD_PRELOAD": SECRET, "OK": "1", "1X": "y"})
+        resolve(app="app", build_id="x", port=0, env={"LD_PRELOAD": SECRET, "OK": "1", "1X": "y"})
 
     problems = failed.value.details["problems"]
     assert [p.split(":")[0] for p in problems] == [
@@ -856,8 +972,9 @@ def test_resolve_release_names_every_problem_at_once():
         f"{W}.env",
         f"{W}.app",
         "build_id",
+        f"{W}.port",
     ]
-    assert failed.value.msg.startswith("invalid configuration (4 problems)")
+    assert failed.value.msg.startswith("invalid configuration (5 problems)")
     assert SECRET not in failed.value.msg
 
 
@@ -873,9 +990,20 @@ def test_resolve_release_refuses_a_trailing_newline(changes):
         resolve(**changes)
 
 
+@pytest.mark.parametrize("port", [1, 8000, 65535])
+def test_resolve_release_takes_every_port_from_1_to_65535(port):
+    assert resolve(port=port)["config"]["port"] == port
+
+
 def test_resolve_params_of_a_checked_service_definition():
     params = {
-        "service": {"name": SERVICE, "user": "shopuser", "app": "app:app", "workers": 2},
+        "service": {
+            "name": SERVICE,
+            "user": "shopuser",
+            "app": "app:app",
+            "workers": 2,
+            "port": 8000,
+        },
         "env": {"A": "1", "B": SECRET},
         "build_id": BUILD_ID,
         "root": HOME,
@@ -885,7 +1013,11 @@ def test_resolve_params_of_a_checked_service_definition():
 
 
 def test_resolve_params_defaults():
-    params = {"service": {"name": SERVICE, "app": "app:make()"}, "env": {}, "build_id": BUILD_ID}
+    params = {
+        "service": {"name": SERVICE, "app": "app:make()", "port": 8000},
+        "env": {},
+        "build_id": BUILD_ID,
+    }
 
     result = resolve_params({**params, "root": ""})
 
@@ -897,8 +1029,19 @@ def test_resolve_params_defaults():
         app="app:make",
         factory=True,
         workers=1,
+        port=8000,
         env={},
     )
+
+
+def test_resolve_params_without_a_port_is_refused():
+    # service_config makes the port required; a definition without one is not guessed.
+    params = {"service": {"name": SERVICE, "app": "app:app"}, "env": {}, "build_id": BUILD_ID}
+
+    with pytest.raises(ConfigInvalid) as failed:
+        resolve_params({**params, "root": ""})
+
+    assert failed.value.details["problems"] == [f"{W}.port: got 0, expected an integer 1-65535"]
 
 
 def test_config_argument_spec_hides_the_env():
@@ -933,13 +1076,20 @@ def files_of(staged: Release, /, **changes: Any) -> tuple[str, str]:
 def test_a_release_from_the_shared_helper_is_what_release_config_returns(staged):
     resolved = resolve_params(
         {
-            "service": {"name": SERVICE, "user": "shopuser", "app": "app:app", "workers": 2},
+            "service": {
+                "name": SERVICE,
+                "user": "shopuser",
+                "app": "app:app",
+                "workers": 2,
+                "port": 8000,
+            },
             "env": {"A": "1", "B": SECRET},
             "build_id": BUILD_ID,
             "root": HOME,
         }
     )
 
+    assert staged.config["port"] == 8000
     assert (staged.id, staged.config, staged.build_id) == (
         resolved["release"],
         resolved["config"],
@@ -983,6 +1133,10 @@ MISMATCH = "release: got "
         pytest.param(
             lambda r: {"config": {**r.config, "user": "root"}}, MISMATCH, id="config-user"
         ),
+        pytest.param(lambda r: {"config": {**r.config, "port": 8001}}, MISMATCH, id="config-port"),
+        pytest.param(
+            lambda r: {"config": {**r.config, "port": "8000"}}, MISMATCH, id="config-port-as-text"
+        ),
         # The release id is the same for these: the recorded config itself is refused.
         pytest.param(
             lambda r: {"config": {**r.config, "env_digest": "0" * 64}},
@@ -996,6 +1150,11 @@ MISMATCH = "release: got "
         ),
         pytest.param(
             lambda r: {"config": {**r.config, "note": "extra"}}, MISMATCH, id="config-extra-key"
+        ),
+        pytest.param(
+            lambda r: {"config": {k: v for k, v in r.config.items() if k != "port"}},
+            f"{W}.port: got 0, expected an integer 1-65535",
+            id="config-without-port",
         ),
         pytest.param(
             lambda r: {"env_text": r.env_text.split("\n", 1)[1]},

@@ -1,10 +1,13 @@
 """Unit tests of module_utils/flipback_switch.py on real release trees under tmp_path.
 
-systemd and the health probes go through fakes: a runner that keeps the active and
-enabled units in sets and records retire timers (systemd-run) without running them,
-and a prober scripted per gate. Every fake appends to one log, so a test sees the
-order of the whole switch, and each probe notes where `current` pointed when it ran.
-The switch never sleeps (the drain is the timer's), which the recording sleep proves.
+systemd, nginx and the health probes go through fakes: a runner that keeps the active
+and enabled units in sets, records retire timers (systemd-run) without running them and
+answers `nginx -t` as scripted, and a prober scripted per gate. Every fake appends to
+one log, so a test sees the order of the whole switch, and each probe notes where
+`current` pointed when it ran. The switch never sleeps (the drain is the timer's),
+which the recording sleep proves. The nginx site directory (site_dir) is under tmp_path;
+a release with a recorded configuration (its manifest's "config", made with
+test_flipback_runtime.a_release) defines its site by its port.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ from ansible.module_utils.flipback_release import (
     history_event,
     read_history,
 )
+from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.flipback_switch import (
     GATE_1,
     GATE_2,
+    SITE,
     GateFailed,
     NothingToRollBackTo,
     Switch,
     SwitchSpec,
 )
+from test_flipback_runtime import a_release
 
 SERVICE = "shop"
 A = "20261101T120000-aaaaaaaaaa"
@@ -63,19 +69,51 @@ WRONG_RELEASE = HealthError("health check failed: JSON field 'release' is 'old'"
 
 
 class Tree:
-    """A service root on disk: releases with manifests, a history log, a current link."""
+    """A service root on disk: releases with manifests, a history log, a current link;
+    and the directory of nginx sites (`site_dir`)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, site_dir: str) -> None:
         self.root = root
+        self.site_dir = site_dir
         os.makedirs(os.path.join(root, "releases"), exist_ok=True)
 
-    def release(self, release_id: str, status: str = "staged") -> Tree:
+    def release(self, release_id: str, status: str = "staged", port: int | None = None) -> Tree:
+        """A release; with `port`, staged with a recorded configuration listening on it,
+        else as an older flipback staged it (no configuration, so no site of its own)."""
         path = os.path.join(self.root, "releases", release_id)
         os.makedirs(path, exist_ok=True)
         manifest = {"id": release_id, "service": SERVICE, "health": HEALTH, "status": status}
+        if port is not None:
+            manifest["config"] = a_release(SERVICE, self.root, port=port).config
         with open(os.path.join(path, "manifest.json"), "w") as handle:
             json.dump(manifest, handle)
         return self
+
+    # -- the site
+    @property
+    def site_path(self) -> str:
+        return os.path.join(self.site_dir, f"flipback-{SERVICE}.conf")
+
+    def site_of(self, port: int) -> str:
+        """The site of a release of this service listening on `port`."""
+        return site_text(service=SERVICE, home=self.root, port=port)
+
+    def site(self) -> str | None:
+        try:
+            with open(self.site_path) as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def put_site(self, content: str | None) -> Tree:
+        if content is not None:
+            os.makedirs(self.site_dir, exist_ok=True)
+            with open(self.site_path, "w") as handle:
+                handle.write(content)
+        return self
+
+    def site_dir_files(self) -> list[str]:
+        return sorted(os.listdir(self.site_dir)) if os.path.isdir(self.site_dir) else []
 
     def events(self, *pairs: tuple[str, str]) -> Tree:
         for release_id, event in pairs:
@@ -105,7 +143,7 @@ class Tree:
 
 @pytest.fixture
 def tree(tmp_path) -> Tree:
-    return Tree(str(tmp_path / "srv" / SERVICE))
+    return Tree(str(tmp_path / "srv" / SERVICE), str(tmp_path / "nginx" / "conf.d"))
 
 
 def live_a_staged_b(tree: Tree) -> Tree:
@@ -142,11 +180,13 @@ def a_good_b_current_c_staged(tree: Tree) -> Tree:
 
 
 class Host:
-    """Fake systemctl/systemd-run/journalctl and prober sharing one ordered log.
+    """Fake systemctl/systemd-run/journalctl/nginx and prober sharing one ordered log.
 
     `active` and `enabled` hold unit names; `systemctl list-units` answers from
     `active` as systemd does (one unit per line, name first). A retire timer only
     records the unit it would stop: the instance keeps running through its drain.
+    `nginx -t` exits with the next of `nginx_test` (0 once they run out) and notes, in
+    `nginx_saw`, the site it was given and where `current` pointed then.
     """
 
     def __init__(
@@ -158,8 +198,13 @@ class Host:
         failing_start: Sequence[str] = (),
         gates: dict[str, HealthError | None] | None = None,
         systemd_run_fails: int = 0,
+        nginx_test: Sequence[int] = (),
+        reload_fails: bool = False,
     ) -> None:
         self.tree = tree
+        self.nginx_test = list(nginx_test)
+        self.reload_fails = reload_fails
+        self.nginx_saw: list[tuple[str | None, str | None]] = []
         self.active = set(active)
         self.enabled = set(enabled)
         self.failing_start = set(failing_start)
@@ -179,6 +224,13 @@ class Host:
             return subprocess.CompletedProcess(argv, 0, "\n".join(JOURNAL) + "\n", "")
         if argv[0] == "systemd-run":
             return self._systemd_run(argv)
+        if argv[0] == "nginx":
+            assert argv == ["nginx", "-t", "-q"], argv
+            self.log.append("nginx -t")
+            self.nginx_saw.append((self.tree.site(), self.tree.readlink()))
+            rc = self.nginx_test.pop(0) if self.nginx_test else 0
+            stderr = 'nginx: [emerg] unknown directive "lissen"' if rc else ""
+            return subprocess.CompletedProcess(argv, rc, "", stderr)
         assert argv[0] == "systemctl", argv
         verb = argv[1]
         options = [a for a in argv[2:] if a.startswith("--")]
@@ -209,6 +261,10 @@ class Host:
             self.enabled.update(units)
         elif verb == "disable":
             self.enabled.difference_update(units)
+        elif verb == "reload-or-restart":
+            assert units == ["nginx"], argv
+            if self.reload_fails:
+                return subprocess.CompletedProcess(argv, 1, "", "nginx.service is not active.")
         else:
             raise AssertionError(f"unexpected systemctl {verb}")
         return subprocess.CompletedProcess(argv, rc, "", "")
@@ -270,6 +326,10 @@ def spec(tree: Tree, release: str = B, **overrides: object) -> SwitchSpec:
         "socket_dir": SOCKET_DIR,
         "by": "bob",
         "note": "ticket 42",
+        "site_dir": tree.site_dir,
+        # Never the machine's own /etc: pruning removes units and legacy env files.
+        "unit_dir": os.path.join(os.path.dirname(tree.site_dir), "units"),
+        "legacy_env_dir": os.path.join(os.path.dirname(tree.site_dir), "etc-flipback"),
         **overrides,
     }
     return SwitchSpec(**values)
@@ -1296,3 +1356,397 @@ def test_a_start_that_fails_is_retryable_and_flips_nothing(tree):
     assert tree.readlink() == f"releases/{A}"
     assert tree.history_bytes() == history
     assert host.active == {UNIT_A}
+
+
+# =========================================================================== the nginx site
+
+# The port the playbook passes (the service's current definition): the release's own
+# recorded port, when it has one, is what Gate 2 asks.
+SPEC_PORT = 9000
+
+
+def test_the_site_dir_is_nginx_s_conf_d_by_default(tree):
+    assert SwitchSpec(SERVICE, tree.root, B, "deploy", PORT).site_dir == "/etc/nginx/conf.d"
+    assert Host(tree).switch().site_path == tree.site_path
+
+
+def a_live_on(port: int | None, site: int | str | None):
+    """A is live, listening on `port` (None: staged by an older flipback); the site
+    there is that of port `site` (or the text given, or none)."""
+
+    def setup(tree: Tree, b_port: int | None) -> Tree:
+        tree.release(A, port=port).events((A, "staged"), (A, "active")).current(A)
+        tree.release(B, port=b_port).events((B, "staged"))
+        return tree.put_site(tree.site_of(site) if isinstance(site, int) else site)
+
+    return setup
+
+
+def nothing_live(site: int | str | None):
+    def setup(tree: Tree, b_port: int | None) -> Tree:
+        tree.release(B, port=b_port).events((B, "staged"))
+        return tree.put_site(tree.site_of(site) if isinstance(site, int) else site)
+
+    return setup
+
+
+HAND_MADE = "server { listen 80; }\n"
+
+
+@pytest.mark.parametrize(
+    ("setup", "b_port", "site_after", "gate_2_port"),
+    [
+        pytest.param(a_live_on(8000, 8000), 8001, 8001, 8001, id="new-port"),
+        pytest.param(a_live_on(8000, 8000), 8000, None, 8000, id="same-site"),
+        pytest.param(
+            a_live_on(8000, "# edited by hand\n"), 8000, 8000, 8000, id="edited-is-put-right"
+        ),
+        pytest.param(a_live_on(8000, None), 8001, 8001, 8001, id="live-without-a-site"),
+        pytest.param(a_live_on(None, HAND_MADE), 8001, 8001, 8001, id="live-from-an-older"),
+        pytest.param(nothing_live(None), 8001, 8001, 8001, id="first-deploy"),
+        pytest.param(nothing_live(HAND_MADE), 8001, 8001, 8001, id="first-deploy-over-a-site"),
+        # A release staged by an older flipback has no site of its own: it is left alone.
+        pytest.param(a_live_on(8000, 8000), None, None, SPEC_PORT, id="no-config"),
+        pytest.param(a_live_on(None, HAND_MADE), None, None, SPEC_PORT, id="no-config-old"),
+        pytest.param(nothing_live(None), None, None, SPEC_PORT, id="no-config-no-site"),
+    ],
+)
+def test_the_site_is_put_in_place_after_gate_1_and_before_the_flip(
+    tree, setup, b_port, site_after, gate_2_port
+):
+    setup(tree, b_port)
+    before, link = tree.site(), tree.readlink()
+    active = [UNIT_A] if link else []
+    host = Host(tree, active=active, enabled=active)
+
+    result = host.switch(port=SPEC_PORT).switch(check_mode=False)
+
+    written = site_after is not None
+    nginx = ["nginx -t", "reload-or-restart nginx"] if written else []
+    assert host.log == [
+        "list-units",
+        f"stop {RETIRE_B}.timer {RETIRE_B}.service",
+        f"start {UNIT_B}",
+        f"gate1 current={link}",
+        *nginx,
+        f"gate2 current=releases/{B}",
+        f"enable {UNIT_B}",
+        *([f"disable {UNIT_A}"] if link else []),
+    ]
+    if written:
+        # nginx tested the new site while `current` still pointed where it did.
+        assert host.nginx_saw == [(tree.site_of(site_after), link)]
+        assert tree.site() == tree.site_of(site_after)
+        assert os.stat(tree.site_path).st_mode & 0o7777 == 0o644
+        site_step = [f"site {tree.site_path} now listens on port {site_after}"]
+    else:
+        # Unchanged, or not the release's to define: byte for byte as it was, no nginx.
+        assert host.nginx_saw == []
+        assert tree.site() == before
+        site_step = []
+    # No temporary file left next to it.
+    assert tree.site_dir_files() == ([os.path.basename(tree.site_path)] if tree.site() else [])
+    assert result["steps"] == [f"started {UNIT_B}", *site_step, f"flipped current to {B}"]
+    (_private, _), (public, _) = [(t, e) for t, e, _p in host.probes]
+    assert public.port == gate_2_port
+    assert tree.readlink() == f"releases/{B}"
+    assert result["changed"] is True
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(a_live_on(8000, 8000), id="a-live"),
+        pytest.param(a_live_on(8000, None), id="a-live-without-site"),
+        pytest.param(nothing_live(None), id="first-deploy"),
+    ],
+)
+def test_gate_1_failure_leaves_the_site_untouched(tree, setup):
+    setup(tree, 8001)
+    before, files = tree.site(), tree.site_dir_files()
+    host = Host(tree, active=[UNIT_A] if tree.readlink() else [], gates={"gate1": NOT_READY})
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch().switch(check_mode=False)
+
+    assert failed.value.details["gate"] == GATE_1
+    assert (tree.site(), tree.site_dir_files()) == (before, files)
+    assert host.nginx_saw == []
+    assert not [line for line in host.log if "nginx" in line]
+    assert failed.value.details["undone"] == [f"stopped {UNIT_B}"]
+
+
+@pytest.mark.parametrize("running_before", [False, True], ids=["started", "was-running"])
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(a_live_on(8000, 8000), id="a-live"),
+        pytest.param(a_live_on(8000, None), id="a-live-without-site"),
+        pytest.param(nothing_live(None), id="first-deploy"),
+    ],
+)
+def test_a_site_nginx_rejects_is_undone_like_a_gate(tree, setup, running_before):
+    setup(tree, 8001)
+    before, link, files = tree.site(), tree.readlink(), tree.site_dir_files()
+    live = [UNIT_A] if link else []
+    host = Host(
+        tree,
+        active=live + ([UNIT_B] if running_before else []),
+        enabled=live,
+        nginx_test=[1],
+    )
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch().switch(check_mode=False)
+
+    error = failed.value
+    # The old site is back (none, if there was none) and nginx was not reloaded.
+    assert tree.site() == before
+    assert tree.site_dir_files() == files
+    assert host.nginx_saw == [(tree.site_of(8001), link)]
+    assert "reload-or-restart nginx" not in host.log
+    # current never moved; Gate 2 never ran.
+    assert tree.readlink() == link
+    assert host.gates_probed() == ["gate1"]
+    # The instance is stopped and the release recorded as failed, as for a gate.
+    assert host.mutations()[-3:] == ["nginx -t", f"disable {UNIT_B}", f"stop {UNIT_B}"]
+    assert UNIT_B not in host.active and UNIT_B not in host.enabled
+    if link:
+        assert UNIT_A in host.active and UNIT_A in host.enabled
+    failed_event = tree.history()[-1]
+    assert (failed_event["release"], failed_event["event"]) == (B, "failed")
+    assert failed_event["note"].startswith(f"{SITE}: nginx rejects the site of {SERVICE}")
+    assert (B, "active") not in tree.pairs()
+    # The error names the site, the reason, and what was undone.
+    assert f'did not pass "{SITE}"' in error.msg
+    assert f"nginx rejects the site of {SERVICE} ({tree.site_path})" in error.msg
+    assert 'unknown directive "lissen"' in error.msg
+    assert "the previous site was put back and nginx was not reloaded" in error.msg
+    assert (f"current stays on {A}" if link else "no earlier release") in error.msg
+    assert error.retryable is False
+    stopped = f"stopped {UNIT_B}" + (" (it was already running)" if running_before else "")
+    assert error.details == {"gate": SITE, "undone": [stopped], "journal": JOURNAL}
+
+
+@pytest.mark.parametrize(
+    ("setup", "b_port", "nginx", "undone_site"),
+    [
+        pytest.param(
+            a_live_on(8000, 8000),
+            8001,
+            ["nginx -t", "reload-or-restart nginx"],
+            "put back",
+            id="a-live",
+        ),
+        pytest.param(
+            nothing_live(None),
+            8001,
+            ["nginx -t", "reload-or-restart nginx"],
+            "put back",
+            id="first-deploy",
+        ),
+        pytest.param(
+            a_live_on(8000, None),
+            8001,
+            ["nginx -t", "reload-or-restart nginx"],
+            "put back",
+            id="a-live-without-site",
+        ),
+        pytest.param(a_live_on(8000, 8000), 8000, [], None, id="same-site"),
+        pytest.param(a_live_on(8000, 8000), None, [], None, id="no-config"),
+    ],
+)
+def test_gate_2_failure_puts_the_previous_site_back(tree, setup, b_port, nginx, undone_site):
+    setup(tree, b_port)
+    before, link, files = tree.site(), tree.readlink(), tree.site_dir_files()
+    live = [UNIT_A] if link else []
+    host = Host(tree, active=live, enabled=live, gates={"gate2": NOT_READY})
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch(standby=False).switch(check_mode=False)
+
+    # Byte for byte as before the deploy, or gone again if there was none.
+    assert tree.site() == before
+    assert tree.site_dir_files() == files
+    assert tree.readlink() == link
+    gate_2 = host.log.index(f"gate2 current=releases/{B}")
+    assert host.log[gate_2 - len(nginx) : gate_2] == nginx
+    # After Gate 2: the site goes back (nginx tests it, and is reloaded again), then B
+    # is stopped.
+    assert host.log[gate_2 + 1 :] == [
+        *nginx,
+        f"disable {UNIT_B}",
+        f"stop {UNIT_B}",
+        f"journal {UNIT_B}",
+    ]
+    if nginx:
+        assert host.nginx_saw == [(tree.site_of(b_port), link), (before, link)]
+    else:
+        assert host.nginx_saw == []
+    undone = failed.value.details["undone"]
+    current = [f"current back on {A}"] if link else ["current removed (no earlier release)"]
+    site = [f"site {tree.site_path} {undone_site}"] if undone_site else []
+    assert undone == [*current, *site, f"stopped {UNIT_B}"]
+    assert failed.value.details["gate"] == GATE_2
+    assert tree.pairs()[-1] == (B, "failed")
+
+
+def test_a_previous_site_nginx_rejects_on_undo_is_said_so(tree):
+    a_live_on(8000, 8000)(tree, 8001)
+    host = Host(tree, active=[UNIT_A], enabled=[UNIT_A], gates={"gate2": NOT_READY})
+    host.nginx_test = [0, 1]
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch().switch(check_mode=False)
+
+    # The old site is refused now (nginx changed under it): the one nginx runs, B's, is
+    # kept, and the error says the site was not put back.
+    undone = failed.value.details["undone"]
+    assert undone[0] == f"current back on {A}"
+    assert undone[1].startswith(f"site {tree.site_path} NOT put back: nginx rejects the site")
+    assert undone[2] == f"stopped {UNIT_B}"
+    assert tree.site() == tree.site_of(8001)
+    assert host.log.count("reload-or-restart nginx") == 1
+    assert tree.readlink() == f"releases/{A}"
+    assert UNIT_B not in host.active
+
+
+def test_a_failed_nginx_reload_leaves_the_live_site_as_it_was(tree):
+    a_live_on(8000, 8000)(tree, 8001)
+    before = tree.site()
+    host = Host(tree, active=[UNIT_A], enabled=[UNIT_A], reload_fails=True)
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch().switch(check_mode=False)
+
+    assert failed.value.details["gate"] == SITE
+    assert tree.readlink() == f"releases/{A}"
+    assert UNIT_B not in host.active
+    # A failed deploy leaves the live site byte-identical: A listens on 8000, and the
+    # next reload of nginx (or a reboot) must not move it to B's port.
+    assert tree.site() == before
+
+
+def test_rollback_brings_back_the_site_of_the_release_it_returns_to(tree):
+    # A listened on 8000, B moved the service to 8001; the playbook still says 8001.
+    tree.release(A, port=8000).release(B, port=8001)
+    tree.events((A, "staged"), (A, "active"), (B, "staged"), (B, "active")).current(B)
+    tree.put_site(tree.site_of(8001))
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch("", action="rollback", port=8001).switch(check_mode=False)
+
+    assert result["release"] == A
+    assert tree.site() == tree.site_of(8000)
+    assert host.log == [
+        "list-units",
+        f"stop {RETIRE_A}.timer {RETIRE_A}.service",
+        f"start {UNIT_A}",
+        f"gate1 current=releases/{B}",
+        "nginx -t",
+        "reload-or-restart nginx",
+        f"gate2 current=releases/{A}",
+        f"enable {UNIT_A}",
+        f"disable {UNIT_B}",
+        f"retire {UNIT_B} in 2500ms",
+    ]
+    # Gate 2 asks where A listens.
+    assert [t.port for t, _e, _p in host.probes] == [None, 8000]
+    assert result["steps"] == [
+        f"site {tree.site_path} now listens on port 8000",
+        f"flipped current to {A}",
+        f"stopping {UNIT_B} after 2.5 s",
+    ]
+
+
+def test_rollback_to_a_release_without_recorded_config_leaves_the_site(tree):
+    tree.release(A).release(B, port=8001)
+    tree.events((A, "staged"), (A, "active"), (B, "staged"), (B, "active")).current(B)
+    tree.put_site(tree.site_of(8001))
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch("", action="rollback", port=8001).switch(check_mode=False)
+
+    assert result["release"] == A
+    assert tree.site() == tree.site_of(8001)
+    assert not [line for line in host.log if "nginx" in line]
+    # spec.port is kept: the port the playbook passed.
+    assert [t.port for t, _e, _p in host.probes] == [None, 8001]
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("port", "site", "rewritten"),
+    [
+        pytest.param(8001, 8001, False, id="the-release-s-site"),
+        pytest.param(8001, 8000, True, id="another-port"),
+        pytest.param(8001, "# edited by hand\n", True, id="edited"),
+        pytest.param(8001, None, True, id="missing"),
+        pytest.param(None, HAND_MADE, False, id="no-config"),
+        pytest.param(None, None, False, id="no-config-no-site"),
+    ],
+)
+def test_already_current_puts_a_differing_site_right(tree, check_mode, port, site, rewritten):
+    tree.release(B, port=port).events((B, "staged"), (B, "active")).current(B)
+    tree.put_site(tree.site_of(site) if isinstance(site, int) else site)
+    before = tree.site()
+    history = tree.history_bytes()
+    host = Host(tree, active=[UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch(port=SPEC_PORT).switch(check_mode=check_mode)
+
+    assert result["changed"] is rewritten
+    assert tree.history_bytes() == history
+    assert tree.readlink() == f"releases/{B}"
+    if rewritten and not check_mode:
+        assert tree.site() == tree.site_of(port)
+        assert host.mutations() == ["nginx -t", "reload-or-restart nginx"]
+        assert result["steps"] == [f"site {tree.site_path} now listens on port {port}"]
+    else:
+        # Reported only (check mode), or nothing to do: byte for byte as it was.
+        assert tree.site() == before
+        assert host.mutations() == []
+        assert result["steps"] == []
+    if check_mode:
+        assert host.probes == []
+    else:
+        # Gate 2 on the release's own port, after the site is in place.
+        [(public, _e, _p)] = host.probes
+        assert public.port == (port or SPEC_PORT)
+        assert host.log[-1] == f"gate2 current=releases/{B}"
+
+
+def test_already_current_with_a_site_nginx_rejects_puts_it_back(tree):
+    b_current(tree).release(B, port=8001)
+    tree.put_site(tree.site_of(8000))
+    host = Host(tree, active=[UNIT_B], enabled=[UNIT_B], nginx_test=[1])
+
+    with pytest.raises(ReleaseError) as failed:
+        host.switch().switch(check_mode=False)
+
+    assert failed.value.details["field"] == "site"
+    assert tree.site() == tree.site_of(8000)
+    assert host.mutations() == ["nginx -t"]
+    assert host.probes == []
+    # Nothing to undo: B stays current and running.
+    assert tree.readlink() == f"releases/{B}"
+    assert UNIT_B in host.active
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(a_live_on(8000, 8000), id="a-live"),
+        pytest.param(nothing_live(None), id="first-deploy"),
+    ],
+)
+def test_check_mode_writes_no_site(tree, setup):
+    setup(tree, 8001)
+    before, files = tree.site(), tree.site_dir_files()
+    host = Host(tree, active=[UNIT_A] if tree.readlink() else [])
+
+    result = host.switch().switch(check_mode=True)
+
+    assert result["changed"] is True
+    assert host.calls == [["systemctl", *LIST_UNITS]]
+    assert (tree.site(), tree.site_dir_files()) == (before, files)

@@ -1,8 +1,9 @@
 """Unit tests of library/release_prepare.py: parameters to PrepareSpec, main()'s results.
 
 main() prepares real files under tmp_path; systemctl, nginx and the probe go through a
-fake runner, and the deploy lock lives under tmp_path, by replacing the module's Prepare
-with a factory. Configurations are made with test_flipback_runtime.a_release.
+fake runner, and the deploy lock and the nginx site directory live under tmp_path, by
+replacing the module's Prepare with a factory. The module takes no site and returns no
+diff: the site is the switch's. Configurations are made with test_flipback_runtime.a_release.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import pytest
 import release_prepare
 import yaml
 from ansible.module_utils.flipback_lock import ServiceLock
-from ansible.module_utils.flipback_prepare import ManagedFile, Prepare, PrepareSpec
+from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
+from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.testing import patch_module_args
 from test_flipback_runtime import a_release
 
@@ -36,13 +38,18 @@ class Host:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.specs: list[PrepareSpec] = []
-        self.nginx_rc = 0
+        # Releases whose instance systemd lists as running (every unit is enabled).
+        self.active: list[str] = []
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
-        rc = self.nginx_rc if argv[0] == "nginx" else 0
-        return subprocess.CompletedProcess(argv, rc, "", "nginx: [emerg] bad" if rc else "")
+        # The site is the switch's: prepare neither tests nor reloads nginx.
+        assert "nginx" not in argv, argv
+        if argv[:2] == ["systemctl", "list-units"]:
+            out = "".join(f"{SERVICE}@{r}.service loaded active running\n" for r in self.active)
+            return subprocess.CompletedProcess(argv, 0, out, "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
 
     def prober(self, *_args: object) -> dict:
         return {"ok": True}
@@ -54,6 +61,9 @@ def host(monkeypatch, tmp_path) -> Host:
 
     def factory(spec: PrepareSpec) -> Prepare:
         fake.specs.append(spec)
+        # The module never names a site dir: the default is /etc/nginx/conf.d.
+        assert spec.site_dir == "/etc/nginx/conf.d"
+        spec.site_dir = str(tmp_path / "nginx")
         lock = ServiceLock(spec.service, str(tmp_path / "lock" / spec.service))
         return Prepare(spec, run=fake.run, prober=fake.prober, lock=lock)
 
@@ -75,8 +85,6 @@ def args(tmp_path: Path, **extra: object) -> dict:
         "release": B,
         "config": conf.config,
         "env_file": conf.env_text,
-        "site_path": str(tmp_path / "nginx" / f"flipback-{SERVICE}.conf"),
-        "site_content": "server {}\n",
         "port": 8000,
         **extra,
     }
@@ -101,8 +109,6 @@ def test_spec_from_the_parameters():
         "release": B,
         "config": {"workers": 2},
         "env_file": 'A="1"\n',
-        "site_path": "/etc/nginx/conf.d/flipback-shop.conf",
-        "site_content": "server {}\n",
         "lock_owner": {"run_id": "r1", "by": "bob", "playbook": None, "release": None},
         "lock_wait": 5.0,
         "lock_stale_after": 60,
@@ -121,7 +127,6 @@ def test_spec_from_the_parameters():
         root="/srv/shop",
         user="shop",
         release=B,
-        site_file=ManagedFile("/etc/nginx/conf.d/flipback-shop.conf", "server {}\n", 0o644),
         lock={
             # Fields left out by the playbook are not passed on as None.
             "owner": {"run_id": "r1", "by": "bob"},
@@ -139,6 +144,32 @@ def test_spec_from_the_parameters():
         config={"workers": 2},
         env_text='A="1"\n',
     )
+    assert release_prepare.spec_from(params).site_dir == "/etc/nginx/conf.d"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"site_path": "/etc/nginx/conf.d/flipback-shop.conf"}, id="site-path"),
+        pytest.param({"site_content": "server {}\n"}, id="site-content"),
+    ],
+)
+def test_the_site_is_no_parameter_any_more(host, tmp_path, capsys, extra):
+    code, result, _out = run_main(args(tmp_path, **extra), capsys)
+
+    assert code == 1
+    assert "Unsupported parameters" in result["msg"]
+    assert next(iter(extra)) in result["msg"]
+    assert host.specs == []
+
+
+def test_the_site_is_no_option_in_the_docs():
+    options = yaml.safe_load(release_prepare.DOCUMENTATION)["options"]
+    returned = yaml.safe_load(release_prepare.RETURN)
+
+    assert not {"site_path", "site_content"} & set(options)
+    assert "diff" not in returned
+    assert "site_path" not in release_prepare.EXAMPLES
 
 
 def test_no_lock_owner_no_lock(host, tmp_path, capsys):
@@ -176,7 +207,6 @@ def test_config_and_env_file_are_optional(host, tmp_path, capsys):
     ("drop", "message"),
     [
         pytest.param("user", "user", id="user"),
-        pytest.param("site_content", "site_content", id="site-content"),
         pytest.param("port", "port", id="port"),
     ],
 )
@@ -211,11 +241,9 @@ def test_env_file_is_never_in_the_result(host, tmp_path, capsys, diff, check_mod
     assert result["changed"] is True
     assert isinstance(result["elapsed"], float)
     assert "warnings" not in result
-    if diff:
-        headers = [d["after_header"] for d in result["diff"]]
-        assert headers == [args(tmp_path)["site_path"]]
-    else:
-        assert "diff" not in result
+    # No site, so nothing to show as a diff, in diff mode or not.
+    assert "diff" not in result
+    assert not (tmp_path / "nginx").exists()
     assert (result["current"], result["staged"], result["noop"]) == (None, False, False)
     assert result["lock"]["outcome"] == "acquired"
 
@@ -233,8 +261,8 @@ def test_every_key_returned_is_documented(host, tmp_path, capsys, diff, check_mo
     code, result, _out = run_main(args(tmp_path, **extra), capsys, check_mode=check_mode, diff=diff)
 
     assert code == 0
-    # `diff` is the standard key Ansible shows in --diff mode (RETURN does not list it).
-    assert set(result) - ANSIBLE_KEYS - {"diff"} <= set(documented)
+    assert set(result) - ANSIBLE_KEYS <= set(documented)
+    assert "diff" not in result
     assert {"release", "config_changes", "venv_donor", "warmed"} <= set(result)
     assert result["release"] == B
     assert result["config_changes"] == []
@@ -250,7 +278,7 @@ def test_every_key_of_a_staged_release_is_documented(host, tmp_path, capsys, che
     code, result, _out = run_main(args(tmp_path), capsys, check_mode=check_mode)
 
     assert code == 0
-    assert set(result) - ANSIBLE_KEYS - {"diff"} <= set(documented)
+    assert set(result) - ANSIBLE_KEYS <= set(documented)
     assert (result["staged"], result["venv_donor"]) == (True, None)
     assert result["warmed"] is not check_mode
 
@@ -291,8 +319,8 @@ def test_config_changes_against_the_live_release(host, tmp_path, capsys, diff, c
 
     assert code == 0
     assert result["config_changes"] == ["workers 1 -> 2", "SHOP_TOKEN"]
-    # The configuration's diff is release_stage's; prepare shows the site's only.
-    assert not [d for d in result.get("diff", []) if "configuration" in d["after_header"]]
+    # The configuration's diff is release_stage's; prepare shows none.
+    assert "diff" not in result
     assert SECRET not in out
     assert OLD_SECRET not in out
 
@@ -337,15 +365,49 @@ def test_a_staged_release_is_warmed(host, tmp_path, capsys, check_mode):
 
 
 def test_a_failure_fails_with_the_details(host, tmp_path, capsys):
-    host.nginx_rc = 1
-
-    code, result, out = run_main(args(tmp_path), capsys)
+    code, result, out = run_main(args(tmp_path, release="../../etc"), capsys)
 
     assert code == 1
-    assert result["msg"].startswith(f"nginx rejects the site of {SERVICE}")
-    assert (result["retryable"], result["field"]) == (False, "site")
+    assert result["msg"].startswith("release: got '../../etc'")
+    assert (result["retryable"], result["field"]) == (False, "release")
     assert isinstance(result["elapsed"], float)
     assert SECRET not in out
+    assert host.calls == []
+
+
+@pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("site_port", "noop"),
+    [
+        pytest.param(8000, True, id="the-release-s-site"),
+        pytest.param(8001, False, id="another-port"),
+        pytest.param(None, False, id="missing"),
+    ],
+)
+def test_noop_of_the_live_release_needs_its_site(
+    host, tmp_path, capsys, diff, check_mode, site_port, noop
+):
+    live = configured(tmp_path)
+    stage(tmp_path, B, KEY, live)
+    go_live(tmp_path, B)
+    run_main(args(tmp_path), capsys)  # the user's directories, made by an earlier deploy
+    site = tmp_path / "nginx" / f"flipback-{SERVICE}.conf"
+    if site_port is not None:
+        site.parent.mkdir()
+        site.write_text(
+            site_text(service=SERVICE, home=str(tmp_path / "srv" / SERVICE), port=site_port)
+        )
+    before = site.read_bytes() if site.exists() else None
+    host.active = [B]
+
+    code, result, _out = run_main(args(tmp_path), capsys, check_mode=check_mode, diff=diff)
+
+    assert code == 0
+    assert result["noop"] is noop
+    assert result["changed"] is False
+    assert "diff" not in result
+    assert (site.read_bytes() if site.exists() else None) == before
 
 
 def test_a_lock_taken_over_is_a_warning(host, tmp_path, capsys):

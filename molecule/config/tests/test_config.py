@@ -261,11 +261,15 @@ def test_the_rollback_brought_the_first_configuration_back(host, story):
 
 def test_a_restart_after_a_failed_deploy_runs_the_live_configuration(host, story):
     """The live release's unit, env file and site are byte-identical after a failed
-    deploy; restarting its instance (a crash, an OOM kill, a reboot) brings back the same
-    configuration, and it answers."""
+    deploy (one of them with another port); restarting its instance (a crash, an OOM
+    kill, a reboot) brings back the same configuration, and it answers."""
     live = lib.current_id(host)
     before = _live_files(host)
-    for extra in (("-e", "hello_fail_health=1"), ("-e", "hello_app=app:nope")):
+    # The second also moves the service to another port: the site stays as it was.
+    for extra in (
+        ("-e", "hello_fail_health=1"),
+        ("-e", "hello_app=app:nope", "-e", "hello_port=8010"),
+    ):
         run = lib.run_playbook(host, "deploy.yml", "-e", AS_ROTATED, *extra)
         assert run.returncode != 0, lib.output(run)[-2000:]
         assert _live_files(host) == before

@@ -90,6 +90,11 @@ services:
     error:
       description: Why part of the service could not be read; null if all of it was.
       type: str
+    build:
+      description: The build (code and wheels) the live release is made of; hosts whose
+        configuration differs run different release ids of one build. Null if nothing is
+        live or the release was staged before releases recorded it.
+      type: str
     config:
       description: How the live release runs, from its manifest (C(app), C(factory),
         C(workers), C(user), C(env_names), C(env_digest), C(unit_sha256)); never env

@@ -32,6 +32,7 @@ from ansible.module_utils.flipback_lock import DEFAULT_LOCK_DIR, LOCK, read_hold
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     read_history,
+    read_manifest,
     recorded_config,
     scan,
     validate_positive,
@@ -272,6 +273,7 @@ def host_status(
             "error": None,
             "config": None,
             "config_changes": None,
+            "build": None,
         }
         errors = []
         try:
@@ -282,6 +284,7 @@ def host_status(
             report["current"] = state.current
             report["previous_good"] = next(iter(state.previous_good()), None)
             report["config"], report["config_changes"] = _config(root, state)
+            report["build"] = _build(root, state.current)
             report["releases"] = [
                 {
                     "id": rel.id,
@@ -312,6 +315,18 @@ def host_status(
         if unit_error and report["releases"]:
             report["error"] = "; ".join(filter(None, (report["error"], unit_error)))
     return reports
+
+
+def _build(root: str, current: str | None) -> str | None:
+    """The build (code and wheels) the live release is made of; None when nothing is live
+    or the release was staged before releases recorded it."""
+    if not current:
+        return None
+    try:
+        build = (read_manifest(root, current) or {}).get("build")
+    except ReleaseError:
+        return None
+    return build if isinstance(build, str) else None
 
 
 def _config(root: str, state: Any) -> tuple[dict | None, list[str] | None]:

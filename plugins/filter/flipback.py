@@ -1,7 +1,12 @@
-"""Filters: flipback_env_file renders a release's env values as the env file systemd reads.
+"""Filters of flipback.
 
-Rendered on the controller while a task's arguments are templated, so the values go
-to the host inside one no_log argument and are never part of a result.
+flipback_env_file renders a release's env values as the env file systemd reads. It is
+rendered on the controller while a task's arguments are templated, so the values go to
+the host inside one no_log argument and are never part of a result.
+
+flipback_build_of names the build a service's live release is made of (from
+service_status): hosts with different configurations run different release ids of
+one build; a release staged before releases recorded their build is its own build.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ def flipback_env_file(env: object, service: str = "service") -> str:
     return env_file_text(clean)
 
 
+def flipback_build_of(status: object) -> object:
+    if not isinstance(status, dict):
+        raise AnsibleFilterError(f"flipback_build_of: got {type(status).__name__}, expected a dict")
+    return status.get("build") or status.get("current")
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"flipback_env_file": flipback_env_file}
+        return {"flipback_env_file": flipback_env_file, "flipback_build_of": flipback_build_of}

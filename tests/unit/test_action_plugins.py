@@ -427,7 +427,27 @@ def test_release_config_checks_its_arguments(args):
 
 
 def test_filters_are_registered():
-    assert filters.FilterModule().filters() == {"flipback_env_file": filters.flipback_env_file}
+    assert filters.FilterModule().filters() == {
+        "flipback_env_file": filters.flipback_env_file,
+        "flipback_build_of": filters.flipback_build_of,
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "build"),
+    [
+        pytest.param({"current": R1, "build": R2}, R2, id="recorded-build"),
+        pytest.param({"current": R1, "build": None}, R1, id="older-release-is-its-own-build"),
+        pytest.param({"current": None, "build": None}, None, id="nothing-live"),
+    ],
+)
+def test_flipback_build_of(status, build):
+    assert filters.flipback_build_of(status) == build
+
+
+def test_flipback_build_of_refuses_what_is_not_a_status():
+    with pytest.raises(AnsibleFilterError, match="expected a dict"):
+        filters.flipback_build_of(["hello"])
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,7 @@ class Tree:
         }
         if configured is not None:
             manifest["config"] = configured.config
+            manifest["build"] = configured.build_id
             (path / ".flipback").mkdir(exist_ok=True)
             (path / ".flipback" / "env").write_text(configured.env_text)
         (path / "manifest.json").write_text(json.dumps(manifest))
@@ -591,6 +592,8 @@ def test_host_status_reports_the_config_and_what_changed_from_the_previous_good(
 
     assert hello["config"] == tree.configured(current_env, **changes).config
     assert hello["config_changes"] == config_changes
+    # The build the live release is made of: the same whatever its configuration.
+    assert hello["build"] == tree.configured(GOOD_ENV).build_id
     assert SECRET not in json.dumps(hello)
 
 
@@ -650,6 +653,7 @@ def test_host_status_of_a_service_not_deployed_yet(srv, locks):
         "error": None,
         "config": None,
         "config_changes": None,
+        "build": None,
     }
     # Nothing to ask systemd about, and nothing of it listens on the port.
     assert (run.calls, probe.calls) == ([], [])
@@ -1143,3 +1147,18 @@ def test_write_json_into_a_missing_directory_fails_and_leaves_nothing(tmp_path):
     assert err.value.details["field"] == "json_path"
     assert err.value.retryable is False
     assert os.listdir(tmp_path) == []
+
+
+def test_host_status_has_no_build_for_a_release_staged_before_builds_were_recorded(srv, locks):
+    configured_tree(srv, None, None)
+
+    [hello] = status([svc("hello")], srv, locks)
+
+    assert hello["current"] == B
+    assert hello["build"] is None
+
+
+def test_host_status_has_no_build_when_nothing_is_live(srv, locks):
+    [hello] = status([svc("hello")], srv, locks)
+
+    assert hello["build"] is None

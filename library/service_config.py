@@ -21,23 +21,32 @@ options:
     type: raw
     required: true
   service:
-    description: Only this service (C(-e service=)); empty for all.
+    description: Only this service (C(-e service=)); not given for all. Given empty, refused.
     type: str
-    default: ""
   ref:
-    description: Override every selected service's ref (C(-e ref=)).
+    description: Override every selected service's ref (C(-e ref=)); given empty, refused.
     type: str
-    default: ""
   source:
-    description: Override every selected service's source repository (C(-e source=)).
+    description:
+      - Override every selected service's source repository (C(-e source=)); given
+        empty, or starting with C(-), refused. Returned without credentials.
     type: str
-    default: ""
   release:
-    description: A release id to roll back to (C(-e release=)).
+    description: A release id to roll back to (C(-e release=)); given empty, refused.
     type: str
-    default: ""
   steps:
-    description: Roll back this many good releases (C(-e steps=)).
+    description: Roll back this many good releases (C(-e steps=)), an integer >= 1.
+    type: raw
+  canary:
+    description: Hosts in the canary batch (C(-e canary=)), an integer >= 0; default 1.
+    type: raw
+  batch:
+    description: Hosts per batch after the canary (C(-e batch=)), N >= 1 or N% (1-100);
+      default C(100%).
+    type: raw
+  lock_wait:
+    description: Seconds a run waits for the deploy lock (C(-e lock_wait=)), 0-3600,
+      fractions allowed; default 0.
     type: raw
 author: flipback
 """
@@ -58,6 +67,18 @@ services:
     replaced by C(env_names) (values may be secrets).
   type: list
   elements: dict
+  returned: success
+canary:
+  description: Hosts in the canary batch, checked.
+  type: int
+  returned: success
+batch:
+  description: Hosts per batch after the canary, checked (C(N) or C(N%)).
+  type: str
+  returned: success
+lock_wait:
+  description: Seconds to wait for the deploy lock, checked.
+  type: float
   returned: success
 names:
   description: Names of the selected services.

@@ -44,14 +44,23 @@ SECRET_MASK = "(value not shown)"
 
 
 # Arguments of service_config, shared by the module and the controller action.
+# Selectors are None when not given on the command line; given empty, they are refused
+# (an empty -e ref= must not quietly mean "each service's own ref").
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "services": {"type": "raw", "required": True},
-    "service": {"type": "str", "default": ""},
-    "ref": {"type": "str", "default": ""},
-    "source": {"type": "str", "default": ""},
-    "release": {"type": "str", "default": ""},
+    "service": {"type": "str"},
+    "ref": {"type": "str"},
+    "source": {"type": "str"},
+    "release": {"type": "str"},
     "steps": {"type": "raw"},
+    "canary": {"type": "raw"},
+    "batch": {"type": "raw"},
+    "lock_wait": {"type": "raw"},
 }
+BATCH_RE = re.compile(r"[1-9][0-9]{0,5}|(?:[1-9][0-9]?|100)%")
+COUNT_RE = re.compile(r"0|[1-9][0-9]{0,5}")
+WAIT_RE = re.compile(r"(?:0|[1-9][0-9]{0,4})(?:\.[0-9]{1,3})?")
+MAX_LOCK_WAIT = 3600
 
 
 class ConfigError(Exception):
@@ -241,17 +250,70 @@ def _check_health(where: str, health: Any, problems: list[str]) -> dict[str, Any
     return merged
 
 
+def _given_empty(name: str, value: Any, expected: str, problems: list[str]) -> None:
+    if value is not None and not str(value).strip():
+        problems.append(
+            _problem(name, value, f"{expected}, or no -e {name}= at all for the default")
+        )
+
+
+def _selector(value: Any) -> str | None:
+    """A command-line value as text; None when not given (or given empty: refused apart)."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
 def check_request(
     services: Any,
     *,
-    service: str = "",
-    ref: str = "",
-    source: str = "",
-    release: str = "",
+    service: str | None = None,
+    ref: str | None = None,
+    source: str | None = None,
+    release: str | None = None,
     steps: Any = None,
+    canary: Any = None,
+    batch: Any = None,
+    lock_wait: Any = None,
 ) -> dict[str, Any]:
-    """Validate every definition and the selectors; return the selected services."""
+    """Validate every definition and the selectors; return the selected services.
+
+    Selectors are None when not given; given but empty, each is refused, as is a value
+    that is not what it must be (a count, a batch size, a wait in seconds)."""
     problems: list[str] = []
+    _given_empty("service", service, "the name of a defined service", problems)
+    _given_empty("ref", ref, "a branch, tag or commit", problems)
+    _given_empty("source", source, "a git repository path or URL", problems)
+    _given_empty("release", release, "a release id like 20261129T141500-3f2a9c1d0e", problems)
+    service, ref, release = _selector(service), _selector(ref), _selector(release)
+    source = _selector(source)
+    canary_value = _count("canary", canary, 1, "a number of hosts >= 0 (0: no canary)", problems)
+    batch_value = "100%"
+    if batch is not None:
+        if isinstance(batch, bool) or not BATCH_RE.fullmatch(str(batch)):
+            problems.append(
+                _problem("batch", batch, "a number of hosts >= 1, or a percentage 1%-100%")
+            )
+        else:
+            batch_value = str(batch)
+    wait_value = 0.0
+    if lock_wait is not None:
+        text = str(lock_wait)
+        if (
+            isinstance(lock_wait, bool)
+            or not WAIT_RE.fullmatch(text)
+            or float(text) > MAX_LOCK_WAIT
+        ):
+            problems.append(
+                _problem(
+                    "lock_wait",
+                    lock_wait,
+                    f"seconds to wait for the deploy lock, 0-{MAX_LOCK_WAIT} (fractions allowed)",
+                )
+            )
+        else:
+            wait_value = float(text)
     if not isinstance(services, list) or not services:
         raise ConfigError(
             [
@@ -279,6 +341,11 @@ def check_request(
             problems.append(_problem("ref", ref, "a branch, tag or commit"))
         selected = [{**s, "ref": ref} for s in selected]
     if source:
+        if source.startswith("-"):
+            # git would read it as an option.
+            problems.append(
+                _problem("source", redact_url(source), "a repository path or URL, not an option")
+            )
         selected = [{**s, "source": source} for s in selected]
     if release and not RELEASE_ID_RE.fullmatch(release):
         problems.append(
@@ -293,10 +360,11 @@ def check_request(
             )
         )
     steps_value = None
-    if steps not in (None, ""):
-        steps_value = _int(steps)
+    if steps is not None:
+        steps_value = _int(steps) if COUNT_RE.fullmatch(str(steps).strip()) else None
         if steps_value is None or steps_value < 1:
             problems.append(_problem("steps", steps, "an integer >= 1"))
+            steps_value = None
     if release and steps_value is not None:
         problems.append(_problem("release/steps", [release, steps], "one of the two, not both"))
     if problems:
@@ -304,9 +372,21 @@ def check_request(
     return {
         "services": selected,
         "names": [s["name"] for s in selected],
-        "release": release,
+        "release": release or "",
         "steps": steps_value,
+        "canary": canary_value,
+        "batch": batch_value,
+        "lock_wait": wait_value,
     }
+
+
+def _count(name: str, value: Any, default: int, expected: str, problems: list[str]) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not COUNT_RE.fullmatch(str(value)):
+        problems.append(_problem(name, value, expected))
+        return default
+    return int(str(value))
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,6 +402,9 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         source=params["source"],
         release=params["release"],
         steps=params["steps"],
+        canary=params["canary"],
+        batch=params["batch"],
+        lock_wait=params["lock_wait"],
     )
     for svc in result["services"]:
         svc["env_names"] = sorted(svc.pop("env"))
@@ -338,7 +421,7 @@ def invocation(params: Mapping[str, Any]) -> dict[str, Any]:
         "module_args": {
             **params,
             "services": redact_env(params["services"]),
-            "source": redact_url(params["source"]),
+            "source": redact_url(params["source"] or ""),
         }
     }
 

@@ -315,6 +315,27 @@ def test_every_problem_is_reported_at_once():
             f"[{RELEASE!r}, 1]",
             id="release-and-steps",
         ),
+        # Given but empty: never a quiet fall back to the default.
+        *[
+            pytest.param({name: value}, name, repr(value), id=f"{name}-given-empty-{i}")
+            for name in ("service", "ref", "source", "release", "steps")
+            for i, value in enumerate(("", "  "))
+        ],
+        pytest.param(
+            {"source": "--upload-pack=x"}, "source", "'--upload-pack=x'", id="source-option"
+        ),
+        *[
+            pytest.param({"canary": value}, "canary", repr(value), id=f"canary-{value!r}")
+            for value in (-1, "-1", "abc", "1.5", True, "", " 2")
+        ],
+        *[
+            pytest.param({"batch": value}, "batch", repr(value), id=f"batch-{value!r}")
+            for value in (0, "0", "abc", "150%", "0%", "2.5", "-1", "%", True, "")
+        ],
+        *[
+            pytest.param({"lock_wait": value}, "lock_wait", repr(value), id=f"lock_wait-{value!r}")
+            for value in (-1, "-1", "abc", "2.5555", 3601, "1e3", True, "")
+        ],
     ],
 )
 def test_invalid_selectors(selectors, field, shown):
@@ -354,7 +375,15 @@ def test_defaults_are_filled_in():
         "env": {},
         "health": HEALTH_DEFAULTS,
     }
-    assert result == {"services": [svc], "names": ["web"], "release": "", "steps": None}
+    assert result == {
+        "services": [svc],
+        "names": ["web"],
+        "release": "",
+        "steps": None,
+        "canary": 1,
+        "batch": "100%",
+        "lock_wait": 0.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -435,7 +464,7 @@ def test_overrides_apply_to_the_selected_services_only(selectors, expected):
         pytest.param([service()], {"release": RELEASE}, RELEASE, None, id="release-only-service"),
         pytest.param(two(), {"steps": "2"}, "", 2, id="steps-text"),
         pytest.param(two(), {"steps": 1}, "", 1, id="steps"),
-        pytest.param(two(), {"steps": ""}, "", None, id="steps-empty"),
+        pytest.param(two(), {"steps": None}, "", None, id="steps-not-given"),
     ],
 )
 def test_rollback_selectors(services, selectors, release, steps):
@@ -456,12 +485,30 @@ def test_redact_env_hides_every_env_value_and_keeps_the_rest():
 
 
 def _params(services: Any, **selectors: Any) -> dict[str, Any]:
+    """ARGUMENT_SPEC's parameters with no selector given on the command line."""
     return {
         "services": services,
-        **{k: "" for k in ("service", "ref", "source", "release")},
-        "steps": None,
+        **{k: None for k in ("service", "ref", "source", "release", "steps")},
+        **{k: None for k in ("canary", "batch", "lock_wait")},
         **selectors,
     }
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        pytest.param({}, (1, "100%", 0.0), id="defaults"),
+        pytest.param({"canary": 0, "batch": 2, "lock_wait": 0}, (0, "2", 0.0), id="ints"),
+        pytest.param(
+            {"canary": "3", "batch": "25%", "lock_wait": "2.5"}, (3, "25%", 2.5), id="text"
+        ),
+        pytest.param({"batch": "100%", "lock_wait": "3600"}, (1, "100%", 3600.0), id="limits"),
+    ],
+)
+def test_rollout_selectors_are_normalized(selectors, expected):
+    result = check_request(two(), **selectors)
+
+    assert (result["canary"], result["batch"], result["lock_wait"]) == expected
 
 
 def test_check_params_returns_env_names_never_values():

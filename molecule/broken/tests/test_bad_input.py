@@ -141,6 +141,22 @@ CASES = [
             ("escape", "\x1b", "U+001B"),
         )
     ],
+    *[
+        (f"selector-{name}-{label}", playbook, ["-e", f"{name}={value}"], expected)
+        for name, label, value, playbook, expected in (
+            ("batch", "text", "abc", "deploy.yml", "batch: got 'abc', expected a number"),
+            ("batch", "zero", "0", "deploy.yml", "batch: got '0', expected a number"),
+            ("batch", "over-100", "150%", "deploy.yml", "batch: got '150%', expected"),
+            ("canary", "negative", "-1", "deploy.yml", "canary: got '-1', expected"),
+            ("canary", "text", "abc", "deploy.yml", "canary: got 'abc', expected"),
+            ("lock_wait", "text", "abc", "deploy.yml", "lock_wait: got 'abc', expected"),
+            ("lock_wait", "negative", "-5", "rollback.yml", "lock_wait: got '-5', expected"),
+            ("ref", "empty", "", "deploy.yml", "ref: got '', expected"),
+            ("source", "empty", "", "deploy.yml", "source: got '', expected"),
+            ("service", "empty", "", "deploy.yml", "service: got '', expected"),
+            ("release", "empty", "", "rollback.yml", "release: got '', expected"),
+        )
+    ],
     (
         "factory-not-bool",
         "deploy.yml",

@@ -40,6 +40,7 @@ from ansible.module_utils.flipback_health import (
 )
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
+    RELEASE_ID_RE,
     ReleaseError,
     Releases,
     config_report,
@@ -98,9 +99,16 @@ def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
     for line in proc.stdout.splitlines():
         name = line.split(" ", 1)[0]
         if name.startswith(prefix) and name.endswith(".service"):
-            active.append(name[len(prefix) : -len(".service")])
+            instance = name[len(prefix) : -len(".service")]
         elif name.startswith(timer_prefix) and name.endswith(".timer"):
-            retiring.append(name[len(timer_prefix) : -len(".timer")])
+            instance = name[len(timer_prefix) : -len(".timer")]
+        else:
+            continue
+        # Only flipback's own instances, named by release id: a service called like an
+        # OS template (`user`, `getty`) must never count `user@1000.service` as its own.
+        if not RELEASE_ID_RE.fullmatch(instance):
+            continue
+        (active if name.endswith(".service") else retiring).append(instance)
     return sorted(active), sorted(retiring)
 
 

@@ -168,6 +168,14 @@ def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, 
     return (config if isinstance(config, dict) else None), env
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 def recorded_site(root: str, service: str, release_id: str) -> tuple[str, int] | None:
     """(nginx site, port) a staged release defines; None when it recorded no port
     (staged before releases carried their configuration)."""
@@ -766,10 +774,14 @@ class Releases:
             if not isinstance((manifest or {}).get("config"), dict):
                 return []
         removed = []
-        for path in (
-            os.path.join(self.unit_dir, f"{self.service}@.service"),
-            os.path.join(self.legacy_env_dir, f"{self.service}.env"),
-        ):
+        template = os.path.join(self.unit_dir, f"{self.service}@.service")
+        for path in (template, os.path.join(self.legacy_env_dir, f"{self.service}.env")):
+            # Only flipback's template: a service named like an OS template (`user`) must
+            # not take away an administrator's override of the OS's unit.
+            if path == template and f"Description=flipback {self.service} release %i" not in (
+                _read_text(path) or ""
+            ):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
                 removed.append(path)

@@ -222,6 +222,21 @@ def test_list_instances_reads_services_and_retire_timers():
     assert active_instances(run, SERVICE) == [A, B]
 
 
+def test_list_instances_never_counts_instances_not_named_by_a_release_id():
+    # A service named like an OS template unit (`user`) shares the prefix of its
+    # instances (user@1000.service): only release ids are flipback's.
+    def run(argv):
+        out = (
+            "user@1000.service loaded active running User Manager for UID 1000\n"
+            f"user@{A}.service loaded active running flipback user release\n"
+            "flipback-retire-user-1000.timer loaded active waiting\n"
+            f"user@{A}x.service loaded active running not a release id either\n"
+        )
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    assert list_instances(run, "user") == ([A], [])
+
+
 def test_list_instances_asks_systemd_once_for_both():
     calls = []
 

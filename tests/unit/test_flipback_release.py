@@ -135,7 +135,8 @@ class Tree:
         ]
         for path in paths:
             with open(path, "w") as handle:
-                handle.write("legacy\n")
+                # What the template of older versions said of itself.
+                handle.write(f"[Unit]\nDescription=flipback {SERVICE} release %i\n")
         return paths
 
     def configure(self, *release_ids: str) -> Tree:
@@ -1580,6 +1581,21 @@ def test_prune_removes_the_legacy_unit_and_env_once_no_release_needs_them(
     assert result["removed"] == [A, B]
     assert result["legacy_removed"] == (legacy if gone else [])
     assert [os.path.exists(p) for p in legacy] == [not gone, not gone]
+
+
+def test_prune_keeps_a_template_of_the_same_name_that_is_not_flipbacks(tree, monkeypatch):
+    # A service named like an OS template: /etc/systemd/system/<name>@.service may be
+    # the administrator's override of the OS's own unit.
+    prune_tree(tree, monkeypatch)
+    tree.configure(C, D, E)
+    template, env = tree.legacy_files()
+    with open(template, "w") as handle:
+        handle.write("[Unit]\nDescription=User Manager for UID %i\n")
+
+    result = tree.releases().prune(3, by="bob", note="", check_mode=False)
+
+    assert result["legacy_removed"] == [env]
+    assert os.path.exists(template)
 
 
 def test_prune_in_check_mode_keeps_the_legacy_files(tree, monkeypatch):

@@ -38,6 +38,8 @@ APP_RE = re.compile(
 )
 BUILD_ID_RE = re.compile(r"^([0-9]{8}T[0-9]{6})-[0-9a-f]{10}$")
 UNIT_DIR = "/etc/systemd/system"
+# The group nginx's worker processes run as (Debian's nginx packages).
+NGINX_GROUP = "www-data"
 # Inside a release directory: flipback's own files, beside the code.
 CONFIG_DIR = ".flipback"
 ENV_FILE = "env"
@@ -257,7 +259,10 @@ WorkingDirectory={home}/releases/%i
 EnvironmentFile={home}/releases/%i/{CONFIG_DIR}/{ENV_FILE}
 Environment=FLIPBACK_RELEASE=%i PYTHONDONTWRITEBYTECODE=1
 RuntimeDirectory=flipback-{service}/%i
-RuntimeDirectoryMode=0755
+# The private socket is for nginx and the gates only: its directory is the service's,
+# group {NGINX_GROUP} (nginx's workers), closed to everyone else.
+RuntimeDirectoryMode=0750
+ExecStartPost=+/usr/bin/chgrp {NGINX_GROUP} {socket_dir}/%i
 ExecStart={home}/releases/%i/venv/bin/python -m uvicorn {app}{factory_flag} \
 --uds {socket_dir}/%i/app.sock --workers {workers} --no-access-log \
 --timeout-graceful-shutdown 20

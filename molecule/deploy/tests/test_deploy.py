@@ -58,6 +58,17 @@ def test_private_socket_is_the_release_s_own(host):
     assert host.socket(f"unix:///run/flipback-hello/{release}/app.sock").is_listening
 
 
+def test_only_nginx_and_the_service_reach_the_private_socket(host):
+    release = lib.current_id(host)
+    directory = host.file(f"/run/flipback-hello/{release}")
+    assert (directory.user, directory.group, directory.mode) == ("hello", "www-data", 0o750)
+    ask = f"curl -sS --max-time 5 --unix-socket /run/flipback-hello/{release}/app.sock http://x/health"
+    # Another local user cannot go around nginx (and its X-Forwarded-For)...
+    assert host.run(f"runuser -u nobody -- {ask}").rc != 0
+    # ...nginx's workers can, and a restart of the instance keeps it so.
+    assert host.run(f"runuser -u www-data -- {ask}").rc == 0
+
+
 def test_service_user_is_unprivileged_and_cannot_write_code(host):
     user = host.user("hello")
     assert user.uid < 1000

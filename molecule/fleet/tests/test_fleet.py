@@ -6,7 +6,9 @@ checks one machine (testinfra runs the tests once per machine).
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -114,3 +116,76 @@ def test_status_and_history_after_the_stopped_rollout(host, picky_rollout, tmp_p
     run = lib.run_playbook(host, "status.yml", "-e", f"status_json={tmp_path / 's.json'}")
     assert run.returncode == 0, lib.output(run)[-2000:]
     assert v2 in run.stdout
+
+
+def _inventory_run(target: str, command: str) -> None:
+    """A shell command on one machine of the scenario, as root."""
+    subprocess.run(
+        [
+            "ansible",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            target,
+            "-m",
+            "ansible.builtin.shell",
+            "-a",
+            command,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def split_rollback(picky_rollout):
+    """A named rollback to `picky`: mfleet-3 has no such release (its env differs, so
+    its picky is another release id, and that one failed): refused everywhere."""
+    picky = re.search(
+        r"mfleet-1 hello: restored to \S+ \(had switched to (\S+)\)", lib.output(picky_rollout)
+    ).group(1)
+    return lib.run_fleet_playbook("rollback.yml", "-e", "service=hello", "-e", f"release={picky}")
+
+
+@pytest.fixture(scope="module")
+def broken_rollback(split_rollback):
+    """A rollback to v1 whose gate fails on mfleet-4 only (its v1 is broken on purpose
+    for this run): the hosts that switched go back to v2."""
+    v1 = lib.git_sha("v1")
+    find = "for d in /srv/hello/releases/*; do grep -q " + v1 + " $d/manifest.json && echo $d; done"
+    # Its instance runs as the standby: stopped, so the rollback must start it.
+    sabotage = (
+        f"d=$({find}); systemctl stop hello@$(basename $d).service && "
+        "mv $d/app.py $d/app.py.orig && echo 'raise SystemExit(3)' > $d/app.py"
+    )
+    undo = f"d=$({find}); mv $d/app.py.orig $d/app.py"
+    _inventory_run("mfleet-4", sabotage)
+    try:
+        return lib.run_fleet_playbook("rollback.yml", "-e", "service=hello")
+    finally:
+        _inventory_run("mfleet-4", undo)
+
+
+def test_a_rollback_that_cannot_happen_everywhere_is_refused_before_any_switch(
+    host, split_rollback
+):
+    out = lib.output(split_rollback)
+    assert split_rollback.returncode != 0, out[-3000:]
+    assert "rollback refused on mfleet-3" in out, out[-3000:]
+    assert "nothing was changed on any host" in out
+    assert "Lock, start, gate, flip" not in split_rollback.stdout
+    v2 = _release_of(host, "v2")
+    assert lib.current_id(host) == v2
+
+
+def test_a_rollback_that_fails_on_one_host_puts_the_others_back(host, broken_rollback):
+    out = lib.output(broken_rollback)
+    assert broken_rollback.returncode != 0, out[-3000:]
+    v1, v2 = _release_of(host, "v1"), _release_of(host, "v2")
+    name = host.backend.get_hostname()
+    if name == "mfleet-4":
+        assert "rollback of hello failed on mfleet-4" in out, out[-3000:]
+    else:
+        assert f"{name} hello: restored to {v2} (had switched to {v1})" in out, out[-3000:]
+    assert lib.current_id(host) == v2
+    assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}

@@ -88,6 +88,13 @@ rows:
   type: list
   elements: dict
   returned: success
+problems:
+  description: With O(kind=status), every problem found - a host without a result, a
+    service with no release live on a host, hosts running different builds of a
+    service, a part that could not be read, a failed probe - as listed under the table.
+  type: list
+  elements: str
+  returned: with O(kind=status)
 json_path:
   description: The JSON file written (or that would be, in check mode); null without
     O(json_path).

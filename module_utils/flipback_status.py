@@ -509,6 +509,8 @@ def status_report(hosts: object) -> dict:
     hosts = _validate_hosts(hosts)
     by_service: dict[str, list[dict]] = {}
     notes = []
+    # service -> {build (or release when no build is recorded): [hosts]}
+    builds: dict[str, dict[str, list[str]]] = {}
     for host, result in hosts.items():
         services, why = _host_services(result)
         if services is None:
@@ -531,16 +533,28 @@ def status_report(hosts: object) -> dict:
                 "lock": _lock_cell(report.get("lock")),
             }
             by_service.setdefault(row["service"], []).append(row)
+            if current is None:
+                notes.append(f"{host} {row['service']}: NO RELEASE IS LIVE here")
+            else:
+                build = report.get("build") or current
+                builds.setdefault(row["service"], {}).setdefault(build, []).append(host)
             if report.get("error"):
                 notes.append(f"{host} {row['service']}: {report['error']}")
             health = report.get("health") or {}
             if health and not health.get("ok") and health.get("error"):
                 notes.append(f"{host} {row['service']}: health: {health['error']}")
+    for service, hosts_by_build in builds.items():
+        if len(hosts_by_build) > 1:
+            split = "; ".join(
+                f"{', '.join(sorted(names))} on {build}"
+                for build, names in sorted(hosts_by_build.items())
+            )
+            notes.append(f"{service}: HOSTS DISAGREE, they run different builds: {split}")
     rows = [row for service_rows in by_service.values() for row in service_rows]
     table = render_table(STATUS_COLUMNS, rows)
     if notes:
         table += "\n\n" + "\n".join(f"! {note}" for note in notes)
-    return {"rows": rows, "table": table}
+    return {"rows": rows, "table": table, "problems": notes}
 
 
 def history_report(hosts: object, last: int = DEFAULT_LAST) -> dict:

@@ -1162,3 +1162,39 @@ def test_host_status_has_no_build_when_nothing_is_live(srv, locks):
     [hello] = status([svc("hello")], srv, locks)
 
     assert hello["build"] is None
+
+
+@pytest.mark.parametrize(
+    ("second", "problems"),
+    [
+        pytest.param({}, [], id="same-release"),
+        # Another release id of the same build: hosts whose env differs.
+        pytest.param({"current": A, "build": "build-1"}, [], id="same-build-other-config"),
+        pytest.param(
+            {"current": A, "build": "build-2"},
+            ["hello: HOSTS DISAGREE, they run different builds: h1 on build-1; h2 on build-2"],
+            id="different-builds",
+        ),
+        pytest.param(
+            {"current": A, "build": None},
+            [f"hello: HOSTS DISAGREE, they run different builds: h2 on {A}; h1 on build-1"],
+            id="older-release-counts-as-its-own-build",
+        ),
+        pytest.param(
+            {"current": None, "build": None, "previous_good": None, "health": None},
+            ["h2 hello: NO RELEASE IS LIVE here"],
+            id="no-release-on-one-host",
+        ),
+    ],
+)
+def test_status_report_names_hosts_without_a_release_and_hosts_that_disagree(second, problems):
+    hosts = {
+        "h1": {"services": [host_report(build="build-1")]},
+        "h2": {"services": [host_report(**{"build": "build-1", **second})]},
+    }
+
+    report = status_report(hosts)
+
+    assert report["problems"] == problems
+    for problem in problems:
+        assert f"! {problem}" in report["table"]

@@ -113,7 +113,9 @@ def test_what_each_host_recorded_about_the_stopped_release(host, picky_rollout):
 
 def test_status_and_history_after_the_stopped_rollout(host, picky_rollout, tmp_path):
     v2 = _release_of(host, "v2")
-    run = lib.run_playbook(host, "status.yml", "-e", f"status_json={tmp_path / 's.json'}")
+    run = lib.run_playbook(
+        host, "status.yml", "-e", f"status_json={tmp_path / 's.json'}", "-e", "strict=true"
+    )
     assert run.returncode == 0, lib.output(run)[-2000:]
     assert v2 in run.stdout
 

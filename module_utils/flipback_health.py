@@ -293,13 +293,16 @@ def _failure(
         advice = "The service may still be starting; retrying is safe"
     else:
         advice = "The service answered, but not as expected; retrying will not change that"
-    return HealthError(
+    found = (
         f"health check of {target.describe()} failed after {result['attempts']} attempts in "
         f"{result['elapsed']:g}s (timeout {policy.timeout:g}s): observed {observed}; "
-        f"expected {expect.describe()}{streak}. {advice}",
-        retryable=retryable,
-        **result,
+        f"expected {expect.describe()}{streak}"
     )
+    error = HealthError(f"{found}. {advice}", retryable=retryable, **result)
+    # What was observed, without the advice: a caller that undoes and decides for itself
+    # whether a retry helps (the switch) says its own.
+    error.found = found
+    return error
 
 
 # How the switch and the prepare call probe; tests pass a fake of this shape.

@@ -365,6 +365,12 @@ class Switch:
                 spec.keep_releases, by=spec.by, note="after the switch", check_mode=False
             )
             result["pruned"] = pruned["removed"]
+            if pruned["removed"]:
+                # A pruned release's instance that once failed would stay listed by
+                # `systemctl --failed` for good.
+                self._systemctl(
+                    "reset-failed", *(spec.unit(r) for r in pruned["removed"]), check=False
+                )
         return {**result, "steps": self.steps}
 
     def _settle(self, previous: str | None, retire: list[str]) -> None:
@@ -550,14 +556,31 @@ class Switch:
             note=f"{gate}: {error.msg[:300]}",
             check_mode=False,
         )
+        # Gate 2 asks through nginx: when nginx does not run, nothing answers on the port,
+        # whatever the releases do, and the message must say so.
+        nginx_down = gate != GATE_1 and (
+            self._systemctl("is-active", "--quiet", "nginx", check=False).returncode != 0
+        )
+        serving = "which keeps serving" if not nginx_down else "but nothing answers on the port"
         if not previous:
             fallback = "no earlier release to fall back to"
         elif flipped:
-            fallback = f"current is back on {previous}, which keeps serving"
+            fallback = f"current is back on {previous}, {serving}"
         else:
-            fallback = f"current stays on {previous}, which keeps serving"
+            fallback = f"current stays on {previous}, {serving}"
+        if nginx_down:
+            advice = (
+                f"nginx is not running on this host (systemctl is-active nginx), so port "
+                f"{spec.port} cannot answer: start nginx, then run the same command again"
+            )
+        else:
+            advice = (
+                "the release was stopped and marked failed; fix the cause and deploy again "
+                "(retrying as-is is not expected to help)"
+            )
+        found = getattr(error, "found", error.msg)
         return GateFailed(
-            f'release {spec.release} did not pass "{gate}" ({error.msg}). {fallback}. '
+            f'release {spec.release} did not pass "{gate}" ({found}). {fallback}. {advice}. '
             f"Last journal lines of {unit}: " + " | ".join(journal),
             retryable=False,
             gate=gate,

@@ -215,6 +215,7 @@ class Host:
         self.probes: list[tuple[Target, Expect, Policy]] = []
         self.sleeps: list[float] = []
         self.log: list[str] = []
+        self.nginx_active = True
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
@@ -241,6 +242,10 @@ class Host:
             lines = [f"{unit} loaded active running Shop" for unit in sorted(self.active)]
             lines += [f"{timer}.timer loaded active waiting" for timer in sorted(self.timers)]
             return subprocess.CompletedProcess(argv, 0, "".join(f"{x}\n" for x in lines), "")
+        if verb == "is-active":
+            # Only nginx's state is asked (by a failed Gate 2, to tell why).
+            assert units == ["nginx"], argv
+            return subprocess.CompletedProcess(argv, 0 if self.nginx_active else 3, "", "")
         self.log.append(" ".join([verb, *(o for o in options if o != "--quiet"), *units]))
         rc = 0
         if verb == "is-enabled":
@@ -261,6 +266,8 @@ class Host:
             self.enabled.update(units)
         elif verb == "disable":
             self.enabled.difference_update(units)
+        elif verb == "reset-failed":
+            pass
         elif verb == "reload-or-restart":
             assert units == ["nginx"], argv
             if self.reload_fails:
@@ -810,6 +817,8 @@ def test_a_deploy_prunes_down_to_keep_releases_after_the_switch(tree):
     assert pruned["note"] == "keep=1, was good; after the switch"
     assert result["standby"] == B
     assert result["steps"][-1] == f"stopping {UNIT_A} after 2.5 s"
+    # A pruned instance that once failed must not stay in `systemctl --failed`.
+    assert host.log[-1] == f"reset-failed {UNIT_A}"
 
 
 @pytest.mark.parametrize(
@@ -1750,3 +1759,73 @@ def test_check_mode_writes_no_site(tree, setup):
     assert result["changed"] is True
     assert host.calls == [["systemctl", *LIST_UNITS]]
     assert (tree.site(), tree.site_dir_files()) == (before, files)
+
+
+def _refused(msg: str) -> HealthError:
+    """A probe that ran out of time without an answer: it says a retry is safe."""
+    error = HealthError(
+        f"{msg}. The service may still be starting; retrying is safe", retryable=True
+    )
+    error.found = msg
+    return error
+
+
+@pytest.mark.parametrize(
+    ("nginx_active", "says", "never"),
+    [
+        pytest.param(
+            True,
+            [
+                f"current is back on {A}, which keeps serving",
+                "fix the cause and deploy again (retrying as-is is not expected to help)",
+            ],
+            ["nginx is not running", "retrying is safe"],
+            id="nginx-runs",
+        ),
+        pytest.param(
+            False,
+            [
+                f"current is back on {A}, but nothing answers on the port",
+                f"nginx is not running on this host (systemctl is-active nginx), so port {PORT} "
+                "cannot answer: start nginx, then run the same command again",
+            ],
+            ["which keeps serving", "retrying is safe"],
+            id="nginx-stopped",
+        ),
+    ],
+)
+def test_a_failed_gate_2_says_what_was_observed_and_whether_nginx_runs(
+    tree, nginx_active, says, never
+):
+    live_a_staged_b(tree)
+    host = Host(
+        tree,
+        active=[UNIT_A],
+        enabled=[UNIT_A],
+        gates={"gate2": _refused("observed ConnectionRefusedError on port 8000")},
+    )
+    host.nginx_active = nginx_active
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch(standby=False).switch(check_mode=False)
+
+    error = failed.value
+    assert "observed ConnectionRefusedError on port 8000" in error.msg
+    for text in says:
+        assert text in error.msg, error.msg
+    for text in never:
+        assert text not in error.msg, error.msg
+    # The text and the flag agree: retrying as-is is not expected to help.
+    assert error.retryable is False
+
+
+def test_a_failed_gate_1_does_not_ask_about_nginx(tree):
+    live_a_staged_b(tree)
+    host = Host(tree, active=[UNIT_A], enabled=[UNIT_A], gates={"gate1": NOT_READY})
+    host.nginx_active = False
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch(standby=False).switch(check_mode=False)
+
+    assert "nginx" not in failed.value.msg
+    assert not [c for c in host.calls if c[:2] == ["systemctl", "is-active"]]

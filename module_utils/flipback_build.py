@@ -265,7 +265,8 @@ class Builder:
         self._adopt_old_mirror()
         if not os.path.isdir(self.mirror):
             os.makedirs(os.path.dirname(self.mirror), exist_ok=True)
-            proc = self.remote_git("clone", "--quiet", "--mirror", self.source, self.mirror)
+            # `--`: a user's value is never read as an option.
+            proc = self.remote_git("clone", "--quiet", "--mirror", "--", self.source, self.mirror)
             if proc.returncode != 0:
                 raise BuildError(
                     f"source: got {self.source!r}, expected a git repository reachable "

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ansible.module_utils.flipback_common import redact_url
+from ansible.module_utils.flipback_health import HEALTH_PATH_EXPECTED, valid_health_path
 from ansible.module_utils.flipback_runtime import APP_RE, app_and_factory, env_problems
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -132,8 +133,15 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
     if unknown:
         problems.append(_problem(f"{where}", unknown, f"only the keys {sorted(KNOWN_KEYS)}"))
     source = svc.get("source")
-    if not isinstance(source, str) or not source.strip():
-        problems.append(_problem(f"{where}.source", source, "a git repository path or URL"))
+    if not isinstance(source, str) or not source.strip() or source.startswith("-"):
+        # git would read a leading '-' as an option.
+        problems.append(
+            _problem(
+                f"{where}.source",
+                redact_url(source) if isinstance(source, str) else source,
+                "a git repository path or URL (not starting with '-')",
+            )
+        )
     subdir = svc.get("subdir")
     if not isinstance(subdir, str) or (
         subdir.strip("/")
@@ -221,8 +229,8 @@ def _check_health(where: str, health: Any, problems: list[str]) -> dict[str, Any
     if unknown:
         problems.append(_problem(f"{where}.health", unknown, f"only {sorted(HEALTH_KEYS)}"))
     path = merged["path"]
-    if not isinstance(path, str) or not path.startswith("/") or " " in path:
-        problems.append(_problem(f"{where}.health.path", path, "a path starting with '/'"))
+    if not valid_health_path(path):
+        problems.append(_problem(f"{where}.health.path", path, HEALTH_PATH_EXPECTED))
     status = merged["expect_status"]
     if isinstance(status, int) and not isinstance(status, bool):
         status = [status]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -29,6 +30,16 @@ READ_LIMIT = 1 << 20
 # (nginx answers 502 while the release's socket does not exist) or from a service
 # that says it is still starting: the same probe may succeed later.
 STARTING_STATUSES = frozenset({502, 503, 504})
+
+
+# One rule for a health path, on the controller (service_config) and the hosts: '/' and
+# printable ASCII, no spaces (percent-encode anything else), as a request line needs it.
+HEALTH_PATH_RE = re.compile(r"/[\x21-\x7e]{0,2047}")
+HEALTH_PATH_EXPECTED = "a path starting with '/', of printable ASCII without spaces"
+
+
+def valid_health_path(path: object) -> bool:
+    return isinstance(path, str) and HEALTH_PATH_RE.fullmatch(path) is not None
 
 
 class HealthError(FlipbackError):
@@ -164,8 +175,8 @@ def validate(target: Target, expect: Expect, policy: Policy) -> None:
     A zero delay is refused: it would turn a refused connection into a busy loop.
     """
     path = target.url_path
-    if not path.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in path):
-        raise _bad("url_path", path, "a path starting with '/' without spaces or control chars")
+    if not valid_health_path(path):
+        raise _bad("url_path", path, HEALTH_PATH_EXPECTED)
     if target.unix_socket is None and not (target.port is not None and 1 <= target.port <= 65535):
         raise _bad("port", target.port, "a TCP port from 1 to 65535")
     if not expect.status or any(not 100 <= code <= 599 for code in expect.status):

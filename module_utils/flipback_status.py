@@ -27,7 +27,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ansible.module_utils.flipback_health import Expect, Target, attempt
+from ansible.module_utils.flipback_health import (
+    HEALTH_PATH_EXPECTED,
+    Expect,
+    Target,
+    attempt,
+    valid_health_path,
+)
 from ansible.module_utils.flipback_lock import DEFAULT_LOCK_DIR, LOCK, read_holder
 from ansible.module_utils.flipback_release import (
     ReleaseError,
@@ -114,9 +120,9 @@ def _health(where: str, health: object) -> dict:
             value=health,
         )
     path = health.get("path", "/health")
-    if not isinstance(path, str) or not path.startswith("/"):
+    if not valid_health_path(path):
         raise ReleaseError(
-            f"{where}.health.path: got {path!r}, expected a path starting with '/'",
+            f"{where}.health.path: got {path!r}, expected {HEALTH_PATH_EXPECTED}",
             field=f"{where}.health.path",
             value=path,
         )

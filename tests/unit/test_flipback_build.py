@@ -961,7 +961,7 @@ def test_credentials_reach_git_in_its_environment_only(tmp_path, source, clean, 
     builder.sync_mirror()  # fetches
 
     (clone_argv, clone_env), (fetch_argv, fetch_env) = remote.calls
-    assert clone_argv[-4:] == ["--quiet", "--mirror", clean, builder.mirror]
+    assert clone_argv[-5:] == ["--quiet", "--mirror", "--", clean, builder.mirror]
     assert fetch_argv[-6:] == ["-C", builder.mirror, "fetch", "--quiet", "--prune", "origin"]
     helper = ["-c", "credential.helper=", "-c", flipback_build.CREDENTIAL_HELPER]
     for argv, given in ((clone_argv, clone_env), (fetch_argv, fetch_env)):

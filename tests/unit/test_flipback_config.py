@@ -113,6 +113,15 @@ W0 = "flipback_services[0]"
         pytest.param({"health": "/health"}, f"{W}.health", "'/health'", id="health-not-map"),
         pytest.param({"health": {"path": "health"}}, f"{W}.health.path", "'health'", id="path"),
         pytest.param({"health": {"path": "/a b"}}, f"{W}.health.path", "'/a b'", id="path-space"),
+        # The same rule as the hosts' probe (flipback_health.valid_health_path).
+        pytest.param({"health": {"path": "/a\tb"}}, f"{W}.health.path", "'/a\\tb'", id="path-tab"),
+        pytest.param(
+            {"health": {"path": "/h\n"}}, f"{W}.health.path", "'/h\\n'", id="path-newline"
+        ),
+        pytest.param({"health": {"path": "/é"}}, f"{W}.health.path", "'/é'", id="path-not-ascii"),
+        pytest.param(
+            {"source": "--upload-pack=x"}, f"{W}.source", "'--upload-pack=x'", id="source-option"
+        ),
         pytest.param(
             {"health": {"expect_status": []}}, f"{W}.health.expect_status", "[]", id="status-empty"
         ),

@@ -418,6 +418,12 @@ def test_backoff_schedule_until_the_deadline(policy, sleeps):
     [
         pytest.param(Target(url_path="health", port=80), Expect(), Policy(), "url_path", id="rel"),
         pytest.param(Target(url_path="/a b", port=80), Expect(), Policy(), "url_path", id="space"),
+        pytest.param(
+            Target(url_path="/é", port=80), Expect(), Policy(), "url_path", id="not-ascii"
+        ),
+        pytest.param(
+            Target(url_path="/" + "x" * 2048, port=80), Expect(), Policy(), "url_path", id="long"
+        ),
         pytest.param(Target(), Expect(), Policy(), "port", id="no-port-no-socket"),
         pytest.param(Target(port=70000), Expect(), Policy(), "port", id="port-range"),
         pytest.param(Target(port=80), Expect(status=()), Policy(), "expect_status", id="none"),

@@ -31,9 +31,21 @@ options:
     description: Service root; default C(/srv/<service>).
     type: path
   user:
-    description: System user the service runs as (created if missing).
+    description:
+      - System user the service runs as, created if missing (home C(<root>/shared), a
+        primary group of its own name).
+      - An existing account is refused (before any directory is made) unless flipback
+        made it for this service (that home, a group of its own) or C(adopt_user) is
+        set, as the release's env file is readable by the user's primary group.
     type: str
     required: true
+  adopt_user:
+    description:
+      - Take an existing account flipback did not create, made for this service. Its
+        primary group must still be its own (named like the user, never C(nogroup),
+        C(users) or another account's group) with no other members in C(/etc/group).
+    type: bool
+    default: false
   release:
     description: Release this run deploys.
     type: str
@@ -144,6 +156,7 @@ def spec_from(params: dict) -> PrepareSpec:
         service=service,
         root=params["root"] or f"/srv/{service}",
         user=params["user"],
+        adopt_user=params["adopt_user"],
         release=params["release"],
         lock=lock_request(params),
         **public_health(params),
@@ -160,6 +173,7 @@ def main() -> None:
             "service": {"type": "str", "required": True},
             "root": {"type": "path"},
             "user": {"type": "str", "required": True},
+            "adopt_user": {"type": "bool", "default": False},
             "release": {"type": "str", "required": True},
             "config": {"type": "dict", "default": {}},
             "env_file": {"type": "str", "default": "", "no_log": True},

@@ -9,7 +9,7 @@ module: service_config
 short_description: Validate flipback service definitions and command-line selectors
 description:
   - Checks every service definition (name, source, subdir, ref, app, port, workers,
-    health, env, keep_releases, user), that names, ports and users are unique, and the
+    health, env, keep_releases, user, adopt_user), that names, ports and users are unique, and the
     selectors given on the command line (service, ref, source, release, steps).
   - Reports every problem at once, each naming the field, the value received and what
     was expected; values of C(env) are never echoed (they may be secrets).

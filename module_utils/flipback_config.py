@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "env": {},
     "keep_releases": 5,
     "health": {},
+    # Take an existing account as `user` (flipback refuses one it did not create).
+    "adopt_user": False,
 }
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health",
@@ -207,6 +209,15 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
         )
     else:
         svc["user"] = user
+    adopt = svc.get("adopt_user")
+    if not isinstance(adopt, bool):
+        problems.append(
+            _problem(
+                f"{where}.adopt_user",
+                adopt,
+                "true or false (true: use an existing account made for this service)",
+            )
+        )
     svc["env"] = _check_env(where, svc.get("env"), problems)
     svc["health"] = _check_health(where, svc.get("health"), problems)
     return svc

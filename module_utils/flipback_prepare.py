@@ -4,7 +4,7 @@ The first round trip of a deploy, so it does everything that does not depend on 
 release being staged yet:
 
     take the service's deploy lock              (or fail naming its holder)
-    the service user and its directories
+    the service user (created, or an existing one checked) and its directories
     report: current release, whether the release is staged, whether it is already live,
             and how its configuration differs from the live release's (env values
             compared here, on the host, never shown)
@@ -23,6 +23,7 @@ Runs on the target host: standard library only.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 from collections.abc import Sequence
@@ -74,9 +75,18 @@ class PrepareSpec:
     deps_key: str = ""
     # Where nginx sites live (the service's is flipback-<service>.conf).
     site_dir: str = SITE_DIR
+    # Take an existing account flipback did not create (its primary group must be its
+    # own, with no other members): see Prepare._existing_user.
+    adopt_user: bool = False
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
+
+
+EXPECTED_USER = (
+    "a user flipback creates for this service: pick an unused name, or set adopt_user: true "
+    "for an account made for this service whose primary group is its own"
+)
 
 
 def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
@@ -200,10 +210,12 @@ class Prepare:
     def _user(self, check_mode: bool) -> None:
         spec = self.spec
         try:
-            pwd.getpwnam(spec.user)
-            return
+            entry = pwd.getpwnam(spec.user)
         except KeyError:
-            pass
+            entry = None
+        if entry is not None:
+            self._existing_user(entry)
+            return
         self.changes.append(f"user {spec.user}")
         if check_mode:
             return
@@ -220,6 +232,57 @@ class Prepare:
                 spec.user,
             ],
             f"create the system user {spec.user}",
+        )
+
+    def _existing_user(self, entry: pwd.struct_passwd) -> None:
+        """Refuse an existing account unless flipback made it for this service, or it is
+        adopted (adopt_user) and its primary group is its own: the release's env file is
+        readable by that group, so a shared one (`nogroup`, `users`, another account's)
+        would hand the service's secrets to others. Only reads: check mode too.
+
+        Made by flipback (see the useradd below): home <root>/shared, and a primary group
+        of its own name. Adopted: a primary group of its own name, which /etc/group lists
+        no other member of."""
+        spec = self.spec
+        user = spec.user
+        expected_home = os.path.normpath(os.path.join(spec.root, "shared"))
+        home = entry.pw_dir or ""
+        try:
+            group = grp.getgrgid(entry.pw_gid)
+        except KeyError:
+            group_name, members = None, []
+        else:
+            group_name, members = group.gr_name, sorted(m for m in group.gr_mem if m != user)
+        own_group = group_name == user
+        made_here = bool(home) and os.path.normpath(home) == expected_home
+        if own_group and (made_here or (spec.adopt_user and not members)):
+            return
+        shown_group = (
+            f"{group_name} (gid {entry.pw_gid})"
+            if group_name is not None
+            else f"gid {entry.pw_gid} (no such group)"
+        )
+        if members:
+            shown_group += f", which also lists {', '.join(members)}"
+        why = []
+        if not own_group:
+            why.append(f"its primary group is not its own (a group named {user})")
+        if spec.adopt_user:
+            if members:
+                why.append("its group has other members")
+            why = [f"adopt_user is set, but {'; '.join(why)}"]
+        elif not made_here:
+            why.append(
+                f"flipback did not create it (its home would be {expected_home}) "
+                "and adopt_user is not set"
+            )
+        raise ReleaseError(
+            f"user: got {user!r}, an existing account with home {home or '(none)'} and "
+            f"primary group {shown_group}: {'; '.join(why)}; expected {EXPECTED_USER}",
+            field="user",
+            value=user,
+            expected=EXPECTED_USER,
+            retryable=False,
         )
 
     def _ids(self, check_mode: bool) -> tuple[int, int]:

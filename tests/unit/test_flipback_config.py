@@ -110,6 +110,10 @@ W0 = "flipback_services[0]"
         pytest.param({"user": "www-data"}, f"{W}.user", "'www-data'", id="user-system"),
         pytest.param({"user": "Bad User"}, f"{W}.user", "'Bad User'", id="user-bad-name"),
         pytest.param({"user": 1000}, f"{W}.user", "1000", id="user-number"),
+        pytest.param({"adopt_user": "yes"}, f"{W}.adopt_user", "'yes'", id="adopt-user-text"),
+        pytest.param({"adopt_user": "true"}, f"{W}.adopt_user", "'true'", id="adopt-user-true"),
+        pytest.param({"adopt_user": 1}, f"{W}.adopt_user", "got 1,", id="adopt-user-number"),
+        pytest.param({"adopt_user": None}, f"{W}.adopt_user", "None", id="adopt-user-none"),
         pytest.param({"health": "/health"}, f"{W}.health", "'/health'", id="health-not-map"),
         pytest.param({"health": {"path": "health"}}, f"{W}.health.path", "'health'", id="path"),
         pytest.param({"health": {"path": "/a b"}}, f"{W}.health.path", "'/a b'", id="path-space"),
@@ -381,6 +385,7 @@ def test_defaults_are_filled_in():
         "factory": False,
         "keep_releases": 5,
         "user": "web",
+        "adopt_user": False,
         "env": {},
         "health": HEALTH_DEFAULTS,
     }
@@ -415,6 +420,13 @@ def test_a_factory_app_is_normalized(changes, app, factory):
     (svc,) = check_request([service(**changes)])["services"]
 
     assert (svc["app"], svc["factory"]) == (app, factory)
+
+
+@pytest.mark.parametrize("adopt_user", [False, True], ids=["false", "true"])
+def test_adopt_user_is_passed_on(adopt_user):
+    (svc,) = check_request([service(adopt_user=adopt_user)])["services"]
+
+    assert svc["adopt_user"] is adopt_user
 
 
 def test_values_are_normalized():

@@ -1,9 +1,13 @@
 """Unit tests of module_utils/flipback_prepare.py on real files under tmp_path.
 
-The tests run as root (as the module does), so ownership is real: the service user is
-`nobody`. systemctl, nginx, useradd and the public probe go through fakes; the deploy
-lock is a real ServiceLock under tmp_path, and the nginx site directory (site_dir) is
-under tmp_path too. Prepare writes no site: the switch does, after its gate; prepare
+The tests run as root (as the module does), so ownership is real: directories are
+chowned to the service user's ids. The host's accounts are a fake (Accounts: what
+Prepare reads through pwd and grp, and what the fake useradd adds), so no system
+account is made or borrowed; by default the service user `shop` is there as flipback
+creates it (home <root>/shared, a group of its own) with ids no real account has.
+systemctl, nginx, useradd and the public probe go through fakes; the deploy lock is a
+real ServiceLock under tmp_path, and the nginx site directory (site_dir) is under
+tmp_path too. Prepare writes no site: the switch does, after its gate; prepare
 only reads it to tell whether the live release is served as it defines. Releases whose
 configuration is recorded are made with test_flipback_runtime.a_release, as
 release_config and release_stage make them.
@@ -11,6 +15,7 @@ release_config and release_stage make them.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -18,12 +23,14 @@ import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from ansible.module_utils import flipback_prepare as fp
 from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_lock import LockError, ServiceLock
 from ansible.module_utils.flipback_prepare import (
+    EXPECTED_USER,
     Prepare,
     PrepareSpec,
     active_instances,
@@ -41,7 +48,9 @@ from test_flipback_runtime import Release, a_release
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 
 SERVICE = "shop"
-USER = "nobody"
+USER = "shop"
+# Ids of the fake accounts: no real account or group has them (the files are chowned to them).
+UID = GID = 64100
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
 C = "20261103T120000-cccccccccc"
@@ -54,8 +63,67 @@ def unit(release: str) -> str:
     return f"{SERVICE}@{release}.service"
 
 
+class Accounts:
+    """The host's accounts as Prepare reads them (its pwd.getpwnam, grp.getgrgid), and
+    as the fake useradd adds to them. Entries are plain objects with the attributes of
+    pwd's and grp's (pwd.struct_passwd/grp.struct_group built here made CPython 3.11.7
+    print "SystemError ... in tp_clear" when collected)."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, SimpleNamespace] = {}
+        self.groups: dict[int, SimpleNamespace] = {}
+
+    def add_group(self, name: str, gid: int, members: Sequence[str] = ()) -> int:
+        self.groups[gid] = SimpleNamespace(
+            gr_name=name, gr_passwd="x", gr_gid=gid, gr_mem=list(members)
+        )
+        return gid
+
+    def add_user(self, name: str, home: str, gid: int, uid: int = UID) -> SimpleNamespace:
+        entry = SimpleNamespace(
+            pw_name=name,
+            pw_passwd="x",
+            pw_uid=uid,
+            pw_gid=gid,
+            pw_gecos="",
+            pw_dir=home,
+            pw_shell="/usr/sbin/nologin",
+        )
+        self.users[name] = entry
+        return entry
+
+    def useradd(self, argv: Sequence[str]) -> None:
+        """What `useradd --system --user-group --home-dir H ... NAME` makes."""
+        name = argv[-1]
+        gid = max([GID - 1, *self.groups]) + 1
+        self.add_group(name, gid)
+        self.add_user(name, argv[argv.index("--home-dir") + 1], gid, uid=gid)
+
+    def getpwnam(self, name: str) -> SimpleNamespace:
+        return self.users[name]
+
+    def getgrgid(self, gid: int) -> SimpleNamespace:
+        return self.groups[gid]
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> Accounts:
+        """Make flipback_prepare (only it) read these accounts."""
+        monkeypatch.setattr(fp, "pwd", SimpleNamespace(getpwnam=self.getpwnam))
+        monkeypatch.setattr(fp, "grp", SimpleNamespace(getgrgid=self.getgrgid))
+        return self
+
+    @classmethod
+    def made_by_flipback(cls, root: Path | str, user: str = USER) -> Accounts:
+        """A host where flipback created `user` for the service at `root` before."""
+        accounts = cls()
+        accounts.add_user(user, os.path.join(root, "shared"), accounts.add_group(user, GID))
+        return accounts
+
+
 class Host:
     """Fake systemctl/nginx/useradd and public prober, with one ordered log."""
+
+    # The accounts the fake useradd adds to (set by Paths.prepare).
+    accounts: Accounts | None = None
 
     def __init__(self, *, active: Sequence[str] = (), enabled: Sequence[str] = ()) -> None:
         self.active = list(active)
@@ -73,6 +141,8 @@ class Host:
         self.calls.append(argv)
         if argv[0] in self.fail:
             return subprocess.CompletedProcess(argv, 4, "", self.fail[argv[0]])
+        if argv[0] == "useradd" and self.accounts is not None:
+            self.accounts.useradd(argv)
         if argv[:2] == ["nginx", "-t"]:
             rc, err = self.nginx_test
             return subprocess.CompletedProcess(argv, rc, "", err)
@@ -102,11 +172,12 @@ class Host:
 
 
 class Paths:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, accounts: Accounts) -> None:
         self.tmp_path = tmp_path
         self.root = tmp_path / "srv" / SERVICE
         self.site = tmp_path / "etc" / "nginx" / "conf.d" / f"flipback-{SERVICE}.conf"
         self.lock = tmp_path / "lock" / SERVICE
+        self.accounts = accounts
 
     def configured(self, env: dict[str, str] | None = None, **changes: object) -> Release:
         """A release of the shop on this root, as release_config works it out."""
@@ -129,6 +200,7 @@ class Paths:
         return PrepareSpec(**values)
 
     def prepare(self, host: Host, release: str = B, **overrides: object) -> Prepare:
+        host.accounts = self.accounts
         return Prepare(
             self.spec(release, **overrides),
             run=host.run,
@@ -183,16 +255,14 @@ class Paths:
 
 
 @pytest.fixture
-def paths(tmp_path) -> Paths:
-    return Paths(tmp_path)
+def paths(tmp_path, monkeypatch) -> Paths:
+    root = tmp_path / "srv" / SERVICE
+    return Paths(tmp_path, Accounts.made_by_flipback(root).install(monkeypatch))
 
 
 def mode_owner(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-NOBODY = pwd.getpwnam(USER)
 
 
 def ready(paths: Paths, configured: Release | None = None) -> None:
@@ -269,7 +339,7 @@ def test_a_fresh_host_gets_everything(paths):
     assert mode_owner(paths.root) == (0o755, 0, 0)
     assert mode_owner(paths.root / "releases") == (0o755, 0, 0)
     assert mode_owner(paths.root / ".incoming") == (0o700, 0, 0)
-    assert mode_owner(paths.root / "shared") == (0o750, NOBODY.pw_uid, NOBODY.pw_gid)
+    assert mode_owner(paths.root / "shared") == (0o750, UID, GID)
 
     # No unit, no env file, no site, no daemon-reload, no nginx: each release stages its
     # own unit and env file, and the switch puts its site in place after its gate.
@@ -376,7 +446,7 @@ def test_owner_and_mode_are_put_right(paths):
 
     assert result["changes"] == [f"directory {paths.root / 'shared'} (owner or mode)"]
     assert "diff" not in result
-    assert mode_owner(paths.root / "shared") == (0o750, NOBODY.pw_uid, NOBODY.pw_gid)
+    assert mode_owner(paths.root / "shared") == (0o750, UID, GID)
     assert host.commands() == []
 
 
@@ -390,48 +460,8 @@ def test_a_failed_useradd_is_retryable(paths):
     assert failed.value.retryable is True
 
 
-def test_a_missing_user_is_created(paths, monkeypatch):
-    real = pwd.getpwnam
-    created: list[str] = []
-
-    def getpwnam(name):
-        if name == "shopuser" and not created:
-            raise KeyError(name)
-        return real(USER if name == "shopuser" else name)
-
-    monkeypatch.setattr(fp.pwd, "getpwnam", getpwnam)
-    host = Host()
-    real_run = host.run
-
-    def run(argv):
-        if argv[0] == "useradd":
-            created.append(argv[-1])
-        return real_run(argv)
-
-    host.run = run  # type: ignore[method-assign]
-
-    result = paths.prepare(host, user="shopuser").prepare(check_mode=False)
-
-    assert result["changes"][0] == "user shopuser"
-    assert host.calls[0] == [
-        "useradd",
-        "--system",
-        "--user-group",
-        "--shell",
-        "/usr/sbin/nologin",
-        "--home-dir",
-        str(paths.root / "shared"),
-        "--no-create-home",
-        "shopuser",
-    ]
-
-
-def no_such_user(name: str) -> pwd.struct_passwd:
-    raise KeyError(name)
-
-
-def test_check_mode_changes_nothing(paths, monkeypatch):
-    monkeypatch.setattr(fp.pwd, "getpwnam", no_such_user)
+def test_check_mode_changes_nothing(paths):
+    paths.accounts.users.clear()
     host = Host()
 
     result = paths.prepare(host).prepare(check_mode=True)
@@ -451,6 +481,218 @@ def test_check_mode_changes_nothing(paths, monkeypatch):
     assert not paths.root.exists()
     assert not paths.site.parent.exists()
     assert not paths.lock.exists()
+
+
+# --------------------------------------------------------------------------- the service user
+
+# How the service user is found on the host, for test_the_service_user: None, no such
+# user; else (home, primary group, its members), where home "<shared>" stands for
+# <root>/shared (the home flipback gives the users it creates) and the group is the
+# user's own (`shop`) or another: `nogroup` and `users` (shared by whoever has them),
+# `web` (another account's), or None (a gid that has no group entry).
+MADE = "<shared>"
+ACCOUNTS = {
+    "missing": None,
+    "made-by-flipback": (MADE, USER, []),
+    # The members of a group of its own are only looked at for an adopted account.
+    "made-by-flipback-group-with-members": (MADE, USER, ["alice"]),
+    "made-by-flipback-group-changed": (MADE, "nogroup", []),
+    "like-sshd": ("/run/sshd", "nogroup", []),
+    "like-nobody": ("/nonexistent", "nogroup", []),
+    "own-group-other-home": (f"/home/{USER}", USER, []),
+    "own-group-listing-itself": (f"/home/{USER}", USER, [USER]),
+    "group-users": (f"/home/{USER}", "users", []),
+    "another-account-s-group": (f"/home/{USER}", "web", ["web"]),
+    "group-with-members": (f"/home/{USER}", USER, ["alice", "bob"]),
+    "no-group-entry": (f"/home/{USER}", None, []),
+}
+GIDS = {USER: GID, "nogroup": 65534, "users": 100, "web": 64200, None: 64300}
+
+
+def on_host(paths: Paths, account: str) -> tuple[str, str | None] | None:
+    """Put the account `account` names (ACCOUNTS) in place of the default one; return
+    its home and group, as the refusal names them."""
+    paths.accounts.users.clear()
+    found = ACCOUNTS[account]
+    if found is None:
+        return None
+    home, group, members = found
+    home = str(paths.root / "shared") if home == MADE else home
+    if group is not None:
+        paths.accounts.add_group(group, GIDS[group], members)
+    paths.accounts.add_user(USER, home, GIDS[group])
+    return home, group
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("account", "adopt_user", "outcome"),
+    [
+        pytest.param("missing", False, "created", id="missing-created"),
+        pytest.param("missing", True, "created", id="missing-adopt-created"),
+        pytest.param("made-by-flipback", False, "taken", id="made-by-flipback"),
+        pytest.param("made-by-flipback", True, "taken", id="made-by-flipback-adopt"),
+        pytest.param(
+            "made-by-flipback-group-with-members",
+            False,
+            "taken",
+            id="made-by-flipback-group-with-members",
+        ),
+        pytest.param(
+            "made-by-flipback-group-changed", False, "refused", id="made-by-flipback-nogroup"
+        ),
+        pytest.param(
+            "made-by-flipback-group-changed",
+            True,
+            "refused",
+            id="made-by-flipback-nogroup-adopt",
+        ),
+        pytest.param("like-sshd", False, "refused", id="other-home-refused"),
+        pytest.param("like-nobody", False, "refused", id="nobody-refused"),
+        pytest.param("own-group-other-home", False, "refused", id="own-group-not-adopted"),
+        pytest.param("own-group-other-home", True, "taken", id="adopt-own-group"),
+        pytest.param("own-group-listing-itself", True, "taken", id="adopt-own-group-lists-it"),
+        pytest.param("like-sshd", True, "refused", id="adopt-nogroup"),
+        pytest.param("like-nobody", True, "refused", id="adopt-nobody"),
+        pytest.param("group-users", True, "refused", id="adopt-group-users"),
+        pytest.param("another-account-s-group", True, "refused", id="adopt-another-s-group"),
+        pytest.param("group-with-members", True, "refused", id="adopt-group-with-members"),
+        pytest.param("no-group-entry", True, "refused", id="adopt-no-group-entry"),
+    ],
+)
+def test_the_service_user(paths, account, adopt_user, outcome, check_mode):
+    found = on_host(paths, account)
+    host = Host()
+    prepare = paths.prepare(host, adopt_user=adopt_user)
+
+    if outcome == "refused":
+        assert found is not None
+        with pytest.raises(ReleaseError) as failed:
+            prepare.prepare(check_mode=check_mode)
+
+        home, group = found
+        error = failed.value
+        assert (error.details["field"], error.details["value"]) == ("user", USER)
+        assert error.details["expected"] == EXPECTED_USER
+        assert error.retryable is False
+        # What was found, why it is refused, and what would do.
+        assert error.msg.startswith(f"user: got {USER!r}, an existing account with home {home} ")
+        shown = f"{group} (gid {GIDS[group]})" if group else f"gid {GIDS[group]} (no such group)"
+        assert f"primary group {shown}" in error.msg
+        assert error.msg.endswith(f"expected {EXPECTED_USER}")
+        members = [m for m in ACCOUNTS[account][2] if m != USER]
+        if group != USER:
+            assert f"its primary group is not its own (a group named {USER})" in error.msg
+        if adopt_user:
+            assert "adopt_user is set, but " in error.msg
+        if adopt_user and members:
+            assert f"which also lists {', '.join(members)}" in error.msg
+            assert "its group has other members" in error.msg
+        if not adopt_user and home != str(paths.root / "shared"):
+            assert f"its home would be {paths.root / 'shared'}" in error.msg
+            assert "adopt_user is not set" in error.msg
+        # Before anything is made: no user, no directory (a root that is not there yet
+        # is still not there).
+        assert host.calls == []
+        assert not paths.root.exists()
+        # The lock is taken before the user is looked at, and a failure does not give it
+        # back: the role's rescue does (release_lock, roles/flipback/tasks/stage.yml). In
+        # check mode it is only looked at.
+        if check_mode:
+            assert not paths.lock.exists()
+        else:
+            assert paths.lock_holder()["run_id"] == OWNER["run_id"]
+        return
+
+    result = prepare.prepare(check_mode=check_mode)
+
+    useradd = [c for c in host.calls if c[0] == "useradd"]
+    if outcome == "created":
+        assert result["changes"][0] == f"user {USER}"
+        assert useradd == (
+            []
+            if check_mode
+            else [
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--home-dir",
+                    str(paths.root / "shared"),
+                    "--no-create-home",
+                    USER,
+                ]
+            ]
+        )
+    else:
+        assert f"user {USER}" not in result["changes"]
+        assert useradd == []
+    assert result["lock"]["outcome"] == "acquired"
+    if check_mode:
+        assert not paths.root.exists()
+    else:
+        entry = paths.accounts.getpwnam(USER)
+        assert mode_owner(paths.root / "shared") == (0o750, entry.pw_uid, entry.pw_gid)
+
+
+def test_a_user_flipback_created_is_taken_on_the_next_deploy(paths):
+    paths.accounts.users.clear()
+    paths.prepare(Host()).prepare(check_mode=False)
+    host = Host()
+
+    result = paths.prepare(host).prepare(check_mode=False)
+
+    # What useradd made is what the check accepts: no adopt_user needed.
+    assert (result["changed"], result["changes"], host.calls) == (False, [], [])
+
+
+def test_a_user_flipback_created_for_another_root_is_refused(paths):
+    # The same name, made by flipback for a service somewhere else: not this one's.
+    paths.accounts.users.clear()
+    paths.accounts.add_user(USER, "/srv/other/shared", paths.accounts.add_group(USER, GID))
+
+    with pytest.raises(ReleaseError) as failed:
+        paths.prepare(Host()).prepare(check_mode=False)
+
+    assert "home /srv/other/shared " in failed.value.msg
+    assert f"its home would be {paths.root / 'shared'}" in failed.value.msg
+
+
+def test_a_trailing_slash_on_the_root_is_the_same_home(paths):
+    result = paths.prepare(Host(), root=f"{paths.root}/").prepare(check_mode=False)
+    assert f"user {USER}" not in result["changes"]
+
+
+REAL = pytest.mark.skipif(
+    "nobody" not in {p.pw_name for p in pwd.getpwall()}
+    or grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name == "nobody",
+    reason="needs the system account nobody, with a group not its own (Debian: nogroup)",
+)
+
+
+@REAL
+@pytest.mark.parametrize("adopt_user", [False, True], ids=["plain", "adopt"])
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_the_real_nobody_is_refused(tmp_path, check_mode, adopt_user):
+    # Through the real pwd and grp: the account the issue is about.
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    root = tmp_path / "srv" / SERVICE
+    host = Host()
+    spec = PrepareSpec(
+        service=SERVICE, root=str(root), user="nobody", release=B, adopt_user=adopt_user
+    )
+
+    with pytest.raises(ReleaseError) as failed:
+        Prepare(spec, run=host.run, prober=host.prober).prepare(check_mode=check_mode)
+
+    assert failed.value.details["field"] == "user"
+    assert f"home {nobody.pw_dir} and primary group {group} (gid {nobody.pw_gid})" in (
+        failed.value.msg
+    )
+    assert (host.calls, root.exists()) == ([], False)
 
 
 # --------------------------------------------------------------------------- state and noop

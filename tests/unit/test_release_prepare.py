@@ -2,8 +2,10 @@
 
 main() prepares real files under tmp_path; systemctl, nginx and the probe go through a
 fake runner, and the deploy lock and the nginx site directory live under tmp_path, by
-replacing the module's Prepare with a factory. The module takes no site and returns no
-diff: the site is the switch's. Configurations are made with test_flipback_runtime.a_release.
+replacing the module's Prepare with a factory. The host's accounts are
+test_flipback_prepare.Accounts: the service user `shop` as flipback creates it. The
+module takes no site and returns no diff: the site is the switch's. Configurations are
+made with test_flipback_runtime.a_release.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
 from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.testing import patch_module_args
+from test_flipback_prepare import Accounts
 from test_flipback_runtime import a_release
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 
 SERVICE = "shop"
+USER = "shop"
 B = "20261102T120000-bbbbbbbbbb"
 SECRET = "s3cret-value-never-shown"
 OLD_SECRET = "old-s3cret-value-never-shown"
@@ -56,7 +60,12 @@ class Host:
 
 
 @pytest.fixture
-def host(monkeypatch, tmp_path) -> Host:
+def accounts(monkeypatch, tmp_path) -> Accounts:
+    return Accounts.made_by_flipback(tmp_path / "srv" / SERVICE, USER).install(monkeypatch)
+
+
+@pytest.fixture
+def host(monkeypatch, tmp_path, accounts) -> Host:
     fake = Host()
 
     def factory(spec: PrepareSpec) -> Prepare:
@@ -73,7 +82,7 @@ def host(monkeypatch, tmp_path) -> Host:
 
 def configured(tmp_path: Path, secret: str = SECRET, **changes: object):
     root = str(tmp_path / "srv" / SERVICE)
-    return a_release(SERVICE, root, env={"SHOP_TOKEN": secret}, user="nobody", **changes)
+    return a_release(SERVICE, root, env={"SHOP_TOKEN": secret}, user=USER, **changes)
 
 
 def args(tmp_path: Path, **extra: object) -> dict:
@@ -81,7 +90,7 @@ def args(tmp_path: Path, **extra: object) -> dict:
     return {
         "service": SERVICE,
         "root": str(tmp_path / "srv" / SERVICE),
-        "user": "nobody",
+        "user": USER,
         "release": B,
         "config": conf.config,
         "env_file": conf.env_text,
@@ -106,6 +115,7 @@ def test_spec_from_the_parameters():
         "service": SERVICE,
         "root": None,
         "user": "shop",
+        "adopt_user": True,
         "release": B,
         "config": {"workers": 2},
         "env_file": 'A="1"\n',
@@ -126,6 +136,7 @@ def test_spec_from_the_parameters():
         service=SERVICE,
         root="/srv/shop",
         user="shop",
+        adopt_user=True,
         release=B,
         lock={
             # Fields left out by the playbook are not passed on as None.
@@ -163,6 +174,13 @@ def test_the_site_is_no_parameter_any_more(host, tmp_path, capsys, extra):
     assert host.specs == []
 
 
+def test_adopt_user_is_documented():
+    options = yaml.safe_load(release_prepare.DOCUMENTATION)["options"]
+
+    assert (options["adopt_user"]["type"], options["adopt_user"]["default"]) == ("bool", False)
+    assert "nogroup" in " ".join(options["adopt_user"]["description"])
+
+
 def test_the_site_is_no_option_in_the_docs():
     options = yaml.safe_load(release_prepare.DOCUMENTATION)["options"]
     returned = yaml.safe_load(release_prepare.RETURN)
@@ -188,6 +206,7 @@ def test_defaults(host, tmp_path, capsys):
     assert spec.root == f"/srv/{SERVICE}"
     assert (spec.health_path, spec.expect_status, spec.expect_json) == ("/health", (200,), {})
     assert (spec.public_successes, spec.standby, spec.deps_key) == (3, True, "")
+    assert spec.adopt_user is False
     assert (spec.config, spec.env_text) == (module_args["config"], module_args["env_file"])
 
 
@@ -373,6 +392,41 @@ def test_a_failure_fails_with_the_details(host, tmp_path, capsys):
     assert isinstance(result["elapsed"], float)
     assert SECRET not in out
     assert host.calls == []
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(
+    ("adopt_user", "group", "code"),
+    [
+        pytest.param(False, USER, 1, id="not-adopted"),
+        pytest.param(True, USER, 0, id="adopted-own-group"),
+        pytest.param("yes", USER, 0, id="adopted-as-text"),
+        pytest.param(True, "nogroup", 1, id="adopt-nogroup"),
+    ],
+)
+def test_an_existing_account_flipback_did_not_create(
+    host, accounts, tmp_path, capsys, check_mode, adopt_user, group, code
+):
+    accounts.users.clear()
+    accounts.add_user(USER, f"/home/{USER}", accounts.add_group(group, 64150))
+
+    code_, result, out = run_main(
+        args(tmp_path, adopt_user=adopt_user, lock_owner=OWNER), capsys, check_mode=check_mode
+    )
+
+    assert code_ == code
+    (spec,) = host.specs
+    # Ansible's bool: "yes" is true.
+    assert spec.adopt_user is (adopt_user is not False)
+    if code == 0:
+        assert f"user {USER}" not in result["changes"]
+        return
+    assert (result["field"], result["value"], result["retryable"]) == ("user", USER, False)
+    assert f"home /home/{USER} and primary group {group} (gid 64150)" in result["msg"]
+    assert "adopt_user" in result["msg"]
+    assert SECRET not in out
+    assert [c for c in host.calls if c[0] == "useradd"] == []
+    assert not (tmp_path / "srv").exists()
 
 
 @pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])

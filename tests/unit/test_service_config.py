@@ -47,6 +47,8 @@ def test_success_returns_env_names_never_values(capsys, check_mode):
     assert api["env_names"] == []
     assert "env" not in web
     assert (web["workers"], web["keep_releases"], web["user"]) == (1, 5, "web")
+    # An existing account is refused on the hosts unless the definition adopts it.
+    assert (web["adopt_user"], api["adopt_user"]) == (False, False)
     assert SECRET not in out
     assert result["invocation"]["module_args"]["services"][0]["env"] == {
         "DATABASE_URL": "(value not shown)",
@@ -96,6 +98,11 @@ def test_steps_as_text(capsys):
             id="services-a-mapping",
         ),
         pytest.param({"steps": 0}, "steps: got 0, expected an integer >= 1", id="steps-0"),
+        pytest.param(
+            {"services": [{**services()[0], "adopt_user": "yes"}]},
+            "flipback_services[0] (web).adopt_user: got 'yes', expected true or false",
+            id="adopt-user-not-bool",
+        ),
         pytest.param({"service": "shop"}, "service: got 'shop', expected one of", id="service"),
         pytest.param(
             {"services": [{**services()[0], "env": {"DB": {"password": SECRET}}}]},

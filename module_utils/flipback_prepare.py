@@ -52,6 +52,16 @@ from ansible.module_utils.flipback_release import (
 from ansible.module_utils.flipback_runtime import SITE_DIR, site_path
 from ansible.module_utils.flipback_stage import find_donor
 
+# Where the system's systemd finds unit files (systemd.unit(5)): a template of the
+# service's name there, or drop-ins for it, would apply to flipback's instances.
+UNIT_SEARCH_PATH = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
+
 
 @dataclass
 class PrepareSpec:
@@ -78,6 +88,7 @@ class PrepareSpec:
     # Take an existing account flipback did not create (its primary group must be its
     # own, with no other members): see Prepare._existing_user.
     adopt_user: bool = False
+    unit_search_path: tuple[str, ...] = UNIT_SEARCH_PATH
 
     def unit(self, release: str) -> str:
         return f"{self.service}@{release}.service"
@@ -151,6 +162,7 @@ class Prepare:
         result: dict[str, Any] = {"release": spec.release, "lock": None}
         if spec.lock is not None:
             result["lock"] = self._take_lock(check_mode)
+        self._unit_namespace()
         self._user(check_mode)
         uid, gid = self._ids(check_mode)
         self._dir(spec.root, 0, 0, 0o755, check_mode)
@@ -207,6 +219,31 @@ class Prepare:
         return {k: taken.get(k) for k in ("outcome", "holder", "took_over", "waited", "msg")}
 
     # -- files
+    def _unit_namespace(self) -> None:
+        """Refuse a service named like a template unit of the host (`user`, `getty`,
+        `modprobe`...): its settings and drop-ins would apply to flipback's instances
+        `<service>@<release>`, and flipback's names must never touch the OS's. Only reads."""
+        service = self.spec.service
+        ours = f"Description=flipback {service} release %i"
+        for directory in self.spec.unit_search_path:
+            template = os.path.join(directory, f"{service}@.service")
+            dropins = f"{template}.d"
+            found = None
+            if os.path.isdir(dropins):
+                found = dropins
+            elif os.path.lexists(template) and ours not in (_read(template) or ""):
+                # flipback's own template of older versions is no collision.
+                found = template
+            if found is not None:
+                raise ReleaseError(
+                    f"name: got {service!r}, which the host's systemd already uses: {found} "
+                    f"would apply to flipback's instances {service}@<release>; expected a "
+                    "service name no unit on the host uses (rename the service)",
+                    field="name",
+                    value=service,
+                    retryable=False,
+                )
+
     def _user(self, check_mode: bool) -> None:
         spec = self.spec
         try:

@@ -175,6 +175,9 @@ class Paths:
     def __init__(self, tmp_path: Path, accounts: Accounts) -> None:
         self.tmp_path = tmp_path
         self.root = tmp_path / "srv" / SERVICE
+        # Stand for /etc/systemd/system and /usr/lib/systemd/system.
+        self.units_etc = tmp_path / "units-etc"
+        self.units_lib = tmp_path / "units-lib"
         self.site = tmp_path / "etc" / "nginx" / "conf.d" / f"flipback-{SERVICE}.conf"
         self.lock = tmp_path / "lock" / SERVICE
         self.accounts = accounts
@@ -195,6 +198,8 @@ class Paths:
             "port": 8000,
             "expect_json": {"ok": True},
             "public_successes": 2,
+            # Never the machine's own systemd directories.
+            "unit_search_path": (str(self.units_etc), str(self.units_lib)),
             **overrides,
         }
         return PrepareSpec(**values)
@@ -1119,3 +1124,49 @@ def test_invalid_input_is_refused_before_anything(paths, check_mode, overrides, 
     assert host.calls == []
     assert not paths.root.exists()
     assert not paths.lock.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "content", "refused"),
+    [
+        pytest.param(
+            "lib", f"{SERVICE}@.service", "[Unit]\nDescription=OS\n", True, id="os-template"
+        ),
+        pytest.param("etc", f"{SERVICE}@.service.d", None, True, id="template-drop-ins"),
+        pytest.param(
+            "etc",
+            f"{SERVICE}@.service",
+            f"[Unit]\nDescription=flipback {SERVICE} release %i\n",
+            False,
+            id="flipback-s-own-older-template",
+        ),
+        pytest.param("lib", "other@.service", "[Unit]\n", False, id="another-name"),
+        pytest.param("lib", f"{SERVICE}.service", "[Unit]\n", False, id="a-plain-unit-of-the-name"),
+    ],
+)
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_a_service_named_like_a_template_unit_of_the_host_is_refused(
+    paths, where, name, content, refused, check_mode
+):
+    directory = paths.units_etc if where == "etc" else paths.units_lib
+    directory.mkdir(parents=True)
+    if content is None:
+        (directory / name).mkdir()
+    else:
+        (directory / name).write_text(content)
+    host = Host()
+    prepare = paths.prepare(host)
+
+    if not refused:
+        assert prepare.prepare(check_mode=check_mode)["release"] == B
+        return
+    with pytest.raises(ReleaseError) as failed:
+        prepare.prepare(check_mode=check_mode)
+    error = failed.value
+    assert (error.details["field"], error.details["value"]) == ("name", SERVICE)
+    assert error.retryable is False
+    assert str(directory / name) in error.msg
+    assert f"would apply to flipback's instances {SERVICE}@<release>" in error.msg
+    # Before the user or any directory.
+    assert host.calls == []
+    assert not paths.root.exists()

@@ -158,6 +158,12 @@ CASES = [
         )
     ],
     (
+        "name-of-an-os-template-unit",
+        "deploy.yml",
+        ["-e", services(name="user", user="usersvc")],
+        "name: got 'user', which the host's systemd already uses",
+    ),
+    (
         "factory-not-bool",
         "deploy.yml",
         ["-e", services(factory="yes please")],

@@ -1,11 +1,13 @@
 """Pieces every flipback module shares: its error type and answer, running a command, hashing,
-and keeping credentials in a git URL out of everything flipback writes or reports.
+reading and replacing a file, and keeping credentials in a git URL out of everything
+flipback writes or reports.
 
 Standard library only: it runs on the controller and on the hosts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -65,6 +67,36 @@ def run_command(
         check=False,
         env={**os.environ, **env} if env else None,
     )
+
+
+def read_text(path: str) -> str | None:
+    """A file's text; None when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path: str, content: str, mode: int, gid: int | None = None) -> None:
+    """Replace `path` by rename(2) of `<path>.tmp.<pid>`, so a reader sees the old file or
+    the new one, never part of either. The mode (and, given `gid`, owner root:`gid`) is
+    set before the content is written."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if gid is not None:
+                os.fchown(handle.fileno(), 0, gid)
+            os.fchmod(handle.fileno(), mode)
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def sha256_file(path: str) -> str:

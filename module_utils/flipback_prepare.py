@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.flipback_common import Runner, run_command
+from ansible.module_utils.flipback_common import Runner, read_text, run_command
 from ansible.module_utils.flipback_health import (
     HealthError,
     Policy,
@@ -49,7 +49,7 @@ from ansible.module_utils.flipback_release import (
     validate_release_id,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import SITE_DIR, site_path
+from ansible.module_utils.flipback_runtime import SITE_DIR, flipback_template, site_path
 from ansible.module_utils.flipback_stage import find_donor
 
 # Where the system's systemd finds unit files (systemd.unit(5)): a template of the
@@ -224,14 +224,13 @@ class Prepare:
         `modprobe`...): its settings and drop-ins would apply to flipback's instances
         `<service>@<release>`, and flipback's names must never touch the OS's. Only reads."""
         service = self.spec.service
-        ours = f"Description=flipback {service} release %i"
         for directory in self.spec.unit_search_path:
             template = os.path.join(directory, f"{service}@.service")
             dropins = f"{template}.d"
             found = None
             if os.path.isdir(dropins):
                 found = dropins
-            elif os.path.lexists(template) and ours not in (_read(template) or ""):
+            elif os.path.lexists(template) and not flipback_template(template, service):
                 # flipback's own template of older versions is no collision.
                 found = template
             if found is not None:
@@ -371,7 +370,7 @@ class Prepare:
         if spec.release not in active or set(active) - allowed - set(retiring):
             return False
         site = recorded_site(spec.root, spec.service, spec.release)
-        if site is not None and _read(site_path(spec.service, spec.site_dir)) != site[0]:
+        if site is not None and read_text(site_path(spec.service, spec.site_dir)) != site[0]:
             # The site is not the release's (edited, or left by an interrupted switch):
             # the switch puts it back.
             return False
@@ -387,11 +386,3 @@ class Prepare:
             # The switch call makes it answer, or fails naming the gate.
             return False
         return True
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None

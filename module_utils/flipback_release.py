@@ -34,6 +34,7 @@ from ansible.module_utils.flipback_runtime import (
     UNIT_DIR,
     config_changes,
     env_path,
+    flipback_template,
     masked_config,
     parse_env_file,
     site_text,
@@ -166,14 +167,6 @@ def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, 
     except OSError:
         env = None
     return (config if isinstance(config, dict) else None), env
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def recorded_site(root: str, service: str, release_id: str) -> tuple[str, int] | None:
@@ -778,9 +771,7 @@ class Releases:
         for path in (template, os.path.join(self.legacy_env_dir, f"{self.service}.env")):
             # Only flipback's template: a service named like an OS template (`user`) must
             # not take away an administrator's override of the OS's unit.
-            if path == template and f"Description=flipback {self.service} release %i" not in (
-                _read_text(path) or ""
-            ):
+            if path == template and not flipback_template(path, self.service):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -239,6 +239,21 @@ def env_path(home: str, release: str) -> str:
     return f"{home}/releases/{release}/{CONFIG_DIR}/{ENV_FILE}"
 
 
+def unit_description(service: str) -> str:
+    """The Description= line of a flipback unit (older versions' templates had it too)."""
+    return f"Description=flipback {service} release %i"
+
+
+def flipback_template(path: str, service: str) -> bool:
+    """Whether `path` is the unit template older flipback versions wrote for `service`
+    (and not, say, the OS's `user@.service` for a service named `user`)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return unit_description(service) in handle.read()
+    except OSError:
+        return False
+
+
 def unit_text(*, service: str, home: str, user: str, app: str, factory: bool, workers: int) -> str:
     """The systemd unit of one release of `service` (its id is the instance, %i)."""
     socket_dir = socket_dir_of(service)
@@ -247,7 +262,7 @@ def unit_text(*, service: str, home: str, user: str, app: str, factory: bool, wo
 # flipback: one release of {service}, written at staging and never changed; the
 # release's own configuration (app, workers, env file) is in this file.
 [Unit]
-Description=flipback {service} release %i
+{unit_description(service)}
 After=network.target
 AssertPathExists={home}/releases/%i/manifest.json
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.flipback_common import Runner, run_command, sha256_file
+from ansible.module_utils.flipback_common import Runner, run_command, sha256_file, write_atomic
 from ansible.module_utils.flipback_release import (
     MANIFEST,
     STAGING_LOCK,
@@ -210,9 +210,9 @@ class Stager:
         os.mkdir(conf_dir, 0o750)
         os.chown(conf_dir, 0, gid)
         os.chmod(conf_dir, 0o750)
-        write_file(os.path.join(conf_dir, ENV_FILE), self.spec.env_text, 0o640, gid)
+        write_atomic(os.path.join(conf_dir, ENV_FILE), self.spec.env_text, 0o640, gid)
         os.makedirs(self.spec.unit_dir, mode=0o755, exist_ok=True)
-        write_file(self.unit_path(), self.unit_text, 0o644, 0)
+        write_atomic(self.unit_path(), self.unit_text, 0o644, 0)
         proc = self.run(["systemctl", "daemon-reload"])
         self._check(proc, "reload systemd for the release's unit")
 
@@ -244,15 +244,8 @@ class Stager:
             # How it runs: env names and a digest, never values.
             "config": spec.config,
         }
-        path = os.path.join(self.path, MANIFEST)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        write_atomic(os.path.join(self.path, MANIFEST), text, 0o644)
 
     def _unpack(self) -> None:
         with tarfile.open(self.spec.artifact) as tar:
@@ -422,24 +415,6 @@ def link_venv(source: str, dest: str) -> None:
         os.chmod(tmp, mode)
         # rename(2) replaces the link, so the donor's file is untouched.
         os.replace(tmp, path)
-
-
-def write_file(path: str, content: str, mode: int, gid: int) -> None:
-    """Write by rename, owned by root and `gid`, with `mode` from the start."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchown(handle.fileno(), 0, gid)
-            os.fchmod(handle.fileno(), mode)
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def utc_iso_now() -> str:

@@ -323,6 +323,13 @@ def host_status(
     return reports
 
 
+def build_of(report: Mapping[str, Any]) -> str | None:
+    """The build a service's live release is made of, from its status: hosts whose
+    configuration differs run different release ids of one build; a release staged
+    before releases recorded their build counts as its own build."""
+    return report.get("build") or report.get("current")
+
+
 def _build(root: str, current: str | None) -> str | None:
     """The build (code and wheels) the live release is made of; None when nothing is live
     or the release was staged before releases recorded it."""
@@ -542,7 +549,7 @@ def status_report(hosts: object) -> dict:
             if current is None:
                 notes.append(f"{host} {row['service']}: NO RELEASE IS LIVE here")
             else:
-                build = report.get("build") or current
+                build = build_of(report)
                 builds.setdefault(row["service"], {}).setdefault(build, []).append(host)
             if report.get("error"):
                 notes.append(f"{host} {row['service']}: {report['error']}")

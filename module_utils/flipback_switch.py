@@ -40,13 +40,18 @@ import contextlib
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.flipback_common import FlipbackError, Runner, run_command
+from ansible.module_utils.flipback_common import (
+    FlipbackError,
+    Runner,
+    read_text,
+    run_command,
+    write_atomic,
+)
 from ansible.module_utils.flipback_health import (
     Expect,
     HealthError,
@@ -445,7 +450,7 @@ class Switch:
                 for release in plan["retire"]:
                     self._retire(release)
         site = self._site_of(spec.release)
-        if site is not None and _read(self.site_path) != site[0]:
+        if site is not None and read_text(self.site_path) != site[0]:
             changed = True
             if not check_mode:
                 self._ensure_site(site)
@@ -477,7 +482,7 @@ class Switch:
         (what was there,) when it changed it, for the undo; None when nothing changed."""
         if site is None:
             return None
-        before = _read(self.site_path)
+        before = read_text(self.site_path)
         if before == site[0]:
             return None
         self._install_site(site[0])
@@ -488,7 +493,7 @@ class Switch:
         """Write (or, for None, remove) the site; nginx -t, then reload. A site nginx
         rejects is taken out again, and nginx is not reloaded."""
         path = self.site_path
-        before = _read(path)
+        before = read_text(path)
         _put(path, content)
         test = self.run(["nginx", "-t", "-q"])
         if test.returncode != 0:
@@ -589,31 +594,11 @@ class Switch:
         )
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
 def _put(path: str, content: str | None) -> None:
     """Replace `path` by rename (root, 0644), or remove it for None."""
     if content is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    write_atomic(path, content, 0o644)

@@ -20,6 +20,7 @@ for _path in C.DEFAULT_MODULE_UTILS_PATH:
         ansible.module_utils.__path__.append(_path)
 
 from ansible.module_utils.flipback_runtime import env_file_text, env_problems
+from ansible.module_utils.flipback_status import build_of
 
 
 def flipback_env_file(env: object, service: str = "service") -> str:
@@ -32,7 +33,7 @@ def flipback_env_file(env: object, service: str = "service") -> str:
 def flipback_build_of(status: object) -> object:
     if not isinstance(status, dict):
         raise AnsibleFilterError(f"flipback_build_of: got {type(status).__name__}, expected a dict")
-    return status.get("build") or status.get("current")
+    return build_of(status)
 
 
 class FilterModule:

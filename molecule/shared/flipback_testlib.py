@@ -7,7 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import yaml
 
 SERVICE = "hello"
 ROOT = f"/srv/{SERVICE}"
@@ -174,3 +177,50 @@ def snapshot(host) -> str:
         f"find {paths} -xdev -type f -not -path '*/venv/*' -print0 2>/dev/null "
         "| sort -z | xargs -0 -r sha256sum"
     ).stdout
+
+
+def scenario_health_urls() -> list[str]:
+    """The public health URL of every machine of the scenario."""
+    config = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "instance_config.yml"
+    return [f"http://{i['address']}:{PORT}/health" for i in yaml.safe_load(config.read_text())]
+
+
+def story_under_load(plan, *, clients: int, rate: int, pause: float) -> dict:
+    """Run each step of `plan` (name, playbook and its arguments, whether it must pass)
+    on the whole fleet, in turn, while clients of both modes (a new connection per
+    request, keep-alive) hit every machine's public port. Each step's window is kept on
+    the load's clock, so a test can tell which requests it saw."""
+    load = bench_load()
+    urls = scenario_health_urls()
+    generators = {
+        mode: load.LoadGenerator(urls, clients, mode, rate=rate, timeout=5, duration=900)
+        for mode in ("new", "keepalive")
+    }
+    for generator in generators.values():
+        generator.start()
+    clock = generators["new"]
+    steps = {}
+    try:
+        time.sleep(2)
+        for name, argv, should_pass in plan:
+            started = clock.now()
+            run = run_fleet_playbook(*argv)
+            steps[name] = {
+                "name": name,
+                "start": started,
+                "end": clock.now(),
+                "run": run,
+                "should_pass": should_pass,
+            }
+            time.sleep(pause)
+    finally:
+        for generator in generators.values():
+            generator.stop()
+        for generator in generators.values():
+            generator.join(timeout=30)
+    return {
+        "urls": urls,
+        "steps": steps,
+        "records": {mode: g.records for mode, g in generators.items()},
+        "summary": {mode: g.summary() for mode, g in generators.items()},
+    }

@@ -22,13 +22,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import flipback_testlib as lib
-
-load = lib.bench_load()
 
 CLIENTS = 4
 RATE = 100
@@ -75,20 +72,9 @@ def git_server():
     server.shutdown()
 
 
-def _fleet(*extra: str) -> subprocess.CompletedProcess[str]:
-    return lib.run_fleet_playbook(*extra)
-
-
 @pytest.fixture(scope="module")
 def story(git_server):
     url, handler = git_server
-    config = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "instance_config.yml"
-    addresses = [i["address"] for i in yaml.safe_load(config.read_text())]
-    urls = [f"http://{address}:{lib.PORT}/health" for address in addresses]
-    generators = {
-        mode: load.LoadGenerator(urls, CLIENTS, mode, rate=RATE, timeout=5, duration=900)
-        for mode in ("new", "keepalive")
-    }
     plan = [
         ("no change", ("deploy.yml",), True),
         (
@@ -102,32 +88,8 @@ def story(git_server):
         ("rollback", ("rollback.yml",), True),
         ("roll forward", ("deploy.yml", "-e", AS_ROTATED), True),
     ]
-    steps = {}
-    for generator in generators.values():
-        generator.start()
-    clock = generators["new"]
-    try:
-        time.sleep(2)
-        for name, argv, should_pass in plan:
-            started = clock.now()
-            run = _fleet(*argv)
-            steps[name] = {
-                "start": started,
-                "end": clock.now(),
-                "run": run,
-                "should_pass": should_pass,
-            }
-            time.sleep(1)
-    finally:
-        for generator in generators.values():
-            generator.stop()
-        for generator in generators.values():
-            generator.join(timeout=30)
-    return {
-        "steps": steps,
-        "summary": {mode: g.summary() for mode, g in generators.items()},
-        "git_requests": list(handler.seen),
-    }
+    story = lib.story_under_load(plan, clients=CLIENTS, rate=RATE, pause=1)
+    return {**story, "git_requests": list(handler.seen)}
 
 
 def _releases(host) -> dict[str, dict]:

@@ -62,6 +62,10 @@ options:
     description: Who made the change, kept in the history event. Defaults to the
       C(SUDO_USER) or C(USER) environment variable of the module, else C(unknown).
     type: str
+  run_id:
+    description: The deploy or rollback run making the change (its lock owner's C(run_id)),
+      kept in the history event.
+    type: str
   steps:
     description: With O(action=target), how many good releases to go back (1 = the previous
       good release). Defaults to 1.
@@ -159,6 +163,11 @@ reason:
   type: str
   returned: action=target
   sample: "no previous good release: history has only 20261129T141500-3f2a9c1d0e"
+build:
+  description: With O(action=target), the build the target is made of (the target's own
+    id for a release staged before releases recorded their build); null without a target.
+  type: str
+  returned: action=target
 candidates:
   description: With O(action=target), every previous good release, most recently active
     first.
@@ -210,12 +219,12 @@ from ansible.module_utils.flipback_release import (
 # a mistake in the task (e.g. keep with activate) and is reported, not ignored.
 ACTION_OPTIONS = {
     "list": (),
-    "activate": ("release", "note", "by"),
-    "record": ("release", "event", "note", "by"),
+    "activate": ("release", "note", "by", "run_id"),
+    "record": ("release", "event", "note", "by", "run_id"),
     "target": ("release", "steps"),
-    "prune": ("keep", "note", "by"),
+    "prune": ("keep", "note", "by", "run_id"),
 }
-OPTIONAL = ("release", "event", "note", "by", "steps", "keep")
+OPTIONAL = ("release", "event", "note", "by", "run_id", "steps", "keep")
 
 
 def check_options(params: dict) -> None:
@@ -233,7 +242,7 @@ def check_options(params: dict) -> None:
 
 def run(params: dict, check_mode: bool, diff_mode: bool) -> dict:
     check_options(params)
-    releases = Releases(params["service"], params["root"])
+    releases = Releases(params["service"], params["root"], run_id=params["run_id"])
     action = params["action"]
     by = params["by"] or default_user()
     note = params["note"] or ""
@@ -274,6 +283,7 @@ def main() -> None:
             "event": {"type": "str", "choices": ["staged", "failed", "rolled_back", "pruned"]},
             "note": {"type": "str"},
             "by": {"type": "str"},
+            "run_id": {"type": "str"},
             "steps": {"type": "int"},
             "keep": {"type": "int"},
         },

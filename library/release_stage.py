@@ -90,6 +90,11 @@ options:
     description: Who deploys (recorded in manifest and history).
     type: str
     default: unknown
+  run_id:
+    description:
+      - The run that stages (the deploy lock owner's C(run_id)), recorded with the
+        C(staged) event so that a re-run can tell which run touched this host.
+    type: str
 author: flipback
 """
 
@@ -196,6 +201,7 @@ def main() -> None:
             "python": {"type": "path", "default": "/usr/bin/python3"},
             "manifest": {"type": "dict", "default": {}},
             "by": {"type": "str", "default": "unknown"},
+            "run_id": {"type": "str"},
             "deps_key": {"type": "str", "default": ""},
             "start": {"type": "bool", "default": False},
             "build_id": {"type": "str", "required": True},
@@ -218,6 +224,7 @@ def main() -> None:
         python=params["python"],
         manifest=params["manifest"],
         by=params["by"],
+        run_id=params["run_id"],
         deps_key=params["deps_key"],
         build_id=params["build_id"],
         config=params["config"],

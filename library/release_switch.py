@@ -234,6 +234,7 @@ def main() -> None:
         socket_dir=params["socket_dir"] or f"/run/flipback-{service}",
         by=params["by"],
         note=params["note"],
+        run_id=(params["lock_owner"] or {}).get("run_id"),
         steps=params["steps"],
         standby=params["standby"],
         keep_releases=params["keep_releases"],

@@ -314,12 +314,16 @@ def history_event(
     from_release: str | None = None,
     expect: dict | None = None,
     at: float | None = None,
+    run: str | None = None,
 ) -> dict:
+    """One history line. `run` is the deploy or rollback run that wrote it (its lock
+    owner's run_id): a re-run tells from it which run put a release live."""
     return {
         "at": utc_iso(time.time() if at is None else at),
         "release": release_id,
         "event": event,
         "by": by,
+        "run": run,
         "from": from_release,
         "note": note,
         "expect": expect or {},
@@ -583,10 +587,12 @@ class Releases:
         clock: Callable[[], float] = time.time,
         unit_dir: str = UNIT_DIR,
         legacy_env_dir: str = LEGACY_ENV_DIR,
+        run_id: str | None = None,
     ) -> None:
         self.service = validate_service(service)
         self.root = root or f"/srv/{service}"
         self.clock = clock
+        self.run_id = run_id
         self.unit_dir = unit_dir
         self.legacy_env_dir = legacy_env_dir
 
@@ -670,6 +676,15 @@ class Releases:
         return {"changed": True, "release": release_id, "event": event}
 
     def target(self, release_id: str | None, steps: int | None) -> dict:
+        result = self._target(release_id, steps)
+        chosen = result["target"]
+        # The build the target is made of: hosts with their own configuration run their
+        # own release ids of one build, so a fleet-wide rollback compares builds.
+        manifest = self.scan().releases[chosen].manifest if chosen else None
+        result["build"] = ((manifest or {}).get("build") or chosen) if chosen else None
+        return result
+
+    def _target(self, release_id: str | None, steps: int | None) -> dict:
         state = self.scan()
         candidates = state.previous_good()
         result = {
@@ -796,6 +811,7 @@ class Releases:
             from_release=from_release,
             expect=expect,
             at=self.clock(),
+            run=self.run_id,
         )
 
     def _require(self, state: State, release_id: str) -> Release:

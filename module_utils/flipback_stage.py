@@ -74,6 +74,7 @@ class StageSpec:
     python: str
     manifest: dict[str, Any]
     by: str
+    run_id: str | None = None
     # Key of the dependency set; a staged release with the same key lends its venv.
     deps_key: str = ""
     # How the release runs (release_config's `config`), the build it is made of, and
@@ -179,6 +180,7 @@ class Stager:
                 by=spec.by,
                 from_release=previous,
                 expect=spec.manifest.get("health"),
+                run=spec.run_id,
             ),
         )
         return {**result, "changed": True, "replaces": previous, "venv_from": self.venv_from}

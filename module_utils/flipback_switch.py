@@ -129,6 +129,8 @@ class SwitchSpec:
     socket_dir: str = ""
     by: str = "unknown"
     note: str = ""
+    # The run this switch belongs to (its lock owner's run_id), written in history.
+    run_id: str | None = None
     journal_lines: int = 15
     # Rollback without a named release: how many good releases back.
     steps: int = 1
@@ -171,7 +173,11 @@ class Switch:
         self.prober = prober
         self.sleep = sleep
         self.releases = Releases(
-            spec.service, spec.root, unit_dir=spec.unit_dir, legacy_env_dir=spec.legacy_env_dir
+            spec.service,
+            spec.root,
+            unit_dir=spec.unit_dir,
+            legacy_env_dir=spec.legacy_env_dir,
+            run_id=spec.run_id,
         )
         self.steps: list[str] = []
         self.previous: str | None = None

@@ -655,13 +655,14 @@ def test_history_keeps_append_order(tree):
 
 def test_history_event_fields():
     event = history_event(
-        A, "active", by="alice", note="deploy", from_release=B, expect=HEALTH, at=NOW
+        A, "active", by="alice", note="deploy", from_release=B, expect=HEALTH, at=NOW, run="c:1:2"
     )
     assert event == {
         "at": "2026-11-29T12:00:00Z",
         "release": A,
         "event": "active",
         "by": "alice",
+        "run": "c:1:2",
         "from": B,
         "note": "deploy",
         "expect": HEALTH,

@@ -80,7 +80,7 @@ def test_list_defaults_root_to_srv_service(capsys, monkeypatch):
     seen = []
     real = release.Releases
 
-    def spy(service, root):
+    def spy(service, root, run_id=None):
         seen.append((service, root))
         return real(service, str(Path("/nonexistent") / service))
 

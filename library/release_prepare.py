@@ -119,6 +119,18 @@ noop:
   description: Whether the release is already live here (the lock was given back).
   type: bool
   returned: success
+release_runs:
+  description: The runs (lock owners' C(run_id)) that wrote an event of the release here,
+    and the deploy run whose lock this call took over. A deploy that stops compares them
+    across the fleet.
+  type: list
+  elements: str
+  returned: success
+live:
+  description: When the release is already current here, the run that put it live
+    (C(run)) and the release it replaced (C(from)); null otherwise.
+  type: dict
+  returned: success
 changes:
   description: What was (or would be) changed - the user, directories.
   type: list

@@ -183,6 +183,7 @@ class Prepare:
             venv_donor=None if staged else find_donor(spec.root, spec.release, spec.deps_key),
             config_changes=self._config_changes(state.current),
             warnings=self.warnings,
+            **self._runs_of_release(state, result["lock"]),
         )
         noop = (
             not self.changes
@@ -203,6 +204,25 @@ class Prepare:
             self.lock.release(spec.lock["owner"])
             result["lock"] = {**(result["lock"] or {}), "outcome": "released"}
         return result
+
+    # -- which runs touched this release here
+    def _runs_of_release(self, state, lock: dict | None) -> dict[str, Any]:
+        """The runs that wrote an event of this release here, and the deploy run whose
+        lock this run took over; when the release is live, the run that put it live and
+        what it replaced. A deploy that stops compares these across the fleet: a host
+        put live by a run that left other hosts behind goes back with them."""
+        release = self.spec.release
+        events = [e for e in state.history if e.get("release") == release]
+        runs = {e["run"] for e in events if e.get("run")}
+        holder = (lock or {}).get("took_over") or {}
+        if holder.get("action") == "deploy" and holder.get("run_id"):
+            runs.add(holder["run_id"])
+        live = None
+        if state.current == release:
+            went_live = [e for e in events if e.get("event") == "active"]
+            if went_live:
+                live = {"run": went_live[-1].get("run"), "from": went_live[-1].get("from")}
+        return {"release_runs": sorted(runs), "live": live}
 
     # -- configuration
     def _config_changes(self, current: str | None) -> list[str]:

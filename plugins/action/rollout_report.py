@@ -44,6 +44,11 @@ def host_lines(host: str, states: dict, restores: list) -> tuple[list[dict], lis
                 text = f"RESTORE FAILED: {result.get('msg', 'no message')}"
                 problems.append(f"{host} {service}: {text}")
                 ok = False
+            elif outcome == "already live":
+                text = (
+                    f"restored to {result.get('release')} (it had gone live on "
+                    f"{result.get('previous')} in an earlier run that stopped half-way)"
+                )
             else:
                 text = f"restored to {previous} (had switched to {release})"
         elif outcome == "switched":

@@ -430,6 +430,9 @@ def test_filters_are_registered():
     assert filters.FilterModule().filters() == {
         "flipback_env_file": filters.flipback_env_file,
         "flipback_build_of": filters.flipback_build_of,
+        "flipback_restore_target": filters.flipback_restore_target,
+        "flipback_failed_on": filters.flipback_failed_on,
+        "flipback_target_disagreement": filters.flipback_target_disagreement,
     }
 
 

@@ -112,8 +112,11 @@ def run_playbook(host, name: str, *extra: str) -> subprocess.CompletedProcess[st
     )
 
 
-def run_fleet_playbook(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Run one of flipback's playbooks on every machine of the scenario at once."""
+def run_fleet_playbook(
+    name: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one of flipback's playbooks on every machine of the scenario at once. `env`
+    adds to the environment (e.g. to arm the flipback_kill callback)."""
     return subprocess.run(
         [
             "ansible-playbook",
@@ -125,7 +128,7 @@ def run_fleet_playbook(name: str, *extra: str) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, **_PLAYBOOK_ENV},
+        env={**os.environ, **_PLAYBOOK_ENV, **(env or {})},
         timeout=900,
     )
 

@@ -103,8 +103,9 @@ def test_what_each_host_recorded_about_the_stopped_release(host, picky_rollout):
         "mfleet-2": ["staged", "active", "rolled_back"],
         # Its own gate failed: the switch undid itself, nothing went live.
         "mfleet-3": ["staged", "failed"],
-        # Staged, never switched.
-        "mfleet-4": ["staged"],
+        # Staged, never tried: recorded as failed too, so that every host agrees on
+        # what a rollback may go back to.
+        "mfleet-4": ["staged", "failed"],
     }[host.backend.get_hostname()]
     assert events == expected
     # No instance of the stopped release is left running anywhere (a short drain aside).
@@ -150,7 +151,18 @@ def split_rollback(picky_rollout):
 
 
 @pytest.fixture(scope="module")
-def broken_rollback(split_rollback):
+def limited_rollbacks(split_rollback):
+    """mfleet-1 alone deployed v1 (--limit), so its previous good release is v2 while
+    mfleet-2's is v1; a rollback of both would split them: refused. Then mfleet-1 alone
+    back on v2."""
+    apart = lib.run_fleet_playbook("deploy.yml", "-e", "ref=v1", "--limit", "mfleet-1")
+    split = lib.run_fleet_playbook("rollback.yml", "--limit", "mfleet-1,mfleet-2")
+    together = lib.run_fleet_playbook("deploy.yml", "-e", "ref=v2", "--limit", "mfleet-1")
+    return apart, split, together
+
+
+@pytest.fixture(scope="module")
+def broken_rollback(limited_rollbacks):
     """A rollback to v1 whose gate fails on mfleet-4 only (its v1 is broken on purpose
     for this run): the hosts that switched go back to v2."""
     v1 = lib.git_sha("v1")
@@ -180,6 +192,26 @@ def test_a_rollback_that_cannot_happen_everywhere_is_refused_before_any_switch(
     assert lib.current_id(host) == v2
 
 
+def test_a_rollback_to_different_builds_is_refused_before_any_switch(host, limited_rollbacks):
+    apart, split, together = limited_rollbacks
+    assert apart.returncode == 0, lib.output(apart)[-3000:]
+    out = lib.output(split)
+    assert split.returncode != 0, out[-3000:]
+    v1, v2 = _release_of(host, "v1"), _release_of(host, "v2")
+    if host.backend.get_hostname() in ("mfleet-1", "mfleet-2"):
+        # Each host and the release it would have gone back to are named.
+        target = v2 if host.backend.get_hostname() == "mfleet-1" else v1
+        assert f"{host.backend.get_hostname()} -> {target}" in out, out[-3000:]
+    assert "rollback of hello refused: the hosts would go back to different builds" in out, out[
+        -3000:
+    ]
+    assert "nothing was changed on any host" in out
+    assert "Lock, start, gate, flip" not in split.stdout
+    assert together.returncode == 0, lib.output(together)[-3000:]
+    assert lib.current_id(host) == v2
+    assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
+
+
 def test_a_rollback_that_fails_on_one_host_puts_the_others_back(host, broken_rollback):
     out = lib.output(broken_rollback)
     assert broken_rollback.returncode != 0, out[-3000:]
@@ -191,3 +223,49 @@ def test_a_rollback_that_fails_on_one_host_puts_the_others_back(host, broken_rol
         assert f"{name} hello: restored to {v2} (had switched to {v1})" in out, out[-3000:]
     assert lib.current_id(host) == v2
     assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
+
+
+@pytest.fixture(scope="module")
+def killed_deploy(broken_rollback):
+    """A deploy of `picky` killed (SIGKILL, the whole run) right after the canary
+    switched: mfleet-1 runs picky, the three others hold the dead run's lock with
+    picky staged."""
+    kill = {
+        "ANSIBLE_CALLBACKS_ENABLED": lib.callbacks_with_kill(),
+        "FLIPBACK_KILL_AFTER_TASK": "Start, gate, flip, gate, retire",
+    }
+    return lib.run_fleet_playbook("deploy.yml", "-e", "ref=picky", "-e", "batch=1", env=kill)
+
+
+@pytest.fixture(scope="module")
+def rerun_deploy(killed_deploy):
+    """The same deploy run again: mfleet-1 is already live on picky, mfleet-2 switches,
+    mfleet-3 fails its gate, so the rollout stops - and the fleet must converge back."""
+    return lib.run_fleet_playbook("deploy.yml", "-e", "ref=picky", "-e", "batch=1")
+
+
+def test_a_killed_deploy_left_the_canary_on_the_new_release(host, killed_deploy):
+    assert killed_deploy.returncode == -9, lib.output(killed_deploy)[-3000:]
+    assert _switch_batches(killed_deploy.stdout) == [["mfleet-1"]], killed_deploy.stdout[-3000:]
+
+
+def test_its_rerun_that_stops_puts_every_host_back_on_the_release_before(host, rerun_deploy):
+    out = lib.output(rerun_deploy)
+    assert rerun_deploy.returncode != 0, out[-3000:]
+    v2, picky = _release_of(host, "v2"), _release_of(host, "picky")
+    name = host.backend.get_hostname()
+    says = {
+        # Put live by the killed run, which left the others behind: back with them.
+        "mfleet-1": (
+            f"mfleet-1 hello: restored to {v2} (it had gone live on {picky} in an earlier "
+            "run that stopped half-way)"
+        ),
+        "mfleet-2": f"mfleet-2 hello: restored to {v2} (had switched to {picky})",
+        "mfleet-3": "deploy of hello failed on mfleet-3",
+        "mfleet-4": f"mfleet-4 hello: not switched (the rollout stopped); stays on {v2}",
+    }
+    assert says[name] in out, out[-4000:]
+    assert lib.current_id(host) == v2
+    assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
+    assert not host.file("/run/lock/flipback/hello/.lock").exists
+    assert lib.stops_within(host, f"hello@{picky}.service")

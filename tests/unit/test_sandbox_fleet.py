@@ -43,6 +43,7 @@ class FakeFleet:
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
         self.calls = []
+        self.requests = []
         FakeFleet.instances.append(self)
 
     def _act(self, state, check_mode):
@@ -51,8 +52,13 @@ class FakeFleet:
             raise self.outcome
         return dict(self.outcome)
 
-    def present(self, check_mode):
+    def present(self, check_mode, *, rebuild, machines):
+        self.requests.append({"rebuild": rebuild, "machines": machines})
         return self._act("present", check_mode)
+
+    def restarted(self, check_mode, *, rebuild, machines):
+        self.requests.append({"rebuild": rebuild, "machines": machines})
+        return self._act("restarted", check_mode)
 
     def absent(self, check_mode):
         return self._act("absent", check_mode)
@@ -310,4 +316,100 @@ def test_main_argument_spec(as_root, fake_fleet, capsys, args, message):
     code, result = run_main(args, capsys)
     assert code == 1
     assert message in result["msg"]
+    assert fake_fleet.instances == []
+
+
+# --------------------------------------------------------------------------- restarted, rebuild
+
+
+@pytest.mark.parametrize(
+    ("state", "extra", "request_"),
+    [
+        pytest.param("present", {}, {"rebuild": False, "machines": None}, id="present-defaults"),
+        pytest.param(
+            "present",
+            {"rebuild": True, "machines": ["sandbox-2"]},
+            {"rebuild": True, "machines": ["sandbox-2"]},
+            id="present-rebuild-one",
+        ),
+        pytest.param("restarted", {}, {"rebuild": False, "machines": None}, id="restarted-all"),
+        pytest.param(
+            "restarted",
+            {"machines": "sandbox-1,sandbox-2"},
+            {"rebuild": False, "machines": ["sandbox-1", "sandbox-2"]},
+            id="restarted-comma-separated",
+        ),
+        pytest.param(
+            "restarted",
+            {"rebuild": "yes"},
+            {"rebuild": True, "machines": None},
+            id="restarted-rebuild",
+        ),
+    ],
+)
+@pytest.mark.parametrize("check_mode", [False, True], ids=["apply", "check"])
+def test_main_passes_rebuild_and_machines(
+    as_root, fake_fleet, image_dir, capsys, state, extra, request_, check_mode
+):
+    args = {
+        "name": "sandbox",
+        "state": state,
+        "subnet": "10.213.1.0/24",
+        "image": image_dir,
+        "_ansible_check_mode": check_mode,
+        **extra,
+    }
+
+    code, result = run_main(args, capsys)
+
+    assert code == 0, result
+    (fleet,) = fake_fleet.instances
+    assert fleet.calls == [(state, check_mode)]
+    assert fleet.requests == [request_]
+    assert result["machines"] == [{"name": "sandbox-1", "address": "10.213.1.11"}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        pytest.param({"rebuild": True}, "rebuild", id="rebuild"),
+        pytest.param({"machines": ["sandbox-1"]}, "machines", id="machines"),
+    ],
+)
+def test_main_refuses_rebuild_and_machines_with_absent(as_root, fake_fleet, capsys, extra, field):
+    code, result = run_main({"name": "sandbox", "state": "absent", **extra}, capsys)
+
+    assert code == 1
+    assert result["msg"].startswith(f"{field}: got ")
+    assert "with state=absent, which removes every machine" in result["msg"]
+    assert result["msg"].endswith("Nothing was changed")
+    assert result["field"] == field
+    assert result["retryable"] is False
+    assert fake_fleet.instances == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param({"subnet": None}, "subnet: missing; expected a value with state=restarted"),
+        pytest.param({"image": None}, "image: missing; expected a value with state=restarted"),
+    ],
+    ids=["subnet", "image"],
+)
+def test_build_fleet_restarted_needs_subnet_and_image(fake_fleet, image_dir, overrides, message):
+    with pytest.raises(SandboxError) as err:
+        sandbox_fleet.build_fleet(
+            params(
+                **{"state": "restarted", "image": image_dir, "rebuild": False, "machines": None}
+                | overrides
+            )
+        )
+    assert err.value.msg == message
+    assert fake_fleet.instances == []
+
+
+def test_main_restarted_argument_spec_needs_subnet(as_root, fake_fleet, capsys):
+    code, result = run_main({"name": "sandbox", "state": "restarted", "image": "/i"}, capsys)
+    assert code == 1
+    assert "state is restarted but all of the following are missing: subnet" in result["msg"]
     assert fake_fleet.instances == []

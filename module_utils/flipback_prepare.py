@@ -199,6 +199,12 @@ class Prepare:
             if spec.release not in active:
                 proc = self.run(["systemctl", "start", "--no-block", spec.unit(spec.release)])
                 result["warmed"] = proc.returncode == 0
+            else:
+                # Already running: left by a run that stopped before its end (killed
+                # after warming it), so it is this switch's too and stops with it if
+                # the switch does not happen. The warm standby is not: it stays.
+                standby = state.previous_good()[:1] if spec.standby else []
+                result["warmed"] = spec.release not in standby
         if noop and spec.lock is not None and not check_mode:
             # Nothing to switch on this host: the lock goes back in this same call.
             self.lock.release(spec.lock["owner"])

@@ -885,7 +885,8 @@ def host_with(**changes: object) -> Host:
     [
         pytest.param(C, "staged", host_with(), False, True, WARM, id="staged-cold"),
         pytest.param(C, "staged", host_with(start_rc=5), False, False, WARM, id="start-refused"),
-        pytest.param(C, "staged", host_with(active=[B, C]), False, False, [], id="already-up"),
+        # Left running by a run killed after warming it: this switch's, stopped with it.
+        pytest.param(C, "staged", host_with(active=[B, C]), False, True, [], id="already-up"),
         pytest.param(C, "staged", host_with(), True, False, [], id="check"),
         pytest.param(C, "staging", host_with(), False, False, [], id="not-staged"),
         pytest.param(B, "staged", host_with(), False, False, [], id="current-noop"),
@@ -904,6 +905,21 @@ def test_a_staged_release_is_started_early(
     # A start refused is only a lost head start: the switch starts it and says why.
     assert host.commands() == commands
     assert result["changed"] is False
+
+
+def test_the_warm_standby_is_not_this_switchs_to_stop(paths):
+    ready(paths)
+    # C went live after A, then B after C: C is the previous good release.
+    paths.release(C, "staged", "active")
+    paths.release(B, "active")
+    host = host_with(active=[B, C])
+
+    # A roll forward to the standby (C ran before B): it runs already, and if the
+    # switch does not happen it stays running as the standby.
+    result = paths.prepare(host, C).prepare(check_mode=False)
+
+    assert (result["staged"], result["noop"], result["warmed"]) == (True, False, False)
+    assert host.commands() == []
 
 
 def test_a_release_that_failed_a_gate_before_is_warmed_too(paths):

@@ -458,3 +458,63 @@ def _check_unique(services: Sequence[Mapping[str, Any]], key: str, problems: lis
             )
         else:
             seen[value] = str(svc.get("name"))
+
+
+# Seconds a switch may take beyond its two gates' deadlines (start, flip, nginx reload,
+# retire): generous, as a hold that is too long only delays the takeover of a lock whose
+# run died on another controller.
+SWITCH_SLACK = 30
+
+
+def serial_batches(hosts: int, canary: int, batch: str) -> list[int]:
+    """The batch sizes the deploy's switch play runs in: `serial: [canary, batch]` (the
+    canary left out when 0) split as Ansible splits it: a percentage is of all hosts,
+    rounded down, at least 1; the last entry repeats until every host is in a batch."""
+    serial = ([canary] if canary > 0 else []) + [batch]
+    sizes: list[int] = []
+    left, index = hosts, 0
+    while left > 0:
+        value = serial[index]
+        if isinstance(value, str) and value.endswith("%"):
+            size = int(int(value[:-1]) / 100.0 * hosts) or 1
+        else:
+            size = int(value)
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+        index = min(index + 1, len(serial) - 1)
+    return sizes
+
+
+def lock_hold(
+    *,
+    hosts: int,
+    canary: int,
+    batch: str,
+    forks: int,
+    switch_seconds: Sequence[float],
+    stale_after: int,
+) -> int:
+    """Seconds a deploy's lock may go without a refresh: the `stale_after` its staging
+    declares on every host, so that no host's lock turns stale while it waits for its
+    batch.
+
+    A host is refreshed when it is prepared and when it switches. In between it waits
+    for the staging of every host (`stale_after` bounds one step of one host; the steps
+    run `forks` hosts at a time) and for every batch before its own, each of which takes
+    at most, per service, its switch's worst case (`switch_seconds`) for every `forks`
+    hosts of the batch. Counting every batch covers the last host, and the time after
+    its switch until the run's end (its restore, if the rollout stops).
+    """
+    rounds = -(-hosts // max(forks, 1))
+    staging = stale_after * rounds
+    switching = sum(
+        -(-size // max(forks, 1)) * sum(switch_seconds)
+        for size in serial_batches(hosts, canary, batch)
+    )
+    return int(staging + switching)
+
+
+def switch_seconds(service: Mapping[str, Any], drain: float) -> float:
+    """A switch's worst case for one service: both gates to their deadline, the drain
+    and SWITCH_SLACK."""
+    return 2 * service["health"]["timeout"] + drain + SWITCH_SLACK

@@ -326,10 +326,13 @@ class ServiceLock:
 
     def take(self, request: dict, *, check_mode: bool = False) -> dict:
         """acquire() with a lock_request(); a request may leave out all but the owner."""
+        stale_after = request.get("stale_after", DEFAULT_STALE_AFTER)
         return self.acquire(
             request["owner"],
             wait=request.get("wait", 0),
-            stale_after=request.get("stale_after", DEFAULT_STALE_AFTER),
+            # A run that declares a longer hold than the default lives longer by as much.
+            ttl=DEFAULT_TTL + max(0, stale_after - DEFAULT_STALE_AFTER),
+            stale_after=stale_after,
             live_runs=request.get("live_runs"),
             check_mode=check_mode,
         )

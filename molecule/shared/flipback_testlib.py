@@ -133,6 +133,25 @@ def run_fleet_playbook(
     )
 
 
+def start_fleet_playbook(
+    name: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Like run_fleet_playbook, but in the background; `.communicate()` collects it."""
+    return subprocess.Popen(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            str(PROJECT / "playbooks" / name),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **_PLAYBOOK_ENV, **(env or {})},
+    )
+
+
 def start_playbook(
     host, name: str, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:

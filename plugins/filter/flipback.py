@@ -9,6 +9,10 @@ stopped: the release it ran before, for a host switched in this run, or for a ho
 that a run which did not finish put live (a deploy killed after its canary switched);
 nothing for the others.
 
+flipback_lock_hold is the `stale_after` a deploy's staging declares in each host's lock:
+long enough that no host's lock turns stale while it waits for its batch (see
+flipback_config.lock_hold), never less than the configured one.
+
 flipback_build_of names the build a service's live release is made of (from
 service_status): hosts with different configurations run different release ids of
 one build; a release staged before releases recorded their build is its own build.
@@ -18,12 +22,14 @@ from __future__ import annotations
 
 import ansible.module_utils
 from ansible import constants as C
+from ansible import context
 from ansible.errors import AnsibleFilterError
 
 for _path in C.DEFAULT_MODULE_UTILS_PATH:
     if _path not in ansible.module_utils.__path__:
         ansible.module_utils.__path__.append(_path)
 
+from ansible.module_utils.flipback_config import lock_hold, switch_seconds
 from ansible.module_utils.flipback_runtime import env_file_text, env_problems
 from ansible.module_utils.flipback_status import build_of
 
@@ -108,6 +114,28 @@ def flipback_target_disagreement(targets: object, service: str) -> str:
     )
 
 
+def flipback_lock_hold(
+    services: object, hosts: int, canary: int, batch: str, stale_after: int, drain: float
+) -> int:
+    if not isinstance(services, list):
+        raise AnsibleFilterError(
+            f"flipback_lock_hold: got {type(services).__name__}, expected a list of services"
+        )
+    # The forks of this run: -f on the command line, else the configuration's.
+    forks = int(context.CLIARGS.get("forks") or C.DEFAULT_FORKS)
+    return max(
+        int(stale_after),
+        lock_hold(
+            hosts=int(hosts),
+            canary=int(canary),
+            batch=str(batch),
+            forks=forks,
+            switch_seconds=[switch_seconds(service, float(drain)) for service in services],
+            stale_after=int(stale_after),
+        ),
+    )
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
@@ -116,4 +144,5 @@ class FilterModule:
             "flipback_restore_target": flipback_restore_target,
             "flipback_failed_on": flipback_failed_on,
             "flipback_target_disagreement": flipback_target_disagreement,
+            "flipback_lock_hold": flipback_lock_hold,
         }

@@ -433,7 +433,35 @@ def test_filters_are_registered():
         "flipback_restore_target": filters.flipback_restore_target,
         "flipback_failed_on": filters.flipback_failed_on,
         "flipback_target_disagreement": filters.flipback_target_disagreement,
+        "flipback_lock_hold": filters.flipback_lock_hold,
     }
+
+
+def test_flipback_lock_hold_uses_the_run_forks(monkeypatch):
+    from ansible import context
+
+    services = [{"name": "web", "health": {"timeout": 30}}]
+    args = {"hosts": 8, "canary": 1, "batch": "1", "stale_after": 120, "drain": 1}
+    monkeypatch.setattr(context, "CLIARGS", {"forks": 20})
+    wide = filters.flipback_lock_hold(services, **args)
+    monkeypatch.setattr(context, "CLIARGS", {"forks": 2})
+    narrow = filters.flipback_lock_hold(services, **args)
+    # Eight batches of one host each: 8 switches of 91 s; staging in 1 round, then 4.
+    assert wide == 120 + 8 * 91
+    assert narrow == 120 * 4 + 8 * 91
+
+
+def test_flipback_lock_hold_is_never_below_the_configured_stale_after(monkeypatch):
+    from ansible import context
+
+    monkeypatch.setattr(context, "CLIARGS", {"forks": 5})
+    # No service in the run: nothing switches, the configured value stands.
+    assert filters.flipback_lock_hold([], 0, 1, "100%", 120, 1) == 120
+
+
+def test_flipback_lock_hold_refuses_what_is_not_a_list():
+    with pytest.raises(AnsibleFilterError, match="expected a list of services"):
+        filters.flipback_lock_hold({"name": "web"}, 2, 1, "100%", 120, 1)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,10 @@ from ansible.module_utils.flipback_config import (
     check_params,
     check_request,
     invocation,
+    lock_hold,
     redact_env,
+    serial_batches,
+    switch_seconds,
 )
 
 SECRET = "s3cr3t-hunter2"
@@ -554,3 +557,55 @@ def test_invocation_hides_env_values_and_keeps_the_rest():
     assert "hunter2" not in repr(echoed)
     assert echoed["ref"] == "v2"
     assert echoed["services"][0]["name"] == "web"
+
+
+# =========================================================================== lock hold
+
+
+def ansible_batches(hosts: int, serial: list) -> list[int]:
+    """The batch sizes ansible-core's own PlaybookExecutor makes of `serial`."""
+    from types import SimpleNamespace
+
+    from ansible.executor.playbook_executor import PlaybookExecutor
+
+    executor = PlaybookExecutor.__new__(PlaybookExecutor)
+    names = [f"h{i}" for i in range(hosts)]
+    executor._inventory = SimpleNamespace(get_hosts=lambda pattern, order=None: list(names))
+    play = SimpleNamespace(hosts="all", order=None, serial=serial)
+    return [len(batch) for batch in executor._get_serialized_batches(play)]
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 3, 4, 7, 10, 33, 100])
+@pytest.mark.parametrize(
+    ("canary", "batch"),
+    [(1, "100%"), (0, "100%"), (1, "1"), (2, "3"), (1, "50%"), (0, "10%"), (3, "1%"), (5, "25%")],
+)
+def test_serial_batches_are_the_batches_ansible_runs(hosts, canary, batch):
+    serial = ([canary] if canary else []) + [batch]
+    assert serial_batches(hosts, canary, batch) == ansible_batches(hosts, serial)
+
+
+def test_a_switch_at_worst_waits_both_gates_the_drain_and_a_slack():
+    assert switch_seconds({"health": {"timeout": 30}}, drain=1) == 2 * 30 + 1 + 30
+
+
+def test_the_hold_covers_staging_and_every_batch():
+    # 4 hosts, canary 1 then 1 at a time: four batches; 20 forks stage them in one round.
+    hold = lock_hold(hosts=4, canary=1, batch="1", forks=20, switch_seconds=[91.0], stale_after=120)
+    assert hold == 120 + 4 * 91
+
+
+def test_the_hold_counts_fork_rounds_and_every_service():
+    # 10 hosts with 4 forks: staging in 3 rounds; batches 1 and 9, the latter in 3 rounds.
+    hold = lock_hold(
+        hosts=10, canary=1, batch="100%", forks=4, switch_seconds=[50.0, 20.0], stale_after=60
+    )
+    assert hold == 60 * 3 + (1 + 3) * 70
+
+
+def test_the_hold_of_a_longer_rollout_is_longer():
+    short = lock_hold(
+        hosts=8, canary=1, batch="100%", forks=20, switch_seconds=[91.0], stale_after=120
+    )
+    many = lock_hold(hosts=8, canary=1, batch="1", forks=20, switch_seconds=[91.0], stale_after=120)
+    assert many > short > 120

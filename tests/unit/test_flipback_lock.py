@@ -645,3 +645,25 @@ def test_concurrent_acquire_exactly_one_wins(root, stale):
     assert all(f"run run-{winner})" in r.msg for r in losers)
     assert len(stale_files(root)) == (1 if stale else 0)
     assert not list(root.glob(".lock.tmp-*"))
+
+
+def test_a_declared_hold_outlives_the_default_stale_after_and_ttl(root, clock):
+    """A deploy that declares a long hold (a rollout of many batches) keeps its lock
+    through a wait longer than the default stale_after, and its ttl grows by as much."""
+    lock = lock_at(root, clock)
+    taken = lock.take({"owner": ALICE, "stale_after": 3000})
+    assert taken["holder"]["stale_after"] == 3000
+    assert taken["holder"]["ttl"] == 1800 + 3000 - 120
+
+    clock.t += 2900  # waiting for the batches before this host's: no refresh
+    with pytest.raises(LockError):
+        lock.take({"owner": BOB})
+    assert on_disk(root)["run_id"] == ALICE["run_id"]
+
+    clock.t += 200  # past the declared hold: the run is taken for gone
+    assert lock.take({"owner": BOB})["outcome"] == "took_over"
+
+
+def test_a_default_request_keeps_the_default_ttl(root, clock):
+    taken = lock_at(root, clock).take({"owner": ALICE})
+    assert (taken["holder"]["stale_after"], taken["holder"]["ttl"]) == (120, 1800)

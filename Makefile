@@ -10,12 +10,15 @@ APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client python3-ve
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 
-.PHONY: help setup demo test lint unit molecule sandbox-down clean
+.PHONY: help setup os-packages demo test lint unit molecule sandbox-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed ## Install OS packages (if missing) and the .venv from pyproject.toml
+setup: os-packages $(VENV)/.installed ## Install OS packages (if missing), then the .venv from pyproject.toml
+
+# First: the venv below needs python3-venv.
+os-packages:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -25,7 +28,7 @@ setup: $(VENV)/.installed ## Install OS packages (if missing) and the .venv from
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | os-packages
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
 	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt

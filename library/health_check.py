@@ -130,6 +130,13 @@ json:
   type: raw
   returned: always
   sample: {"status": "ok", "release": "20261129T141500-3f2a9c1d0e"}
+release:
+  description: The release that sent the last answer - its C(X-Flipback-Release) header
+    (added by a flipback instance's uvicorn), else the JSON field C(release); null if
+    neither names one.
+  type: str
+  returned: always
+  sample: 20261129T141500-3f2a9c1d0e
 attempts:
   description: Number of requests sent.
   type: int

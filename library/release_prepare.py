@@ -111,7 +111,7 @@ venv_donor:
   type: str
   returned: success
 warmed:
-  description: Whether the instance of an already staged release runs for this switch:
+  description: Whether the instance of an already staged release runs for this switch -
     started by the call (not waiting for it), so the switch finds it warm, or left
     running by a run that stopped before its end. The warm standby is not. If the
     switch does not happen, the run stops it.

@@ -11,7 +11,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ansible.module_utils.flipback_common import redact_url
-from ansible.module_utils.flipback_health import HEALTH_PATH_EXPECTED, valid_health_path
+from ansible.module_utils.flipback_health import (
+    HEALTH_PATH_EXPECTED,
+    RELEASE_IN,
+    valid_health_path,
+)
 from ansible.module_utils.flipback_runtime import APP_RE, app_and_factory, env_problems
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -38,9 +42,19 @@ DEFAULTS: dict[str, Any] = {
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health",
     "expect_status": [200],
-    "expect_json": {"ok": True},
+    # Nothing is required of the body unless asked: the release is proven by the
+    # X-Flipback-Release header the instance's uvicorn adds (release_in: header).
+    "expect_json": {},
+    "release_in": "header",
+    # The Host the gates ask with: the name the app expects (Django's ALLOWED_HOSTS).
+    "host": "localhost",
     "timeout": 30,
 }
+# A Host header: a DNS name or IPv4 address, optionally with a port.
+HEALTH_HOST_RE = re.compile(
+    r"(?=.{1,253}(?::|$))[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?(?::[1-9][0-9]{0,4})?"
+)
 KNOWN_KEYS = {"name", "source", "app", "port", "user", *DEFAULTS}
 HEALTH_KEYS = set(HEALTH_DEFAULTS)
 SECRET_MASK = "(value not shown)"
@@ -259,8 +273,29 @@ def _check_health(where: str, health: Any, problems: list[str]) -> dict[str, Any
         )
     else:
         merged["expect_status"] = [int(s) for s in status]
+    if merged["expect_json"] is None:
+        merged["expect_json"] = {}
     if not isinstance(merged["expect_json"], Mapping):
         problems.append(_problem(f"{where}.health.expect_json", merged["expect_json"], "a mapping"))
+    if merged["release_in"] not in RELEASE_IN:
+        problems.append(
+            _problem(
+                f"{where}.health.release_in",
+                merged["release_in"],
+                "header (the X-Flipback-Release header uvicorn adds: any app) or json (the "
+                "app's JSON field release echoes FLIPBACK_RELEASE)",
+            )
+        )
+    host = merged["host"]
+    if not isinstance(host, str) or not HEALTH_HOST_RE.fullmatch(host):
+        problems.append(
+            _problem(
+                f"{where}.health.host",
+                host,
+                "a host name or IPv4 address, optionally with :port (the Host header the "
+                "gates send, e.g. the name in Django's ALLOWED_HOSTS)",
+            )
+        )
     timeout = _int(merged["timeout"])
     if timeout is None or not 1 <= timeout <= 600:
         problems.append(_problem(f"{where}.health.timeout", merged["timeout"], "seconds, 1-600"))

@@ -4,8 +4,13 @@ A probe GETs one path until the service has answered as expected for
 `successes` attempts in a row, or until the deadline passes. Each attempt
 either could not reach the service (connection refused, no socket file yet,
 timeout: it may still be starting, so a retry is safe) or got an answer that
-is compared with the expected status codes and top-level JSON fields (an
-answer from the wrong release will not change by asking again).
+is compared with the expected status codes, response headers and top-level JSON
+fields (an answer from the wrong release will not change by asking again).
+
+Which release answered needs nothing from the app: every instance's uvicorn adds
+RELEASE_HEADER, naming its release, to each response it sends (`--header`), and nginx
+passes it on. An app that echoes its release in its JSON (`release`) can be asked
+that way instead.
 
 Time is read and spent through a `Clock`, so the deadline and backoff logic
 can be unit-tested without sleeping.
@@ -30,6 +35,12 @@ READ_LIMIT = 1 << 20
 # (nginx answers 502 while the release's socket does not exist) or from a service
 # that says it is still starting: the same probe may succeed later.
 STARTING_STATUSES = frozenset({502, 503, 504})
+
+# The response header naming the release that answered, added by the instance's uvicorn.
+RELEASE_HEADER = "X-Flipback-Release"
+# How a gate tells which release answered: the header (any app), or the JSON field
+# `release` (an app that echoes FLIPBACK_RELEASE).
+RELEASE_IN = ("header", "json")
 
 
 # One rule for a health path, on the controller (service_config) and the hosts: '/' and
@@ -97,18 +108,25 @@ class Target:
 class Expect:
     status: tuple[int, ...] = (200,)
     json: dict = field(default_factory=dict)
+    # Response headers that must have these values (names compared case-insensitively).
+    headers: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         text = f"status in {list(self.status)}"
+        for name, value in self.headers.items():
+            text += f" and header {name}: {value}"
         if self.json:
             text += f" and JSON fields {json.dumps(self.json, sort_keys=True)}"
         return text
 
 
-def expect_release(status, json_fields: dict, release: str) -> Expect:
-    """A healthy answer of `release`: one of `status`, with `json_fields` and the
-    `release` field naming it (what every gate of a release asks)."""
-    return Expect(status=tuple(status), json={**json_fields, "release": release})
+def expect_release(status, json_fields: dict, release: str, release_in: str = "header") -> Expect:
+    """A healthy answer of `release`: one of `status`, with `json_fields`, naming the
+    release in RELEASE_HEADER (`release_in="header"`) or in the JSON field `release`
+    (`"json"`): what every gate of a release asks."""
+    if release_in == "json":
+        return Expect(status=tuple(status), json={**json_fields, "release": release})
+    return Expect(status=tuple(status), json=dict(json_fields), headers={RELEASE_HEADER: release})
 
 
 # The health parameters of the modules that prove a release through the public port
@@ -119,6 +137,8 @@ PUBLIC_HEALTH_ARGUMENTS: dict[str, dict] = {
     "health_path": {"type": "str", "default": "/health"},
     "expect_status": {"type": "list", "elements": "int", "default": [200]},
     "expect_json": {"type": "dict", "default": {}},
+    "release_in": {"type": "str", "default": "header", "choices": list(RELEASE_IN)},
+    "health_host": {"type": "str", "default": "localhost"},
     "public_successes": {"type": "int", "default": 3},
 }
 
@@ -147,6 +167,18 @@ class Observation:
     body: str = ""
     json: object = None
     error: str | None = None
+    # Response headers, names in lower case.
+    headers: dict = field(default_factory=dict)
+
+    @property
+    def release(self) -> str | None:
+        """The release that answered: the release header, else a JSON `release` field."""
+        named = self.headers.get(RELEASE_HEADER.lower())
+        if named:
+            return named
+        document = self.json if isinstance(self.json, dict) else {}
+        release = document.get("release")
+        return release if isinstance(release, str) else None
 
     @property
     def ok(self) -> bool:
@@ -229,7 +261,11 @@ def attempt(target: Target, expect: Expect, timeout: float) -> Observation:
         return Observation(error=f"{type(exc).__name__}: {exc}")
     finally:
         conn.close()
-    obs = Observation(status=response.status, body=raw.decode("utf-8", errors="replace"))
+    obs = Observation(
+        status=response.status,
+        body=raw.decode("utf-8", errors="replace"),
+        headers={name.lower(): value for name, value in response.getheaders()},
+    )
     try:
         obs.json = json.loads(obs.body)
         parsed = True
@@ -237,9 +273,22 @@ def attempt(target: Target, expect: Expect, timeout: float) -> Observation:
         parsed = False
     if response.status not in expect.status:
         obs.error = f"status {response.status}, expected one of {list(expect.status)}"
-    elif expect.json:
-        obs.error = compare_json(obs.json, expect.json) if parsed else "body is not JSON"
+    else:
+        obs.error = compare_headers(obs.headers, expect.headers)
+        if obs.error is None and expect.json:
+            obs.error = compare_json(obs.json, expect.json) if parsed else "body is not JSON"
     return obs
+
+
+def compare_headers(headers: dict, expected: dict) -> str | None:
+    """Why the answer's headers (names in lower case) lack an expected value, or None."""
+    for name, want in expected.items():
+        got = headers.get(name.lower())
+        if got is None:
+            return f"header {name} missing"
+        if got != want:
+            return f"header {name} is {got!r}, expected {want!r}"
+    return None
 
 
 def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = None) -> dict:
@@ -272,6 +321,7 @@ def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = 
             "status": obs.status,
             "body": obs.body[:BODY_LIMIT],
             "json": obs.json,
+            "release": obs.release,
             "elapsed": round(clock.now() - started, 3),
             "attempts": attempts,
             "consecutive": consecutive,

@@ -46,6 +46,7 @@ from ansible.module_utils.flipback_release import (
     Releases,
     config_report,
     recorded_site,
+    release_in_of,
     validate_release_id,
     validate_service,
 )
@@ -78,6 +79,8 @@ class PrepareSpec:
     health_path: str = "/health"
     expect_status: tuple[int, ...] = (200,)
     expect_json: dict = field(default_factory=dict)
+    release_in: str = "header"
+    health_host: str = "localhost"
     public_successes: int = 3
     noop_timeout: float = 5.0
     standby: bool = True
@@ -404,8 +407,18 @@ class Prepare:
             return True
         try:
             self.prober(
-                Target(url_path=spec.health_path, host="127.0.0.1", port=spec.port),
-                expect_release(spec.expect_status, spec.expect_json, spec.release),
+                Target(
+                    url_path=spec.health_path,
+                    host="127.0.0.1",
+                    port=spec.port,
+                    host_header=spec.health_host,
+                ),
+                expect_release(
+                    spec.expect_status,
+                    spec.expect_json,
+                    spec.release,
+                    release_in_of(spec.root, spec.release, spec.release_in),
+                ),
                 Policy(timeout=spec.noop_timeout, delay=0.05, successes=spec.public_successes),
             )
         except HealthError:

@@ -154,6 +154,17 @@ def read_manifest(root: str, release_id: str) -> dict | None:
     return manifest
 
 
+def release_in_of(root: str, release_id: str, wanted: str) -> str:
+    """How a gate tells that `release_id` answered: `wanted` ("header" or "json") if the
+    release's unit adds the release header, else "json" (a release staged by a flipback
+    before the header, whose app echoes its release in JSON)."""
+    try:
+        config = (read_manifest(root, release_id) or {}).get("config") or {}
+    except ReleaseError:
+        config = {}
+    return wanted if config.get("release_header") else "json"
+
+
 def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, str] | None]:
     """(config, env values) a staged release runs with; None for what cannot be read
     (a release staged by an older flipback has no config; values need root)."""

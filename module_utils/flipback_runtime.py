@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError
+from ansible.module_utils.flipback_health import RELEASE_HEADER
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 APP_RE = re.compile(
@@ -280,7 +281,7 @@ RuntimeDirectoryMode=0750
 ExecStartPost=+/usr/bin/chgrp {NGINX_GROUP} {socket_dir}/%i
 ExecStart={home}/releases/%i/venv/bin/python -m uvicorn {app}{factory_flag} \
 --uds {socket_dir}/%i/app.sock --workers {workers} --no-access-log \
---timeout-graceful-shutdown 20
+--timeout-graceful-shutdown 20 --header {RELEASE_HEADER}:%i
 Restart=on-failure
 RestartSec=1
 TimeoutStopSec=30
@@ -352,11 +353,23 @@ def run_config(
         "env_names": sorted(env),
         "env_digest": env_digest(service, env),
         "unit_sha256": sha256_text(unit),
+        # Its uvicorn adds RELEASE_HEADER (the release id) to every response.
+        "release_header": True,
     }
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
-    keys = ("app", "factory", "workers", "port", "user", "env_names", "env_digest", "unit_sha256")
+    keys = (
+        "app",
+        "factory",
+        "workers",
+        "port",
+        "user",
+        "env_names",
+        "env_digest",
+        "unit_sha256",
+        "release_header",
+    )
     canonical = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -209,17 +209,16 @@ def probe_once(port: int, health: Mapping[str, Any], timeout: float) -> dict:
     """One GET of 127.0.0.1:<port><path>, no retry: a report shows now, it does not wait."""
     started = time.monotonic()
     obs = attempt(
-        Target(url_path=health["path"], port=port),
-        Expect(status=tuple(health["expect_status"]), json=dict(health["expect_json"])),
+        Target(url_path=health["path"], port=port, host_header=health.get("host", "localhost")),
+        Expect(status=tuple(health["expect_status"]), json=dict(health["expect_json"] or {})),
         timeout,
     )
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-    document = obs.json if isinstance(obs.json, dict) else {}
-    release = document.get("release")
     return {
         "ok": obs.ok,
         "status": obs.status,
-        "release": release if isinstance(release, str) else None,
+        # Who answered: the release header uvicorn adds, else the app's JSON `release`.
+        "release": obs.release,
         "latency_ms": elapsed_ms if obs.status is not None else None,
         "error": obs.error,
     }

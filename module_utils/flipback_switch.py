@@ -69,6 +69,7 @@ from ansible.module_utils.flipback_release import (
     as_if_activated,
     plan_prune,
     recorded_site,
+    release_in_of,
     validate_positive,
     validate_release_id,
 )
@@ -123,6 +124,9 @@ class SwitchSpec:
     health_path: str = "/health"
     expect_status: tuple[int, ...] = (200,)
     expect_json: dict = field(default_factory=dict)
+    # How the gates tell the release answered (header or json), and the Host they send.
+    release_in: str = "header"
+    health_host: str = "localhost"
     health_timeout: float = 30.0
     public_successes: int = 3
     drain_seconds: float = 1.0
@@ -213,19 +217,29 @@ class Switch:
     # -- gates
     def _expect(self) -> Expect:
         spec = self.spec
-        return expect_release(spec.expect_status, spec.expect_json, spec.release)
+        release_in = release_in_of(spec.root, spec.release, spec.release_in)
+        return expect_release(spec.expect_status, spec.expect_json, spec.release, release_in)
 
     def _gate_private(self) -> dict:
         socket_path = os.path.join(self.spec.socket_dir, self.spec.release, "app.sock")
         return self.prober(
-            Target(url_path=self.spec.health_path, unix_socket=socket_path),
+            Target(
+                url_path=self.spec.health_path,
+                unix_socket=socket_path,
+                host_header=self.spec.health_host,
+            ),
             self._expect(),
             Policy(timeout=self.spec.health_timeout, delay=0.1),
         )
 
     def _gate_public(self) -> dict:
         return self.prober(
-            Target(url_path=self.spec.health_path, host="127.0.0.1", port=self.spec.port),
+            Target(
+                url_path=self.spec.health_path,
+                host="127.0.0.1",
+                port=self.spec.port,
+                host_header=self.spec.health_host,
+            ),
             self._expect(),
             Policy(
                 timeout=self.spec.health_timeout,

@@ -25,9 +25,24 @@ options:
     elements: int
     default: [200]
   expect_json:
-    description: JSON fields a healthy answer has; C(release) is always added.
+    description: JSON fields a healthy answer has (none by default).
     type: dict
     default: {}
+  release_in:
+    description:
+      - How an answer proves which release sent it. V(header) - the C(X-Flipback-Release)
+        response header, which the instance's uvicorn adds to every response (needs
+        nothing from the app). V(json) - the JSON field C(release), for an app that
+        echoes C(FLIPBACK_RELEASE).
+      - A release staged by a flipback before the header is always asked with V(json).
+    type: str
+    default: header
+    choices: [header, json]
+  health_host:
+    description: The C(Host) header of every health request (the name the app expects,
+      e.g. one of Django's C(ALLOWED_HOSTS)).
+    type: str
+    default: localhost
   public_successes:
     description:
       - Answers in a row through the public port, each naming the release, that prove

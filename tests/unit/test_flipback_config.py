@@ -154,6 +154,22 @@ W0 = "flipback_services[0]"
             id="expect-json-list",
         ),
         pytest.param({"health": {"timeout": 0}}, f"{W}.health.timeout", "got 0,", id="timeout-0"),
+        pytest.param(
+            {"health": {"release_in": "body"}}, f"{W}.health.release_in", "'body'", id="release-in"
+        ),
+        pytest.param(
+            {"health": {"host": "shop example"}}, f"{W}.health.host", "'shop example'", id="host"
+        ),
+        pytest.param(
+            {"health": {"host": "shop.example\n"}},
+            f"{W}.health.host",
+            "'shop.example\\n'",
+            id="host-newline",
+        ),
+        pytest.param({"health": {"host": ""}}, f"{W}.health.host", "''", id="host-empty"),
+        pytest.param(
+            {"health": {"host": "a.b:99999x"}}, f"{W}.health.host", "'a.b:99999x'", id="host-port"
+        ),
         pytest.param({"health": {"timeout": 601}}, f"{W}.health.timeout", "601", id="timeout-601"),
         pytest.param({"health": {"url": "/x"}}, f"{W}.health", "['url']", id="health-unknown-key"),
         pytest.param({"colour": "blue"}, W, "['colour']", id="unknown-key"),
@@ -450,7 +466,9 @@ def test_values_are_normalized():
     assert svc["health"] == {
         "path": "/ready",
         "expect_status": [204],
-        "expect_json": {"ok": True},
+        "expect_json": {},
+        "release_in": "header",
+        "host": "localhost",
         "timeout": 10,
     }
 
@@ -609,3 +627,11 @@ def test_the_hold_of_a_longer_rollout_is_longer():
     )
     many = lock_hold(hosts=8, canary=1, batch="1", forks=20, switch_seconds=[91.0], stale_after=120)
     assert many > short > 120
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "shop.example.com", "shop.example.com:8443", "10.0.0.5", "a-b.c."]
+)
+def test_a_health_host_the_gates_can_send(host):
+    (svc,) = check_request([service(health={"host": host, "release_in": "json"})])["services"]
+    assert (svc["health"]["host"], svc["health"]["release_in"]) == (host, "json")

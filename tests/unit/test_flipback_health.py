@@ -34,6 +34,7 @@ class Reply:
     status: int = 200
     body: str = OK
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -47,6 +48,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in reply.headers:
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -453,8 +456,18 @@ def test_invalid_input_fails_before_probing(target, expect, policy, field):
 
 
 def test_expect_release_names_the_release_over_the_configured_fields():
-    expect = flipback_health.expect_release([200, 204], {"ok": True, "release": "x"}, "r1")
+    expect = flipback_health.expect_release(
+        [200, 204], {"ok": True, "release": "x"}, "r1", release_in="json"
+    )
     assert expect == flipback_health.Expect(status=(200, 204), json={"ok": True, "release": "r1"})
+
+
+def test_expect_release_asks_the_release_header_by_default():
+    expect = flipback_health.expect_release([200], {"ok": True}, "r1")
+    assert expect == flipback_health.Expect(
+        status=(200,), json={"ok": True}, headers={"X-Flipback-Release": "r1"}
+    )
+    assert "header X-Flipback-Release: r1" in expect.describe()
 
 
 def test_public_health_takes_exactly_its_arguments_as_the_specs_want_them():
@@ -463,6 +476,8 @@ def test_public_health_takes_exactly_its_arguments_as_the_specs_want_them():
         "health_path": "/ready",
         "expect_status": [200],
         "expect_json": {"ok": True},
+        "release_in": "header",
+        "health_host": "shop.example",
         "public_successes": 2,
         "service": "shop",
     }
@@ -471,6 +486,65 @@ def test_public_health_takes_exactly_its_arguments_as_the_specs_want_them():
         "health_path": "/ready",
         "expect_status": (200,),
         "expect_json": {"ok": True},
+        "release_in": "header",
+        "health_host": "shop.example",
         "public_successes": 2,
     }
     assert set(flipback_health.PUBLIC_HEALTH_ARGUMENTS) == set(params) - {"service"}
+
+
+NAMED_R2 = (("x-flipback-release", "r2"),)
+
+
+@pytest.mark.parametrize(
+    ("reply", "ok", "error"),
+    [
+        pytest.param(Reply(body="OK", headers=NAMED_R2), True, None, id="header-any-body"),
+        pytest.param(
+            Reply(headers=(("X-FLIPBACK-RELEASE", "r2"),)), True, None, id="name-any-case"
+        ),
+        pytest.param(
+            Reply(headers=(("x-flipback-release", "r1"),)),
+            False,
+            "header X-Flipback-Release is 'r1', expected 'r2'",
+            id="another-release",
+        ),
+        pytest.param(Reply(), False, "header X-Flipback-Release missing", id="no-header"),
+    ],
+)
+def test_attempt_checks_the_release_header(serve, reply, ok, error):
+    server = serve(reply)
+    expect = flipback_health.expect_release([200], {}, "r2")
+
+    obs = flipback_health.attempt(server.target(), expect, 2.0)
+
+    assert (obs.ok, obs.error) == (ok, error)
+
+
+def test_attempt_checks_the_header_before_the_json_fields(serve):
+    server = serve(Reply(body=json.dumps({"ok": False}), headers=NAMED_R2))
+    expect = flipback_health.expect_release([200], {"ok": True}, "r2")
+
+    obs = flipback_health.attempt(server.target(), expect, 2.0)
+
+    assert obs.error == "JSON field 'ok' is False, expected True"
+
+
+@pytest.mark.parametrize(
+    ("reply", "release"),
+    [
+        pytest.param(Reply(body="OK", headers=NAMED_R2), "r2", id="header"),
+        pytest.param(Reply(body=json.dumps({"release": "r1"})), "r1", id="json-field"),
+        pytest.param(
+            Reply(body=json.dumps({"release": "r1"}), headers=NAMED_R2), "r2", id="header-first"
+        ),
+        pytest.param(Reply(body="OK"), None, id="neither"),
+        pytest.param(Reply(body=json.dumps({"release": 3})), None, id="not-a-name"),
+    ],
+)
+def test_the_release_that_answered(serve, reply, release):
+    server = serve(reply)
+
+    result = probe(server.target(), Expect(), Policy(), FakeClock())
+
+    assert result["release"] == release

@@ -579,7 +579,7 @@ def test_unit_text_runs_the_release_as_configured():
     assert found["ExecStart"] == [
         "/srv/shop/releases/%i/venv/bin/python -m uvicorn pkg.main:app "
         "--uds /run/flipback-shop/%i/app.sock --workers 3 --no-access-log "
-        "--timeout-graceful-shutdown 20"
+        "--timeout-graceful-shutdown 20 --header X-Flipback-Release:%i"
     ]
     assert found["WantedBy"] == ["multi-user.target"]
 
@@ -648,6 +648,7 @@ def test_run_config_records_names_and_a_digest_never_values():
                 service=SERVICE, home=HOME, user="shopuser", app="app:app", factory=False, workers=2
             )
         ),
+        "release_header": True,
     }
     assert SECRET not in repr(recorded)
 

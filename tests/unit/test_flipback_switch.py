@@ -1829,3 +1829,34 @@ def test_a_failed_gate_1_does_not_ask_about_nginx(tree):
 
     assert "nginx" not in failed.value.msg
     assert not [c for c in host.calls if c[:2] == ["systemctl", "is-active"]]
+
+
+@pytest.mark.parametrize("release_in", ["header", "json"])
+def test_the_gates_ask_a_release_whose_unit_adds_the_header_as_configured(tree, release_in):
+    # A listened on 8000 as an older flipback staged it (no header); B is staged with
+    # its configuration, so its uvicorn names it in X-Flipback-Release.
+    tree.release(A).release(B, port=8000)
+    tree.events((A, "staged"), (A, "active"), (B, "staged")).current(A)
+    host = Host(tree, active=[UNIT_A], enabled=[UNIT_A])
+
+    host.switch(release_in=release_in, health_host="shop.example").switch(check_mode=False)
+
+    for target, expect, _policy in host.probes:
+        assert target.host_header == "shop.example"
+        if release_in == "header":
+            assert expect.headers == {"X-Flipback-Release": B}
+            assert "release" not in expect.json
+        else:
+            assert (expect.headers, expect.json["release"]) == ({}, B)
+
+
+def test_a_rollback_to_a_release_staged_before_the_header_asks_its_json(tree):
+    tree.release(A).release(B, port=8000)
+    tree.events((A, "staged"), (A, "active"), (B, "staged"), (B, "active")).current(B)
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_B])
+
+    result = host.switch("", action="rollback", release_in="header").switch(check_mode=False)
+
+    assert result["release"] == A
+    for _target, expect, _policy in host.probes:
+        assert (expect.headers, expect.json["release"]) == ({}, A)

@@ -16,7 +16,12 @@ from ansible.module_utils.flipback_health import (
     RELEASE_IN,
     valid_health_path,
 )
-from ansible.module_utils.flipback_runtime import APP_RE, app_and_factory, env_problems
+from ansible.module_utils.flipback_runtime import (
+    APP_RE,
+    NGINX_DEFAULTS,
+    app_and_factory,
+    env_problems,
+)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -38,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "health": {},
     # Take an existing account as `user` (flipback refuses one it did not create).
     "adopt_user": False,
+    # How nginx serves the service (NGINX_DEFAULTS) and whether uvicorn logs requests.
+    "nginx": {},
+    "access_log": False,
 }
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health",
@@ -232,9 +240,102 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
                 "true or false (true: use an existing account made for this service)",
             )
         )
+    if not isinstance(svc.get("access_log"), bool):
+        problems.append(_problem(f"{where}.access_log", svc.get("access_log"), "true or false"))
     svc["env"] = _check_env(where, svc.get("env"), problems)
-    svc["health"] = _check_health(where, svc.get("health"), problems)
+    svc["nginx"] = _check_nginx(where, svc.get("nginx"), problems)
+    health = svc.get("health")
+    names = svc["nginx"]["server_name"]
+    if names and (health is None or (isinstance(health, Mapping) and "host" not in health)):
+        # The gates ask with the name the site answers to (and the app expects).
+        health = {**(health or {}), "host": names[0].lstrip("*.")}
+    svc["health"] = _check_health(where, health, problems)
     return svc
+
+
+# A server name of the site: a host name, optionally with a leading '*.' wildcard.
+SERVER_NAME_RE = re.compile(
+    r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+# An nginx size: bytes, or k/m/g; 0 lifts the limit.
+SIZE_RE = re.compile(r"(?:0|[1-9][0-9]{0,9})[kKmMgG]?")
+# A static URL prefix: '/', path characters, ending in '/'.
+STATIC_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
+STATIC_DIR_RE = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*/?")
+
+
+def _check_nginx(where: str, nginx: Any, problems: list[str]) -> dict[str, Any]:
+    if nginx is None:
+        nginx = {}
+    if not isinstance(nginx, Mapping):
+        problems.append(_problem(f"{where}.nginx", nginx, "a mapping"))
+        return dict(NGINX_DEFAULTS)
+    merged = {**NGINX_DEFAULTS, **nginx}
+    unknown = sorted(set(merged) - set(NGINX_DEFAULTS))
+    if unknown:
+        problems.append(_problem(f"{where}.nginx", unknown, f"only {sorted(NGINX_DEFAULTS)}"))
+    names = merged["server_name"]
+    if isinstance(names, str):
+        names = [names]
+    if (
+        not isinstance(names, list)
+        or len(names) > 16
+        or not all(isinstance(n, str) and SERVER_NAME_RE.fullmatch(n) for n in names)
+    ):
+        problems.append(
+            _problem(
+                f"{where}.nginx.server_name",
+                merged["server_name"],
+                "a host name or a list of up to 16 (a leading '*.' allowed)",
+            )
+        )
+        # Refused: nothing else (the gates' Host) is derived from it.
+        merged["server_name"] = []
+    else:
+        merged["server_name"] = names
+    timeout = _int(merged["read_timeout"])
+    if timeout is None or not 1 <= timeout <= 86400:
+        problems.append(
+            _problem(f"{where}.nginx.read_timeout", merged["read_timeout"], "seconds, 1-86400")
+        )
+    else:
+        merged["read_timeout"] = timeout
+    size = merged["max_body"]
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = str(size)
+    if not isinstance(size, str) or not SIZE_RE.fullmatch(size):
+        problems.append(
+            _problem(
+                f"{where}.nginx.max_body",
+                merged["max_body"],
+                "an nginx size: bytes, or with k, m or g (e.g. 10m); 0 for no limit",
+            )
+        )
+    else:
+        merged["max_body"] = size
+    static = merged["static"]
+    if not isinstance(static, Mapping) or not all(
+        isinstance(prefix, str)
+        and STATIC_PREFIX_RE.fullmatch(prefix)
+        and prefix != "/"
+        and isinstance(directory, str)
+        and STATIC_DIR_RE.fullmatch(directory)
+        and not any(part in (".", "..") for part in directory.split("/"))
+        for prefix, directory in static.items()
+    ):
+        problems.append(
+            _problem(
+                f"{where}.nginx.static",
+                static,
+                "a mapping of URL prefix ('/static/': starts and ends with '/', not '/ "
+                "alone') to a directory relative to the release ('static') or under the "
+                "service's shared/ ('shared/media'), without '.' or '..'",
+            )
+        )
+    else:
+        merged["static"] = dict(static)
+    return merged
 
 
 def _check_env(where: str, env: Any, problems: list[str]) -> dict[str, str]:

@@ -187,7 +187,13 @@ def recorded_site(root: str, service: str, release_id: str) -> tuple[str, int] |
     port = (config or {}).get("port")
     if not isinstance(port, int) or isinstance(port, bool):
         return None
-    return site_text(service=service, home=root, port=port), port
+    nginx = (config or {}).get("nginx")
+    return (
+        site_text(
+            service=service, home=root, port=port, nginx=nginx if isinstance(nginx, dict) else None
+        ),
+        port,
+    )
 
 
 def config_report(

@@ -211,23 +211,71 @@ def site_path(service: str, site_dir: str = SITE_DIR) -> str:
     return f"{site_dir}/flipback-{service}.conf"
 
 
-def site_text(*, service: str, home: str, port: int) -> str:
+# How nginx serves a release, as a service defines it (`nginx:`); the site of a release
+# staged before these existed is written with these defaults.
+NGINX_DEFAULTS: dict[str, Any] = {
+    "server_name": [],
+    # Seconds nginx waits between two reads from the app (a long response, a quiet
+    # WebSocket) before it gives up: nginx's own default.
+    "read_timeout": 60,
+    # Largest request body (nginx size: 1m, 512k, 0 = no limit): nginx's own default.
+    "max_body": "1m",
+    # URL prefix -> directory nginx serves directly: relative to the release
+    # (`static`, e.g. after collectstatic) or under the service's `shared/`.
+    "static": {},
+}
+
+
+def user_include_dir(service: str) -> str:
+    """Where a user's own nginx directives for `service` live: included inside its
+    server block, never written by flipback."""
+    return f"/etc/nginx/flipback/{service}"
+
+
+def site_text(*, service: str, home: str, port: int, nginx: Mapping[str, Any] | None = None) -> str:
     """The nginx site of `service` while a release listening on `port` is live."""
+    conf = {**NGINX_DEFAULTS, **(nginx or {})}
+    upgrade = "$flipback_" + service.replace("-", "_") + "_connection"
+    names = f"    server_name {' '.join(conf['server_name'])};\n" if conf["server_name"] else ""
+    static = ""
+    for prefix, directory in sorted(conf["static"].items()):
+        where = (
+            f"{home}/{directory}"
+            if directory.startswith("shared/")
+            else (f"{home}/current/{directory}")
+        )
+        static += f"\n    location ^~ {prefix} {{\n        alias {where.rstrip('/')}/;\n    }}\n"
     return f"""\
 # flipback: public port of {service}, as the live release defines it; written by the
 # switch that makes a release live. The upstream path goes through the `current`
 # symlink and is resolved at every connect, so renaming `current` moves new connections
-# to the new release with no nginx reload.
+# to the new release with no nginx reload. Own directives go in
+# {user_include_dir(service)}/*.conf (included below, never written by flipback).
+
+# WebSockets: the Upgrade handshake passes through; other requests close as before.
+map $http_upgrade {upgrade} {{
+    default upgrade;
+    "" close;
+}}
+
 server {{
     listen {port};
     listen [::]:{port};
+{names}    client_max_body_size {conf["max_body"]};
 
     location / {{
         proxy_pass http://unix:{home}/current/sock:;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection {upgrade};
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_read_timeout {conf["read_timeout"]}s;
+        proxy_send_timeout {conf["read_timeout"]}s;
     }}
+{static}
+    include {user_include_dir(service)}/*.conf;
 }}
 """
 
@@ -255,10 +303,20 @@ def flipback_template(path: str, service: str) -> bool:
         return False
 
 
-def unit_text(*, service: str, home: str, user: str, app: str, factory: bool, workers: int) -> str:
+def unit_text(
+    *,
+    service: str,
+    home: str,
+    user: str,
+    app: str,
+    factory: bool,
+    workers: int,
+    access_log: bool = False,
+) -> str:
     """The systemd unit of one release of `service` (its id is the instance, %i)."""
     socket_dir = socket_dir_of(service)
     factory_flag = " --factory" if factory else ""
+    access_flag = "" if access_log else " --no-access-log"
     return f"""\
 # flipback: one release of {service}, written at staging and never changed; the
 # release's own configuration (app, workers, env file) is in this file.
@@ -280,7 +338,7 @@ RuntimeDirectory=flipback-{service}/%i
 RuntimeDirectoryMode=0750
 ExecStartPost=+/usr/bin/chgrp {NGINX_GROUP} {socket_dir}/%i
 ExecStart={home}/releases/%i/venv/bin/python -m uvicorn {app}{factory_flag} \
---uds {socket_dir}/%i/app.sock --workers {workers} --no-access-log \
+--uds {socket_dir}/%i/app.sock --workers {workers}{access_flag} \
 --timeout-graceful-shutdown 20 --header {RELEASE_HEADER}:%i
 Restart=on-failure
 RestartSec=1
@@ -338,11 +396,19 @@ def run_config(
     workers: int,
     port: int,
     env: Mapping[str, str],
+    nginx: Mapping[str, Any] | None = None,
+    access_log: bool = False,
 ) -> dict[str, Any]:
     """What the manifest records of how a release runs (env names and a digest only)."""
     app, factory = app_and_factory(app, factory)
     unit = unit_text(
-        service=service, home=home, user=user, app=app, factory=factory, workers=workers
+        service=service,
+        home=home,
+        user=user,
+        app=app,
+        factory=factory,
+        workers=workers,
+        access_log=access_log,
     )
     return {
         "app": app,
@@ -355,6 +421,9 @@ def run_config(
         "unit_sha256": sha256_text(unit),
         # Its uvicorn adds RELEASE_HEADER (the release id) to every response.
         "release_header": True,
+        "access_log": bool(access_log),
+        # How nginx serves it (the site is written from this when it goes live).
+        "nginx": {**NGINX_DEFAULTS, **(nginx or {})},
     }
 
 
@@ -369,6 +438,8 @@ def config_digest(config: Mapping[str, Any]) -> str:
         "env_digest",
         "unit_sha256",
         "release_header",
+        "access_log",
+        "nginx",
     )
     canonical = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -456,6 +527,8 @@ def resolve_release(
     env: Any,
     build_id: str,
     root: str = "",
+    nginx: Mapping[str, Any] | None = None,
+    access_log: bool = False,
 ) -> dict[str, Any]:
     """The release a build becomes with this configuration: its id and what its manifest
     records. Env values are checked (never returned, never echoed)."""
@@ -480,6 +553,8 @@ def resolve_release(
         workers=workers,
         port=port,
         env=clean,
+        nginx=nginx,
+        access_log=access_log,
     )
     return {"release": release_id_for(build_id, config), "config": config, "build_id": build_id}
 
@@ -556,5 +631,7 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
         env=params["env"],
         build_id=params["build_id"],
         root=params["root"],
+        nginx=svc.get("nginx") or None,
+        access_log=bool(svc.get("access_log", False)),
     )
     return {"service": name, **result}

@@ -16,6 +16,7 @@ from ansible.module_utils.flipback_config import (
     serial_batches,
     switch_seconds,
 )
+from ansible.module_utils.flipback_runtime import NGINX_DEFAULTS
 
 SECRET = "s3cr3t-hunter2"
 RELEASE = "20261129T141500-3f2a9c1d0e"
@@ -405,6 +406,8 @@ def test_defaults_are_filled_in():
         "keep_releases": 5,
         "user": "web",
         "adopt_user": False,
+        "access_log": False,
+        "nginx": NGINX_DEFAULTS,
         "env": {},
         "health": HEALTH_DEFAULTS,
     }
@@ -635,3 +638,61 @@ def test_the_hold_of_a_longer_rollout_is_longer():
 def test_a_health_host_the_gates_can_send(host):
     (svc,) = check_request([service(health={"host": host, "release_in": "json"})])["services"]
     assert (svc["health"]["host"], svc["health"]["release_in"]) == (host, "json")
+
+
+@pytest.mark.parametrize(
+    ("nginx", "field", "shown"),
+    [
+        pytest.param({"server_name": "bad name"}, "nginx.server_name", "'bad name'", id="name"),
+        pytest.param({"server_name": ["a.b;"]}, "nginx.server_name", "['a.b;']", id="name-semi"),
+        pytest.param({"read_timeout": 0}, "nginx.read_timeout", "got 0,", id="timeout-0"),
+        pytest.param({"read_timeout": "1h"}, "nginx.read_timeout", "'1h'", id="timeout-text"),
+        pytest.param({"max_body": "10 m"}, "nginx.max_body", "'10 m'", id="size-space"),
+        pytest.param({"max_body": "1t"}, "nginx.max_body", "'1t'", id="size-unit"),
+        pytest.param({"static": {"static": "static"}}, "nginx.static", "'static'", id="prefix"),
+        pytest.param({"static": {"/": "static"}}, "nginx.static", "'/'", id="prefix-root"),
+        pytest.param({"static": {"/s/": "../etc"}}, "nginx.static", "'../etc'", id="dir-up"),
+        pytest.param({"static": {"/s/": "/etc"}}, "nginx.static", "'/etc'", id="dir-abs"),
+        pytest.param({"static": {"/s/": "a;b"}}, "nginx.static", "'a;b'", id="dir-semi"),
+        pytest.param({"gzip": True}, "nginx", "['gzip']", id="unknown"),
+        pytest.param(["x"], "nginx", "['x']", id="not-a-mapping"),
+    ],
+)
+def test_bad_nginx_options_are_refused_naming_field_and_value(nginx, field, shown):
+    with pytest.raises(ConfigError) as failed:
+        check_request([service(nginx=nginx)])
+
+    (problem,) = failed.value.problems
+    assert problem.startswith(f"flipback_services[0] (web).{field}: got ")
+    assert shown in problem
+
+
+def test_access_log_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"\(web\)\.access_log: got 'yes'"):
+        check_request([service(access_log="yes")])
+
+
+def test_nginx_options_are_normalized():
+    (svc,) = check_request(
+        [service(nginx={"server_name": "shop.example.com", "max_body": 0, "read_timeout": "90"})]
+    )["services"]
+    assert svc["nginx"] == {
+        **NGINX_DEFAULTS,
+        "server_name": ["shop.example.com"],
+        "max_body": "0",
+        "read_timeout": 90,
+    }
+
+
+@pytest.mark.parametrize(
+    ("health", "host"),
+    [
+        pytest.param(None, "shop.example.com", id="from-the-server-name"),
+        pytest.param({"path": "/ok"}, "shop.example.com", id="health-without-host"),
+        pytest.param({"host": "internal.test"}, "internal.test", id="own-host"),
+    ],
+)
+def test_the_gates_ask_with_the_server_name_unless_told(health, host):
+    names = ["*.shop.example.com"] if host == "shop.example.com" else ["x.example.com"]
+    (svc,) = check_request([service(nginx={"server_name": names}, health=health)])["services"]
+    assert svc["health"]["host"] == host

@@ -19,6 +19,7 @@ from ansible.module_utils.flipback_runtime import (
     CONFIG_ARGUMENT_SPEC,
     ENV_DIGEST_ROUNDS,
     MAX_ENV_VALUE,
+    NGINX_DEFAULTS,
     RESERVED_ENV_NAMES,
     RESERVED_ENV_PREFIXES,
     SITE_DIR,
@@ -499,15 +500,26 @@ def test_site_text_listens_on_the_port_and_proxies_through_current():
     text = site_text(service=SERVICE, home=HOME, port=8000)
 
     assert site_lines(text) == [
+        "map $http_upgrade $flipback_shop_connection {",
+        "default upgrade;",
+        '"" close;',
+        "}",
         "server {",
         "listen 8000;",
         "listen [::]:8000;",
+        "client_max_body_size 1m;",
         "location / {",
         "proxy_pass http://unix:/srv/shop/current/sock:;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $flipback_shop_connection;",
         "proxy_set_header Host $host;",
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_read_timeout 60s;",
+        "proxy_send_timeout 60s;",
         "}",
+        "include /etc/nginx/flipback/shop/*.conf;",
         "}",
     ]
     assert text.startswith(f"# flipback: public port of {SERVICE}")
@@ -649,6 +661,8 @@ def test_run_config_records_names_and_a_digest_never_values():
             )
         ),
         "release_header": True,
+        "access_log": False,
+        "nginx": NGINX_DEFAULTS,
     }
     assert SECRET not in repr(recorded)
 
@@ -1200,3 +1214,62 @@ def test_staged_files_refuses_what_the_release_id_does_not_stand_for(staged, cha
     if says == MISMATCH:
         assert "the configuration changed since the release id was worked out" in problem
     assert SECRET not in error.msg
+
+
+def test_site_text_of_a_service_with_its_own_nginx_options():
+    text = site_text(
+        service="my-shop",
+        home="/srv/my-shop",
+        port=8000,
+        nginx={
+            "server_name": ["shop.example.com", "*.shop.example.com"],
+            "read_timeout": 3600,
+            "max_body": "20m",
+            "static": {"/static/": "static", "/media/": "shared/media/"},
+        },
+    )
+    lines = site_lines(text)
+
+    assert "map $http_upgrade $flipback_my_shop_connection {" in lines
+    assert "server_name shop.example.com *.shop.example.com;" in lines
+    assert "client_max_body_size 20m;" in lines
+    assert tuple(line for line in lines if line.startswith(("proxy_read", "proxy_send"))) == (
+        "proxy_read_timeout 3600s;",
+        "proxy_send_timeout 3600s;",
+    )
+    # Static files: the release's through `current` (they switch with it), shared/ as is.
+    static = lines.index("location ^~ /static/ {")
+    assert lines[static + 1] == "alias /srv/my-shop/current/static/;"
+    media = lines.index("location ^~ /media/ {")
+    assert lines[media + 1] == "alias /srv/my-shop/shared/media/;"
+    assert lines[-2:] == ["include /etc/nginx/flipback/my-shop/*.conf;", "}"]
+
+
+def test_a_site_of_a_release_staged_before_the_nginx_options_gets_the_defaults():
+    assert site_text(service=SERVICE, home=HOME, port=8000) == site_text(
+        service=SERVICE, home=HOME, port=8000, nginx=NGINX_DEFAULTS
+    )
+
+
+@pytest.mark.parametrize(("access_log", "flag"), [(False, True), (True, False)])
+def test_access_log_drops_the_no_access_log_flag(access_log, flag):
+    unit = unit_text(
+        service=SERVICE,
+        home=HOME,
+        user="shop",
+        app="app:app",
+        factory=False,
+        workers=1,
+        access_log=access_log,
+    )
+    assert ("--no-access-log" in unit) is flag
+
+
+def test_nginx_options_and_access_log_are_part_of_the_release():
+    base = dict(service=SERVICE, home=HOME, user="shop", app="app:app", factory=False)
+    plain = run_config(**base, workers=1, port=8000, env={})
+    logged = run_config(**base, workers=1, port=8000, env={}, access_log=True)
+    bigger = run_config(**base, workers=1, port=8000, env={}, nginx={"max_body": "5m"})
+    digests = {config_digest(c) for c in (plain, logged, bigger)}
+    assert len(digests) == 3
+    assert bigger["nginx"] == {**NGINX_DEFAULTS, "max_body": "5m"}

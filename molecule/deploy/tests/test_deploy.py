@@ -51,6 +51,38 @@ def test_public_port_answers_with_v2(host):
     assert body == {"ok": True, "service": "hello", "release": lib.current_id(host)}
 
 
+def test_every_answer_names_its_release_in_a_header(host):
+    # Added by the instance's uvicorn (--header), passed on by nginx: any path, any app.
+    for path in ("/health", "/", "/no-such-page"):
+        out = host.run(f"curl -sS -o /dev/null -D - --max-time 5 http://127.0.0.1:8000{path}")
+        assert out.rc == 0, out.stderr
+        headers = dict(line.split(": ", 1) for line in out.stdout.splitlines()[1:] if ": " in line)
+        named = {k.lower(): v for k, v in headers.items()}.get("x-flipback-release")
+        assert named == lib.current_id(host), out.stdout
+
+
+def test_own_nginx_directives_are_included_and_kept(host):
+    # The include flipback never writes: a user's directive applies to the service's site.
+    own = "/etc/nginx/flipback/hello/own.conf"
+    setup = host.run(
+        f"mkdir -p /etc/nginx/flipback/hello && echo 'add_header X-Own-Directive kept always;'"
+        f" > {own} && nginx -t && systemctl reload nginx"
+    )
+    assert setup.rc == 0, setup.stderr
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            out = host.run("curl -sS -o /dev/null -D - --max-time 5 http://127.0.0.1:8000/health")
+            if "x-own-directive: kept" in out.stdout.lower() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "x-own-directive: kept" in out.stdout.lower(), out.stdout
+        site = host.file("/etc/nginx/conf.d/flipback-hello.conf").content_string
+        assert "include /etc/nginx/flipback/hello/*.conf;" in site
+    finally:
+        host.run(f"rm -f {own} && systemctl reload nginx")
+
+
 def test_private_socket_is_the_release_s_own(host):
     release = lib.current_id(host)
     sock = host.file(f"/srv/hello/releases/{release}/sock")

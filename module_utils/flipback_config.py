@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ansible.module_utils.flipback_command import normalize_commands
 from ansible.module_utils.flipback_common import redact_url
 from ansible.module_utils.flipback_health import (
     HEALTH_PATH_EXPECTED,
@@ -46,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     # How nginx serves the service (NGINX_DEFAULTS) and whether uvicorn logs requests.
     "nginx": {},
     "access_log": False,
+    # Commands of each release at named points of a deploy (flipback_command.POINTS).
+    "commands": {},
 }
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health",
@@ -243,6 +246,7 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
     if not isinstance(svc.get("access_log"), bool):
         problems.append(_problem(f"{where}.access_log", svc.get("access_log"), "true or false"))
     svc["env"] = _check_env(where, svc.get("env"), problems)
+    svc["commands"] = normalize_commands(where, svc.get("commands"), problems)
     svc["nginx"] = _check_nginx(where, svc.get("nginx"), problems)
     health = svc.get("health")
     names = svc["nginx"]["server_name"]

@@ -43,7 +43,9 @@ from ansible.module_utils.flipback_runtime import (
 SERVICE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 RELEASE_ID_EXAMPLE = "20261129T141500-3f2a9c1d0e"
-EVENTS = ("staged", "active", "failed", "rolled_back", "pruned")
+EVENTS = ("staged", "active", "failed", "rolled_back", "pruned", "command")
+# Events that say what ran, not what became of a release: they never decide its status.
+NOTE_EVENTS = ("command",)
 # "active" is written only by activate, which also flips `current`.
 RECORDABLE_EVENTS = ("staged", "failed", "rolled_back", "pruned")
 MANIFEST = "manifest.json"
@@ -494,6 +496,8 @@ def scan(root: str, service: str, now: float) -> State:
     last_active: dict[str, int] = {}
     last_staged: dict[str, int] = {}
     for position, event in enumerate(history):
+        if event["event"] in NOTE_EVENTS:
+            continue
         last_event[event["release"]] = event
         if event["event"] == "active":
             last_active[event["release"]] = position

@@ -398,6 +398,7 @@ def run_config(
     env: Mapping[str, str],
     nginx: Mapping[str, Any] | None = None,
     access_log: bool = False,
+    commands: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the manifest records of how a release runs (env names and a digest only)."""
     app, factory = app_and_factory(app, factory)
@@ -424,6 +425,8 @@ def run_config(
         "access_log": bool(access_log),
         # How nginx serves it (the site is written from this when it goes live).
         "nginx": {**NGINX_DEFAULTS, **(nginx or {})},
+        # The commands it runs at named points of a deploy (checked by service_config).
+        "commands": dict(commands or {}),
     }
 
 
@@ -440,6 +443,7 @@ def config_digest(config: Mapping[str, Any]) -> str:
         "release_header",
         "access_log",
         "nginx",
+        "commands",
     )
     canonical = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -529,6 +533,7 @@ def resolve_release(
     root: str = "",
     nginx: Mapping[str, Any] | None = None,
     access_log: bool = False,
+    commands: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The release a build becomes with this configuration: its id and what its manifest
     records. Env values are checked (never returned, never echoed)."""
@@ -555,6 +560,7 @@ def resolve_release(
         env=clean,
         nginx=nginx,
         access_log=access_log,
+        commands=commands,
     )
     return {"release": release_id_for(build_id, config), "config": config, "build_id": build_id}
 
@@ -633,5 +639,6 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
         root=params["root"],
         nginx=svc.get("nginx") or None,
         access_log=bool(svc.get("access_log", False)),
+        commands=svc.get("commands") or None,
     )
     return {"service": name, **result}

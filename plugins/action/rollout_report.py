@@ -51,6 +51,10 @@ def host_lines(host: str, states: dict, restores: list) -> tuple[list[dict], lis
                 )
             else:
                 text = f"restored to {previous} (had switched to {release})"
+                if state.get("error"):
+                    # Switched, then a command after the switch failed here.
+                    text += f"; {state['error']}"
+                    problems.append(state["error"])
         elif outcome == "switched":
             current = state.get("current")
             text = f"switched to {current}"
@@ -108,6 +112,7 @@ class ActionModule(ActionBase):
             problems += host_problems
         stopped = any(
             (state or {}).get("outcome") in ("failed", "staging failed")
+            or (state or {}).get("error")
             for states in params["rollout"].values()
             for state in (states or {}).values()
         )

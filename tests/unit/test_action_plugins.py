@@ -781,6 +781,30 @@ def test_report_of_a_stopped_rollout_fails_naming_every_problem():
     assert "h4    -: no report" in result["lines"]
 
 
+def test_report_of_a_failed_after_switch_command_stops_and_restores():
+    error = "deploy of web failed on h1: after_switch command 'notify' of web release x exited 3"
+    rollout = {
+        "h1": {
+            "web": {
+                "outcome": "switched",
+                "current": R1,
+                "previous": R2,
+                "release": R1,
+                "error": error,
+            }
+        },
+        "h2": {"web": {"outcome": "not switched (rollout stopped)", "previous": R2}},
+    }
+    restored = {"h1": [restore("web", changed=True)]}
+
+    result = report(rollout, ["h1", "h2"], restored=restored, action="deploy")
+
+    assert result["failed"] is True
+    assert result["msg"].startswith("deploy: the rollout stopped\n")
+    assert result["problems"] == [error]
+    assert f"h1    web: restored to {R2} (had switched to {R1}); {error}" in result["lines"]
+
+
 def test_report_of_hosts_on_different_releases_fails_without_a_stop():
     rollout = {
         "h1": {"web": {"outcome": "switched", "current": R1, "release": R1}},

@@ -408,6 +408,7 @@ def test_defaults_are_filled_in():
         "adopt_user": False,
         "access_log": False,
         "nginx": NGINX_DEFAULTS,
+        "commands": {},
         "env": {},
         "health": HEALTH_DEFAULTS,
     }

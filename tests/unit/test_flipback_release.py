@@ -749,7 +749,7 @@ def test_read_history_skips_blank_lines(tree):
         pytest.param('{"release": "x"}', "expected an object with 'release'", id="no-event"),
         pytest.param(
             '{"release": "x", "event": "deployed"}',
-            "(one of staged, active, failed, rolled_back, pruned)",
+            "(one of staged, active, failed, rolled_back, pruned, command)",
             id="unknown-event",
         ),
         pytest.param('{"release": 5, "event": "staged"}', "expected an object", id="int-id"),

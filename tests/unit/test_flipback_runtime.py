@@ -663,6 +663,7 @@ def test_run_config_records_names_and_a_digest_never_values():
         "release_header": True,
         "access_log": False,
         "nginx": NGINX_DEFAULTS,
+        "commands": {},
     }
     assert SECRET not in repr(recorded)
 

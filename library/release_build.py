@@ -10,8 +10,22 @@ short_description: Build a flipback release artifact (source at a git ref + a wh
 description:
   - Runs on the controller. Mirrors O(source) (a git repository path or URL), resolves
     O(ref) to a commit, takes the service directory O(subdir) at that commit with
-    C(git archive), downloads every dependency in its C(pyproject.toml) as a wheel
-    (the hosts have no network), and writes one deterministic tar under O(cache_dir).
+    C(git archive), downloads every dependency as a wheel (the hosts have no network),
+    and writes one deterministic tar under O(cache_dir).
+  - The dependencies come from, first found first, C(uv.lock) in the service
+    directory (its locked non-dev dependencies, exported by C(uv export --frozen), with
+    their hashes), a requirements file (O(requirements), else C(requirements.txt);
+    C(--hash=) pins are enforced), else C([project] dependencies) of C(pyproject.toml).
+    When none of the downloaded wheels is uvicorn, C(uvicorn==0.54.0) is added (and
+    reported in RV(added)).
+  - A service whose C(pyproject.toml) has a C([build-system]) is a package (for example
+    a C(src/) layout). Its own wheel is built from the tree at the commit (with
+    C(SOURCE_DATE_EPOCH) set to the commit time), shipped in both artifacts, and
+    installed into the release's virtualenv with C(--no-deps). It is in neither the
+    release id nor RV(deps_key), so a code change still reuses a venv.
+  - A build that cannot succeed (say, a dependency whose Requires-Python excludes the
+    hosts' Python) fails with pip's reasons whole and C(retryable=false); only network
+    failures are retryable.
   - The release id is C(<commit time UTC>-<hash of the source tree and wheels>), so the
     same content gives the same id and the same artifact (C(changed=false)).
   - Changes nothing on any host. Check mode still builds (the artifact is a cache on
@@ -52,6 +66,15 @@ options:
     type: list
     elements: str
     default: []
+  requirements:
+    description:
+      - A requirements file to take the dependencies from, as a relative path inside the
+        service directory (for example C(requirements/prod.txt)). Named, it is used even
+        when the service has a C(uv.lock); a missing file fails the build.
+      - Empty looks for C(uv.lock), then C(requirements.txt), then takes
+        C(pyproject.toml)'s dependencies.
+    type: str
+    default: ""
 author: flipback
 """
 
@@ -111,10 +134,30 @@ checksum:
   type: str
   returned: success
 dependencies:
-  description: Requirements taken from pyproject.toml.
+  description: Every dependency as downloaded, C(name==version), uvicorn included when
+    added.
   type: list
   elements: str
   returned: success
+  sample: ["fastapi==0.165.0", "starlette==0.48.0", "uvicorn==0.54.0"]
+dependency_source:
+  description: Where the dependencies came from, C(uv.lock), the requirements file's path
+    (C(requirements.txt)) or C(pyproject.toml).
+  type: str
+  returned: success
+  sample: uv.lock
+added:
+  description: What flipback added to the dependencies (uvicorn, when none of them was).
+  type: list
+  elements: str
+  returned: success
+  sample: ["uvicorn==0.54.0"]
+project:
+  description: File name of the service's own wheel shipped under C(project/) (a service
+    with a C([build-system])); null otherwise.
+  type: str
+  returned: success
+  sample: shop-1.0.0-py3-none-any.whl
 elapsed:
   description: Seconds the module took.
   type: float

@@ -1,10 +1,17 @@
 """Build a release artifact on the controller: source at a git ref plus a wheelhouse.
 
 The artifact is a tar with `src/` (the service directory at the commit, from
-`git archive`) and `wheels/` (every dependency as a wheel, so hosts install
-offline). Its release id is `<commit time UTC>-<content hash>`: sortable, and the
-same for the same content, so building the same ref twice yields the same id and
-the deploy has nothing to do.
+`git archive`), `wheels/` (every dependency as a wheel, so hosts install offline)
+and, for a service that is a package (its pyproject.toml has a [build-system]),
+`project/` with the service's own wheel. Its release id is
+`<commit time UTC>-<content hash>`: sortable, and the same for the same content, so
+building the same ref twice yields the same id and the deploy has nothing to do.
+
+The dependencies come from what the service already has, first found first:
+`uv.lock` (exported by uv, locked versions and hashes), a requirements file
+(`requirements.txt`, or the one the build names; `--hash=` pins are enforced by pip),
+else `[project] dependencies` of pyproject.toml. uvicorn, which runs every service,
+is added at UVICORN when none of the downloaded wheels is uvicorn.
 
 Credentials in `source` (`https://user:token@host/x.git`) stay in the controller's
 memory: the mirror is cloned from, configured with and named after the URL without
@@ -20,13 +27,15 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ansible.module_utils.flipback_common import (
     EnvRunner,
@@ -58,7 +67,41 @@ ARGUMENT_SPEC: dict[str, dict] = {
     "ref": {"type": "str", "default": "HEAD"},
     "cache_dir": {"type": "path", "default": "~/.cache/flipback"},
     "pip": {"type": "list", "elements": "str", "default": []},
+    "requirements": {"type": "str", "default": ""},
 }
+
+# Added to the wheelhouse when none of the service's dependencies brings uvicorn (a
+# Django project, say, does not list it): every release runs under uvicorn.
+UVICORN = "uvicorn==0.54.0"
+
+UV_EXPORT = [
+    "export",
+    "--frozen",
+    "--no-dev",
+    "--no-emit-project",
+    "--format",
+    "requirements-txt",
+    "--no-header",
+]
+
+# pip's lines that say why a download failed; kept whole in the message.
+REASON_RE = re.compile(
+    r"Requires-Python|requires a different python|No matching distribution"
+    r"|Could not find a version",
+    re.IGNORECASE,
+)
+# A Python the index's versions exclude: the index answered, a retry changes nothing.
+PYTHON_RE = re.compile(r"Requires-Python|requires a different python", re.IGNORECASE)
+# Failures of the network or the index, which a later try may not meet.
+NETWORK_RE = re.compile(
+    r"connection (?:error|refused|reset|aborted|broken)|NewConnectionError|ConnectTimeout"
+    r"|ReadTimeout|timed out|Max retries exceeded|Temporary failure in name resolution"
+    r"|Name or service not known|RemoteDisconnected|IncompleteRead|ProxyError"
+    r"|\b5\d\d Server Error|HTTP error 5\d\d|status code 5\d\d",
+    re.IGNORECASE,
+)
+# Enough for every reason pip gives; a bound only for a pathological output.
+REASON_LIMIT = 8000
 
 
 class BuildError(FlipbackError):
@@ -85,6 +128,89 @@ def validate_subdir(subdir: str) -> str:
             value=subdir,
         )
     return subdir
+
+
+def validate_requirements(path: str) -> str:
+    """A requirements file named by the build: a relative path inside the service dir."""
+    parts = path.split("/") if path else []
+    if path and (not SUBDIR_RE.fullmatch(path) or any(p in (".", "..") for p in parts)):
+        raise BuildError(
+            f"requirements: got {path!r}, expected a relative path inside the service "
+            "directory (no '..', no leading '/'), e.g. requirements/prod.txt",
+            field="requirements",
+            value=path,
+            retryable=False,
+        )
+    return path
+
+
+def pip_failure(stderr: str) -> tuple[str, bool]:
+    """Why pip failed, fit for a message, and whether a retry may help.
+
+    Keeps every ERROR line with its indented continuation (a hash mismatch lists the
+    packages there) and every line naming Requires-Python or a missing distribution,
+    each whole, plus the first line naming a network failure. A retry helps only a
+    network failure (connection, timeout, 5xx), never a Python the versions exclude.
+    """
+    kept: list[str] = []
+    network = python = False
+    in_error = False
+    for line in stderr.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            in_error = False
+            continue
+        continuation = in_error and line[:1].isspace()
+        in_error = stripped.startswith("ERROR:") or continuation
+        is_network = bool(NETWORK_RE.search(line))
+        python = python or bool(PYTHON_RE.search(line))
+        wanted = in_error or REASON_RE.search(line) or (is_network and not network)
+        if wanted and stripped not in kept:
+            kept.append(stripped)
+        network = network or is_network
+    reason = "\n".join(kept) if kept else stderr.strip()[-600:]
+    if len(reason) > REASON_LIMIT:
+        reason = reason[:REASON_LIMIT] + "\n[...]"
+    return reason, network and not python
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_pin(path: str) -> str:
+    """`name==version` of a wheel, from its file name (PEP 427)."""
+    parts = os.path.basename(path)[: -len(".whl")].split("-")
+    return f"{canonical_name(parts[0])}=={parts[1]}"
+
+
+def uv_command() -> list[str]:
+    """uv next to this interpreter (the controller's venv has it), else `python -m uv`."""
+    beside = os.path.join(os.path.dirname(sys.executable), "uv")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    return [sys.executable, "-m", "uv"]
+
+
+REQ_INCLUDE_RE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+)(\S+)")
+
+
+def requirements_text(path: str, seen: set[str] | None = None) -> str:
+    """A requirements file with every file it includes (-r, -c), for the wheelhouse key."""
+    seen = set() if seen is None else seen
+    real = os.path.realpath(path)
+    if real in seen or not os.path.isfile(path):
+        return ""
+    seen.add(real)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    parts = [text]
+    for line in text.splitlines():
+        match = REQ_INCLUDE_RE.match(line)
+        if match:
+            included = os.path.join(os.path.dirname(path), match.group(1))
+            parts.append(requirements_text(included, seen))
+    return "\n".join(parts)
 
 
 def release_id(commit_time: int, tree: str, wheel_hashes: Sequence[str]) -> str:
@@ -123,9 +249,15 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int, mode: i
 
 
 def write_artifact(
-    path: str, source_tar: bytes, wheels: Sequence[str], mtime: int, meta: dict
+    path: str,
+    source_tar: bytes,
+    wheels: Sequence[str],
+    mtime: int,
+    meta: dict,
+    project: Sequence[str] = (),
 ) -> None:
-    """A deterministic tar: fixed order, owner and mtime, so equal content gives equal bytes."""
+    """A deterministic tar: fixed order, owner and mtime, so equal content gives equal bytes.
+    `project` is the service's own wheel, if it is a package (under project/)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
         _add_bytes(out, "flipback.json", json.dumps(meta, sort_keys=True).encode(), mtime, 0o644)
@@ -151,6 +283,9 @@ def write_artifact(
         for wheel in sorted(wheels, key=os.path.basename):
             with open(wheel, "rb") as fh:
                 _add_bytes(out, "wheels/" + os.path.basename(wheel), fh.read(), mtime, 0o644)
+        for wheel in project:
+            with open(wheel, "rb") as fh:
+                _add_bytes(out, "project/" + os.path.basename(wheel), fh.read(), mtime, 0o644)
     os.replace(tmp, path)
 
 
@@ -162,6 +297,10 @@ class BuildSpec:
     ref: str
     cache_dir: str
     pip: Sequence[str]
+    # A requirements file inside the service dir, named by the service; "" looks for
+    # uv.lock, then requirements.txt, then takes pyproject.toml's dependencies.
+    requirements: str = ""
+    uv: Sequence[str] = field(default_factory=uv_command)
 
     @classmethod
     def from_params(cls, params: dict) -> BuildSpec:
@@ -174,6 +313,7 @@ class BuildSpec:
             ref=params["ref"],
             cache_dir=params["cache_dir"],
             pip=params["pip"] or [sys.executable, "-m", "pip"],
+            requirements=(params.get("requirements") or "").strip(),
         )
 
 
@@ -190,6 +330,8 @@ class Builder:
         self.run_remote = run_remote
         # `source` is the URL every message, result and mirror config shows.
         self.source, self.username, self.password = split_credentials(spec.source)
+        # The service dir at the commit being built, as `git archive` gives it (once).
+        self._archived: bytes | None = None
 
     def scrub(self, text: str) -> str:
         """A command's output, fit for a message: without the credentials of the source."""
@@ -312,94 +454,87 @@ class Builder:
             )
         return proc.stdout.strip()
 
-    def wheelhouse(self, deps: Sequence[str]) -> list[str]:
-        key = hashlib.sha256("\n".join(deps).encode()).hexdigest()[:16]
+    def _download(self, what: str, source: str, args: Sequence[str], value: object) -> None:
+        proc = self.run(
+            [
+                *self.spec.pip,
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                *args,
+            ]
+        )
+        if proc.returncode != 0:
+            reason, retryable = pip_failure(self.scrub(proc.stderr or proc.stdout))
+            raise BuildError(
+                f"dependencies ({source}): could not download {what} as wheels for the "
+                f"hosts' Python; pip says:\n{reason}\n"
+                + (
+                    "A network failure: retrying may succeed."
+                    if retryable
+                    else "Retrying does not change this: fix the dependencies (or the "
+                    "hosts' Python) and build again."
+                ),
+                field=source,
+                value=value,
+                retryable=retryable,
+            )
+
+    def wheelhouse(
+        self, source: str, args: Sequence[str], key_text: str
+    ) -> tuple[list[str], list[str]]:
+        """Every dependency as a wheel, downloaded once per requirement text (kept under
+        cache_dir/wheels/<key>); uvicorn added when none of them is uvicorn. Returns the
+        wheels and what was added."""
+        key = hashlib.sha256(f"{source}\n{key_text}\n{UVICORN}".encode()).hexdigest()[:16]
         dest = os.path.join(self.spec.cache_dir, "wheels", key)
         done = os.path.join(dest, ".complete")
-        if not os.path.exists(done):
+        added: list[str] = []
+        if os.path.exists(done):
+            with open(done, encoding="utf-8") as fh:
+                added = json.load(fh)["added"]
+        else:
             os.makedirs(dest, exist_ok=True)
-            if deps:  # pip download fails when given no requirement at all
-                proc = self.run(
-                    [
-                        *self.spec.pip,
-                        "download",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        "--only-binary=:all:",
-                        "--dest",
-                        dest,
-                        *deps,
-                    ]
+            if args:  # pip download fails when given no requirement at all
+                if source == "pyproject.toml":
+                    what, value = str(list(args)), list(args)
+                else:
+                    what, value = f"the requirements of {source}", source
+                self._download(what, source, ["--dest", dest, *args], value)
+            pins = [wheel_pin(w) for w in self._wheels(dest)]
+            if not any(pin.split("==")[0] == "uvicorn" for pin in pins):
+                # Resolved against what is there already: the service's pins hold.
+                constraints = os.path.join(dest, ".constraints.txt")
+                with open(constraints, "w", encoding="utf-8") as fh:
+                    fh.write("".join(f"{pin}\n" for pin in pins))
+                self._download(
+                    UVICORN,
+                    source,
+                    ["--dest", dest, "--find-links", dest, "-c", constraints, UVICORN],
+                    [UVICORN],
                 )
-                if proc.returncode != 0:
-                    raise BuildError(
-                        f"could not download wheels for {list(deps)}: "
-                        f"{self.scrub(proc.stderr.strip())[-600:]}; expected every dependency "
-                        "as a wheel for the hosts' Python",
-                        retryable=True,
-                    )
+                added = [UVICORN]
             with open(done, "w", encoding="utf-8") as fh:
-                fh.write("\n".join(deps) + "\n")
+                json.dump({"source": source, "added": added}, fh)
+        return self._wheels(dest), added
+
+    @staticmethod
+    def _wheels(dest: str) -> list[str]:
         return sorted(
             os.path.join(dest, name) for name in os.listdir(dest) if name.endswith(".whl")
         )
 
-    def build(self) -> dict:
-        validate_ref(self.spec.ref)
-        validate_subdir(self.spec.subdir)
-        # Two runs on one controller (say, two deploys started at once) share the git
-        # mirror, the wheelhouse and the artifacts: builds take turns.
-        os.makedirs(self.spec.cache_dir, exist_ok=True)
-        with open(os.path.join(self.spec.cache_dir, ".build.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._build()
+    def _blob(self, sha: str, name: str) -> str | None:
+        """The text of `name` in the service dir at `sha`, or None if there is none."""
+        path = f"{self.spec.subdir}/{name}" if self.spec.subdir else name
+        proc = self.run(["git", "-C", self.mirror, "cat-file", "-t", f"{sha}:{path}"])
+        if proc.returncode != 0 or proc.stdout.strip() != "blob":
+            return None
+        return self.git("show", f"{sha}:{path}")
 
-    def _build(self) -> dict:
-        spec = self.spec
-        self.sync_mirror()
-        sha = self.resolve()
-        treeish = f"{sha}:{spec.subdir}" if spec.subdir else f"{sha}^{{tree}}"
-        pyproject_path = (
-            f"{sha}:{spec.subdir}/pyproject.toml" if spec.subdir else f"{sha}:pyproject.toml"
-        )
-        proc = self.run(["git", "-C", self.mirror, "show", pyproject_path])
-        if proc.returncode != 0:
-            raise BuildError(
-                f"subdir: {spec.subdir or '.'!r} at {spec.ref} has no pyproject.toml; "
-                "expected the service's directory",
-                field="subdir",
-                value=spec.subdir,
-            )
-        tree = self.git("rev-parse", "--verify", "--quiet", treeish).strip()
-        deps = dependencies_of(proc.stdout)
-        wheels = self.wheelhouse(deps)
-        # The last commit that changed the service, not `sha` itself: a commit elsewhere
-        # in the repository must leave the id, and so the artifact, as it was.
-        commit_time = int(
-            self.git("log", "-1", "--format=%ct", sha, "--", spec.subdir or ".").strip()
-        )
-        wheel_hashes = [sha256_file(w) for w in wheels]
-        rid = release_id(commit_time, tree, wheel_hashes)
-        # Same wheels, same virtualenv: a host may reuse a staged release's venv.
-        deps_key = hashlib.sha256("\n".join([*deps, *sorted(wheel_hashes)]).encode()).hexdigest()[
-            :16
-        ]
-        artifacts = os.path.join(spec.cache_dir, "artifacts")
-        os.makedirs(artifacts, exist_ok=True)
-        artifact = os.path.join(artifacts, f"{spec.service}-{rid}.tar")
-        # The same release without its wheels, for hosts that already have a venv with
-        # exactly these wheels: small enough to travel inside the staging call.
-        code_artifact = os.path.join(artifacts, f"{spec.service}-{rid}.code.tar")
-        changed = not (os.path.exists(artifact) and os.path.exists(code_artifact))
-        meta = {
-            "service": spec.service,
-            "id": rid,
-            "git_sha": sha,
-            "tree": tree,
-            "dependencies": deps,
-            "deps_key": deps_key,
-        }
-        if changed:
+    def _archive(self, treeish: str) -> bytes:
+        if self._archived is None:
             archive = subprocess.run(
                 ["git", "-C", self.mirror, "archive", "--format=tar", treeish],
                 capture_output=True,
@@ -411,8 +546,232 @@ class Builder:
                     f"{self.scrub(archive.stderr.decode(errors='replace'))[-400:]}",
                     retryable=True,
                 )
-            write_artifact(artifact, archive.stdout, wheels, commit_time, meta)
-            write_artifact(code_artifact, archive.stdout, [], commit_time, meta)
+            self._archived = archive.stdout
+        return self._archived
+
+    def _checkout(self, treeish: str, work: str) -> str:
+        """The service dir at the commit, as files under `work` (once per build)."""
+        tree = os.path.join(work, "tree")
+        if not os.path.isdir(tree):
+            os.makedirs(tree)
+            with tarfile.open(fileobj=io.BytesIO(self._archive(treeish))) as tar:
+                tar.extractall(tree, filter="data")
+        return tree
+
+    def _uv_export(self, pyproject: str, lock: str, work: str) -> str:
+        """The locked, non-dev dependencies of uv.lock as a requirements file (with the
+        lock's hashes), exported by uv from the two files alone."""
+        project = os.path.join(work, "uv")
+        os.makedirs(project)
+        for name, text in (("pyproject.toml", pyproject), ("uv.lock", lock)):
+            with open(os.path.join(project, name), "w", encoding="utf-8") as fh:
+                fh.write(text)
+        try:
+            proc = self.run(
+                [*self.spec.uv, "--no-config", "--offline", *UV_EXPORT, "--directory", project]
+            )
+        except FileNotFoundError as exc:
+            proc = subprocess.CompletedProcess([], 127, "", str(exc))
+        if proc.returncode != 0:
+            raise BuildError(
+                f"uv.lock: `uv export` failed (exit {proc.returncode}): "
+                f"{self.scrub((proc.stderr or proc.stdout).strip())[-2000:]}; expected a "
+                f"uv.lock that uv {' '.join(self.spec.uv)} can read (`make setup` installs "
+                "uv into the controller's venv). Retrying does not change this",
+                field="uv.lock",
+                retryable=False,
+            )
+        local = [
+            line.strip()
+            for line in proc.stdout.splitlines()
+            if line.strip().startswith(("-e ", "./", "../", "/", "file:"))
+        ]
+        if local:
+            raise BuildError(
+                f"uv.lock: the locked dependencies include local paths {local}; expected "
+                "packages from an index only (hosts install wheels, offline). Retrying does "
+                "not change this",
+                field="uv.lock",
+                value=local,
+                retryable=False,
+            )
+        path = os.path.join(work, "uv-export.txt")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(proc.stdout)
+        return path
+
+    def _requirements(
+        self, sha: str, treeish: str, pyproject: str | None, work: str
+    ) -> tuple[str, list[str], str]:
+        """Where the dependencies come from: (dependency_source, pip download args,
+        the text the wheelhouse is keyed on)."""
+        named = self.spec.requirements
+        if not named:
+            lock = self._blob(sha, "uv.lock")
+            if lock is not None:
+                if pyproject is None:
+                    raise BuildError(
+                        "uv.lock: the service dir has a uv.lock but no pyproject.toml; "
+                        "expected both (uv exports the lock with its project). Retrying "
+                        "does not change this",
+                        field="uv.lock",
+                        retryable=False,
+                    )
+                exported = self._uv_export(pyproject, lock, work)
+                with open(exported, encoding="utf-8") as fh:
+                    return "uv.lock", ["-r", exported], fh.read()
+        name = named or "requirements.txt"
+        if self._blob(sha, name) is not None:
+            path = os.path.join(self._checkout(treeish, work), name)
+            return name, ["-r", path], requirements_text(path)
+        if named:
+            raise BuildError(
+                f"requirements: got {named!r}, but the service dir "
+                f"{self.spec.subdir or '.'!r} at {self.spec.ref} has no such file; expected "
+                "a requirements file inside it. Retrying does not change this",
+                field="requirements",
+                value=named,
+                retryable=False,
+            )
+        if pyproject is None:
+            raise BuildError(
+                f"subdir: {self.spec.subdir or '.'!r} at {self.spec.ref} has no pyproject.toml "
+                "(nor uv.lock or requirements.txt); expected the service's directory",
+                field="subdir",
+                value=self.spec.subdir,
+                retryable=False,
+            )
+        deps = dependencies_of(pyproject)
+        return "pyproject.toml", deps, "\n".join(deps)
+
+    def _project_wheel(self, treeish: str, work: str, commit_time: int) -> str:
+        """The service's own wheel, built from the tree at the commit (its build backend
+        comes from the index, in an isolated environment). SOURCE_DATE_EPOCH is the commit
+        time, so the same tree gives the same wheel."""
+        tree = self._checkout(treeish, work)
+        out = os.path.join(work, "project")
+        os.makedirs(out)
+        proc = self.run(
+            [
+                "env",
+                f"SOURCE_DATE_EPOCH={commit_time}",
+                *self.spec.pip,
+                "wheel",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--wheel-dir",
+                out,
+                tree,
+            ]
+        )
+        built = self._wheels(out)
+        if proc.returncode != 0 or len(built) != 1:
+            reason, retryable = pip_failure(self.scrub(proc.stderr or proc.stdout))
+            raise BuildError(
+                f"pyproject.toml: could not build the service's own wheel (it has a "
+                f"[build-system]); pip wheel exited {proc.returncode} with "
+                f"{[os.path.basename(w) for w in built]}:\n{reason}\n"
+                + (
+                    "A network failure: retrying may succeed."
+                    if retryable
+                    else "Retrying does not change this: fix the build of the project."
+                ),
+                field="pyproject.toml",
+                retryable=retryable,
+            )
+        return built[0]
+
+    def build(self) -> dict:
+        validate_ref(self.spec.ref)
+        validate_subdir(self.spec.subdir)
+        validate_requirements(self.spec.requirements)
+        # Two runs on one controller (say, two deploys started at once) share the git
+        # mirror, the wheelhouse and the artifacts: builds take turns.
+        os.makedirs(self.spec.cache_dir, exist_ok=True)
+        with open(os.path.join(self.spec.cache_dir, ".build.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            work = tempfile.mkdtemp(prefix="build.", dir=self.spec.cache_dir)
+            try:
+                return self._build(work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _build(self, work: str) -> dict:
+        spec = self.spec
+        self._archived = None
+        self.sync_mirror()
+        sha = self.resolve()
+        treeish = f"{sha}:{spec.subdir}" if spec.subdir else f"{sha}^{{tree}}"
+        proc = self.run(["git", "-C", self.mirror, "cat-file", "-t", treeish])
+        if proc.returncode != 0 or proc.stdout.strip() != "tree":
+            raise BuildError(
+                f"subdir: {spec.subdir or '.'!r} at {spec.ref} has no pyproject.toml; "
+                "expected the service's directory",
+                field="subdir",
+                value=spec.subdir,
+            )
+        tree = self.git("rev-parse", "--verify", "--quiet", treeish).strip()
+        pyproject = self._blob(sha, "pyproject.toml")
+        package = False
+        if pyproject is not None:
+            try:
+                package = "build-system" in tomllib.loads(pyproject)
+            except tomllib.TOMLDecodeError as exc:
+                raise BuildError(
+                    f"pyproject.toml: not valid TOML ({exc}); expected a [project] table "
+                    "with dependencies",
+                    field="pyproject.toml",
+                ) from exc
+        source, args, key_text = self._requirements(sha, treeish, pyproject, work)
+        wheels, added = self.wheelhouse(source, args, key_text)
+        deps = sorted(wheel_pin(w) for w in wheels)
+        # The last commit that changed the service, not `sha` itself: a commit elsewhere
+        # in the repository must leave the id, and so the artifact, as it was.
+        commit_time = int(
+            self.git("log", "-1", "--format=%ct", sha, "--", spec.subdir or ".").strip()
+        )
+        wheel_hashes = [sha256_file(w) for w in wheels]
+        # The project's own wheel stays out of both: the tree covers its source, and a
+        # code change must keep reusing the venv.
+        rid = release_id(commit_time, tree, wheel_hashes)
+        # Same wheels, same virtualenv: a host may reuse a staged release's venv.
+        deps_key = hashlib.sha256("\n".join([*deps, *sorted(wheel_hashes)]).encode()).hexdigest()[
+            :16
+        ]
+        artifacts = os.path.join(spec.cache_dir, "artifacts")
+        os.makedirs(artifacts, exist_ok=True)
+        artifact = os.path.join(artifacts, f"{spec.service}-{rid}.tar")
+        # The same release without its wheels, for hosts that already have a venv with
+        # exactly these wheels: small enough to travel inside the staging call.
+        code_artifact = os.path.join(artifacts, f"{spec.service}-{rid}.code.tar")
+        built = None
+        if os.path.exists(artifact) and os.path.exists(code_artifact):
+            with tarfile.open(code_artifact) as tar:
+                meta_file = tar.extractfile("flipback.json")
+                assert meta_file is not None
+                built = json.load(meta_file)
+        # An artifact of an older flipback may lack the project's wheel: built again.
+        changed = built is None or (package and not built.get("project"))
+        meta = {
+            "service": spec.service,
+            "id": rid,
+            "git_sha": sha,
+            "tree": tree,
+            "dependencies": deps,
+            "dependency_source": source,
+            "added": added,
+            "deps_key": deps_key,
+            "project": None,
+        }
+        if changed:
+            source_tar = self._archive(treeish)
+            project = [self._project_wheel(treeish, work, commit_time)] if package else []
+            meta["project"] = os.path.basename(project[0]) if project else None
+            write_artifact(artifact, source_tar, wheels, commit_time, meta, project)
+            write_artifact(code_artifact, source_tar, [], commit_time, meta, project)
+        else:
+            meta["project"] = built.get("project") if built else None
         return {
             "changed": changed,
             "source": self.source,
@@ -426,6 +785,9 @@ class Builder:
             "code_artifact": code_artifact,
             "code_checksum": sha256_file(code_artifact),
             "dependencies": deps,
+            "dependency_source": source,
+            "added": added,
             "deps_key": deps_key,
             "wheels": [os.path.basename(w) for w in wheels],
+            "project": meta["project"],
         }

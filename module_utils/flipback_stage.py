@@ -39,10 +39,13 @@ from ansible.module_utils.flipback_release import (
 from ansible.module_utils.flipback_runtime import CONFIG_DIR, ENV_FILE, UNIT_DIR, staged_files
 
 WHEELS_DIR = ".wheels"
+# The service's own wheel (a service that is a package), installed over the venv.
+PROJECT_DIR = ".project"
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    """Only plain files and directories under src/ or wheels/, never outside the target."""
+    """Only plain files and directories under src/, wheels/ or project/, never outside
+    the target."""
     members = []
     for member in tar.getmembers():
         name = member.name
@@ -58,7 +61,7 @@ def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
                 f"artifact: member {name!r} is not a plain file or directory",
                 field="artifact",
             )
-        if parts[0] in ("src", "wheels") or name == "flipback.json":
+        if parts[0] in ("src", "wheels", "project") or name == "flipback.json":
             members.append(member)
     return members
 
@@ -259,7 +262,11 @@ class Stager:
                 if len(parts) < 2 or not parts[1]:
                     continue
                 top, rest = parts
-                base = self.path if top == "src" else os.path.join(self.path, WHEELS_DIR)
+                base = {
+                    "src": self.path,
+                    "wheels": os.path.join(self.path, WHEELS_DIR),
+                    "project": os.path.join(self.path, PROJECT_DIR),
+                }[top]
                 dest = os.path.join(base, rest)
                 if member.isdir():
                     os.makedirs(dest, mode=0o755, exist_ok=True)
@@ -284,6 +291,7 @@ class Stager:
         if donor is not None:
             link_venv(os.path.join(self.spec.root, "releases", donor, "venv"), venv)
             self.venv_from = donor
+            self._install_project(venv)
             self._compile(self.path, exclude_venv=True)
             return
         self.venv_from = None
@@ -315,7 +323,60 @@ class Stager:
                 ),
                 "install the dependencies from the wheelhouse (offline)",
             )
+        self._install_project(venv)
         self._compile(self.path, exclude_venv=False)
+
+    def _install_project(self, venv: str) -> None:
+        """The service's own wheel, if it is a package, into the release's venv.
+
+        --no-deps: its dependencies are the venv's. --force-reinstall: a borrowed venv
+        holds the donor's copy of the project, likely under the same version, which must
+        never be what runs. pip removes and writes files (never in place), so the donor's
+        files, shared by hard links, stay as they are. pip compiles what it installs: the
+        borrowed venv is not compiled again.
+        """
+        wheel = self.meta.get("project")
+        if not wheel:
+            return
+        if (
+            not isinstance(wheel, str)
+            or "/" in wheel
+            or wheel.startswith(".")
+            or not wheel.endswith(".whl")
+        ):
+            raise ReleaseError(
+                f"artifact: project {wheel!r} in flipback.json is not a wheel's file name; "
+                "expected e.g. shop-1.0-py3-none-any.whl. Retrying does not change this",
+                field="project",
+                value=wheel,
+                retryable=False,
+            )
+        path = os.path.join(self.path, PROJECT_DIR, wheel)
+        if not os.path.isfile(path):
+            raise ReleaseError(
+                f"artifact: names the project's wheel {wheel!r} but does not carry it under "
+                "project/; expected the build's artifact. Retrying does not change this",
+                field="project",
+                value=wheel,
+                retryable=False,
+            )
+        self._check(
+            self.run(
+                [
+                    os.path.join(venv, "bin", "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-index",
+                    "--no-deps",
+                    "--force-reinstall",
+                    path,
+                ]
+            ),
+            "install the project's own wheel (offline, over the venv)",
+        )
 
     def _compile(self, path: str, *, exclude_venv: bool) -> None:
         argv = [os.path.join(path, "venv", "bin", "python"), "-m", "compileall", "-q", "-j", "0"]
@@ -326,6 +387,7 @@ class Stager:
 
     def _finish(self) -> None:
         shutil.rmtree(os.path.join(self.path, WHEELS_DIR), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.path, PROJECT_DIR), ignore_errors=True)
         sock = os.path.join(self.path, "sock")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock)

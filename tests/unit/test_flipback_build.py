@@ -1,13 +1,17 @@
 """Unit tests of module_utils/flipback_build.py, against throwaway git repositories.
 
-Real `git` runs in tmp_path; pip is a small fake script (one dummy wheel per
-requirement), so nothing here touches the network.
+Real `git` runs in tmp_path; `pip download` is a small fake script (one dummy wheel
+per requirement), so nothing here touches the network. Where pip's own behaviour is
+under test (hashes, Requires-Python, building a project's wheel), real pip runs against
+a local index in tmp_path, or builds with a backend that needs no index; uv runs for
+real (`uv export --frozen` reads only the lock).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import http.server
 import io
 import json
@@ -18,6 +22,8 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -55,25 +61,58 @@ dependencies = ["flask==3.0.0"]
 """
 
 FAKE_PIP = '''\
-"""Stands in for `pip download`: one dummy wheel per requirement, never the network."""
+"""Stands in for `pip download`: one dummy wheel per requirement (given, or in a -r
+file), never the network. `pip wheel` is passed on to the real pip."""
 import os
 import re
 import sys
 from pathlib import Path
 
 args = sys.argv[1:]
-with open(Path(__file__).with_name("pip-calls.log"), "a", encoding="utf-8") as log:
+here = Path(__file__).parent
+with open(here / "pip-calls.log", "a", encoding="utf-8") as log:
     log.write(" ".join(args) + "\\n")
+if args[:1] == ["wheel"]:
+    os.execv(sys.executable, [sys.executable, "-m", "pip", *args])
 if args[:1] != ["download"]:
     sys.exit(f"fake pip: expected download, got {args}")
-dest = args[args.index("--dest") + 1]
-reqs = [a for a in args[1:] if not a.startswith("-") and a != dest]
+reqs, dest, i = [], None, 1
+while i < len(args):
+    arg = args[i]
+    if arg in ("--dest", "--find-links", "-r", "-c"):
+        value, i = args[i + 1], i + 2
+        if arg == "--dest":
+            dest = value
+        if arg == "-r":
+            text = Path(value).read_text()
+            with open(here / "pip-files.log", "a", encoding="utf-8") as log:
+                log.write(text + "\\n----\\n")
+            for line in text.replace("\\\\\\n", " ").splitlines():
+                line = line.split(" #")[0].split(";")[0].strip()
+                if line and not line.startswith(("#", "-")):
+                    reqs.append(line.split()[0])
+        continue
+    if not arg.startswith("-"):
+        reqs.append(arg)
+    i += 1
 if not reqs:  # as real pip does
     sys.exit("ERROR: You must give at least one requirement to download")
 salt = os.environ.get("FAKE_PIP_SALT", "")
 for req in reqs:
     name = re.split(r"[=<>!~;\\[ ]", req)[0]
     if name == "doesnotexist":
+        sys.exit(f"ERROR: No matching distribution found for {req}")
+    if name == "unreachable":
+        for left in (4, 3, 2, 1, 0):
+            print(
+                f"WARNING: Retrying (Retry(total={left}, connect=None, read=None)) after "
+                "connection broken by 'NewConnectionError(<HTTPSConnection>: Failed to "
+                "establish a new connection: [Errno 101] Network is unreachable')': "
+                f"/simple/{name}/",
+                file=sys.stderr,
+            )
+        print(f"ERROR: Could not find a version that satisfies the requirement {req} "
+              "(from versions: none)", file=sys.stderr)
         sys.exit(f"ERROR: No matching distribution found for {req}")
     version = req.split("==", 1)[1] if "==" in req else "0"
     wheel = Path(dest) / f"{name}-{version}-py3-none-any.whl"
@@ -506,8 +545,17 @@ def test_first_build_writes_the_artifact(services, pip, tmp_path):
         "git_sha": v2,
         "tree": result["tree"],
         "dependencies": result["dependencies"],
+        "dependency_source": "pyproject.toml",
+        "added": [],
         "deps_key": result["deps_key"],
+        "project": None,
     }
+    # hello lists uvicorn: nothing is added, one download.
+    assert (result["dependency_source"], result["added"], result["project"]) == (
+        "pyproject.toml",
+        [],
+        None,
+    )
     assert len(pip_calls(pip)) == 1
     assert pip_calls(pip)[0].startswith("download ")
 
@@ -651,16 +699,21 @@ def test_service_at_the_repository_root(tmp_path, pip):
     assert "src/app.py" in members(result["artifact"])
 
 
-def test_service_without_dependencies_needs_no_pip(tmp_path, pip):
+def test_service_without_dependencies_gets_only_uvicorn(tmp_path, pip):
     repo = Repo(tmp_path / "nodeps")
     repo.commit(
         {"svc/pyproject.toml": '[project]\nname = "svc"\ndependencies = []\n', "svc/app.py": ""},
         T1,
     )
     result = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
-    assert result["wheels"] == []
-    assert pip_calls(pip) == []
-    assert not any(name.startswith("wheels/") for name in members(result["artifact"]))
+    assert result["wheels"] == ["uvicorn-0.54.0-py3-none-any.whl"]
+    assert (result["dependencies"], result["added"]) == (["uvicorn==0.54.0"], ["uvicorn==0.54.0"])
+    # No download of an empty requirement list (pip refuses one): only uvicorn's.
+    (call,) = pip_calls(pip)
+    assert call.endswith(" uvicorn==0.54.0")
+    assert [n for n in members(result["artifact"]) if n.startswith("wheels/")] == [
+        "wheels/uvicorn-0.54.0-py3-none-any.whl"
+    ]
 
 
 MISSING = "<missing>"
@@ -695,9 +748,16 @@ def _commit_bad_pyproject(text: str):
         (
             {"ref": "main"},
             _commit_bad_pyproject('[project]\ndependencies = ["doesnotexist==1.0"]\n'),
-            None,
+            "pyproject.toml",
+            False,
+            "could not download ['doesnotexist==1.0'] as wheels",
+        ),
+        (
+            {"ref": "main"},
+            _commit_bad_pyproject('[project]\ndependencies = ["unreachable==1.0"]\n'),
+            "pyproject.toml",
             True,
-            "could not download wheels for ['doesnotexist==1.0']",
+            "Network is unreachable",
         ),
     ],
     ids=[
@@ -713,6 +773,7 @@ def _commit_bad_pyproject(text: str):
         "source-gone-after-mirror",
         "invalid-pyproject",
         "pip-fails",
+        "pip-offline",
     ],
 )
 def test_build_failures(services, pip, tmp_path, overrides, setup, field, retryable, says):
@@ -1135,3 +1196,505 @@ def test_over_http_with_basic_auth(served, services, pip, tmp_path, userinfo, wo
     assert set(seen) == sent
     assert not store.exists()
     assert_no_secret_under(tmp_path / "cache")
+
+
+# ------------------------------------------------------------------ dependency sources
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+UV_SERVICE = FIXTURES / "uv_service"
+LOCKED = ["anyio==4.4.0", "h11==0.14.0", "idna==3.20", "sniffio==1.3.1"]
+
+
+def pip_files(pip: list[str]) -> list[str]:
+    """The requirements files the fake pip was given with -r, in call order."""
+    log = Path(pip[1]).with_name("pip-files.log")
+    return log.read_text().split("\n----\n")[:-1] if log.exists() else []
+
+
+def uv_service(repo: Repo, when: int = T1, **extra: str | None) -> str:
+    files: dict[str, str | None] = {
+        "svc/pyproject.toml": (UV_SERVICE / "pyproject.toml").read_text(),
+        "svc/uv.lock": (UV_SERVICE / "uv.lock").read_text(),
+        "svc/app.py": "app = None\n",
+    }
+    files.update({f"svc/{name.replace('__', '/')}": text for name, text in extra.items()})
+    return repo.commit(files, when)
+
+
+def test_uv_lock_comes_first_and_is_exported_by_uv(tmp_path, pip):
+    repo = Repo(tmp_path / "locked")
+    # A requirements.txt beside the lock is not read: uv.lock comes first.
+    uv_service(repo, **{"requirements.txt": "django==5.0\n"})
+
+    result = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+
+    assert result["dependency_source"] == "uv.lock"
+    # Every locked package (transitive ones too), and uvicorn, which the lock lacks.
+    assert result["dependencies"] == sorted([*LOCKED, "uvicorn==0.54.0"])
+    assert result["added"] == ["uvicorn==0.54.0"]
+    meta = json.loads(read_member(result["artifact"], "flipback.json"))
+    assert (meta["dependency_source"], meta["dependencies"], meta["added"]) == (
+        "uv.lock",
+        result["dependencies"],
+        ["uvicorn==0.54.0"],
+    )
+    (exported,) = pip_files(pip)
+    # The lock's hashes reach pip, which enforces them; no dev dependency, no project.
+    assert exported.count("--hash=sha256:") == 8
+    pins = [line.split()[0] for line in exported.splitlines() if line[:1].isalnum()]
+    assert pins == LOCKED
+    assert "iniconfig" not in exported
+    first, second = pip_calls(pip)
+    assert " -r " in first and "uvicorn" not in first
+    # uvicorn is resolved against the locked pins, which stay as they are.
+    assert " -c " in second and second.endswith(" uvicorn==0.54.0")
+
+
+def test_a_code_change_of_a_uv_project_reuses_its_wheelhouse(tmp_path, pip):
+    repo = Repo(tmp_path / "locked")
+    uv_service(repo)
+    first = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    uv_service(repo, T2, **{"app.py": "app = 2\n"})
+
+    second = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+
+    assert second["id"] != first["id"]
+    assert second["deps_key"] == first["deps_key"]
+    assert (second["dependencies"], second["added"]) == (first["dependencies"], first["added"])
+    assert len(pip_calls(pip)) == 2  # both from the first build
+
+
+@pytest.mark.parametrize(
+    ("uv", "lock", "says"),
+    [
+        pytest.param(None, "this is [not a lock\n", "`uv export` failed", id="broken-lock"),
+        pytest.param("missing", None, "make setup", id="uv-missing"),
+        pytest.param("local-path", None, "include local paths ['-e ./libs/shared']", id="local"),
+    ],
+)
+def test_uv_lock_problems_are_not_retryable(tmp_path, pip, uv, lock, says):
+    repo = Repo(tmp_path / "locked")
+    uv_service(repo, **({"uv.lock": lock} if lock else {}))
+    overrides = {}
+    if uv == "missing":
+        overrides["uv"] = [str(tmp_path / "no-such-uv")]
+    if uv == "local-path":
+        script = tmp_path / "fake_uv.py"
+        script.write_text("print('anyio==4.4.0')\nprint('-e ./libs/shared')\n")
+        overrides["uv"] = [sys.executable, str(script)]
+
+    with pytest.raises(BuildError) as info:
+        make_builder(repo, pip, tmp_path, subdir="svc", ref="main", **overrides).build()
+
+    assert says in info.value.msg
+    assert info.value.retryable is False
+    assert info.value.details["field"] == "uv.lock"
+    assert pip_calls(pip) == []
+
+
+def test_uv_is_found_next_to_the_interpreter(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    python = bin_dir / "python"
+    monkeypatch.setattr(flipback_build.sys, "executable", str(python))
+    assert flipback_build.uv_command() == [str(python), "-m", "uv"]
+    (bin_dir / "uv").write_text("#!/bin/sh\n")
+    (bin_dir / "uv").chmod(0o755)
+    assert flipback_build.uv_command() == [str(bin_dir / "uv")]
+    # The test run's own venv has uv, as `make setup` installs it.
+    monkeypatch.undo()
+    assert BuildSpec("s", "x", "", "HEAD", "c", []).uv == [str(Path(sys.executable).parent / "uv")]
+
+
+def test_requirements_txt_comes_before_pyproject(tmp_path, pip):
+    repo = Repo(tmp_path / "reqs")
+    repo.commit(
+        {
+            "svc/pyproject.toml": '[project]\nname = "svc"\ndependencies = ["flask==3.0.0"]\n',
+            "svc/requirements.txt": "-r base.txt\n# the web framework\nfastapi==0.110.0\n",
+            "svc/base.txt": "uvicorn==0.30.0\n",
+            "svc/app.py": "",
+        },
+        T1,
+    )
+    builder = make_builder(repo, pip, tmp_path, subdir="svc", ref="main")
+
+    result = builder.build()
+
+    assert result["dependency_source"] == "requirements.txt"
+    # The fake pip leaves the include to real pip: fastapi only, so uvicorn is added.
+    assert result["dependencies"] == ["fastapi==0.110.0", "uvicorn==0.54.0"]
+    assert "flask" not in " ".join(pip_calls(pip))
+    (given,) = pip_files(pip)
+    assert given.startswith("-r base.txt\n")
+    # What an included file says is part of the wheelhouse's key.
+    again = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    assert (again["changed"], len(pip_calls(pip))) == (False, 2)
+    repo.commit({"svc/base.txt": "uvicorn==0.31.0\n"}, T2)
+    make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    assert len(pip_calls(pip)) == 4
+
+
+def test_a_project_without_pyproject_but_with_requirements_gets_uvicorn(tmp_path, pip):
+    # A Django project: requirements.txt, no pyproject.toml, and no uvicorn in either.
+    repo = Repo(tmp_path / "django")
+    repo.commit({"site/requirements.txt": "django==5.0\n", "site/manage.py": ""}, T1)
+
+    result = make_builder(repo, pip, tmp_path, subdir="site", ref="main").build()
+
+    assert result["dependency_source"] == "requirements.txt"
+    assert result["dependencies"] == ["django==5.0", "uvicorn==0.54.0"]
+    assert result["added"] == ["uvicorn==0.54.0"]
+    assert result["project"] is None
+    assert "wheels/uvicorn-0.54.0-py3-none-any.whl" in members(result["artifact"])
+
+
+def test_a_named_requirements_file_wins_over_uv_lock(tmp_path, pip):
+    repo = Repo(tmp_path / "locked")
+    uv_service(repo, **{"requirements__prod.txt": "flask==3.0.0\nuvicorn==0.40.0\n"})
+
+    result = make_builder(
+        repo, pip, tmp_path, subdir="svc", ref="main", requirements="requirements/prod.txt"
+    ).build()
+
+    assert result["dependency_source"] == "requirements/prod.txt"
+    assert result["dependencies"] == ["flask==3.0.0", "uvicorn==0.40.0"]
+    assert result["added"] == []
+    assert len(pip_calls(pip)) == 1
+
+
+@pytest.mark.parametrize(
+    ("requirements", "says"),
+    [
+        ("missing.txt", "has no such file"),
+        ("../requirements.txt", "no '..'"),
+        ("/etc/requirements.txt", "no leading '/'"),
+    ],
+    ids=["missing", "dotdot", "absolute"],
+)
+def test_a_bad_requirements_path_fails_naming_it(services, pip, tmp_path, requirements, says):
+    builder = make_builder(services, pip, tmp_path, requirements=requirements)
+    with pytest.raises(BuildError) as info:
+        builder.build()
+    assert says in info.value.msg
+    assert (info.value.details["field"], info.value.details["value"]) == (
+        "requirements",
+        requirements,
+    )
+    assert info.value.retryable is False
+    assert pip_calls(pip) == []
+
+
+def test_requirements_text_follows_includes_once(tmp_path):
+    (tmp_path / "reqs").mkdir()
+    (tmp_path / "requirements.txt").write_text("-r reqs/base.txt\n-c reqs/pins.txt\nflask\n")
+    (tmp_path / "reqs" / "base.txt").write_text("--requirement=../requirements.txt\nclick\n")
+    (tmp_path / "reqs" / "pins.txt").write_text("click==8.1.0\n")
+    text = flipback_build.requirements_text(str(tmp_path / "requirements.txt"))
+    assert text.count("flask") == 1  # the loop back is read once
+    assert "click\n" in text and "click==8.1.0" in text
+
+
+# ------------------------------------------------------------ real pip, local index
+
+
+def make_wheel(directory: Path, name: str, version: str, requires: Sequence[str] = ()) -> Path:
+    """A minimal, valid pure-Python wheel (real pip reads its metadata)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    entries = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{dist}/METADATA": metadata,
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    entries[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in [*entries, f"{dist}/RECORD"])
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry, text in entries.items():
+            archive.writestr(zipfile.ZipInfo(entry, (2024, 1, 1, 0, 0, 0)), text)
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """A PEP 503 index on disk, and real pip pointed at it alone (no config, no network).
+    Call it with (name, version, requires, requires_python) rows; returns the wheels."""
+    root = tmp_path / "index"
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", (root / "simple").as_uri())
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+
+    def publish(*rows: tuple[str, str, Sequence[str], str]) -> dict[str, Path]:
+        wheels = {}
+        for name, version, requires, requires_python in rows:
+            wheel = make_wheel(root / "files", name, version, requires)
+            wheels[f"{name}=={version}"] = wheel
+            page = root / "simple" / name / "index.html"
+            page.parent.mkdir(parents=True, exist_ok=True)
+            old = page.read_text() if page.exists() else ""
+            attr = f' data-requires-python="{html.escape(requires_python)}"' * bool(requires_python)
+            link = f'<a href="{wheel.as_uri()}#sha256={sha256(wheel)}"{attr}>{wheel.name}</a>\n'
+            page.write_text(old + link)
+        return wheels
+
+    return publish
+
+
+REAL_PIP = [sys.executable, "-m", "pip"]
+
+
+def test_hashed_requirements_are_enforced_and_uvicorn_keeps_their_pins(tmp_path, index):
+    wheels = index(
+        ("flask", "3.0.0", (), ""),
+        ("h11", "0.14.0", (), ""),
+        ("h11", "0.16.0", (), ""),
+        ("uvicorn", "0.54.0", ("h11>=0.8",), ""),
+    )
+    pinned = "".join(
+        f"{req} --hash=sha256:{sha256(wheels[req])}\n" for req in ("flask==3.0.0", "h11==0.14.0")
+    )
+    repo = Repo(tmp_path / "hashed")
+    repo.commit({"svc/requirements.txt": pinned, "svc/app.py": ""}, T1)
+
+    result = make_builder(repo, REAL_PIP, tmp_path, subdir="svc", ref="main").build()
+
+    assert result["dependency_source"] == "requirements.txt"
+    # uvicorn added, resolved with h11 held at the pinned 0.14.0 (0.16.0 is newer).
+    assert result["dependencies"] == ["flask==3.0.0", "h11==0.14.0", "uvicorn==0.54.0"]
+    assert result["added"] == ["uvicorn==0.54.0"]
+    for req in result["dependencies"]:
+        name = wheels[req].name
+        assert read_member(result["artifact"], f"wheels/{name}") == wheels[req].read_bytes()
+
+    tampered = pinned.replace(sha256(wheels["flask==3.0.0"]), "0" * 64)
+    repo.commit({"svc/requirements.txt": tampered}, T2)
+    with pytest.raises(BuildError) as info:
+        make_builder(repo, REAL_PIP, tmp_path, subdir="svc", ref="main").build()
+    assert "DO NOT MATCH THE HASHES" in info.value.msg
+    assert f"Expected sha256 {'0' * 64}" in info.value.msg
+    assert sha256(wheels["flask==3.0.0"]) in info.value.msg  # what pip got
+    assert info.value.retryable is False
+    assert info.value.details["field"] == "requirements.txt"
+
+
+def test_a_dependency_for_another_python_fails_whole_and_not_retryable(tmp_path, index):
+    # Many versions, all for a Python to come: pip's reason is one long line.
+    versions = [f"1.{n}" for n in range(60)]
+    index(*[("futurelib", v, (), ">=3.99") for v in versions])
+    repo = Repo(tmp_path / "future")
+    pyproject = '[project]\nname = "svc"\ndependencies = ["futurelib==1.59"]\n'
+    repo.commit({"svc/pyproject.toml": pyproject, "svc/app.py": ""}, T1)
+
+    with pytest.raises(BuildError) as info:
+        make_builder(repo, REAL_PIP, tmp_path, subdir="svc", ref="main").build()
+
+    msg = info.value.msg
+    ignored = (
+        "ERROR: Ignored the following versions that require a different python version: "
+        + "; ".join(f"{v} Requires-Python >=3.99" for v in sorted(versions))
+    )
+    assert ignored in msg  # whole: the reason is never cut off
+    assert "ERROR: Could not find a version that satisfies the requirement futurelib==1.59" in msg
+    assert "ERROR: No matching distribution found for futurelib==1.59" in msg
+    assert "Retrying does not change this" in msg
+    assert info.value.retryable is False
+    assert (info.value.details["field"], info.value.details["value"]) == (
+        "pyproject.toml",
+        ["futurelib==1.59"],
+    )
+    assert not (tmp_path / "cache" / "artifacts").exists() or not list(
+        (tmp_path / "cache" / "artifacts").iterdir()
+    )
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kept", "retryable"),
+    [
+        pytest.param(
+            "Collecting x\n  Downloading x.whl\nERROR: No matching distribution found for x\n",
+            ["ERROR: No matching distribution found for x"],
+            False,
+            id="no-distribution",
+        ),
+        pytest.param(
+            "WARNING: Retrying (Retry(total=0)) after connection broken by "
+            "'ConnectTimeoutError(...)': /simple/x/\n"
+            "ERROR: Could not find a version that satisfies the requirement x\n",
+            [
+                "WARNING: Retrying (Retry(total=0)) after connection broken by "
+                "'ConnectTimeoutError(...)': /simple/x/",
+                "ERROR: Could not find a version that satisfies the requirement x",
+            ],
+            True,
+            id="offline",
+        ),
+        pytest.param(
+            "ERROR: HTTP error 503 while getting https://files/x.whl\n",
+            ["ERROR: HTTP error 503 while getting https://files/x.whl"],
+            True,
+            id="5xx",
+        ),
+        pytest.param(
+            "ERROR: HTTP error 404 while getting https://files/x.whl\n",
+            ["ERROR: HTTP error 404 while getting https://files/x.whl"],
+            False,
+            id="4xx",
+        ),
+        pytest.param(
+            "WARNING: Retrying after connection broken by 'ReadTimeoutError'\n"
+            "ERROR: Package 'x' requires a different Python: 3.11.7 not in '>=3.12'\n",
+            [
+                "WARNING: Retrying after connection broken by 'ReadTimeoutError'",
+                "ERROR: Package 'x' requires a different Python: 3.11.7 not in '>=3.12'",
+            ],
+            False,
+            id="python-despite-a-flaky-network",
+        ),
+        pytest.param("Traceback\n" + "x" * 700, ["x" * 600], False, id="no-error-line"),
+    ],
+)
+def test_pip_failure_keeps_the_reasons_and_says_if_a_retry_helps(stderr, kept, retryable):
+    assert flipback_build.pip_failure(stderr) == ("\n".join(kept), retryable)
+
+
+# --------------------------------------------------------------- the project's wheel
+
+BACKEND = (FIXTURES / "project_backend.py").read_text()
+PACKAGE_PYPROJECT = """\
+[project]
+name = "mypkg"
+version = "1.0.0"
+dependencies = ["fastapi==0.110.0"]
+
+[build-system]
+requires = []
+build-backend = "project_backend"
+backend-path = ["_build"]
+"""
+
+
+def src_layout(repo: Repo, main: str, when: int) -> str:
+    return repo.commit(
+        {
+            "svc/pyproject.toml": PACKAGE_PYPROJECT,
+            "svc/_build/project_backend.py": BACKEND,
+            "svc/src/mypkg/__init__.py": "",
+            "svc/src/mypkg/main.py": main,
+        },
+        when,
+    )
+
+
+def wheel_entries(data: bytes) -> dict[str, tuple[bytes, tuple]]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {i.filename: (archive.read(i), i.date_time) for i in archive.infolist()}
+
+
+def test_a_src_layout_project_ships_its_own_wheel(tmp_path, pip):
+    repo = Repo(tmp_path / "pkg")
+    src_layout(repo, "app = 'v1'\n", T1)
+
+    result = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+
+    wheel = "mypkg-1.0.0-py3-none-any.whl"
+    assert result["project"] == wheel
+    # Shipped in both artifacts, never among the dependencies' wheels.
+    for artifact in (result["artifact"], result["code_artifact"]):
+        names = members(artifact)
+        assert f"project/{wheel}" in names
+        assert json.loads(read_member(artifact, "flipback.json"))["project"] == wheel
+    assert result["wheels"] == [
+        "fastapi-0.110.0-py3-none-any.whl",
+        "uvicorn-0.54.0-py3-none-any.whl",
+    ]
+    entries = wheel_entries(read_member(result["artifact"], f"project/{wheel}"))
+    assert entries["mypkg/main.py"][0] == b"app = 'v1'\n"
+    # Built with SOURCE_DATE_EPOCH at the commit time (the backend dates entries by it).
+    # (zip dates count in steps of two seconds)
+    assert {date for _data, date in entries.values()} == {time.gmtime(T1 - T1 % 2)[:6]}
+    wheel_calls = [c for c in pip_calls(pip) if c.startswith("wheel ")]
+    assert len(wheel_calls) == 1 and "--no-deps" in wheel_calls[0]
+    # The id covers the tree and the dependencies' wheels, not the project's wheel.
+    hashes = [
+        hashlib.sha256(read_member(result["artifact"], f"wheels/{w}")).hexdigest()
+        for w in result["wheels"]
+    ]
+    assert result["id"] == release_id(T1, result["tree"], hashes)
+
+    again = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    assert (again["changed"], again["project"]) == (False, wheel)
+
+
+def test_a_project_built_twice_gives_the_same_id_and_bytes(tmp_path, pip):
+    repo = Repo(tmp_path / "pkg")
+    src_layout(repo, "app = 'v1'\n", T1)
+    first = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    second = make_builder(
+        repo, pip, tmp_path, subdir="svc", ref="main", cache_dir=str(tmp_path / "other-cache")
+    ).build()
+    assert second["changed"] is True
+    for key in ("id", "deps_key", "checksum", "code_checksum", "project"):
+        assert second[key] == first[key], key
+
+
+def test_a_code_change_gives_a_new_id_but_keeps_the_deps_key(tmp_path, pip):
+    repo = Repo(tmp_path / "pkg")
+    src_layout(repo, "app = 'v1'\n", T1)
+    first = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    src_layout(repo, "app = 'v2'\n", T2)
+
+    second = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+
+    assert second["id"] != first["id"]
+    assert second["deps_key"] == first["deps_key"]  # hosts reuse the venv
+    wheel = f"project/{second['project']}"
+    assert wheel_entries(read_member(second["code_artifact"], wheel))["mypkg/main.py"][0] == (
+        b"app = 'v2'\n"
+    )
+
+
+def test_a_project_whose_wheel_cannot_be_built_fails_not_retryable(tmp_path, pip):
+    repo = Repo(tmp_path / "pkg")
+    src_layout(repo, "app = 'v1'\n", T1)
+    repo.commit({"svc/_build/project_backend.py": "raise SystemExit('backend broken')\n"}, T2)
+
+    with pytest.raises(BuildError) as info:
+        make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+
+    assert "could not build the service's own wheel" in info.value.msg
+    assert info.value.details["field"] == "pyproject.toml"
+    assert info.value.retryable is False
+    assert list((tmp_path / "cache" / "artifacts").iterdir()) == []
+
+
+def test_an_older_artifact_without_the_project_is_built_again(tmp_path, pip):
+    repo = Repo(tmp_path / "pkg")
+    src_layout(repo, "app = 'v1'\n", T1)
+    first = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+    # As a flipback before project wheels wrote it: same id, no project/.
+    meta = json.loads(read_member(first["code_artifact"], "flipback.json"))
+    del meta["project"]
+    source = subprocess.run(
+        ["git", "-C", str(repo.path), "archive", "--format=tar", "main:svc"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    for artifact in (first["artifact"], first["code_artifact"]):
+        write_artifact(artifact, source, [], T1, meta)
+
+    again = make_builder(repo, pip, tmp_path, subdir="svc", ref="main").build()
+
+    assert (again["changed"], again["id"], again["project"]) == (
+        True,
+        first["id"],
+        first["project"],
+    )
+    assert f"project/{first['project']}" in members(again["code_artifact"])

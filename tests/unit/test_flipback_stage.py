@@ -16,6 +16,7 @@ import pwd
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -121,16 +122,20 @@ def build_artifact(
     *,
     code_only: bool = False,
     extra: Sequence[tuple[str, bytes | None]] = (),
+    project: Path | None = None,
 ) -> Path:
-    """The build's full artifact, or its code-only one (no wheels/) when code_only."""
+    """The build's full artifact, or its code-only one (no wheels/) when code_only;
+    `project` is the service's own wheel (a service that is a package)."""
     wheel = tmp_path / "wheelhouse" / "fastapi-0.165.0-py3-none-any.whl"
     wheel.parent.mkdir(exist_ok=True)
     wheel.write_bytes(b"PK fake wheel")
     artifact = tmp_path / "incoming" / f"{BUILD}.tar"
     artifact.parent.mkdir(exist_ok=True)
     meta = {"service": SERVICE, "id": BUILD, "dependencies": list(deps)}
+    meta["project"] = project.name if project else None
     wheels = [] if code_only else [str(wheel)]
-    write_artifact(str(artifact), source_tar(extra), wheels, 1_795_953_600, meta)
+    shipped = [str(project)] if project else []
+    write_artifact(str(artifact), source_tar(extra), wheels, 1_795_953_600, meta, shipped)
     return artifact
 
 
@@ -734,16 +739,28 @@ def test_safe_members_rejects(tmp_path, info, says):
     assert error.value.details["field"] == "artifact"
 
 
-def test_safe_members_keeps_src_wheels_and_metadata(tmp_path):
+def test_safe_members_keeps_src_wheels_project_and_metadata(tmp_path):
     artifact = tmp_path / "a.tar"
     with tarfile.open(artifact, "w") as tar:
-        for name in ("flipback.json", "src/app.py", "wheels/x.whl", "README", "other/x"):
+        for name in (
+            "flipback.json",
+            "src/app.py",
+            "wheels/x.whl",
+            "project/shop-1.0-py3-none-any.whl",
+            "README",
+            "other/x",
+        ):
             tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
 
     with tarfile.open(artifact) as tar:
         names = [m.name for m in safe_members(tar)]
 
-    assert names == ["flipback.json", "src/app.py", "wheels/x.whl"]
+    assert names == [
+        "flipback.json",
+        "src/app.py",
+        "wheels/x.whl",
+        "project/shop-1.0-py3-none-any.whl",
+    ]
 
 
 def test_hostile_artifact_is_refused_while_staging(root, rid, tmp_path):
@@ -993,6 +1010,164 @@ def test_a_borrowed_venv_is_readable_whatever_the_umask(
     venv = release(root, "venv")
     modes = {str(d): stat_mode(Path(d)) for d, _dirs, _files in os.walk(venv)}
     assert set(modes.values()) == {0o755}, modes
+
+
+# ------------------------------------------------------------------ the project's wheel
+
+PROJECT_WHEEL = "shop-1.0.0-py3-none-any.whl"
+
+
+def project_wheel(tmp_path: Path, app: str = "v2") -> Path:
+    """The shop's own wheel (a src/ layout package), as the build ships it."""
+    return make_wheel(
+        tmp_path / "project-build", "shop", "1.0.0", {"shop/main.py": f"app = {app!r}\n"}
+    )
+
+
+def make_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A minimal, valid pure-Python wheel, for a real pip to install."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    entries = {
+        **files,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    entries[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in [*entries, f"{dist}/RECORD"])
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry, text in entries.items():
+            archive.writestr(entry, text)
+    return path
+
+
+def project_install(path: Path) -> list[str]:
+    return [
+        f"{path}/venv/bin/python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--no-deps",
+        "--force-reinstall",
+        str(path / ".project" / PROJECT_WHEEL),
+    ]
+
+
+def test_the_project_is_installed_over_a_borrowed_venv(root, rid, tmp_path, lchown_calls):
+    staged_elsewhere(root, OLD, key=KEY)
+    artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
+    runner = FakeRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    path = release(root)
+    assert result["venv_from"] == OLD
+    # Into the release's own (linked) venv, before the code is compiled; the donor's
+    # copy of the project is replaced whatever its version.
+    assert runner.calls[0] == project_install(path)
+    assert runner.steps == ["pip", "compileall", "daemon-reload"]
+    assert not (path / ".project").exists()
+    assert not (path / "project").exists()
+
+
+def test_the_project_is_installed_after_the_dependencies(root, rid, tmp_path, lchown_calls):
+    artifact = build_artifact(tmp_path, project=project_wheel(tmp_path))
+    runner = FakeRunner()
+
+    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    path = release(root)
+    assert runner.steps == ["venv", "pip", "pip", "compileall", "daemon-reload"]
+    assert runner.calls[1][-2:] == DEPS
+    assert runner.calls[2] == project_install(path)
+    assert not (path / ".project").exists()
+
+
+def test_a_release_without_a_project_installs_none(root, rid, artifact, tmp_path, lchown_calls):
+    runner = FakeRunner()
+    Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
+    assert not [argv for argv in runner.calls if "--force-reinstall" in argv]
+
+
+@pytest.mark.parametrize(
+    ("named", "says"),
+    [
+        pytest.param("other-1.0-py3-none-any.whl", "does not carry it", id="not-carried"),
+        pytest.param("../../evil.whl", "not a wheel's file name", id="a-path"),
+        pytest.param("shop.tar.gz", "not a wheel's file name", id="not-a-wheel"),
+    ],
+)
+def test_a_project_the_artifact_does_not_carry_fails(
+    root, rid, tmp_path, lchown_calls, named, says
+):
+    artifact = tmp_path / "incoming" / f"{BUILD}.tar"
+    artifact.parent.mkdir()
+    meta = {"service": SERVICE, "id": BUILD, "dependencies": [], "project": named}
+    write_artifact(
+        str(artifact), source_tar(), [], 1_795_953_600, meta, [str(project_wheel(tmp_path))]
+    )
+    runner = FakeRunner()
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
+
+    assert says in info.value.msg
+    assert (info.value.details["field"], info.value.details["value"]) == ("project", named)
+    assert info.value.retryable is False
+    assert "pip" not in runner.steps
+    assert read_manifest(str(root), rid)["status"] == "staging"
+
+
+def real_runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Real python, venv and pip; systemd is not there to be asked."""
+    if argv[0] == "systemctl":
+        return subprocess.CompletedProcess(list(argv), 0, "", "")
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+
+
+def test_a_borrowed_venv_never_runs_the_donors_copy_of_the_project(
+    root, rid, tmp_path, lchown_calls
+):
+    # The donor: a real venv with the project at the same version, older code.
+    donor = root / "releases" / OLD
+    donor.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "venv", str(donor / "venv")], check=True)
+    old_wheel = project_wheel(tmp_path / "old", app="v1")
+    install = [str(donor / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*install, "--no-index", str(old_wheel)], check=True)
+    manifest = {"id": OLD, "service": SERVICE, "status": "staged", "deps_key": KEY}
+    (donor / "manifest.json").write_text(json.dumps(manifest))
+    donor_files = files(donor / "venv")
+    artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path, "v2"))
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=real_runner).stage(False)
+
+    assert result["venv_from"] == OLD
+    python = str(release(root, "venv", "bin", "python"))
+    ran = subprocess.run(
+        [python, "-c", "import shop.main; print(shop.main.app, shop.main.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    app, where = ran.stdout.split()
+    assert app == "v2"
+    assert where.startswith(str(release(root, "venv")))
+    # The donor's venv, shared by hard links, still has (and runs) its own copy.
+    assert files(donor / "venv") == donor_files
+    ran = subprocess.run(
+        [str(donor / "venv" / "bin" / "python"), "-c", "import shop.main; print(shop.main.app)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert ran.stdout.strip() == "v1"
 
 
 # --------------------------------------------------------------------------- find_donor

@@ -32,7 +32,12 @@ args = sys.argv[1:]
 with open(Path(__file__).with_name("pip-calls.log"), "a", encoding="utf-8") as log:
     log.write(" ".join(args) + "\\n")
 dest = args[args.index("--dest") + 1]
-for req in [a for a in args[1:] if not a.startswith("-") and a != dest]:
+values = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--dest", "--find-links", "-c")}
+reqs = [a for a in args[1:] if not a.startswith("-") and a not in values]
+if "-r" in args:
+    lines = Path(args[args.index("-r") + 1]).read_text().splitlines()
+    reqs += [line.split()[0] for line in lines if line.strip()]
+for req in reqs:
     name, _, version = req.partition("==")
     if name == "doesnotexist":
         sys.exit(f"ERROR: No matching distribution found for {req}")
@@ -135,14 +140,26 @@ def recording(monkeypatch):
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ({}, {"subdir": "", "ref": "HEAD", "pip": [sys.executable, "-m", "pip"]}),
+        (
+            {},
+            {"subdir": "", "ref": "HEAD", "pip": [sys.executable, "-m", "pip"], "requirements": ""},
+        ),
         ({"subdir": "/hello/"}, {"subdir": "hello"}),
         ({"subdir": "services/hello/"}, {"subdir": "services/hello"}),
         ({"pip": ["/opt/py311/bin/pip"]}, {"pip": ["/opt/py311/bin/pip"]}),
         ({"cache_dir": "~/flipback-cache"}, {"cache_dir": "HOME/flipback-cache"}),
         ({"ref": "v2"}, {"ref": "v2"}),
+        ({"requirements": "requirements/prod.txt"}, {"requirements": "requirements/prod.txt"}),
     ],
-    ids=["defaults", "subdir-slashes", "nested-subdir", "pip", "cache-dir-home", "ref"],
+    ids=[
+        "defaults",
+        "subdir-slashes",
+        "nested-subdir",
+        "pip",
+        "cache-dir-home",
+        "ref",
+        "requirements",
+    ],
 )
 def test_parameters_reach_the_build_spec(recording, capsys, monkeypatch, tmp_path, given, expected):
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -187,7 +204,10 @@ def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_m
     assert ID_RE.match(first["id"])
     assert first["id"].startswith("20240203T040506-")
     assert first["git_sha"] == git(Path(args["source"]), "rev-parse", "v2")
-    assert first["dependencies"] == ["fastapi==0.110.0"]
+    # pyproject.toml lists no uvicorn: the build adds it, and says so.
+    assert first["dependencies"] == ["fastapi==0.110.0", "uvicorn==0.54.0"]
+    assert (first["dependency_source"], first["added"]) == ("pyproject.toml", ["uvicorn==0.54.0"])
+    assert first["project"] is None
     assert isinstance(first["elapsed"], float) and first["elapsed"] >= 0
     # Check mode builds too: the artifact is a controller cache, and a dry run names the id.
     artifact = Path(first["artifact"])
@@ -199,7 +219,26 @@ def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_m
     assert second["changed"] is False
     for key in ("id", "artifact", "checksum"):
         assert second[key] == first[key], key
-    assert pip_calls(tmp_path) == 1
+    # One download for the service's dependencies, one for uvicorn; then the wheelhouse.
+    assert pip_calls(tmp_path) == 2
+
+
+def test_main_takes_the_requirements_file_it_is_given(args, capsys, tmp_path):
+    repo = Path(args["source"])
+    # pyproject.toml lists fastapi; the named file wins over it (and over requirements.txt).
+    files = {
+        "hello/requirements/prod.txt": "flask==3.0.0\nuvicorn==0.30.0\n",
+        "hello/requirements.txt": "django==5.0\n",
+    }
+    commit(repo, files, T2 + 120, "with-requirements")
+    given = {**args, "ref": "with-requirements", "requirements": "requirements/prod.txt"}
+
+    code, result = run_main(given, capsys)
+
+    assert code == 0, result
+    assert result["dependency_source"] == "requirements/prod.txt"
+    assert result["dependencies"] == ["flask==3.0.0", "uvicorn==0.30.0"]
+    assert result["added"] == []
 
 
 @pytest.mark.parametrize(
@@ -210,9 +249,20 @@ def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_m
         ({"subdir": "../hello"}, "subdir", False, "no '..'"),
         ({"subdir": "missing"}, "subdir", False, "has no pyproject.toml"),
         ({"source": "MISSING"}, "source", False, "reachable from the controller"),
-        ({"ref": "broken-deps"}, None, True, "could not download wheels"),
+        ({"ref": "broken-deps"}, None, False, "No matching distribution found for doesnotexist"),
+        ({"requirements": "../reqs.txt"}, "requirements", False, "inside the service directory"),
+        ({"requirements": "nope.txt"}, "requirements", False, "has no such file"),
     ],
-    ids=["unknown-ref", "range-ref", "dotdot-subdir", "missing-subdir", "no-source", "pip"],
+    ids=[
+        "unknown-ref",
+        "range-ref",
+        "dotdot-subdir",
+        "missing-subdir",
+        "no-source",
+        "pip",
+        "requirements-outside",
+        "requirements-missing",
+    ],
 )
 def test_main_reports_failures(args, capsys, tmp_path, overrides, field, retryable, says):
     if overrides.get("source") == "MISSING":
@@ -223,7 +273,10 @@ def test_main_reports_failures(args, capsys, tmp_path, overrides, field, retryab
     assert says in result["msg"]
     assert result["retryable"] is retryable
     assert isinstance(result["elapsed"], float)
-    assert result.get("field") == field
+    if says.startswith("No matching"):  # the failing source, and what it asked for
+        assert (result["field"], result["value"]) == ("pyproject.toml", ["doesnotexist==1.0"])
+    else:
+        assert result.get("field") == field
     if field is not None:
         assert result["value"] == {**args, **overrides}[field]
     assert "id" not in result

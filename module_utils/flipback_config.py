@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "access_log": False,
     # Commands of each release at named points of a deploy (flipback_command.POINTS).
     "commands": {},
+    # The requirements file the build takes dependencies from ("": uv.lock, else
+    # requirements.txt, else pyproject.toml [project] dependencies).
+    "requirements": "",
 }
 HEALTH_DEFAULTS: dict[str, Any] = {
     "path": "/health",
@@ -183,6 +186,22 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
         )
     else:
         svc["subdir"] = subdir.strip("/")
+    requirements = svc.get("requirements")
+    if not isinstance(requirements, str) or (
+        requirements
+        and (
+            not SUBDIR_RE.fullmatch(requirements)
+            or any(part in (".", "..") for part in requirements.split("/"))
+        )
+    ):
+        problems.append(
+            _problem(
+                f"{where}.requirements",
+                requirements,
+                "a requirements file as a relative path inside the service's directory "
+                "(e.g. requirements/prod.txt), without '.' or '..' parts",
+            )
+        )
     ref = svc.get("ref")
     if not isinstance(ref, str) or not REF_RE.fullmatch(ref) or ".." in ref:
         problems.append(_problem(f"{where}.ref", ref, "a branch, tag or commit"))

@@ -156,6 +156,13 @@ W0 = "flipback_services[0]"
         ),
         pytest.param({"health": {"timeout": 0}}, f"{W}.health.timeout", "got 0,", id="timeout-0"),
         pytest.param(
+            {"requirements": "../secrets.txt"}, f"{W}.requirements", "'../secrets.txt'", id="req-up"
+        ),
+        pytest.param({"requirements": "/etc/x"}, f"{W}.requirements", "'/etc/x'", id="req-abs"),
+        pytest.param(
+            {"requirements": "-r x.txt"}, f"{W}.requirements", "'-r x.txt'", id="req-option"
+        ),
+        pytest.param(
             {"health": {"release_in": "body"}}, f"{W}.health.release_in", "'body'", id="release-in"
         ),
         pytest.param(
@@ -409,6 +416,7 @@ def test_defaults_are_filled_in():
         "access_log": False,
         "nginx": NGINX_DEFAULTS,
         "commands": {},
+        "requirements": "",
         "env": {},
         "health": HEALTH_DEFAULTS,
     }

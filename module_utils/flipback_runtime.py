@@ -594,6 +594,9 @@ def staged_files(
         env=clean,
         build_id=build_id,
         root=home,
+        nginx=config.get("nginx") if isinstance(config.get("nginx"), Mapping) else None,
+        access_log=bool(config.get("access_log")),
+        commands=config.get("commands") if isinstance(config.get("commands"), Mapping) else None,
     )
     if expected["release"] != release or expected["config"] != dict(config):
         raise ConfigInvalid(
@@ -610,6 +613,7 @@ def staged_files(
         app=expected["config"]["app"],
         factory=expected["config"]["factory"],
         workers=expected["config"]["workers"],
+        access_log=expected["config"]["access_log"],
     )
     return unit, env_text
 

@@ -1274,3 +1274,35 @@ def test_nginx_options_and_access_log_are_part_of_the_release():
     digests = {config_digest(c) for c in (plain, logged, bigger)}
     assert len(digests) == 3
     assert bigger["nginx"] == {**NGINX_DEFAULTS, "max_body": "5m"}
+
+
+def test_staged_files_of_a_release_with_every_setting_of_its_own():
+    # What the controller worked out from a definition with nginx settings, an access
+    # log and commands is what the host finds the release id stands for.
+    resolved = resolve_release(
+        service=SERVICE,
+        user="shopuser",
+        app="app:app",
+        factory=False,
+        workers=2,
+        port=8000,
+        env={"A": "1"},
+        build_id=BUILD_ID,
+        root=HOME,
+        nginx={**NGINX_DEFAULTS, "max_body": "20m", "server_name": ["shop.example"]},
+        access_log=True,
+        commands={"before_switch_once": [{"run": "migrate", "timeout": 60}]},
+    )
+    unit_file, _env = staged_files(
+        service=SERVICE,
+        home=HOME,
+        release=resolved["release"],
+        build_id=BUILD_ID,
+        config=resolved["config"],
+        env_text=env_file_text({"A": "1"}),
+    )
+    assert "--no-access-log" not in unit_file
+    assert sha256_text(unit_file) == resolved["config"]["unit_sha256"]
+    # A release id from the same build without them is another release.
+    plain = a_release(SERVICE, HOME, env={"A": "1"}, user="shopuser", workers=2)
+    assert plain.id != resolved["release"]

@@ -19,7 +19,8 @@ description:
     module's arguments, its result or the command line it runs.
   - The command is stopped after O(timeout) seconds (systemd's C(RuntimeMaxSec=)).
   - A command that ran and failed (a non-zero exit, a signal, the timeout) is reported in
-    RV(failure), RV(exit_code) and RV(result), not as a module failure, so that its output
+    RV(failure), RV(exit_code) and RV(result) (there is no C(rc), which Ansible would take
+    as the task's failure), not as a module failure, so that its output
     can be shown first; the module fails only when the command could not be started (no
     live release on the host, a missing unit or env file, systemd-run refused it).
   - With O(run=false), or in check mode, it only finds the live release and reports what
@@ -104,10 +105,6 @@ ran:
 unit:
   description: The transient unit it ran as (C(flipback-exec-<service>-<hex>.service)).
   type: str
-  returned: success
-rc:
-  description: systemd-run's exit status (the command's, when it exited); null if not run.
-  type: int
   returned: success
 exit_code:
   description: The command's exit code; null when it did not exit by itself.

@@ -12,7 +12,7 @@ with those same settings, the release's venv first on PATH, and a runtime limit:
         -p EnvironmentFile=<home>/releases/<id>/.flipback/env
         --setenv=FLIPBACK_RELEASE=<id> --setenv=PATH=<release>/venv/bin:...
         -p RuntimeMaxSec=<timeout> -p NoNewPrivileges=yes -p ProtectSystem=strict ...
-        -- /bin/sh -c <cmd>
+        -- /bin/sh -c <cmd, each $ doubled: systemd would expand $NAME itself>
 
 The env values stay in the env file: systemd reads them for the command, and they are
 never part of an argument, a result or the output flipback prints. The sandboxing is
@@ -437,7 +437,9 @@ def systemd_run_argv(
         f"--property=TimeoutStopSec={STOP_GRACE}",
     ]
     argv += [f"--property={prop}" for prop in target["properties"]]
-    return [*argv, "--", "/bin/sh", "-c", cmd]
+    # systemd expands $NAME and ${NAME} in a service's command line before the shell
+    # sees it (and turns $$ into $): doubled, every $ reaches the shell as typed.
+    return [*argv, "--", "/bin/sh", "-c", cmd.replace("$", "$$")]
 
 
 def split_trailer(stderr: str) -> tuple[str, dict[str, str] | None]:
@@ -539,7 +541,6 @@ def execute(
         "cwd": target["cwd"],
         "ran": False,
         "unit": None,
-        "rc": None,
         "exit_code": None,
         "signal": None,
         "result": None,
@@ -584,7 +585,9 @@ def execute(
             rc=rc,
             stdout=_capped(stdout)[0],
         )
-    result.update(rc=rc, **outcome(rc, info, timeout))
+    # No `rc` in the result: Ansible fails a result whose rc is not 0, and a command that
+    # failed is reported (its output shown) before the playbook fails on `failure`.
+    result.update(outcome(rc, info, timeout))
     result["stdout"], cut_out = _capped(stdout)
     result["stderr"], cut_err = _capped(stderr)
     result["truncated"] = cut_out or cut_err

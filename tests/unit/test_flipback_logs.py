@@ -75,6 +75,52 @@ BINARY = journal_line(
 )
 
 
+# Real lines, as journalctl 252 on a sandbox machine (Debian 12) wrote them for
+# `journalctl -o json --output-fields=... -u 'hello@*.service'`: the app's own line, and
+# systemd's line about the instance (the unit in UNIT=, from init.scope).
+REAL_RELEASE = "20261104T100000-74e4617730"
+REAL_APP = (
+    '{"PRIORITY":"6","_SYSTEMD_UNIT":"hello@20261104T100000-74e4617730.service","_BOOT_ID":'
+    '"a5388d5fdd70493bb00c56087091fb6c","__MONOTONIC_TIMESTAMP":"8725626058","MESSAGE":'
+    '"INFO:     Uvicorn running on unix socket /run/flipback-hello/20261104T100000-74e4617730'
+    '/app.sock (Press CTRL+C to quit)","_PID":"119","SYSLOG_IDENTIFIER":"python","__CURSOR":'
+    '"s=ea4e446cad5b4b89af833172fbc4e944;i=52;b=a5388d5fdd70493bb00c56087091fb6c;m=208167cca;'
+    't=661a6ca1aa846;x=167e009a1fcf3a48","__REALTIME_TIMESTAMP":"1796218843473990"}'
+)
+REAL_SYSTEMD = (
+    '{"_PID":"1","_SYSTEMD_UNIT":"init.scope","__MONOTONIC_TIMESTAMP":"8725282359",'
+    '"SYSLOG_IDENTIFIER":"systemd","UNIT":"hello@20261104T100000-74e4617730.service",'
+    '"MESSAGE":"Started hello@20261104T100000-74e4617730.service - flipback hello release '
+    '20261104T100000-74e4617730.","PRIORITY":"6","_BOOT_ID":"a5388d5fdd70493bb00c56087091fb6c",'
+    '"__REALTIME_TIMESTAMP":"1796218843130291","__CURSOR":"s=ea4e446cad5b4b89af833172fbc4e944;'
+    'i=4e;b=a5388d5fdd70493bb00c56087091fb6c;m=208113e37;t=661a6ca1569b3;x=a782a25fca3b3de4"}'
+)
+
+
+def test_parse_entry_of_real_journalctl_lines():
+    app = parse_entry(REAL_APP, ["hello"])
+    assert app == {
+        "ts": 1796218843473990,
+        "at": "2026-12-02T13:40:43.473990Z",
+        "service": "hello",
+        "release": REAL_RELEASE,
+        "unit": f"hello@{REAL_RELEASE}.service",
+        "pid": 119,
+        "priority": 6,
+        "identifier": "python",
+        "message": "INFO:     Uvicorn running on unix socket /run/flipback-hello/"
+        f"{REAL_RELEASE}/app.sock (Press CTRL+C to quit)",
+    }
+    started = parse_entry(REAL_SYSTEMD, ["hello"])
+    assert (started["release"], started["pid"], started["identifier"]) == (
+        REAL_RELEASE,
+        1,
+        "systemd",
+    )
+    assert started["ts"] < app["ts"]
+    assert parse_entry(REAL_APP, ["greeter"])["release"] is None
+
+
 # =========================================================================== inputs
 
 

@@ -30,7 +30,9 @@ CMD = (
     'test -n "$HELLO_GREETING" && echo greeting=set; '
     "touch ../../shared/day2-x && echo shared=writable; "
     "touch ./day2-nope 2>/dev/null && echo code=WRITABLE || echo code=read-only; "
-    "echo to-stderr >&2"
+    "echo to-stderr >&2; "
+    # The shell gets $2 as typed (systemd expands $NAME in a command line itself).
+    'set -- a b; echo "second=$2"'
 )
 
 
@@ -83,6 +85,7 @@ def test_exec_runs_in_the_live_release_as_its_user_in_its_venv(host, day2):
         "greeting=set",
         "shared=writable",
         "code=read-only",
+        "second=b",
     ):
         assert f"{name} {release} | {line}" in out, (line, out[-3000:])
     assert f"{name} {release} ! to-stderr" in out, out[-3000:]

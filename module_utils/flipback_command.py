@@ -158,7 +158,9 @@ def sandbox_argv(
         "--",
         "/bin/sh",
         "-c",
-        command,
+        # systemd expands $NAME and ${NAME} in a command line before the shell sees it
+        # (and turns $$ into $): doubled, every $ reaches the shell as written.
+        command.replace("$", "$$"),
     ]
 
 

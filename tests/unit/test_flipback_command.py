@@ -134,6 +134,19 @@ def test_bad_commands_are_refused_naming_field_and_value(raw, says):
     assert says in problems[0]
 
 
+def test_every_dollar_reaches_the_shell_as_written():
+    argv = sandbox_argv(
+        service=SERVICE,
+        root="/srv/shop",
+        release=R2,
+        user="shop",
+        unit="u",
+        timeout=1,
+        command='echo "${DB:-none}" $FLIPBACK_RELEASE $$',
+    )
+    assert argv[-1] == 'echo "$${DB:-none}" $$FLIPBACK_RELEASE $$$$'
+
+
 def test_the_sandbox_is_the_release_s_environment():
     argv = sandbox_argv(
         service=SERVICE,

@@ -41,6 +41,8 @@ from ansible.module_utils.flipback_runtime import CONFIG_DIR, ENV_FILE, UNIT_DIR
 WHEELS_DIR = ".wheels"
 # The service's own wheel (a service that is a package), installed over the venv.
 PROJECT_DIR = ".project"
+# What the manifest keeps of the build's record (flipback.json in the artifact).
+BUILD_RECORD = ("dependencies", "dependency_source", "added", "project")
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -249,6 +251,10 @@ class Stager:
             # How it runs: env names and a digest, never values.
             "config": spec.config,
         }
+        # What it was built from (the artifact's own record, once unpacked): every pin,
+        # where the pins came from, what flipback added, the project's own wheel.
+        meta = getattr(self, "meta", None) or {}
+        manifest.update({k: meta[k] for k in BUILD_RECORD if k in meta})
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         write_atomic(os.path.join(self.path, MANIFEST), text, 0o644)
 

@@ -571,6 +571,37 @@ def test_the_manifest_records_the_build_and_the_config_never_env_values(
     assert SECRET not in text
 
 
+def test_the_manifest_records_every_pin_where_it_came_from_and_what_was_added(
+    root, rid, tmp_path, lchown_calls
+):
+    wheel = tmp_path / "wheelhouse" / "websockets-15.0.1-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"PK fake wheel")
+    artifact = tmp_path / "incoming" / f"{BUILD}.tar"
+    artifact.parent.mkdir()
+    pins = ["uvicorn==0.54.0", "websockets==15.0.1"]
+    meta = {
+        "service": SERVICE,
+        "id": BUILD,
+        "dependencies": pins,
+        "dependency_source": "uv.lock",
+        "added": ["uvicorn==0.54.0"],
+        "project": None,
+    }
+    write_artifact(str(artifact), source_tar(()), [str(wheel)], 1_795_953_600, meta, [])
+
+    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+
+    manifest = read_manifest(str(root), rid)
+    assert manifest["status"] == "staged"
+    assert (manifest["dependencies"], manifest["dependency_source"], manifest["added"]) == (
+        pins,
+        "uv.lock",
+        ["uvicorn==0.54.0"],
+    )
+    assert manifest["project"] is None
+
+
 @pytest.mark.parametrize(
     "shipped",
     [

@@ -10,9 +10,10 @@ the ones it was staged with:
     before_switch        on every host, after staging, before any host switches
     after_switch         on every host, right after its switch
 
-Each runs as a transient systemd unit (systemd-run): the release's user, its env file,
-its working directory, its venv first on PATH, FLIPBACK_RELEASE set, `shared/` writable
-and the rest of the system read-only, killed at its timeout. Its output and exit code
+Each runs as a transient systemd unit (systemd-run), built the way `exec.yml` builds
+its command (flipback_exec): the release's user, env file, working directory and its
+unit's sandbox (`shared/` writable, the rest read-only), its venv first on PATH,
+FLIPBACK_RELEASE set, stopped at its timeout. Its output and exit code
 are written to the history (event `command`) and to the release's manifest
 (`commands_run`).
 
@@ -23,19 +24,28 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError, write_atomic
+from ansible.module_utils.flipback_exec import (
+    DEFAULT_UNIT_DIR,
+    WAIT_SLACK,
+    CommandTimeout,
+    outcome,
+    resolve,
+    run_with_timeout,
+    split_trailer,
+    systemd_run_argv,
+)
 from ansible.module_utils.flipback_release import (
     append_history,
     history_event,
     read_manifest,
     release_dir,
 )
-from ansible.module_utils.flipback_runtime import env_path
 
 POINTS = ("before_switch_once", "before_switch", "after_switch")
 DEFAULT_TIMEOUT = 300
@@ -43,9 +53,10 @@ MAX_TIMEOUT = 86400
 # What is kept of a command's output: in the manifest and history, and in an error.
 OUTPUT_KEEP = 4000
 ERROR_LINES = 20
-SYSTEMD_RUN = "/usr/bin/systemd-run"
+SYSTEMD_RUN = "systemd-run"
 
-Runner = Callable[..., subprocess.CompletedProcess]
+# (argv, seconds to wait) -> (rc, stdout, stderr), as flipback_exec runs systemd-run.
+Runner = Callable[[list[str], float], tuple[int, str, str]]
 
 
 class CommandFailed(FlipbackError):
@@ -122,46 +133,12 @@ def _command(field: str, entry: Any, problems: list[str]) -> dict | None:
     return {"run": run, "timeout": int(timeout)}
 
 
-def sandbox_argv(
-    *, service: str, root: str, release: str, user: str, unit: str, timeout: int, command: str
-) -> list[str]:
-    """systemd-run of `command` in the release's environment, as its unit runs the app."""
-    here = release_dir(root, release)
-    return [
-        SYSTEMD_RUN,
-        "--quiet",
-        "--wait",
-        "--pipe",
-        "--collect",
-        f"--unit={unit}",
-        f"--description=flipback {service} command of release {release}",
-        f"--uid={user}",
-        f"--gid={user}",
-        f"--working-directory={here}",
-        f"--property=EnvironmentFile={env_path(root, release)}",
-        f"--setenv=PATH={here}/venv/bin:/usr/local/bin:/usr/bin:/bin",
-        f"--setenv=VIRTUAL_ENV={here}/venv",
-        f"--setenv=FLIPBACK_RELEASE={release}",
-        "--setenv=PYTHONDONTWRITEBYTECODE=1",
-        f"--property=RuntimeMaxSec={timeout}",
-        "--property=NoNewPrivileges=yes",
-        "--property=ProtectSystem=strict",
-        f"--property=ReadWritePaths={root}/shared",
-        "--property=ProtectHome=yes",
-        "--property=PrivateTmp=yes",
-        "--property=PrivateDevices=yes",
-        "--property=ProtectKernelTunables=yes",
-        "--property=ProtectKernelModules=yes",
-        "--property=ProtectControlGroups=yes",
-        "--property=RestrictSUIDSGID=yes",
-        "--property=UMask=0027",
-        "--",
-        "/bin/sh",
-        "-c",
-        # systemd expands $NAME and ${NAME} in a command line before the shell sees it
-        # (and turns $$ into $): doubled, every $ reaches the shell as written.
-        command.replace("$", "$$"),
-    ]
+def _signal_number(name: str) -> int:
+    """9 for "KILL" or "9"; 0 for what names no signal."""
+    try:
+        return int(name) if name.isdigit() else int(signal.Signals[f"SIG{name}"])
+    except (KeyError, ValueError):
+        return 0
 
 
 def _tail(text: str, limit: int = OUTPUT_KEEP) -> str:
@@ -180,8 +157,9 @@ class ReleaseCommands:
         *,
         by: str = "unknown",
         run_id: str | None = None,
-        run: Runner = subprocess.run,
+        run: Runner = run_with_timeout,
         now: Callable[[], float] = time.monotonic,
+        unit_dir: str = DEFAULT_UNIT_DIR,
     ) -> None:
         if point not in POINTS:
             raise CommandFailed(
@@ -192,7 +170,7 @@ class ReleaseCommands:
             )
         self.service, self.root, self.release, self.point = service, root, release, point
         self.by, self.run_id = by, run_id
-        self.runner, self.now = run, now
+        self.runner, self.now, self.unit_dir = run, now, unit_dir
 
     def planned(self, check_mode: bool = False) -> tuple[list[dict], str] | None:
         manifest = read_manifest(self.root, self.release)
@@ -267,40 +245,45 @@ class ReleaseCommands:
         return result
 
     def _run_one(self, index: int, command: dict, user: str) -> dict:
-        unit = f"flipback-{self.service}-{self.point.replace('_', '-')}-{index}-{self.release}"
-        argv = sandbox_argv(
-            service=self.service,
-            root=self.root,
+        # The release's user, directory, env file and sandbox, from its own unit file.
+        target = resolve(
+            self.service,
             release=self.release,
-            user=user,
-            unit=unit,
-            timeout=command["timeout"],
-            command=command["run"],
+            root_parent=os.path.dirname(self.root.rstrip("/")),
+            unit_dir=self.unit_dir,
+        )
+        unit = f"flipback-{self.service}-{self.point.replace('_', '-')}-{index}-{self.release}"
+        argv = systemd_run_argv(
+            target, command["run"], timeout=command["timeout"], unit=unit, systemd_run=SYSTEMD_RUN
         )
         started = self.now()
         try:
-            proc = self.runner(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                check=False,
-                # A backstop only: systemd stops the unit at its RuntimeMaxSec.
-                timeout=command["timeout"] + 60,
-            )
-            rc, output = proc.returncode, proc.stdout or ""
-        except subprocess.TimeoutExpired as exc:
-            rc, output = 124, (exc.stdout or "") if isinstance(exc.stdout, str) else ""
+            rc, stdout, stderr = self.runner(argv, command["timeout"] + WAIT_SLACK)
+            stderr, info = split_trailer(stderr)
+            ended = outcome(rc, info, command["timeout"])
+        except CommandTimeout as exc:
+            self.runner(["systemctl", "stop", unit], 60)
+            stdout, stderr = exc.stdout, split_trailer(exc.stderr)[0]
+            ended = {"result": "timeout", "exit_code": None}
         seconds = round(self.now() - started, 3)
+        timed_out = ended["result"] == "timeout"
+        code = ended["exit_code"]
+        # The command's exit code; 124 (as timeout(1)) when it ran out of time, 128+N when
+        # signal N ended it, 1 when it ended some other way (or could not start).
+        if timed_out:
+            rc = 124
+        elif code is not None:
+            rc = code
+        elif ended.get("signal"):
+            rc = 128 + _signal_number(ended["signal"])
+        else:
+            rc = 1
         return {
             "run": command["run"],
             "rc": rc,
             "seconds": seconds,
-            # systemd ends a unit past its RuntimeMaxSec with a failure: tell that apart.
-            "timed_out": rc != 0 and seconds >= command["timeout"],
-            "output": _tail(output),
+            "timed_out": timed_out,
+            "output": _tail(stdout + stderr),
         }
 
     def _record(self, outcome: dict) -> None:

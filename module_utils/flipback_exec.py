@@ -318,11 +318,13 @@ def _expand(value: str, release: str, where: str) -> str:
 def resolve(
     service: str,
     *,
+    release: str | None = None,
     root_parent: str = DEFAULT_ROOT_PARENT,
     unit_dir: str = DEFAULT_UNIT_DIR,
 ) -> dict[str, Any]:
-    """What the live release of `service` runs as, read from its files: release, home,
-    user, group, cwd, env file, venv, the unit's environment settings and sandboxing."""
+    """What the live release of `service` (or the staged `release`) runs as, read from
+    its files: release, home, user, group, cwd, env file, venv, the unit's environment
+    settings and sandboxing."""
     service = validate_service(service)
     home = os.path.join(root_parent, service)
     if not os.path.isdir(home):
@@ -332,7 +334,7 @@ def resolve(
             field="service",
             value=service,
         )
-    release = current_release(home)
+    release = release or current_release(home)
     if release is None:
         raise ReleaseError(
             f"service: {service!r} has no live release on this host ({home}/current does "

@@ -1,13 +1,13 @@
 """Unit tests of module_utils/flipback_command.py: a release's commands at named points.
 
-systemd-run goes through a fake runner that records the argv and answers as scripted;
-the release tree (manifest, history) is real, on tmp_path.
+systemd-run goes through a fake runner that records the argv and answers as scripted
+(with systemd-run's own closing lines); the release tree (manifest, history, env file,
+venv) and its unit file are real, on tmp_path.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from ansible.module_utils.flipback_command import (
@@ -15,9 +15,10 @@ from ansible.module_utils.flipback_command import (
     CommandFailed,
     ReleaseCommands,
     normalize_commands,
-    sandbox_argv,
 )
+from ansible.module_utils.flipback_exec import SYSTEM_PATH, CommandTimeout
 from ansible.module_utils.flipback_release import Releases, read_history, read_manifest
+from ansible.module_utils.flipback_runtime import unit_path, unit_text
 
 SERVICE = "shop"
 R1 = "20261202T100000-aaaaaaaaaa"
@@ -27,14 +28,17 @@ MIGRATE = "python manage.py migrate --noinput"
 
 
 def staged(root, release: str, commands: dict, user: str = "shop") -> None:
-    """A staged release whose configuration declares `commands` (as service_config
-    normalizes them: a bare command line gets the default timeout)."""
+    """A staged release under `root` (tmp_path/shop) whose configuration declares
+    `commands` (as service_config normalizes them: a bare command line gets the default
+    timeout), with its unit file in root/../units as staging writes it."""
     commands = {
         point: [c if isinstance(c, dict) else {"run": c, "timeout": DEFAULT_TIMEOUT} for c in cs]
         for point, cs in commands.items()
     }
     path = root / "releases" / release
-    path.mkdir(parents=True)
+    (path / "venv" / "bin").mkdir(parents=True)
+    (path / ".flipback").mkdir()
+    (path / ".flipback" / "env").write_text('DB="x"\n')
     manifest = {
         "id": release,
         "service": SERVICE,
@@ -42,6 +46,22 @@ def staged(root, release: str, commands: dict, user: str = "shop") -> None:
         "config": {"user": user, "commands": commands},
     }
     (path / "manifest.json").write_text(json.dumps(manifest))
+    units = root.parent / "units"
+    units.mkdir(exist_ok=True)
+    unit = unit_text(
+        service=SERVICE, home=str(root), user=user, app="app:app", factory=False, workers=1
+    )
+    (units / unit_path(SERVICE, release).rsplit("/", 1)[1]).write_text(unit)
+
+
+def ended(rc: int) -> str:
+    """What systemd-run --wait writes after the command exited `rc`."""
+    result = "success" if rc == 0 else "exit-code"
+    return (
+        f"Finished with result: {result}\n"
+        f"Main processes terminated with: code=exited/status={rc}\n"
+        "Service runtime: 7.5s\n"
+    )
 
 
 class Runner:
@@ -52,12 +72,16 @@ class Runner:
         self.argvs: list[list[str]] = []
         self.clock = clock
 
-    def __call__(self, argv, **kwargs):
+    def __call__(self, argv, timeout):
         self.argvs.append(list(argv))
+        if argv[0] == "systemctl":
+            return 0, "", ""
         rc, output = self.answers.pop(0)
         if self.clock is not None:
             self.clock[0] += 7.5
-        return subprocess.CompletedProcess(argv, rc, output, None)
+        if rc == "timeout":
+            raise CommandTimeout(output, "")
+        return rc, output, ended(rc)
 
 
 def commands_at(root, point: str, runner: Runner, clock=None) -> ReleaseCommands:
@@ -71,7 +95,13 @@ def commands_at(root, point: str, runner: Runner, clock=None) -> ReleaseCommands
         run_id="ctl:1:2",
         run=runner,
         now=lambda: ticks[0],
+        unit_dir=str(root.parent / "units"),
     )
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / SERVICE
 
 
 # =========================================================================== definitions
@@ -134,63 +164,47 @@ def test_bad_commands_are_refused_naming_field_and_value(raw, says):
     assert says in problems[0]
 
 
-def test_every_dollar_reaches_the_shell_as_written():
-    argv = sandbox_argv(
-        service=SERVICE,
-        root="/srv/shop",
-        release=R2,
-        user="shop",
-        unit="u",
-        timeout=1,
-        command='echo "${DB:-none}" $FLIPBACK_RELEASE $$',
-    )
-    assert argv[-1] == 'echo "$${DB:-none}" $$FLIPBACK_RELEASE $$$$'
+def test_commands_run_with_the_release_s_own_unit_settings(root):
+    staged(root, R2, {"before_switch": ["echo $DB"]})
+    runner = Runner((0, "x\n"))
 
+    commands_at(root, "before_switch", runner).run()
 
-def test_the_sandbox_is_the_release_s_environment():
-    argv = sandbox_argv(
-        service=SERVICE,
-        root="/srv/shop",
-        release=R2,
-        user="shopuser",
-        unit="flipback-shop-x",
-        timeout=42,
-        command=MIGRATE,
-    )
-    assert argv[:5] == ["/usr/bin/systemd-run", "--quiet", "--wait", "--pipe", "--collect"]
-    assert argv[-4:] == ["--", "/bin/sh", "-c", MIGRATE]
+    (argv,) = runner.argvs
+    here = f"{root}/releases/{R2}"
     for expected in (
-        "--uid=shopuser",
-        "--gid=shopuser",
-        f"--working-directory=/srv/shop/releases/{R2}",
-        f"--property=EnvironmentFile=/srv/shop/releases/{R2}/.flipback/env",
-        f"--setenv=PATH=/srv/shop/releases/{R2}/venv/bin:/usr/local/bin:/usr/bin:/bin",
+        "--uid=shop",
+        f"--working-directory={here}",
+        f"--property=EnvironmentFile={here}/.flipback/env",
+        f"--setenv=PATH={here}/venv/bin:{SYSTEM_PATH}",
         f"--setenv=FLIPBACK_RELEASE={R2}",
-        "--property=RuntimeMaxSec=42",
+        f"--property=RuntimeMaxSec={DEFAULT_TIMEOUT}",
+        # The unit's own sandbox: shared/ writable, the rest read-only.
+        f"--property=ReadWritePaths={root}/shared",
         "--property=ProtectSystem=strict",
-        "--property=ReadWritePaths=/srv/shop/shared",
-        "--property=NoNewPrivileges=yes",
     ):
         assert expected in argv
+    assert argv[-4:] == ["--", "/bin/sh", "-c", "echo $$DB"]
+    assert any(a.startswith("--unit=flipback-shop-before-switch-0-") for a in argv)
 
 
 # =========================================================================== running
 
 
-def test_commands_run_in_order_and_are_recorded(tmp_path):
+def test_commands_run_in_order_and_are_recorded(root):
     staged(
-        tmp_path,
+        root,
         R2,
         {"before_switch": [{"run": "one", "timeout": 9}, {"run": "two", "timeout": 9}]},
     )
     runner = Runner((0, "first\n"), (0, "second\n"))
 
-    result = commands_at(tmp_path, "before_switch", runner).run()
+    result = commands_at(root, "before_switch", runner).run()
 
     assert [argv[-1] for argv in runner.argvs] == ["one", "two"]
     assert [c["rc"] for c in result["commands"]] == [0, 0]
     assert result["changed"] is True
-    events = read_history(str(tmp_path))
+    events = read_history(str(root))
     assert [e["event"] for e in events] == ["command", "command"]
     note = json.loads(events[0]["note"])
     assert (note["point"], note["run"], note["rc"], note["output"]) == (
@@ -200,20 +214,20 @@ def test_commands_run_in_order_and_are_recorded(tmp_path):
         "first\n",
     )
     assert events[0]["run"] == "ctl:1:2"
-    ran = read_manifest(str(tmp_path), R2)["commands_run"]
+    ran = read_manifest(str(root), R2)["commands_run"]
     assert [(r["point"], r["run"], r["rc"]) for r in ran] == [
         ("before_switch", "one", 0),
         ("before_switch", "two", 0),
     ]
 
 
-def test_a_failing_migration_stops_at_once_naming_command_code_and_output(tmp_path):
-    staged(tmp_path, R2, {"before_switch_once": [MIGRATE, "never"]})
+def test_a_failing_migration_stops_at_once_naming_command_code_and_output(root):
+    staged(root, R2, {"before_switch_once": [MIGRATE, "never"]})
     output = "".join(f"line {n}\n" for n in range(40)) + "django.db.utils.OperationalError: boom\n"
     runner = Runner((7, output))
 
     with pytest.raises(CommandFailed) as failed:
-        commands_at(tmp_path, "before_switch_once", runner).run()
+        commands_at(root, "before_switch_once", runner).run()
 
     error = failed.value
     assert len(runner.argvs) == 1  # the second command never ran
@@ -224,73 +238,77 @@ def test_a_failing_migration_stops_at_once_naming_command_code_and_output(tmp_pa
     assert "line 39" in error.msg and "line 5\n" not in error.msg  # the last lines only
     assert (error.details["rc"], error.details["command"]) == (7, MIGRATE)
     # Recorded, and the release is failed here: never a rollback target.
-    events = [e["event"] for e in read_history(str(tmp_path))]
+    events = [e["event"] for e in read_history(str(root))]
     assert events == ["command", "failed"]
-    state = Releases(SERVICE, str(tmp_path)).scan()
+    state = Releases(SERVICE, str(root)).scan()
     assert state.releases[R2].status == "failed"
 
 
-def test_a_command_out_of_time_says_so(tmp_path):
-    staged(tmp_path, R2, {"before_switch": [{"run": "sleep 99", "timeout": 5}]})
+def test_a_command_out_of_time_says_so(root):
+    staged(root, R2, {"before_switch": [{"run": "sleep 99", "timeout": 5}]})
     clock = [0.0]
-    runner = Runner((1, "Terminated\n"), clock=clock)
+    runner = Runner(("timeout", "still sleeping\n"), clock=clock)
 
-    with pytest.raises(CommandFailed, match=r"ran out of its 5 s after 7\.5 s"):
-        commands_at(tmp_path, "before_switch", runner, clock).run()
+    with pytest.raises(CommandFailed, match=r"ran out of its 5 s after 7\.5 s") as failed:
+        commands_at(root, "before_switch", runner, clock).run()
+
+    assert failed.value.details["rc"] == 124
+    # Its unit is stopped, in case systemd did not stop it at RuntimeMaxSec.
+    assert runner.argvs[-1][:2] == ["systemctl", "stop"]
 
 
-def test_a_failed_after_switch_command_does_not_mark_the_live_release_failed(tmp_path):
-    staged(tmp_path, R2, {"after_switch": ["notify"]})
+def test_a_failed_after_switch_command_does_not_mark_the_live_release_failed(root):
+    staged(root, R2, {"after_switch": ["notify"]})
     runner = Runner((3, "no route\n"))
 
     with pytest.raises(CommandFailed, match="exited 3"):
-        commands_at(tmp_path, "after_switch", runner).run()
+        commands_at(root, "after_switch", runner).run()
 
     # The restore that follows records it as rolled back.
-    assert [e["event"] for e in read_history(str(tmp_path))] == ["command"]
+    assert [e["event"] for e in read_history(str(root))] == ["command"]
 
 
-def test_command_events_do_not_change_a_release_s_status(tmp_path):
-    staged(tmp_path, R2, {"before_switch": ["true"]})
+def test_command_events_do_not_change_a_release_s_status(root):
+    staged(root, R2, {"before_switch": ["true"]})
     runner = Runner((0, ""))
-    commands_at(tmp_path, "before_switch", runner).run()
+    commands_at(root, "before_switch", runner).run()
 
-    state = Releases(SERVICE, str(tmp_path)).scan()
+    state = Releases(SERVICE, str(root)).scan()
     assert state.releases[R2].status == "staged"
 
 
-def test_no_commands_for_the_point_runs_nothing(tmp_path):
-    staged(tmp_path, R2, {"before_switch_once": [MIGRATE]})
+def test_no_commands_for_the_point_runs_nothing(root):
+    staged(root, R2, {"before_switch_once": [MIGRATE]})
     runner = Runner()
 
-    result = commands_at(tmp_path, "after_switch", runner).run()
+    result = commands_at(root, "after_switch", runner).run()
 
     assert (result["changed"], result["commands"], runner.argvs) == (False, [], [])
-    assert read_history(str(tmp_path)) == []
+    assert read_history(str(root)) == []
 
 
-def test_check_mode_lists_the_commands_and_runs_none(tmp_path):
-    staged(tmp_path, R2, {"before_switch_once": [{"run": MIGRATE, "timeout": 30}]})
+def test_check_mode_lists_the_commands_and_runs_none(root):
+    staged(root, R2, {"before_switch_once": [{"run": MIGRATE, "timeout": 30}]})
     runner = Runner()
 
-    result = commands_at(tmp_path, "before_switch_once", runner).run(check_mode=True)
+    result = commands_at(root, "before_switch_once", runner).run(check_mode=True)
 
     assert result["commands"] == [{"run": MIGRATE, "timeout": 30}]
     assert result["msg"].startswith("would run 1 before_switch_once command(s)")
     assert runner.argvs == []
-    assert read_history(str(tmp_path)) == []
+    assert read_history(str(root)) == []
 
 
-def test_check_mode_of_a_release_not_staged_yet(tmp_path):
+def test_check_mode_of_a_release_not_staged_yet(root):
     runner = Runner()
-    result = commands_at(tmp_path, "before_switch", runner).run(check_mode=True)
+    result = commands_at(root, "before_switch", runner).run(check_mode=True)
     assert result["msg"] == f"would run the before_switch commands {R2} declares"
     assert runner.argvs == []
 
 
-def test_a_release_not_staged_cannot_run_commands(tmp_path):
+def test_a_release_not_staged_cannot_run_commands(root):
     with pytest.raises(CommandFailed, match="no manifest under"):
-        commands_at(tmp_path, "before_switch", Runner()).run()
+        commands_at(root, "before_switch", Runner()).run()
 
 
 def test_an_unknown_point_is_refused():

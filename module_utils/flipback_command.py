@@ -172,7 +172,7 @@ class ReleaseCommands:
         self.by, self.run_id = by, run_id
         self.runner, self.now, self.unit_dir = run, now, unit_dir
 
-    def planned(self, check_mode: bool = False) -> tuple[list[dict], str] | None:
+    def planned(self, check_mode: bool = False) -> tuple[list[dict], list[str]] | None:
         manifest = read_manifest(self.root, self.release)
         if manifest is None and check_mode:
             return None
@@ -184,7 +184,8 @@ class ReleaseCommands:
             )
         config = manifest.get("config") or {}
         commands = (config.get("commands") or {}).get(self.point) or []
-        return list(commands), str(config.get("user") or self.service)
+        static = ((config.get("nginx") or {}).get("static")) or {}
+        return list(commands), sorted(set(static.values()))
 
     def run(self, *, check_mode: bool = False) -> dict:
         result: dict[str, Any] = {
@@ -198,7 +199,7 @@ class ReleaseCommands:
             # A dry run of a release this host has not staged yet: it knows no commands.
             result["msg"] = f"would run the {self.point} commands {self.release} declares"
             return result
-        commands, user = planned
+        commands, static_dirs = planned
         if not commands:
             result["msg"] = f"{self.release} declares no {self.point} commands"
             return result
@@ -207,7 +208,7 @@ class ReleaseCommands:
             result["msg"] = f"would run {len(commands)} {self.point} command(s) of {self.release}"
             return result
         for index, command in enumerate(commands):
-            outcome = self._run_one(index, command, user)
+            outcome = self._run_one(index, command, static_dirs)
             result["commands"].append(outcome)
             result["changed"] = True
             self._record(outcome)
@@ -244,7 +245,7 @@ class ReleaseCommands:
         result["msg"] = f"ran {len(commands)} {self.point} command(s) of {self.release}"
         return result
 
-    def _run_one(self, index: int, command: dict, user: str) -> dict:
+    def _run_one(self, index: int, command: dict, static_dirs: list[str]) -> dict:
         # The release's user, directory, env file and sandbox, from its own unit file.
         target = resolve(
             self.service,
@@ -252,6 +253,15 @@ class ReleaseCommands:
             root_parent=os.path.dirname(self.root.rstrip("/")),
             unit_dir=self.unit_dir,
         )
+        if self.point != "after_switch":
+            # Before the switch, the release's static directories are its commands' to
+            # fill (collectstatic), readable by nginx; after it, the release is immutable.
+            here = release_dir(self.root, self.release)
+            target["properties"] = [
+                *target["properties"],
+                *(f"ReadWritePaths={here}/{d.rstrip('/')}" for d in static_dirs),
+                "UMask=0022",
+            ]
         unit = f"flipback-{self.service}-{self.point.replace('_', '-')}-{index}-{self.release}"
         argv = systemd_run_argv(
             target, command["run"], timeout=command["timeout"], unit=unit, systemd_run=SYSTEMD_RUN

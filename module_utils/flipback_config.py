@@ -345,6 +345,7 @@ def _check_nginx(where: str, nginx: Any, problems: list[str]) -> dict[str, Any]:
         and isinstance(directory, str)
         and STATIC_DIR_RE.fullmatch(directory)
         and not any(part in (".", "..") for part in directory.split("/"))
+        and directory.split("/")[0] not in ("shared", "venv", ".flipback")
         for prefix, directory in static.items()
     ):
         problems.append(
@@ -352,8 +353,9 @@ def _check_nginx(where: str, nginx: Any, problems: list[str]) -> dict[str, Any]:
                 f"{where}.nginx.static",
                 static,
                 "a mapping of URL prefix ('/static/': starts and ends with '/', not '/ "
-                "alone') to a directory relative to the release ('static') or under the "
-                "service's shared/ ('shared/media'), without '.' or '..'",
+                "alone') to a directory in the release ('static': before_switch commands "
+                "such as collectstatic fill it), without '.' or '..'; not under shared/ "
+                "(closed to nginx), venv/ or .flipback/",
             )
         )
     else:

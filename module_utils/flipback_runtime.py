@@ -220,8 +220,8 @@ NGINX_DEFAULTS: dict[str, Any] = {
     "read_timeout": 60,
     # Largest request body (nginx size: 1m, 512k, 0 = no limit): nginx's own default.
     "max_body": "1m",
-    # URL prefix -> directory nginx serves directly: relative to the release
-    # (`static`, e.g. after collectstatic) or under the service's `shared/`.
+    # URL prefix -> directory in the release nginx serves directly (`static`: in the
+    # code, or filled by a before_switch command such as collectstatic).
     "static": {},
 }
 
@@ -239,11 +239,8 @@ def site_text(*, service: str, home: str, port: int, nginx: Mapping[str, Any] | 
     names = f"    server_name {' '.join(conf['server_name'])};\n" if conf["server_name"] else ""
     static = ""
     for prefix, directory in sorted(conf["static"].items()):
-        where = (
-            f"{home}/{directory}"
-            if directory.startswith("shared/")
-            else (f"{home}/current/{directory}")
-        )
+        # Through `current`: the files switch with the release.
+        where = f"{home}/current/{directory}"
         static += f"\n    location ^~ {prefix} {{\n        alias {where.rstrip('/')}/;\n    }}\n"
     return f"""\
 # flipback: public port of {service}, as the live release defines it; written by the

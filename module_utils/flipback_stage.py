@@ -218,10 +218,30 @@ class Stager:
         os.chown(conf_dir, 0, gid)
         os.chmod(conf_dir, 0o750)
         write_atomic(os.path.join(conf_dir, ENV_FILE), self.spec.env_text, 0o640, gid)
+        self._static_dirs(pwd.getpwnam(user).pw_uid, gid)
         os.makedirs(self.spec.unit_dir, mode=0o755, exist_ok=True)
         write_atomic(self.unit_path(), self.unit_text, 0o644, 0)
         proc = self.run(["systemctl", "daemon-reload"])
         self._check(proc, "reload systemd for the release's unit")
+
+    def _static_dirs(self, uid: int, gid: int) -> None:
+        """The release's static directories (nginx.static) exist and belong to the
+        service's user, so that its before_switch commands (collectstatic) can fill them;
+        the app itself cannot write them (its unit keeps the release read-only)."""
+        static = ((self.spec.config.get("nginx") or {}).get("static")) or {}
+        for directory in sorted(set(static.values())):
+            path = os.path.join(self.path, directory.rstrip("/"))
+            if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
+                raise ReleaseError(
+                    f"nginx.static: {directory!r} is a symlink or a file in the release's "
+                    "code; expected a directory (or nothing: flipback creates it). Fix the "
+                    "repository; a retry does not help",
+                    field="nginx.static",
+                    value=directory,
+                )
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            os.chown(path, uid, gid)
+            os.chmod(path, 0o755)
 
     def warm_up(self) -> bool:
         """Start the staged release's instance, not waiting: the switch gates it later.

@@ -27,7 +27,9 @@ W = "flipback_services[0] (shop)"
 MIGRATE = "python manage.py migrate --noinput"
 
 
-def staged(root, release: str, commands: dict, user: str = "shop") -> None:
+def staged(
+    root, release: str, commands: dict, user: str = "shop", static: dict | None = None
+) -> None:
     """A staged release under `root` (tmp_path/shop) whose configuration declares
     `commands` (as service_config normalizes them: a bare command line gets the default
     timeout), with its unit file in root/../units as staging writes it."""
@@ -43,7 +45,7 @@ def staged(root, release: str, commands: dict, user: str = "shop") -> None:
         "id": release,
         "service": SERVICE,
         "status": "staged",
-        "config": {"user": user, "commands": commands},
+        "config": {"user": user, "commands": commands, "nginx": {"static": static or {}}},
     }
     (path / "manifest.json").write_text(json.dumps(manifest))
     units = root.parent / "units"
@@ -314,3 +316,19 @@ def test_a_release_not_staged_cannot_run_commands(root):
 def test_an_unknown_point_is_refused():
     with pytest.raises(CommandFailed, match="point: got 'before_deploy'"):
         ReleaseCommands(SERVICE, "/srv/shop", R1, "before_deploy")
+
+
+@pytest.mark.parametrize(("point", "writable"), [("before_switch", True), ("after_switch", False)])
+def test_before_the_switch_commands_may_fill_the_release_s_static_directories(
+    root, point, writable
+):
+    staged(root, R2, {point: ["collect"]}, static={"/static/": "static", "/s2/": "static"})
+    runner = Runner((0, ""))
+
+    commands_at(root, point, runner).run()
+
+    (argv,) = runner.argvs
+    rw = f"--property=ReadWritePaths={root}/releases/{R2}/static"
+    assert (argv.count(rw), "--property=UMask=0022" in argv) == (
+        (1, True) if writable else (0, False)
+    )

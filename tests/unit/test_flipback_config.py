@@ -663,6 +663,10 @@ def test_a_health_host_the_gates_can_send(host):
         pytest.param({"static": {"/s/": "../etc"}}, "nginx.static", "'../etc'", id="dir-up"),
         pytest.param({"static": {"/s/": "/etc"}}, "nginx.static", "'/etc'", id="dir-abs"),
         pytest.param({"static": {"/s/": "a;b"}}, "nginx.static", "'a;b'", id="dir-semi"),
+        pytest.param(
+            {"static": {"/m/": "shared/media"}}, "nginx.static", "'shared/media'", id="shared"
+        ),
+        pytest.param({"static": {"/v/": "venv/lib"}}, "nginx.static", "'venv/lib'", id="venv"),
         pytest.param({"gzip": True}, "nginx", "['gzip']", id="unknown"),
         pytest.param(["x"], "nginx", "['x']", id="not-a-mapping"),
     ],

@@ -1226,7 +1226,7 @@ def test_site_text_of_a_service_with_its_own_nginx_options():
             "server_name": ["shop.example.com", "*.shop.example.com"],
             "read_timeout": 3600,
             "max_body": "20m",
-            "static": {"/static/": "static", "/media/": "shared/media/"},
+            "static": {"/static/": "static", "/media/": "var/media/"},
         },
     )
     lines = site_lines(text)
@@ -1238,11 +1238,11 @@ def test_site_text_of_a_service_with_its_own_nginx_options():
         "proxy_read_timeout 3600s;",
         "proxy_send_timeout 3600s;",
     )
-    # Static files: the release's through `current` (they switch with it), shared/ as is.
+    # Static files: the release's own, through `current` (they switch with it).
     static = lines.index("location ^~ /static/ {")
     assert lines[static + 1] == "alias /srv/my-shop/current/static/;"
     media = lines.index("location ^~ /media/ {")
-    assert lines[media + 1] == "alias /srv/my-shop/shared/media/;"
+    assert lines[media + 1] == "alias /srv/my-shop/current/var/media/;"
     assert lines[-2:] == ["include /etc/nginx/flipback/my-shop/*.conf;", "}"]
 
 

@@ -30,7 +30,14 @@ from ansible.module_utils.flipback_release import (
     read_history,
     read_manifest,
 )
-from ansible.module_utils.flipback_runtime import ConfigInvalid, parse_env_file, unit_text
+from ansible.module_utils.flipback_runtime import (
+    NGINX_DEFAULTS,
+    ConfigInvalid,
+    env_file_text,
+    parse_env_file,
+    resolve_release,
+    unit_text,
+)
 from ansible.module_utils.flipback_stage import (
     Stager,
     StageSpec,
@@ -1261,3 +1268,53 @@ def test_warm_up_starts_the_instance_without_waiting(root, rid, artifact, tmp_pa
 
     assert Stager(make_spec(root, artifact, tmp_path), run=run).warm_up() is warmed
     assert calls == [["systemctl", "start", "--no-block", f"{SERVICE}@{rid}.service"]]
+
+
+def static_spec(root: Path, artifact: Path, tmp_path: Path) -> StageSpec:
+    """A release whose nginx serves /static/ and /media/ from directories in it."""
+    static = {"/static/": "static", "/media/": "var/media"}
+    resolved = resolve_release(
+        service=SERVICE,
+        user=USER,
+        app="app:app",
+        factory=False,
+        workers=2,
+        port=8000,
+        env=ENV,
+        build_id=BUILD,
+        root=str(root),
+        nginx={**NGINX_DEFAULTS, "static": static},
+    )
+    return make_spec(
+        root,
+        artifact,
+        tmp_path,
+        release=resolved["release"],
+        config=resolved["config"],
+        env_text=env_file_text(ENV),
+    )
+
+
+def test_the_release_s_static_directories_belong_to_its_user(
+    root, tmp_path, lchown_calls, chown_calls
+):
+    artifact = build_artifact(tmp_path)
+    spec = static_spec(root, artifact, tmp_path)
+
+    Stager(spec, run=FakeRunner()).stage(check_mode=False)
+
+    account = pwd.getpwnam(USER)
+    here = root / "releases" / spec.release
+    for directory in ("static", "var/media"):
+        assert (here / directory).is_dir()
+        assert (str(here / directory), account.pw_uid, account.pw_gid) in chown_calls
+    # Only the directories: what is around them stays root's.
+    assert (str(here / "var"), account.pw_uid, account.pw_gid) not in chown_calls
+
+
+def test_a_static_directory_that_is_a_file_in_the_code_is_refused(root, tmp_path, lchown_calls):
+    artifact = build_artifact(tmp_path, extra=[("./static", b"not a directory\n")])
+    spec = static_spec(root, artifact, tmp_path)
+
+    with pytest.raises(ReleaseError, match=r"nginx\.static: 'static' is a symlink or a file"):
+        Stager(spec, run=FakeRunner()).stage(check_mode=False)

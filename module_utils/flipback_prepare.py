@@ -136,11 +136,6 @@ def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
     return sorted(active), sorted(retiring)
 
 
-def active_instances(run: Runner, service: str) -> list[str]:
-    """Release ids of the service's instances that systemd has active or starting."""
-    return list_instances(run, service)[0]
-
-
 class Prepare:
     def __init__(
         self,

@@ -1,305 +1,351 @@
-"""A PNG timeline of a benchmark run, drawn with the standard library only.
+"""The PNG timeline of a benchmark run, drawn with matplotlib (Agg, no display needed).
 
-Three panels share the time axis: requests per second (ok), errors per second
-(failed requests, and the load generator's own client errors), and the p99 latency
-of each second. Every timed command is a tinted band across all three, labelled
-above the panels with its operation's letter and round (D3: deploy new, round 3).
+Two panels share one time axis, in seconds since the load started:
 
-The PNG is written by hand (zlib for IDAT, struct for the chunks, zlib.crc32 for the
-CRCs); lines are Bresenham, text is a 5x7 bitmap font, upper case.
+- requests per second, one stacked bar a second: the requests answered by each
+  release in that release's colour, answers without a release field in grey, failed
+  requests in red (hatched, and a red triangle above every second that has any), the
+  load generator's own client errors in purple;
+- the p99 latency of the successful requests of each second, in ms.
+
+Every timed command is a tinted band across both panels, labelled above them with its
+operation's letter and round (D3: deploy new, round 3). bench.py calls timeline_png()
+with what it measured; `python bench/plot.py bench.json` draws the same pictures again
+from the JSON that bench.py wrote.
+
+matplotlib is a bench and test dependency only (pyproject.toml); no deploy needs it.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import math
-import struct
-import zlib
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-Color = tuple[int, int, int]
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.transforms import blended_transform_factory
 
-WHITE: Color = (255, 255, 255)
-BLACK: Color = (0, 0, 0)
-GREY: Color = (150, 150, 150)
-LIGHT: Color = (225, 225, 225)
-OK_LINE: Color = (30, 70, 160)
-FAILED: Color = (210, 30, 30)
-CLIENT: Color = (140, 60, 170)
-LATENCY: Color = (20, 120, 60)
+Window = tuple[float, float, str, int | None]
+
+DPI = 100
+WIDTH = 1200  # pixels
+HEIGHT = 720
+MIN_SIZE = 300  # below this the labels no longer fit
+
+FAILED = "#d62728"
+CLIENT = "#9467bd"
+NO_RELEASE = "#b0b0b0"
+LATENCY = "#2ca02c"
+# Releases take these in order of first appearance; red and purple are left out
+# (failures), and so is grey (answers without a release).
+RELEASE_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#bcbd22",
+    "#e377c2",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#7b4173",
+)
 
 # Per operation: the band's tint, the letter of its labels, the legend's name.
-OPERATIONS: dict[str, tuple[Color, str, str]] = {
-    "floor": ((215, 215, 215), "F", "FLOOR (PING)"),
-    "deploy_new": ((190, 210, 245), "D", "DEPLOY NEW"),
-    "deploy_nochange": ((200, 235, 200), "N", "DEPLOY NO-CHANGE"),
-    "rollback": ((250, 215, 175), "R", "ROLLBACK"),
+OPERATIONS: dict[str, tuple[str, str, str]] = {
+    "floor": ("#d9d9d9", "F", "floor (ping)"),
+    "deploy_new": ("#c6dbef", "D", "deploy new"),
+    "deploy_nochange": ("#c7e9c0", "N", "deploy no-change"),
+    "rollback": ("#fdd0a2", "R", "rollback"),
 }
-OTHER: tuple[Color, str, str] = ((235, 235, 200), "?", "OTHER")
-
-# 5x7 glyphs, one int per row, bit 4 the leftmost pixel (the HD44780 character shapes).
-FONT: dict[str, tuple[int, ...]] = {
-    " ": (0, 0, 0, 0, 0, 0, 0),
-    "0": (0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E),
-    "1": (0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E),
-    "2": (0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F),
-    "3": (0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E),
-    "4": (0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02),
-    "5": (0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E),
-    "6": (0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E),
-    "7": (0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08),
-    "8": (0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E),
-    "9": (0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C),
-    "A": (0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11),
-    "B": (0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E),
-    "C": (0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E),
-    "D": (0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C),
-    "E": (0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F),
-    "F": (0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10),
-    "G": (0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F),
-    "H": (0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11),
-    "I": (0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E),
-    "J": (0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C),
-    "K": (0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11),
-    "L": (0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F),
-    "M": (0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11),
-    "N": (0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11),
-    "O": (0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E),
-    "P": (0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10),
-    "Q": (0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D),
-    "R": (0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11),
-    "S": (0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E),
-    "T": (0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04),
-    "U": (0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E),
-    "V": (0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04),
-    "W": (0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A),
-    "X": (0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11),
-    "Y": (0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04),
-    "Z": (0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F),
-    ".": (0, 0, 0, 0, 0, 0x0C, 0x0C),
-    ",": (0, 0, 0, 0, 0x0C, 0x04, 0x08),
-    ":": (0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0),
-    "-": (0, 0, 0, 0x1F, 0, 0, 0),
-    "+": (0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0),
-    "=": (0, 0, 0x1F, 0, 0x1F, 0, 0),
-    "/": (0, 0x01, 0x02, 0x04, 0x08, 0x10, 0),
-    "(": (0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02),
-    ")": (0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08),
-    "%": (0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03),
-    "_": (0, 0, 0, 0, 0, 0, 0x1F),
-    "?": (0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04),
-}
-GLYPH_W, GLYPH_H = 5, 7
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OTHER: tuple[str, str, str] = ("#f0f0c8", "?", "other")
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+@dataclass
+class Timeline:
+    """A drawn timeline: the figure, and what was put on it (for the tests)."""
+
+    figure: Figure
+    releases: list[str] = field(default_factory=list)
+    failed_seconds: list[int] = field(default_factory=list)
+    failed_total: int = 0
+    bands: int = 0
 
 
-def png_bytes(width: int, height: int, rgb: bytes) -> bytes:
-    """An 8-bit RGB PNG of `rgb` (rows top to bottom, 3 bytes a pixel), no filtering."""
-    stride = width * 3
-    if width < 1 or height < 1 or len(rgb) != stride * height:
-        raise ValueError(f"{len(rgb)} bytes is not a {width}x{height} RGB image")
-    raw = b"".join(b"\x00" + rgb[y * stride : (y + 1) * stride] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        PNG_SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw, 9))
-        + _chunk(b"IEND", b"")
+def _count(bucket: dict[str, Any], key: str, index: int) -> int:
+    value = bucket.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"timeline bucket {index}: {key!r} must be a count, not {value!r}")
+    return value
+
+
+def _check(
+    buckets: Sequence[dict[str, Any]], windows: Sequence[Window], width: int, height: int
+) -> None:
+    if width < MIN_SIZE or height < MIN_SIZE:
+        raise ValueError(
+            f"a timeline needs at least {MIN_SIZE}x{MIN_SIZE} pixels, not {width}x{height}"
+        )
+    for i, bucket in enumerate(buckets):
+        if not isinstance(bucket, dict):
+            raise ValueError(f"timeline bucket {i} is not an object: {bucket!r}")
+        for key in ("ok", "failed", "client_errors"):
+            _count(bucket, key, i)
+        p99 = bucket.get("p99_ms")
+        if p99 is not None and (isinstance(p99, bool) or not isinstance(p99, int | float)):
+            raise ValueError(f"timeline bucket {i}: 'p99_ms' must be a number or null, not {p99!r}")
+        releases = bucket.get("releases", {})
+        if not isinstance(releases, dict):
+            raise ValueError(f"timeline bucket {i}: 'releases' must be an object")
+        for release in releases:
+            _count(releases, release, i)
+    for i, window in enumerate(windows):
+        try:
+            start, end, op, _round = window
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"window {i} is not (start, end, operation, round): {window!r}"
+            ) from None
+        if not all(isinstance(t, int | float) and math.isfinite(t) for t in (start, end)):
+            raise ValueError(f"window {i}: start and end must be numbers: {window!r}")
+        if end < start:
+            raise ValueError(f"window {i}: needs start <= end: {window!r}")
+        if not isinstance(op, str):
+            raise ValueError(f"window {i}: the operation must be a name: {window!r}")
+
+
+def _short(name: str, most: int = 28) -> str:
+    return name if len(name) <= most else name[: most - 1] + "…"
+
+
+def draw_timeline(
+    buckets: Sequence[dict[str, Any]],
+    windows: Sequence[Window],
+    title: str,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+) -> Timeline:
+    """The timeline of one run as a matplotlib figure: `buckets` as load.timeline()
+    makes them (one a second: ok, failed, client_errors, p99_ms, releases), `windows`
+    the commands as (start, end, operation, round) on the same clock. ValueError on
+    input of another shape.
+
+    A failed answer whose body still named a release (an HTTP error with a JSON body)
+    is in both its release's bar and the red one: the buckets count releases apart."""
+    _check(buckets, windows, width, height)
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(figure)
+    requests_ax, latency_ax = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 2), "hspace": 0.08}
     )
+    figure.subplots_adjust(left=0.07, right=0.78, top=0.86, bottom=0.09)
+    figure.suptitle(title, x=0.07, ha="left", fontsize=12, fontweight="bold")
 
+    seconds = max(1.0, float(len(buckets)), *(end for _, end, _, _ in windows))
+    x = [i + 0.5 for i in range(len(buckets))]
+    drawn = Timeline(figure)
 
-def text_width(text: str, scale: int = 1) -> int:
-    return max(0, len(text) * (GLYPH_W + 1) - 1) * scale
+    # The operations' windows, behind everything else.
+    for start, end, op, _round in windows:
+        color = OPERATIONS.get(op, OTHER)[0]
+        for ax in (requests_ax, latency_ax):
+            ax.axvspan(start, end, color=color, linewidth=0, zorder=0)
+        drawn.bands += 1
 
+    # Requests per second, stacked: each release, no release, failed, client errors.
+    for bucket in buckets:
+        for release in bucket.get("releases", {}):
+            if release not in drawn.releases:
+                drawn.releases.append(release)
+    bottom = [0] * len(buckets)
 
-class Canvas:
-    """An RGB raster with the few drawing operations a timeline needs; clips silently."""
+    def stack(values: list[int], label: str, **style: Any) -> None:
+        requests_ax.bar(
+            x, values, width=1.0, bottom=bottom, label=label, linewidth=0, zorder=2, **style
+        )
+        for i, value in enumerate(values):
+            bottom[i] += value
 
-    def __init__(self, width: int, height: int, background: Color = WHITE) -> None:
-        self.width = width
-        self.height = height
-        self.pixels = bytearray(bytes(background) * (width * height))
+    for n, release in enumerate(drawn.releases):
+        counts = [b.get("releases", {}).get(release, 0) for b in buckets]
+        color = RELEASE_COLORS[n % len(RELEASE_COLORS)]
+        # See-through, so that the operations' bands show behind the bars.
+        stack(counts, f"release {_short(release)}", color=color, alpha=0.75)
+    unnamed = [max(0, b["ok"] - sum(b.get("releases", {}).values())) for b in buckets]
+    if any(unnamed):
+        stack(unnamed, "ok, no release field", color=NO_RELEASE, alpha=0.75)
+    failed = [b["failed"] for b in buckets]
+    drawn.failed_total = sum(failed)
+    drawn.failed_seconds = [i for i, n in enumerate(failed) if n]
+    stack(failed, f"failed ({drawn.failed_total})", color=FAILED, hatch="////", edgecolor="black")
+    client = [b["client_errors"] for b in buckets]
+    stack(client, f"client errors ({sum(client)})", color=CLIENT)
+    if drawn.failed_seconds:
+        # A failure or two among 50 answers is a sliver of bar; the marks show each one.
+        top = blended_transform_factory(requests_ax.transData, requests_ax.transAxes)
+        requests_ax.scatter(
+            [x[i] for i in drawn.failed_seconds],
+            [0.97] * len(drawn.failed_seconds),
+            transform=top,
+            marker="v",
+            s=36,
+            color=FAILED,
+            edgecolor="black",
+            linewidth=0.5,
+            zorder=4,
+            clip_on=False,
+        )
+    requests_ax.set_ylim(0, max(1, *bottom) * 1.15 if bottom else 1)
+    requests_ax.set_ylabel("requests / s")
 
-    def set(self, x: int, y: int, color: Color) -> None:
-        if 0 <= x < self.width and 0 <= y < self.height:
-            i = (y * self.width + x) * 3
-            self.pixels[i : i + 3] = bytes(color)
+    # p99 latency; None (no successful request in that second) leaves a gap.
+    p99 = [math.nan if b.get("p99_ms") is None else b["p99_ms"] for b in buckets]
+    latency_ax.plot(x, p99, color=LATENCY, linewidth=1.5, marker=".", markersize=3, zorder=3)
+    present = [v for v in p99 if not math.isnan(v)]
+    latency_ax.set_ylim(0, max(1.0, *present) * 1.1 if present else 1.0)
+    latency_ax.set_ylabel("p99 latency (ms)")
+    latency_ax.set_xlabel("seconds since the load started")
+    latency_ax.set_xlim(0, seconds)
 
-    def get(self, x: int, y: int) -> Color:
-        i = (y * self.width + x) * 3
-        return (self.pixels[i], self.pixels[i + 1], self.pixels[i + 2])
+    for ax in (requests_ax, latency_ax):
+        ax.grid(axis="y", color="#e0e0e0", linewidth=0.8, zorder=1)
+        ax.set_axisbelow(True)
 
-    def rect(self, x0: int, y0: int, x1: int, y1: int, color: Color) -> None:
-        """Fill [x0, x1) x [y0, y1), one slice assignment per row."""
-        x0, x1 = max(0, min(x0, x1)), min(self.width, max(x0, x1))
-        y0, y1 = max(0, min(y0, y1)), min(self.height, max(y0, y1))
-        if x0 >= x1:
-            return
-        row = bytes(color) * (x1 - x0)
-        for y in range(y0, y1):
-            start = (y * self.width + x0) * 3
-            self.pixels[start : start + len(row)] = row
+    # Letter and round above each band, in two rows so that close neighbours both fit.
+    above = blended_transform_factory(requests_ax.transData, requests_ax.transAxes)
+    plot_px = width * (0.78 - 0.07)
+    room = 28 / plot_px * seconds  # seconds that one label needs
+    row_end = [-math.inf, -math.inf]
+    for start, end, op, round_ in windows:
+        letter = OPERATIONS.get(op, OTHER)[1]
+        middle = (start + end) / 2
+        for row, y in enumerate((1.02, 1.09)):
+            if middle - row_end[row] >= room:
+                requests_ax.text(
+                    middle,
+                    y,
+                    f"{letter}{round_ or ''}",
+                    transform=above,
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+                row_end[row] = middle
+                break
 
-    def line(self, x0: int, y0: int, x1: int, y1: int, color: Color, width: int = 1) -> None:
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        error = dx + dy
-        while True:
-            for offset in range(width):
-                self.set(x0, y0 + offset, color)
-            if x0 == x1 and y0 == y1:
-                return
-            doubled = 2 * error
-            if doubled >= dy:
-                error += dy
-                x0 += sx
-            if doubled <= dx:
-                error += dx
-                y0 += sy
-
-    def text(self, x: int, y: int, text: str, color: Color = BLACK, scale: int = 1) -> None:
-        for char in text.upper():
-            glyph = FONT.get(char, FONT["?"])
-            for row, bits in enumerate(glyph):
-                for col in range(GLYPH_W):
-                    if bits & (0x10 >> col):
-                        px, py = x + col * scale, y + row * scale
-                        self.rect(px, py, px + scale, py + scale, color)
-            x += (GLYPH_W + 1) * scale
-
-    def png(self) -> bytes:
-        return png_bytes(self.width, self.height, bytes(self.pixels))
-
-
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 5 times a power of ten that is at least `value` (1 for <= 0)."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if step * power >= value * (1 - 1e-9):
-            return float(step * power)
-    return 10.0 * power
-
-
-def tick_step(span: float, most: int = 12) -> float:
-    """A round step for an axis of `span` units that gives at most `most` ticks."""
-    for step in (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600):
-        if span / step <= most:
-            return float(step)
-    return nice_ceiling(span / most)
-
-
-def number(value: float) -> str:
-    if value >= 10 or value == int(value):
-        return f"{value:.0f}"
-    return f"{value:.1f}"
+    # Legends at the right: what the bars are, and what the bands are.
+    requests_ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        title="requests",
+        title_fontsize=9,
+        frameon=False,
+    )
+    operations = [
+        Patch(color=color, label=f"{letter}  {name}") for color, letter, name in OPERATIONS.values()
+    ]
+    if any(op not in OPERATIONS for _, _, op, _ in windows):
+        operations.append(Patch(color=OTHER[0], label=f"{OTHER[1]}  {OTHER[2]}"))
+    latency_ax.legend(
+        handles=operations,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        title="operations (bands)",
+        title_fontsize=9,
+        frameon=False,
+    )
+    return drawn
 
 
 def timeline_png(
     buckets: Sequence[dict[str, Any]],
-    windows: Sequence[tuple[float, float, str, int | None]],
+    windows: Sequence[Window],
     title: str,
-    width: int = 1200,
+    width: int = WIDTH,
+    height: int = HEIGHT,
 ) -> bytes:
-    """The timeline of one run: `buckets` as load.timeline() makes them (one a second:
-    ok, failed, client_errors, p99_ms), `windows` the commands as (start, end, operation,
-    round) on the same clock."""
-    left, right, top, bottom = 64, 16, 110, 36
-    panel_h, gap = 170, 28
-    panels = (
-        ("REQUESTS/S (OK)", [b["ok"] for b in buckets], OK_LINE),
-        ("ERRORS/S (RED FAILED, PURPLE CLIENT)", [b["failed"] for b in buckets], FAILED),
-        ("P99 LATENCY MS, PER SECOND", [b.get("p99_ms") for b in buckets], LATENCY),
+    """The timeline of one run (see draw_timeline()) as a `width` x `height` PNG."""
+    figure = draw_timeline(buckets, windows, title, width, height).figure
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=DPI)
+    return out.getvalue()
+
+
+def report_timelines(report: Any) -> list[tuple[int, list[dict[str, Any]], list[Window], str]]:
+    """From a bench.json document: (machines, buckets, windows, title) for each fleet
+    size that has a timeline. ValueError when the document is not one."""
+    if not isinstance(report, dict) or not isinstance(report.get("runs"), list):
+        raise ValueError("not a bench.json: no list of 'runs'")
+    machine = report.get("machine") or {}
+    settings = report.get("settings") or {}
+    commit = str(machine.get("git_commit") or "")[:7]
+    date = str(machine.get("date") or "").replace("T", " ").removesuffix("+00:00")
+    found = []
+    for n, run in enumerate(report["runs"]):
+        if not isinstance(run, dict):
+            raise ValueError(f"runs[{n}] is not an object")
+        load = run.get("load")
+        if not load:
+            continue  # the run stopped before its load summary
+        if not isinstance(load, dict) or not isinstance(load.get("timeline"), list):
+            raise ValueError(f"runs[{n}].load has no 'timeline' list")
+        try:
+            windows = [
+                (c["window"]["start"], c["window"]["end"], c["op"], c.get("round"))
+                for c in run.get("commands", [])
+            ]
+        except (KeyError, TypeError):
+            raise ValueError(f"runs[{n}].commands: each needs op and window start/end") from None
+        k = run.get("machines")
+        parts = [
+            "flipback bench",
+            f"K={k}",
+            f"R={settings.get('rounds', '?')}",
+            f"{load.get('clients', '?')} clients",
+            f"{load.get('rate', '?')}/s",
+            f"{date} UTC" if date else "",
+            f"commit {commit}" if commit else "",
+        ]
+        found.append((k, load["timeline"], windows, "  ".join(p for p in parts if p)))
+    if not found:
+        raise ValueError("no run in this bench.json has a timeline")
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Draw timeline-k<K>.png again from the bench.json of a bench/run."
     )
-    height = top + len(panels) * panel_h + (len(panels) - 1) * gap + bottom
-    canvas = Canvas(width, height)
-    plot_w = width - left - right
-    seconds = max(1.0, float(len(buckets)), *(end for _, end, _, _ in windows))
+    parser.add_argument("json", type=Path, help="the bench.json that bench/run wrote")
+    parser.add_argument("--out", type=Path, help="directory of the PNGs (default: the JSON's)")
+    parser.add_argument("--width", type=int, default=WIDTH, help=f"pixels (default {WIDTH})")
+    parser.add_argument("--height", type=int, default=HEIGHT, help=f"pixels (default {HEIGHT})")
+    args = parser.parse_args(argv)
+    out = args.out or args.json.parent
+    try:
+        report = json.loads(args.json.read_text())
+        pictures = [
+            (out / f"timeline-k{k}.png", timeline_png(b, w, t, args.width, args.height))
+            for k, b, w, t in report_timelines(report)
+        ]
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        parser.error(f"{args.json}: {exc}")
+    out.mkdir(parents=True, exist_ok=True)
+    for path, png in pictures:
+        path.write_bytes(png)
+        print(path)
+    return 0
 
-    def px(t: float) -> int:
-        return left + round(t / seconds * plot_w)
 
-    canvas.text(left, 8, title, BLACK, 2)
-    x = left
-    for color, letter, name in OPERATIONS.values():
-        canvas.rect(x, 34, x + 14, 44, color)
-        label = f"{letter} = {name}"
-        canvas.text(x + 18, 36, label)
-        x += 18 + text_width(label) + 24
-
-    # Labels above the bands, in two rows so that short neighbouring bands both get one.
-    row_y = (62, 76)
-    row_end = [-(10**9), -(10**9)]
-    panel_tops = [top + i * (panel_h + gap) for i in range(len(panels))]
-    for start, end, op, round_ in windows:
-        color, letter, _ = OPERATIONS.get(op, OTHER)
-        x0, x1 = px(start), max(px(end), px(start) + 1)
-        for panel_top in panel_tops:
-            canvas.rect(x0, panel_top, x1, panel_top + panel_h, color)
-        label = f"{letter}{round_ or ''}"
-        lx = (x0 + x1) // 2 - text_width(label) // 2
-        for row, y in enumerate(row_y):
-            if lx > row_end[row] + 3:
-                canvas.text(lx, y, label, BLACK)
-                canvas.line((x0 + x1) // 2, y + 9, (x0 + x1) // 2, top - 15, GREY)
-                row_end[row] = lx + text_width(label)
-                break
-
-    step = tick_step(seconds)
-    for (name, values, color), panel_top in zip(panels, panel_tops, strict=True):
-        present = [v for v in values if v is not None]
-        if name.startswith("ERRORS"):
-            present += [b["client_errors"] for b in buckets]
-        ymax = nice_ceiling(max(present, default=0))
-        bottom_y = panel_top + panel_h
-
-        def py(v: float, ymax: float = ymax, bottom_y: int = bottom_y) -> int:
-            return bottom_y - round(v / ymax * (panel_h - 1))
-
-        for fraction in (0.0, 0.5, 1.0):
-            y = py(ymax * fraction)
-            canvas.line(left, y, left + plot_w, y, LIGHT)
-            label = number(ymax * fraction)
-            canvas.text(left - 6 - text_width(label), y - 3, label, BLACK)
-        tick = 0.0
-        while tick <= seconds:
-            canvas.line(px(tick), bottom_y, px(tick), bottom_y + 3, BLACK)
-            tick += step
-        canvas.text(left, panel_top - 11, name, BLACK)
-        if name.startswith("ERRORS"):
-            bar = max(1, round(plot_w / seconds) - 1)
-            for i, b in enumerate(buckets):
-                if b["client_errors"]:
-                    canvas.rect(px(i), py(b["client_errors"]), px(i) + bar, bottom_y, CLIENT)
-                if b["failed"]:
-                    canvas.rect(px(i), py(b["failed"]), px(i) + bar, bottom_y, FAILED)
-        else:
-            previous: tuple[int, int] | None = None
-            for i, v in enumerate(values):
-                if v is None:
-                    previous = None
-                    continue
-                point = (px(i + 0.5), py(v))
-                if previous is not None:
-                    canvas.line(*previous, *point, color, width=2)
-                else:
-                    canvas.rect(point[0], point[1], point[0] + 2, point[1] + 2, color)
-                previous = point
-        canvas.line(left, panel_top, left, bottom_y, BLACK)
-        canvas.line(left, bottom_y, left + plot_w, bottom_y, BLACK)
-
-    last_bottom = panel_tops[-1] + panel_h
-    tick = 0.0
-    while tick <= seconds:
-        label = number(tick)
-        canvas.text(px(tick) - text_width(label) // 2, last_bottom + 8, label, BLACK)
-        tick += step
-    caption = "SECONDS SINCE THE LOAD STARTED"
-    canvas.text(left + plot_w - text_width(caption), last_bottom + 22, caption, GREY)
-    return canvas.png()
+if __name__ == "__main__":
+    sys.exit(main())

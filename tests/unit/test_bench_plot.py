@@ -1,139 +1,188 @@
-"""Unit tests of bench/plot.py: the hand-written PNG is valid (signature, IHDR, CRCs, the
-pixels round-trip through zlib), and the timeline draws what it is given."""
+"""Unit tests of bench/plot.py: the real matplotlib drawing, on small synthetic runs.
+
+The PNG is read back with matplotlib.image; its size is what was asked, failed
+requests are drawn (in the figure and as pixels of the failure colour), and input of
+the wrong shape is refused with a message that says what is wrong.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import struct
-import zlib
 
+import numpy as np
 import plot
 import pytest
+from matplotlib import image
+from matplotlib.colors import to_rgb
+
+RELEASES = ("20261202T100000-aaaa", "20261202T100100-bbbb")
 
 
-def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The chunks of a PNG, each CRC checked with zlib."""
+def synthetic_buckets(seconds: int = 30, failed_at: tuple[int, ...] = (12,)) -> list[dict]:
+    """One bucket a second as load.timeline() makes them; the release flips at 15 s."""
+    buckets = []
+    for i in range(seconds):
+        ok = 50
+        buckets.append(
+            {
+                "second": i,
+                "ok": ok,
+                "failed": 3 if i in failed_at else 0,
+                "client_errors": 1 if i == 20 else 0,
+                "releases": {RELEASES[i >= 15]: ok},
+                "p99_ms": None if i == 5 else 4.0 + i % 3,
+            }
+        )
+    return buckets
+
+
+WINDOWS = [
+    (2.0, 3.5, "floor", 1),
+    (4.0, 11.0, "deploy_new", 1),
+    (11.5, 14.0, "deploy_nochange", 1),
+    (15.0, 17.0, "rollback", 1),
+]
+
+
+def read_png(data: bytes) -> np.ndarray:
+    """The pixels of a PNG (float RGBA, rows top to bottom), after checking its header."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    found, at = [], 8
-    while at < len(data):
-        (length,) = struct.unpack(">I", data[at : at + 4])
-        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
-        (crc,) = struct.unpack(">I", data[at + 8 + length : at + 12 + length])
-        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
-        found.append((kind, body))
-        at += 12 + length
-    assert at == len(data)
-    return found
+    assert data[12:16] == b"IHDR"
+    return image.imread(io.BytesIO(data), format="png")
 
 
-def decode(data: bytes) -> tuple[int, int, bytes]:
-    """Width, height and RGB pixels of a PNG that png_bytes wrote (filter 0 on each row)."""
-    parts = chunks(data)
-    kinds = [kind for kind, _ in parts]
-    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(
-        ">IIBBBBB", parts[0][1]
+def ihdr_size(data: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", data[16:24])
+
+
+def has_color(pixels: np.ndarray, color: str, tolerance: float = 0.02) -> bool:
+    rgb = np.array(to_rgb(color))
+    return bool((np.abs(pixels[..., :3] - rgb) < tolerance).all(axis=-1).any())
+
+
+def inside_requests_panel(drawn: plot.Timeline, pixels: np.ndarray) -> np.ndarray:
+    """The pixels of the upper panel's plotting area (not its legend), with the failure
+    marks just under its top edge."""
+    box = drawn.figure.axes[0].get_window_extent()  # pixels, origin bottom left
+    height = pixels.shape[0]
+    return pixels[height - round(box.y1) : height - round(box.y0), round(box.x0) : round(box.x1)]
+
+
+def test_timeline_png_is_a_png_of_the_asked_size():
+    data = plot.timeline_png(synthetic_buckets(), WINDOWS, "test run", width=800, height=500)
+    assert ihdr_size(data) == (800, 500)
+    pixels = read_png(data)
+    assert pixels.shape[:2] == (500, 800)
+    assert has_color(pixels, plot.LATENCY)
+    assert has_color(pixels, plot.OPERATIONS["deploy_nochange"][0])  # a band, in the lower panel
+
+
+def test_timeline_png_default_size():
+    assert ihdr_size(plot.timeline_png(synthetic_buckets(), WINDOWS, "t")) == (
+        plot.WIDTH,
+        plot.HEIGHT,
     )
-    assert (depth, color, compression, filtering, interlace) == (8, 2, 0, 0, 0)
-    raw = zlib.decompress(b"".join(body for kind, body in parts if kind == b"IDAT"))
-    stride = 1 + width * 3
-    assert len(raw) == height * stride
-    assert all(raw[y * stride] == 0 for y in range(height))
-    return width, height, b"".join(raw[y * stride + 1 : (y + 1) * stride] for y in range(height))
 
 
-def test_png_bytes_round_trip():
-    rgb = bytes(i * 7 % 256 for i in range(3 * 7 * 5))
-    assert decode(plot.png_bytes(7, 5, rgb)) == (7, 5, rgb)
+def test_failed_requests_are_drawn():
+    drawn = plot.draw_timeline(synthetic_buckets(failed_at=(7, 12)), WINDOWS, "failures")
+    assert drawn.failed_seconds == [7, 12]
+    assert drawn.failed_total == 6
+    assert drawn.releases == list(RELEASES)
+    assert drawn.bands == len(WINDOWS)
+    requests_ax = drawn.figure.axes[0]
+    labels = [c.get_label() for c in requests_ax.containers]
+    failed_bars = requests_ax.containers[labels.index("failed (6)")]
+    heights = [bar.get_height() for bar in failed_bars]
+    assert [i for i, h in enumerate(heights) if h] == [7, 12]
+    legend = [t.get_text() for t in requests_ax.get_legend().get_texts()]
+    assert "failed (6)" in legend and f"release {RELEASES[0]}" in legend
+
+    data = plot.timeline_png(synthetic_buckets(failed_at=(7, 12)), WINDOWS, "failures")
+    assert has_color(inside_requests_panel(drawn, read_png(data)), plot.FAILED)
 
 
-@pytest.mark.parametrize(
-    ("width", "height", "size"),
-    [(0, 1, 0), (2, 2, 11), (1, 0, 0)],
-    ids=["no-width", "short", "no-height"],
-)
-def test_png_bytes_refuses_bad_sizes(width, height, size):
-    with pytest.raises(ValueError):
-        plot.png_bytes(width, height, bytes(size))
+def test_no_failure_no_failure_colour_in_the_panel():
+    buckets = synthetic_buckets(failed_at=())
+    drawn = plot.draw_timeline(buckets, WINDOWS, "clean")
+    assert drawn.failed_seconds == [] and drawn.failed_total == 0
+    pixels = read_png(plot.timeline_png(buckets, WINDOWS, "clean"))
+    assert not has_color(inside_requests_panel(drawn, pixels), plot.FAILED)
+    assert has_color(pixels, plot.FAILED)  # the legend still says "failed (0)"
 
 
-def test_canvas_rect_line_text_clip():
-    canvas = plot.Canvas(20, 10)
-    canvas.rect(-5, -5, 3, 2, plot.BLACK)  # clipped to the corner
-    assert canvas.get(0, 0) == plot.BLACK and canvas.get(2, 1) == plot.BLACK
-    assert canvas.get(3, 1) == plot.WHITE and canvas.get(2, 2) == plot.WHITE
-    canvas.line(0, 9, 19, 9, plot.FAILED)
-    assert all(canvas.get(x, 9) == plot.FAILED for x in range(20))
-    canvas.line(5, 0, 5, 30, plot.OK_LINE)  # runs off the bottom without raising
-    assert canvas.get(5, 8) == plot.OK_LINE
-    before = bytes(canvas.pixels)
-    canvas.text(12, 1, "1")
-    assert bytes(canvas.pixels) != before
-    assert canvas.get(14, 1) == plot.BLACK  # the top of the "1" (0x04: the middle column)
-    assert decode(canvas.png())[:2] == (20, 10)
-
-
-def test_font_glyphs_fit_five_by_seven():
-    for char, rows in plot.FONT.items():
-        assert len(rows) == 7, char
-        assert all(0 <= row < 32 for row in rows), char
-    assert plot.text_width("AB") == 11
-    assert plot.text_width("AB", scale=2) == 22
-    assert plot.text_width("") == 0
+def test_empty_run_still_draws():
+    data = plot.timeline_png([], [], "nothing")
+    assert read_png(data).shape[:2] == (plot.HEIGHT, plot.WIDTH)
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"),
+    ("buckets", "windows", "size", "message"),
     [
-        (0, 1.0),
-        (-3, 1.0),
-        (0.3, 0.5),
-        (1, 1.0),
-        (1.2, 2.0),
-        (3, 5.0),
-        (7, 10.0),
-        (50, 50.0),
-        (51, 100.0),
-        (180, 200.0),
+        ([{"ok": -1, "failed": 0, "client_errors": 0}], [], {}, "'ok' must be a count"),
+        ([{"ok": 1, "failed": "x", "client_errors": 0}], [], {}, "'failed' must be a count"),
+        (["not a bucket"], [], {}, "bucket 0 is not an object"),
+        ([{"ok": 1, "failed": 0, "client_errors": 0, "p99_ms": "fast"}], [], {}, "p99_ms"),
+        ([{"ok": 1, "failed": 0, "client_errors": 0, "releases": {"a": None}}], [], {}, "'a'"),
+        ([], [(5.0, 2.0, "rollback", 1)], {}, "start <= end"),
+        ([], [(1.0, 2.0)], {}, "is not (start, end, operation, round)"),
+        ([], [], {"width": 10}, "at least"),
+    ],
+    ids=["negative", "not-a-count", "not-a-dict", "p99", "release", "window-order",
+         "window-shape", "too-small"],
+)  # fmt: skip
+def test_bad_input_is_refused_clearly(buckets, windows, size, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plot.timeline_png(buckets, windows, "bad", **size)
+
+
+def bench_json(tmp_path, runs):
+    report = {
+        "machine": {"date": "2026-12-02T10:00:00+00:00", "git_commit": "7b604c8abcdef"},
+        "settings": {"rounds": 1},
+        "runs": runs,
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_main_redraws_from_bench_json(tmp_path, capsys):
+    commands = [
+        {"op": op, "round": r, "window": {"start": start, "end": end}}
+        for start, end, op, r in WINDOWS
+    ]
+    run = {
+        "machines": 2,
+        "commands": commands,
+        "load": {"clients": 4, "rate": 50.0, "timeline": synthetic_buckets()},
+    }
+    path = bench_json(tmp_path, [run, {"machines": 4, "commands": []}])  # the 2nd never ran
+    assert plot.main([str(path), "--out", str(tmp_path / "png"), "--width", "640"]) == 0
+    written = tmp_path / "png" / "timeline-k2.png"
+    assert capsys.readouterr().out.split() == [str(written)]
+    assert ihdr_size(written.read_bytes()) == (640, plot.HEIGHT)
+    [(k, _, windows, title)] = plot.report_timelines(json.loads(path.read_text()))
+    assert k == 2 and windows == WINDOWS
+    assert "2026-12-02 10:00:00 UTC" in title and "commit 7b604c8" in title
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "Expecting"),
+        ('{"runs": 3}', "no list of 'runs'"),
+        ('{"runs": []}', "no run in this bench.json has a timeline"),
+        ('{"runs": [{"load": {"clients": 1}}]}', "has no 'timeline' list"),
     ],
 )
-def test_nice_ceiling(value, expected):
-    assert plot.nice_ceiling(value) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("span", "expected"),
-    [(10, 1.0), (60, 5.0), (200, 20.0), (1000, 120.0), (7200, 600.0), (20000, 1800.0)],
-)
-def test_tick_step(span, expected):
-    assert plot.tick_step(span) == expected
-
-
-def test_timeline_png_draws_bands_and_data():
-    buckets = [
-        {
-            "second": i,
-            "ok": 50,
-            "failed": 2 if i == 7 else 0,
-            "client_errors": 0,
-            "p99_ms": None if i == 3 else 5.0,
-        }
-        for i in range(20)
-    ]
-    windows = [(1.0, 2.0, "floor", 1), (2.0, 9.0, "deploy_new", 1), (9.0, 12.0, "rollback", 1)]
-    data = plot.timeline_png(buckets, windows, "test run", width=600)
-    width, height, rgb = decode(data)
-    assert width == 600 and height > 300
-    colors = {tuple(rgb[i : i + 3]) for i in range(0, len(rgb), 3)}
-    for expected in (
-        plot.OPERATIONS["deploy_new"][0],
-        plot.OPERATIONS["rollback"][0],
-        plot.OK_LINE,
-        plot.FAILED,
-        plot.LATENCY,
-    ):
-        assert expected in colors
-
-
-def test_timeline_png_empty_run():
-    width, height, _ = decode(plot.timeline_png([], [], "nothing"))
-    assert (width, height) == (1200, 110 + 3 * 170 + 2 * 28 + 36)
+def test_main_refuses_what_is_not_a_bench_json(tmp_path, capsys, content, message):
+    path = tmp_path / "bench.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        plot.main([str(path)])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))

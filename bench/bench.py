@@ -20,7 +20,8 @@ writes all of it as JSON and draws a PNG timeline (bench/plot.py).
 With `--machines 1,4,16` it does the whole thing per fleet size, growing or shrinking
 the same fleet, and adds a table of medians per size against the smallest.
 
-Everything here is standard library; the pure parts (statistics, window slicing,
+Everything here is standard library but the picture (bench/plot.py draws it with
+matplotlib, a dev dependency); the pure parts (statistics, window slicing,
 parsing the Ansible output, the tables) are unit-tested in tests/unit/test_bench_*.py.
 """
 
@@ -767,7 +768,8 @@ class Bench:
         title = (
             f"flipback bench  K={k}  R={self.settings.rounds}  "
             f"{summary['clients']} clients  {summary['rate']:g}/s  "
-            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC"
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC  "
+            f"{_output(['git', 'rev-parse', '--short', 'HEAD']) or 'no commit'}"
         )
         png.write_bytes(plot.timeline_png(summary["timeline"], windows, title))
         result["png"] = str(png)

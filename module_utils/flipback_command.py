@@ -46,6 +46,7 @@ from ansible.module_utils.flipback_release import (
     read_manifest,
     release_dir,
 )
+from ansible.module_utils.flipback_runtime import static_dirs
 
 POINTS = ("before_switch_once", "before_switch", "after_switch")
 DEFAULT_TIMEOUT = 300
@@ -184,8 +185,7 @@ class ReleaseCommands:
             )
         config = manifest.get("config") or {}
         commands = (config.get("commands") or {}).get(self.point) or []
-        static = ((config.get("nginx") or {}).get("static")) or {}
-        return list(commands), sorted(set(static.values()))
+        return list(commands), static_dirs(config)
 
     def run(self, *, check_mode: bool = False) -> dict:
         result: dict[str, Any] = {
@@ -199,7 +199,7 @@ class ReleaseCommands:
             # A dry run of a release this host has not staged yet: it knows no commands.
             result["msg"] = f"would run the {self.point} commands {self.release} declares"
             return result
-        commands, static_dirs = planned
+        commands, writable = planned
         if not commands:
             result["msg"] = f"{self.release} declares no {self.point} commands"
             return result
@@ -208,7 +208,7 @@ class ReleaseCommands:
             result["msg"] = f"would run {len(commands)} {self.point} command(s) of {self.release}"
             return result
         for index, command in enumerate(commands):
-            outcome = self._run_one(index, command, static_dirs)
+            outcome = self._run_one(index, command, writable)
             result["commands"].append(outcome)
             result["changed"] = True
             self._record(outcome)
@@ -245,7 +245,7 @@ class ReleaseCommands:
         result["msg"] = f"ran {len(commands)} {self.point} command(s) of {self.release}"
         return result
 
-    def _run_one(self, index: int, command: dict, static_dirs: list[str]) -> dict:
+    def _run_one(self, index: int, command: dict, writable: list[str]) -> dict:
         # The release's user, directory, env file and sandbox, from its own unit file.
         target = resolve(
             self.service,
@@ -259,7 +259,7 @@ class ReleaseCommands:
             here = release_dir(self.root, self.release)
             target["properties"] = [
                 *target["properties"],
-                *(f"ReadWritePaths={here}/{d.rstrip('/')}" for d in static_dirs),
+                *(f"ReadWritePaths={here}/{directory}" for directory in writable),
                 "UMask=0022",
             ]
         unit = f"flipback-{self.service}-{self.point.replace('_', '-')}-{index}-{self.release}"

@@ -226,6 +226,13 @@ NGINX_DEFAULTS: dict[str, Any] = {
 }
 
 
+def static_dirs(config: Mapping[str, Any]) -> list[str]:
+    """The release's static directories (its nginx.static), relative to it, sorted,
+    each once: staging makes them, its before_switch commands may fill them."""
+    static = ((config.get("nginx") or {}).get("static")) or {}
+    return sorted({directory.rstrip("/") for directory in static.values()})
+
+
 def user_include_dir(service: str) -> str:
     """Where a user's own nginx directives for `service` live: included inside its
     server block, never written by flipback."""

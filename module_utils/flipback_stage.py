@@ -36,7 +36,13 @@ from ansible.module_utils.flipback_release import (
     validate_release_id,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import CONFIG_DIR, ENV_FILE, UNIT_DIR, staged_files
+from ansible.module_utils.flipback_runtime import (
+    CONFIG_DIR,
+    ENV_FILE,
+    UNIT_DIR,
+    staged_files,
+    static_dirs,
+)
 
 WHEELS_DIR = ".wheels"
 # The service's own wheel (a service that is a package), installed over the venv.
@@ -218,19 +224,18 @@ class Stager:
         os.chown(conf_dir, 0, gid)
         os.chmod(conf_dir, 0o750)
         write_atomic(os.path.join(conf_dir, ENV_FILE), self.spec.env_text, 0o640, gid)
-        self._static_dirs(pwd.getpwnam(user).pw_uid, gid)
+        self._make_static_dirs(pwd.getpwnam(user).pw_uid, gid)
         os.makedirs(self.spec.unit_dir, mode=0o755, exist_ok=True)
         write_atomic(self.unit_path(), self.unit_text, 0o644, 0)
         proc = self.run(["systemctl", "daemon-reload"])
         self._check(proc, "reload systemd for the release's unit")
 
-    def _static_dirs(self, uid: int, gid: int) -> None:
+    def _make_static_dirs(self, uid: int, gid: int) -> None:
         """The release's static directories (nginx.static) exist and belong to the
         service's user, so that its before_switch commands (collectstatic) can fill them;
         the app itself cannot write them (its unit keeps the release read-only)."""
-        static = ((self.spec.config.get("nginx") or {}).get("static")) or {}
-        for directory in sorted(set(static.values())):
-            path = os.path.join(self.path, directory.rstrip("/"))
+        for directory in static_dirs(self.spec.config):
+            path = os.path.join(self.path, directory)
             if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
                 raise ReleaseError(
                     f"nginx.static: {directory!r} is a symlink or a file in the release's "

@@ -43,6 +43,7 @@ from ansible.module_utils.flipback_runtime import (
     site_path,
     site_text,
     staged_files,
+    static_dirs,
     unit_path,
     unit_text,
 )
@@ -1306,3 +1307,9 @@ def test_staged_files_of_a_release_with_every_setting_of_its_own():
     # A release id from the same build without them is another release.
     plain = a_release(SERVICE, HOME, env={"A": "1"}, user="shopuser", workers=2)
     assert plain.id != resolved["release"]
+
+
+def test_static_dirs_are_each_directory_once_without_a_trailing_slash():
+    config = {"nginx": {"static": {"/a/": "static/", "/b/": "static", "/c/": "var/media"}}}
+    assert static_dirs(config) == ["static", "var/media"]
+    assert static_dirs({}) == []

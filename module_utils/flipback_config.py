@@ -19,9 +19,12 @@ from ansible.module_utils.flipback_health import (
 )
 from ansible.module_utils.flipback_runtime import (
     APP_RE,
+    DEFAULT_PROCESS_START_SECONDS,
     NGINX_DEFAULTS,
     app_and_factory,
+    check_process_start_seconds,
     env_problems,
+    normalize_processes,
 )
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -49,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     "access_log": False,
     # Commands of each release at named points of a deploy (flipback_command.POINTS).
     "commands": {},
+    # Processes of each release beside the web app: name -> command line, each its own
+    # unit, up while the release is live; each must stay up this long after its start.
+    "processes": {},
+    "process_start_seconds": DEFAULT_PROCESS_START_SECONDS,
     # The requirements file the build takes dependencies from ("": uv.lock, else
     # requirements.txt, else pyproject.toml [project] dependencies).
     "requirements": "",
@@ -266,6 +273,10 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
         problems.append(_problem(f"{where}.access_log", svc.get("access_log"), "true or false"))
     svc["env"] = _check_env(where, svc.get("env"), problems)
     svc["commands"] = normalize_commands(where, svc.get("commands"), problems)
+    svc["processes"] = normalize_processes(where, svc.get("processes"), problems)
+    svc["process_start_seconds"] = check_process_start_seconds(
+        where, svc.get("process_start_seconds"), problems
+    )
     svc["nginx"] = _check_nginx(where, svc.get("nginx"), problems)
     health = svc.get("health")
     names = svc["nginx"]["server_name"]

@@ -1,11 +1,12 @@
 """Day-2 commands: the journal of a service's instances, read on every host and merged.
 
 On a host, `read_logs` runs one `journalctl -o json` for the instances of the selected
-services (`<service>@*.service`, or only `<service>@<release>.service`), with --since,
--n and --grep as asked, and parses each entry: its time (microseconds since the epoch),
-the release (from the instance's unit name), the process, the priority and the
-message. systemd's own lines about an instance ("Started ...", "Stopping ...") carry
-the unit in UNIT=, and are attributed to their release too.
+services (`<service>@*.service` and its processes `<service>.*@*.service`, or only
+one release's), with --since, -n and --grep as asked, and parses each entry: its time
+(microseconds since the epoch), the release and process (from the unit's name), the
+process id, the priority and the message. systemd's own lines about an instance
+("Started ...", "Stopping ...") carry the unit in UNIT=, and are attributed to their
+release too.
 
 On the controller, `check_request` refuses bad input before any host is asked, and
 `merge` orders every host's entries by time into one list and a text view, each line
@@ -29,6 +30,7 @@ from ansible.module_utils.flipback_release import (
     ReleaseError,
     validate_service,
 )
+from ansible.module_utils.flipback_runtime import PROCESS_NAME_RE
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -224,7 +226,9 @@ def journal_argv(
         f"--output-fields={','.join(JOURNAL_FIELDS)}",
     ]
     for service in services:
+        # The web instances, and the processes beside them (`<service>.<process>@...`).
         argv.append(f"--unit={service}@{release or '*'}.service")
+        argv.append(f"--unit={service}.*@{release or '*'}.service")
     if since is not None:
         argv.append(f"--since={since}")
     argv.append(f"--lines={effective_lines(lines, since)}")
@@ -250,13 +254,17 @@ def _field(value: object) -> str | None:
     return None
 
 
-def _instance(unit: str | None, services: Sequence[str]) -> tuple[str, str] | None:
-    """(service, release) of an instance unit `<service>@<release>.service`."""
+def _instance(unit: str | None, services: Sequence[str]) -> tuple[str, str, str | None] | None:
+    """(service, release, process) of an instance unit `<service>@<release>.service` (no
+    process) or of a process unit `<service>.<process>@<release>.service`."""
     if not unit or not unit.endswith(".service") or "@" not in unit:
         return None
     name, _, instance = unit[: -len(".service")].partition("@")
+    name, _, process = name.partition(".")
+    if process and not PROCESS_NAME_RE.fullmatch(process):
+        return None
     if name in services and RELEASE_ID_RE.fullmatch(instance):
-        return name, instance
+        return name, instance, process or None
     return None
 
 
@@ -295,6 +303,7 @@ def parse_entry(line: str, services: Sequence[str]) -> dict[str, Any] | None:
         "at": utc_text(usec),
         "service": owner[0] if owner else None,
         "release": owner[1] if owner else None,
+        "process": owner[2] if owner else None,
         "unit": unit,
         "pid": int(pid) if pid and pid.isdigit() else None,
         "priority": int(priority) if priority and priority.isdigit() else None,
@@ -432,6 +441,8 @@ def merge(hosts: object, lines: int | None = None) -> dict[str, Any]:
     text = []
     for entry in entries:
         owner = entry.get("release") or "-"
+        if entry.get("process"):
+            owner = f"{owner}/{entry['process']}"
         if with_service:
             owner = f"{entry.get('service') or '-'} {owner}"
         prefix = f"{entry.get('at') or '?'} {entry['host'].ljust(width)} {owner}"

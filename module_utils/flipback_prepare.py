@@ -45,12 +45,20 @@ from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
     config_report,
+    recorded_config,
     recorded_site,
     release_in_of,
     validate_release_id,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import SITE_DIR, flipback_template, site_path
+from ansible.module_utils.flipback_runtime import (
+    PROCESS_NAME_RE,
+    SITE_DIR,
+    flipback_template,
+    process_unit,
+    processes_of,
+    site_path,
+)
 from ansible.module_utils.flipback_stage import find_donor
 
 # Where the system's systemd finds unit files (systemd.unit(5)): a template of the
@@ -103,9 +111,21 @@ EXPECTED_USER = (
 )
 
 
-def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
-    """(active, retiring): release ids of the service's instances that systemd has
-    active or starting, and of those with a retire timer still pending; one call."""
+@dataclass(frozen=True)
+class Instances:
+    """What of a service systemd has active or starting, from one `systemctl` call."""
+
+    # Release ids whose web instance is active or starting.
+    active: list[str]
+    # Release ids whose instance has a retire timer pending.
+    retiring: list[str]
+    # Release id -> names of its processes that are active or starting.
+    processes: dict[str, list[str]]
+
+
+def scan_instances(run: Runner, service: str) -> Instances:
+    """The service's instances, retire timers and processes that systemd has active or
+    starting (`<service>@<id>`, `flipback-retire-<service>-<id>`, `<service>.<p>@<id>`)."""
     timer_prefix = f"flipback-retire-{service}-"
     proc = run(
         [
@@ -116,24 +136,54 @@ def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
             "--state=active,activating,reloading",
             f"{service}@*.service",
             f"{timer_prefix}*.timer",
+            f"{service}.*@*.service",
         ]
     )
     prefix = f"{service}@"
+    process_prefix = f"{service}."
     active, retiring = [], []
+    processes: dict[str, list[str]] = {}
     for line in proc.stdout.splitlines():
         name = line.split(" ", 1)[0]
+        process = None
         if name.startswith(prefix) and name.endswith(".service"):
             instance = name[len(prefix) : -len(".service")]
         elif name.startswith(timer_prefix) and name.endswith(".timer"):
             instance = name[len(timer_prefix) : -len(".timer")]
+        elif name.startswith(process_prefix) and name.endswith(".service") and "@" in name:
+            process, instance = name[len(process_prefix) : -len(".service")].split("@", 1)
+            if not PROCESS_NAME_RE.fullmatch(process):
+                continue
         else:
             continue
         # Only flipback's own instances, named by release id: a service called like an
         # OS template (`user`, `getty`) must never count `user@1000.service` as its own.
         if not RELEASE_ID_RE.fullmatch(instance):
             continue
-        (active if name.endswith(".service") else retiring).append(instance)
-    return sorted(active), sorted(retiring)
+        if process is not None:
+            processes.setdefault(instance, []).append(process)
+        elif name.endswith(".service"):
+            active.append(instance)
+        else:
+            retiring.append(instance)
+    return Instances(
+        sorted(active), sorted(retiring), {r: sorted(p) for r, p in sorted(processes.items())}
+    )
+
+
+def all_enabled(run: Runner, units: Sequence[str]) -> bool:
+    """Whether every unit is enabled (`systemctl is-enabled` of several units succeeds
+    when any one is, so its answer for each is read)."""
+    proc = run(["systemctl", "is-enabled", *units])
+    states = proc.stdout.split()
+    return len(states) == len(units) and all(state == "enabled" for state in states)
+
+
+def list_instances(run: Runner, service: str) -> tuple[list[str], list[str]]:
+    """(active, retiring): release ids of the service's instances that systemd has
+    active or starting, and of those with a retire timer still pending; one call."""
+    found = scan_instances(run, service)
+    return found.active, found.retiring
 
 
 class Prepare:
@@ -384,14 +434,24 @@ class Prepare:
     # -- already live?
     def _live_and_alone(self, state, check_mode: bool) -> bool:
         spec = self.spec
-        unit = spec.unit(spec.release)
-        if self.run(["systemctl", "is-enabled", "--quiet", unit]).returncode != 0:
+        config, _env = recorded_config(spec.root, spec.release)
+        processes = sorted(processes_of(config))
+        units = [spec.unit(spec.release)]
+        units += [process_unit(spec.service, p, spec.release) for p in processes]
+        if not all_enabled(self.run, units):
             return False
         allowed = {spec.release}
         if spec.standby:
             allowed.update(state.previous_good()[:1])
-        active, retiring = list_instances(self.run, spec.service)
+        found = scan_instances(self.run, spec.service)
+        active, retiring = found.active, found.retiring
         if spec.release not in active or set(active) - allowed - set(retiring):
+            return False
+        if found.processes.get(spec.release, []) != processes or any(
+            r != spec.release for r in found.processes
+        ):
+            # A process of the live release is down, or one of another release runs:
+            # the switch brings them to what the live release declares.
             return False
         site = recorded_site(spec.root, spec.service, spec.release)
         if site is not None and read_text(site_path(spec.service, spec.site_dir)) != site[0]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import glob
 import json
 import os
 import re
@@ -772,14 +773,24 @@ class Releases:
             append_history(self.root, self._event(release_id, "pruned", by, why, None, None))
             try:
                 shutil.rmtree(release_dir(self.root, release_id))
-                # The release's own unit goes with it (never enabled: only current is).
-                unit = f"{self.service}@{release_id}.service"
-                for path in (
-                    os.path.join(self.unit_dir, "multi-user.target.wants", unit),
-                    os.path.join(self.unit_dir, unit),
-                ):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                # The release's own units go with it, its web instance's and its
+                # processes' (never enabled: only current's are).
+                units = [f"{self.service}@{release_id}.service"]
+                units += [
+                    os.path.basename(path)
+                    for path in glob.glob(
+                        os.path.join(
+                            glob.escape(self.unit_dir), f"{self.service}.*@{release_id}.service"
+                        )
+                    )
+                ]
+                for unit in units:
+                    for path in (
+                        os.path.join(self.unit_dir, "multi-user.target.wants", unit),
+                        os.path.join(self.unit_dir, unit),
+                    ):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
             except OSError as exc:
                 raise ReleaseError(
                     f"could not remove {release_dir(self.root, release_id)}: {exc}; expected "

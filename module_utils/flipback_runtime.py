@@ -348,7 +348,12 @@ Restart=on-failure
 RestartSec=1
 TimeoutStopSec=30
 KillMode=mixed
+{_hardening(home, "# uvicorn listens on a unix socket; the app may still call out over IP.")}"""
 
+
+def _hardening(home: str, families_note: str) -> str:
+    """The sandbox every unit of a release runs in (the web instance, its processes)."""
+    return f"""
 # Sandboxing: the code is read-only, only shared/ is writable.
 NoNewPrivileges=yes
 ProtectSystem=strict
@@ -371,7 +376,7 @@ RemoveIPC=yes
 ProtectProc=invisible
 ProcSubset=pid
 DevicePolicy=closed
-# uvicorn listens on a unix socket; the app may still call out over IP.
+{families_note}
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 CapabilityBoundingSet=
 AmbientCapabilities=
@@ -384,6 +389,148 @@ UMask=0077
 [Install]
 WantedBy=multi-user.target
 """
+
+
+# -- processes beside the web app (`processes: {worker: "celery -A proj worker"}`)
+
+# A process's name is part of its unit's name: `<service>.<name>@<release>.service`
+# (a service name has no dot, so no process unit can be another service's unit).
+PROCESS_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+MAX_PROCESS_COMMAND = 4096
+MAX_PROCESSES = 16
+# Seconds each process must stay up after its start for a switch to go on (it is
+# checked after Gate 1, so the web instance's start time counts towards it).
+DEFAULT_PROCESS_START_SECONDS = 3
+MAX_PROCESS_START_SECONDS = 300
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def process_unit(service: str, process: str, release: str) -> str:
+    return f"{service}.{process}@{release}.service"
+
+
+def processes_of(config: Mapping[str, Any] | None) -> dict[str, str]:
+    """A release's processes (name -> command line) from its recorded configuration."""
+    processes = (config or {}).get("processes")
+    return dict(processes) if isinstance(processes, Mapping) else {}
+
+
+def process_start_seconds(config: Mapping[str, Any] | None) -> float:
+    value = (config or {}).get("process_start_seconds", DEFAULT_PROCESS_START_SECONDS)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def normalize_processes(where: str, raw: Any, problems: list[str]) -> dict[str, str]:
+    """The `processes` of a service definition as {name: command line}; problems name
+    the field, the value and what was expected."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(
+            f"{where}.processes: got {raw!r}, expected a mapping of process names to "
+            'command lines, e.g. {worker: "celery -A proj worker"}'
+        )
+        return {}
+    if len(raw) > MAX_PROCESSES:
+        problems.append(
+            f"{where}.processes: got {len(raw)} processes, expected at most {MAX_PROCESSES}"
+        )
+        return {}
+    clean: dict[str, str] = {}
+    for name, command in raw.items():
+        if not isinstance(name, str) or not PROCESS_NAME_RE.fullmatch(name):
+            problems.append(
+                f"{where}.processes: got the name {name!r}, expected a lowercase name of "
+                "letters, digits and '-', starting with a letter, at most 32 characters (it "
+                f"becomes the unit <service>.<name>@<release>.service)"
+            )
+            continue
+        if (
+            not isinstance(command, str)
+            or not command.strip()
+            or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in command)
+            or len(command.encode("utf-8", errors="replace")) > MAX_PROCESS_COMMAND
+        ):
+            problems.append(
+                f"{where}.processes.{name}: got {command!r}, expected a non-empty command "
+                f"line on one line (no control characters but tab, at most "
+                f"{MAX_PROCESS_COMMAND} bytes), run with /bin/sh in the release"
+            )
+            continue
+        clean[name] = command
+    return dict(sorted(clean.items()))
+
+
+def check_process_start_seconds(where: str, value: Any, problems: list[str]) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_PROCESS_START_SECONDS
+    ):
+        problems.append(
+            f"{where}.process_start_seconds: got {value!r}, expected seconds, "
+            f"0-{MAX_PROCESS_START_SECONDS} (how long each process must stay up after its "
+            "start for the switch to go on)"
+        )
+        return DEFAULT_PROCESS_START_SECONDS
+    return value
+
+
+def _systemd_word(text: str) -> str:
+    """One argument of an Exec line: double-quoted, with systemd's own expansions of
+    `$` (environment) and `%` (specifiers) turned off, so it arrives as written."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("$", "$$").replace("%", "%%") + '"'
+
+
+def process_unit_text(*, service: str, home: str, user: str, process: str, command: str) -> str:
+    """The systemd unit of process `process` of one release of `service` (instance %i):
+    the release's user, working directory, env file and sandbox; its venv first on PATH."""
+    return f"""\
+# flipback: process {process} of one release of {service}, written at staging and never
+# changed; it runs while its release is live (and during the switch to it).
+[Unit]
+Description=flipback {service} process {process}, release %i
+After=network.target
+AssertPathExists={home}/releases/%i/manifest.json
+
+[Service]
+Type=exec
+User={user}
+Group={user}
+WorkingDirectory={home}/releases/%i
+EnvironmentFile={home}/releases/%i/{CONFIG_DIR}/{ENV_FILE}
+Environment=FLIPBACK_RELEASE=%i FLIPBACK_PROCESS={process} PYTHONDONTWRITEBYTECODE=1
+Environment="PATH={home}/releases/%i/venv/bin:{SYSTEM_PATH}"
+Environment=VIRTUAL_ENV={home}/releases/%i/venv
+ExecStart=/bin/sh -c {_systemd_word("exec " + command)}
+Restart=on-failure
+RestartSec=1
+TimeoutStopSec=30
+KillMode=mixed
+{_hardening(home, "# No socket of its own; the process may call out over IP.")}"""
+
+
+def release_unit_texts(
+    *, service: str, home: str, release: str, config: Mapping[str, Any]
+) -> dict[str, str]:
+    """unit name -> text of every unit of a release: its web instance and its processes."""
+    units = {
+        f"{service}@{release}.service": unit_text(
+            service=service,
+            home=home,
+            user=config["user"],
+            app=config["app"],
+            factory=config["factory"],
+            workers=config["workers"],
+            access_log=config["access_log"],
+        )
+    }
+    for process, command in processes_of(config).items():
+        units[process_unit(service, process, release)] = process_unit_text(
+            service=service, home=home, user=config["user"], process=process, command=command
+        )
+    return units
 
 
 def sha256_text(text: str) -> str:
@@ -403,6 +550,8 @@ def run_config(
     nginx: Mapping[str, Any] | None = None,
     access_log: bool = False,
     commands: Mapping[str, Any] | None = None,
+    processes: Mapping[str, str] | None = None,
+    start_seconds: float = DEFAULT_PROCESS_START_SECONDS,
 ) -> dict[str, Any]:
     """What the manifest records of how a release runs (env names and a digest only)."""
     app, factory = app_and_factory(app, factory)
@@ -431,6 +580,13 @@ def run_config(
         "nginx": {**NGINX_DEFAULTS, **(nginx or {})},
         # The commands it runs at named points of a deploy (checked by service_config).
         "commands": dict(commands or {}),
+        # Its processes beside the web app (recorded only when it has any, so that the
+        # ids of releases without processes stay what they were).
+        **(
+            {"processes": dict(processes), "process_start_seconds": start_seconds}
+            if processes
+            else {}
+        ),
     }
 
 
@@ -449,7 +605,10 @@ def config_digest(config: Mapping[str, Any]) -> str:
         "nginx",
         "commands",
     )
-    canonical = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, separators=(",", ":"))
+    covered = {k: config.get(k) for k in keys}
+    # Keys a release records only when it uses them (see run_config).
+    covered.update({k: config[k] for k in ("processes", "process_start_seconds") if k in config})
+    canonical = json.dumps(covered, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -538,6 +697,8 @@ def resolve_release(
     nginx: Mapping[str, Any] | None = None,
     access_log: bool = False,
     commands: Mapping[str, Any] | None = None,
+    processes: Any = None,
+    process_start_seconds: Any = DEFAULT_PROCESS_START_SECONDS,
 ) -> dict[str, Any]:
     """The release a build becomes with this configuration: its id and what its manifest
     records. Env values are checked (never returned, never echoed)."""
@@ -551,6 +712,8 @@ def resolve_release(
         problems.append(f"build_id: got {build_id!r}, expected a build id of release_build")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         problems.append(f"{where}.port: got {port!r}, expected an integer 1-65535")
+    processes = normalize_processes(where, processes, problems)
+    start_seconds = check_process_start_seconds(where, process_start_seconds, problems)
     if problems:
         raise ConfigInvalid(problems)
     config = run_config(
@@ -565,6 +728,8 @@ def resolve_release(
         nginx=nginx,
         access_log=access_log,
         commands=commands,
+        processes=processes,
+        start_seconds=start_seconds,
     )
     return {"release": release_id_for(build_id, config), "config": config, "build_id": build_id}
 
@@ -577,9 +742,10 @@ def staged_files(
     build_id: str,
     config: Mapping[str, Any],
     env_text: str,
-) -> tuple[str, str]:
-    """(unit text, env file text) of a release, after checking on the host, the same way
-    as the controller did, that they are what the release id stands for."""
+) -> tuple[dict[str, str], str]:
+    """(unit name -> text of each of its units, env file text) of a release, after
+    checking on the host, the same way as the controller did, that they are what the
+    release id stands for."""
     values = parse_env_file(env_text)
     clean, problems = env_problems(f"flipback_services ({service})", values)
     if problems:
@@ -601,6 +767,8 @@ def staged_files(
         nginx=config.get("nginx") if isinstance(config.get("nginx"), Mapping) else None,
         access_log=bool(config.get("access_log")),
         commands=config.get("commands") if isinstance(config.get("commands"), Mapping) else None,
+        processes=config.get("processes"),
+        process_start_seconds=config.get("process_start_seconds", DEFAULT_PROCESS_START_SECONDS),
     )
     if expected["release"] != release or expected["config"] != dict(config):
         raise ConfigInvalid(
@@ -610,16 +778,10 @@ def staged_files(
                 "was worked out; run the deploy again)"
             ]
         )
-    unit = unit_text(
-        service=service,
-        home=home,
-        user=expected["config"]["user"],
-        app=expected["config"]["app"],
-        factory=expected["config"]["factory"],
-        workers=expected["config"]["workers"],
-        access_log=expected["config"]["access_log"],
+    units = release_unit_texts(
+        service=service, home=home, release=release, config=expected["config"]
     )
-    return unit, env_text
+    return units, env_text
 
 
 # Arguments of release_config, shared by the module and the controller action.
@@ -648,5 +810,7 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
         nginx=svc.get("nginx") or None,
         access_log=bool(svc.get("access_log", False)),
         commands=svc.get("commands") or None,
+        processes=svc.get("processes") or None,
+        process_start_seconds=svc.get("process_start_seconds", DEFAULT_PROCESS_START_SECONDS),
     )
     return {"service": name, **result}

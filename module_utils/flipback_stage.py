@@ -102,7 +102,8 @@ class Stager:
         self.run = run
         self.path = release_dir(spec.root, spec.release)
         self.venv_from: str | None = None
-        self.unit_text = ""
+        # Unit name -> text of each of the release's units (web instance, processes).
+        self.units: dict[str, str] = {}
 
     def staged(self) -> bool:
         manifest = read_manifest(self.spec.root, self.spec.release)
@@ -114,7 +115,7 @@ class Stager:
         validate_release_id(spec.release)
         result: dict[str, Any] = {"release": spec.release, "path": self.path}
         # The configuration is checked against the release id before anything is written.
-        self.unit_text, _env = staged_files(
+        self.units, _env = staged_files(
             service=spec.service,
             home=spec.root,
             release=spec.release,
@@ -196,8 +197,8 @@ class Stager:
         )
         return {**result, "changed": True, "replaces": previous, "venv_from": self.venv_from}
 
-    def unit_path(self) -> str:
-        return os.path.join(self.spec.unit_dir, f"{self.spec.service}@{self.spec.release}.service")
+    def unit_paths(self) -> list[str]:
+        return [os.path.join(self.spec.unit_dir, name) for name in self.units]
 
     def _configure(self) -> None:
         """The release's own configuration: its env file (root, readable by the service's
@@ -226,9 +227,10 @@ class Stager:
         write_atomic(os.path.join(conf_dir, ENV_FILE), self.spec.env_text, 0o640, gid)
         self._make_static_dirs(pwd.getpwnam(user).pw_uid, gid)
         os.makedirs(self.spec.unit_dir, mode=0o755, exist_ok=True)
-        write_atomic(self.unit_path(), self.unit_text, 0o644, 0)
+        for name, text in self.units.items():
+            write_atomic(os.path.join(self.spec.unit_dir, name), text, 0o644, 0)
         proc = self.run(["systemctl", "daemon-reload"])
-        self._check(proc, "reload systemd for the release's unit")
+        self._check(proc, "reload systemd for the release's units")
 
     def _make_static_dirs(self, uid: int, gid: int) -> None:
         """The release's static directories (nginx.static) exist and belong to the

@@ -44,7 +44,7 @@ from ansible.module_utils.flipback_release import (
     validate_positive,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import config_changes
+from ansible.module_utils.flipback_runtime import config_changes, process_unit, processes_of
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -234,15 +234,27 @@ def _last_event(event: Mapping[str, Any] | None) -> dict | None:
     return last
 
 
-def _instance(service: str, release_id: str, units: Mapping[str, Mapping[str, str]]) -> dict:
-    unit = unit_name(service, release_id)
+def _unit_state(unit: str, units: Mapping[str, Mapping[str, str]]) -> dict:
     props = units.get(unit, {})
     return {
-        "release": release_id,
         "unit": unit,
         "active_state": props.get("ActiveState") or None,
         "sub_state": props.get("SubState") or None,
         "unit_file_state": props.get("UnitFileState") or None,
+    }
+
+
+def _instance(
+    service: str, release: Mapping[str, Any], units: Mapping[str, Mapping[str, str]]
+) -> dict:
+    """The state of a release's web instance, and of each of its processes."""
+    return {
+        "release": release["id"],
+        **_unit_state(unit_name(service, release["id"]), units),
+        "processes": [
+            {"name": name, **_unit_state(process_unit(service, name, release["id"]), units)}
+            for name in release.get("processes") or []
+        ],
     }
 
 
@@ -296,6 +308,7 @@ def host_status(
                     "status": rel.status,
                     "age_seconds": rel.age_seconds,
                     "last_event": _last_event(rel.last_event),
+                    "processes": _processes(root, rel.id),
                 }
                 for rel in (state.releases[rid] for rid in sorted(state.releases))
             ]
@@ -311,15 +324,31 @@ def host_status(
         reports.append(report)
     # One systemctl call for the instances of every service: a round trip per unit costs more
     # than the whole report.
-    wanted = [unit_name(r["name"], rel["id"]) for r in reports for rel in r["releases"]]
+    wanted = [
+        unit
+        for r in reports
+        for rel in r["releases"]
+        for unit in (
+            unit_name(r["name"], rel["id"]),
+            *(process_unit(r["name"], p, rel["id"]) for p in rel["processes"]),
+        )
+    ]
     units, unit_error = unit_states(run, systemctl, wanted)
     for report in reports:
-        report["instances"] = [
-            _instance(report["name"], rel["id"], units) for rel in report["releases"]
-        ]
+        report["instances"] = [_instance(report["name"], rel, units) for rel in report["releases"]]
         if unit_error and report["releases"]:
             report["error"] = "; ".join(filter(None, (report["error"], unit_error)))
     return reports
+
+
+def _processes(root: str, release_id: str) -> list[str]:
+    """The names of the processes a release declares (its manifest's configuration)."""
+    try:
+        manifest = read_manifest(root, release_id) or {}
+    except ReleaseError:
+        return []
+    config = manifest.get("config")
+    return sorted(processes_of(config if isinstance(config, Mapping) else None))
 
 
 def build_of(report: Mapping[str, Any]) -> str | None:
@@ -423,6 +452,26 @@ def _instance_cell(report: Mapping[str, Any]) -> str:
     return cell + (f" +{others} other active" if others else "")
 
 
+def _processes_cell(report: Mapping[str, Any]) -> str:
+    """`<name> <state>` of each process of the live release; others still running."""
+    instances = report.get("instances") or []
+    current = report.get("current")
+    mine = next((i for i in instances if i.get("release") == current), None)
+    cells = [
+        f"{p['name']} {p.get('active_state') or '?'}/{p.get('sub_state') or '?'}"
+        for p in ((mine or {}).get("processes") or [])
+    ]
+    others = sum(
+        1
+        for i in instances
+        if i.get("release") != current
+        for p in i.get("processes") or []
+        if p.get("active_state") == "active"
+    )
+    cell = ", ".join(cells) or "-"
+    return cell + (f" +{others} other active" if others else "")
+
+
 def _health_cell(report: Mapping[str, Any]) -> str:
     health = report.get("health")
     if not health:
@@ -486,6 +535,7 @@ STATUS_COLUMNS = (
     ("age", "AGE"),
     ("previous_good", "PREVIOUS GOOD"),
     ("instance", "INSTANCE"),
+    ("processes", "PROCESSES"),
     ("health", "HEALTH"),
     ("releases", "RELEASES"),
     ("config", "CONFIG"),
@@ -539,6 +589,7 @@ def status_report(hosts: object) -> dict:
                 "age": compact_age(age) if current else "-",
                 "previous_good": report.get("previous_good") or "-",
                 "instance": _instance_cell(report),
+                "processes": _processes_cell(report),
                 "health": _health_cell(report),
                 "releases": _releases_cell(releases),
                 "config": _config_cell(report),
@@ -563,7 +614,11 @@ def status_report(hosts: object) -> dict:
             )
             notes.append(f"{service}: HOSTS DISAGREE, they run different builds: {split}")
     rows = [row for service_rows in by_service.values() for row in service_rows]
-    table = render_table(STATUS_COLUMNS, rows)
+    # The PROCESSES column only when a service has processes.
+    columns = [
+        c for c in STATUS_COLUMNS if c[0] != "processes" or any(r["processes"] != "-" for r in rows)
+    ]
+    table = render_table(columns, rows)
     if notes:
         table += "\n\n" + "\n".join(f"! {note}" for note in notes)
     return {"rows": rows, "table": table, "problems": notes}

@@ -61,19 +61,27 @@ from ansible.module_utils.flipback_health import (
     expect_release,
     real_probe,
 )
-from ansible.module_utils.flipback_prepare import list_instances
+from ansible.module_utils.flipback_prepare import all_enabled, scan_instances
 from ansible.module_utils.flipback_release import (
     LEGACY_ENV_DIR,
     ReleaseError,
     Releases,
     as_if_activated,
     plan_prune,
+    recorded_config,
     recorded_site,
     release_in_of,
     validate_positive,
     validate_release_id,
 )
-from ansible.module_utils.flipback_runtime import SITE_DIR, UNIT_DIR, site_path
+from ansible.module_utils.flipback_runtime import (
+    SITE_DIR,
+    UNIT_DIR,
+    process_start_seconds,
+    process_unit,
+    processes_of,
+    site_path,
+)
 
 # How far back the journal is read when a gate fails, to find the error behind it.
 JOURNAL_SCAN = 300
@@ -112,6 +120,7 @@ def journal_excerpt(lines: list[str], limit: int) -> list[str]:
 GATE_1 = "Gate 1, health on the instance's private socket"
 GATE_2 = "Gate 2, health through the public port answers with the release"
 SITE = "the nginx site of the release's port"
+PROCESSES = "its processes stay up through their start window"
 
 
 @dataclass
@@ -154,6 +163,17 @@ class SwitchSpec:
     def retire_timer(self, release: str) -> str:
         return f"flipback-retire-{self.service}-{release}"
 
+    def process_units(self, release: str, processes: list[str]) -> list[str]:
+        return [process_unit(self.service, p, release) for p in processes]
+
+
+class ProcessDown(HealthError):
+    """A process of the release exited (or is restarting) during its start window."""
+
+    def __init__(self, msg: str, unit: str) -> None:
+        super().__init__(msg, retryable=False, found=msg)
+        self.unit = unit
+
 
 class NothingToRollBackTo(ReleaseError):
     """A rollback found no target; nothing was changed."""
@@ -185,6 +205,13 @@ class Switch:
         )
         self.steps: list[str] = []
         self.previous: str | None = None
+        # The release's processes (from its manifest) and how long each must stay up.
+        self.process_names: list[str] = []
+        self.start_window = 0.0
+        # Which of them run already, and the units of other releases' processes.
+        self.running_processes: list[str] = []
+        self.other_processes: list[str] = []
+        self.previous_processes: list[str] = []
 
     # -- systemd
     def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -276,8 +303,25 @@ class Switch:
         validate_release_id(spec.release)
         state = self.releases.scan()
         previous = state.current
-        active, retiring = list_instances(self.run, spec.service)
+        found = scan_instances(self.run, spec.service)
+        active, retiring = found.active, found.retiring
         keep = self._keep_after(state, previous)
+        config, _env = recorded_config(spec.root, spec.release)
+        self.process_names = sorted(processes_of(config))
+        self.start_window = process_start_seconds(config)
+        # Processes run while their release is live: every other release's stop once
+        # the switch holds (the previous release's included), and a switch that is undone
+        # leaves them as they were.
+        self.other_processes = [
+            unit
+            for release, names in found.processes.items()
+            if release != spec.release
+            for unit in spec.process_units(release, names)
+        ]
+        if previous and previous != spec.release:
+            before, _env = recorded_config(spec.root, previous)
+            self.previous_processes = spec.process_units(previous, sorted(processes_of(before)))
+        self.running_processes = found.processes.get(spec.release, [])
         return {
             "release": spec.release,
             "previous": previous,
@@ -349,16 +393,31 @@ class Switch:
         # waited out and the instance started again, before any gate probes it.
         self._cancel_retire(spec.release)
         was_running = plan["start"] is None
+        processes = spec.process_units(spec.release, self.process_names)
+        restarts = self._restarts(processes)
         self._systemctl("start", unit)
         if not was_running:
             self.steps.append(f"started {unit}")
         timings: dict[str, float] = {}
+        started = time.monotonic()
+        if processes:
+            # Started with the web instance, before any gate; each is checked once Gate 1
+            # has passed, so the instance's start time counts towards their window.
+            self._systemctl("start", *processes, check=False)
+            self.steps.append(f"started {', '.join(processes)}")
         try:
-            started = time.monotonic()
             self._gate_private()
             timings["gate_1"] = round(time.monotonic() - started, 3)
         except HealthError as exc:
             raise self._undo(GATE_1, exc, flipped=False, was_running=was_running) from exc
+        if processes:
+            try:
+                self._gate_processes(processes, restarts, started)
+                timings["processes"] = round(time.monotonic() - started, 3)
+            except ProcessDown as exc:
+                raise self._undo(
+                    PROCESSES, exc, flipped=False, was_running=was_running, unit=exc.unit
+                ) from exc
 
         try:
             site_before = self._ensure_site(site)
@@ -399,14 +458,81 @@ class Switch:
         return {**result, "steps": self.steps}
 
     def _settle(self, previous: str | None, retire: list[str]) -> None:
-        """Only the live release starts at boot; the standby runs; the rest retire."""
+        """Only the live release starts at boot; the standby runs; the rest retire;
+        the processes of every other release stop."""
         spec = self.spec
-        self._systemctl("enable", "--quiet", spec.unit(spec.release))
+        processes = spec.process_units(spec.release, self.process_names)
+        self._systemctl("enable", "--quiet", spec.unit(spec.release), *processes)
         others = sorted({*retire, *([previous] if previous else [])} - {spec.release})
-        if others:
-            self._systemctl("disable", "--quiet", *(spec.unit(r) for r in others), check=False)
+        old_processes = sorted({*self.other_processes, *self.previous_processes})
+        if others or old_processes:
+            self._systemctl(
+                "disable",
+                "--quiet",
+                *(spec.unit(r) for r in others),
+                *old_processes,
+                check=False,
+            )
+        self._stop_processes(self.other_processes)
         for release in retire:
             self._retire(release)
+
+    def _stop_processes(self, units: list[str]) -> None:
+        """Stop processes of releases that are not live (no drain: they serve no
+        requests; each gets its unit's TimeoutStopSec to finish what it does)."""
+        if units:
+            self._systemctl("stop", "--no-block", *units, check=False)
+            self.steps.append(f"stopping {', '.join(units)}")
+
+    def _restarts(self, units: list[str]) -> dict[str, int]:
+        """How often systemd has restarted each unit so far (NRestarts)."""
+        return {u: int(p.get("NRestarts") or 0) for u, p in self._show(units).items()}
+
+    def _show(self, units: list[str]) -> dict[str, dict[str, str]]:
+        if not units:
+            return {}
+        proc = self.run(
+            [
+                "systemctl",
+                "show",
+                "--property=Id,ActiveState,SubState,NRestarts,Result",
+                *units,
+            ]
+        )
+        shown: dict[str, dict[str, str]] = {}
+        for block in proc.stdout.split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.strip().splitlines() if "=" in line)
+            if props.get("Id"):
+                shown[props["Id"]] = props
+        return shown
+
+    def _gate_processes(self, units: list[str], restarts: dict[str, int], started: float) -> None:
+        """Each process is up (and was not restarted) for its whole start window."""
+        deadline = started + self.start_window
+        while True:
+            shown = self._show(units)
+            for unit in units:
+                props = shown.get(unit, {})
+                state = props.get("ActiveState", "unknown")
+                sub = props.get("SubState", "unknown")
+                again = int(props.get("NRestarts") or 0) - restarts.get(unit, 0)
+                starting = state == "activating" and sub == "start"
+                if again > 0 or not (state == "active" or starting):
+                    why = f"restarted {again} time(s)" if again > 0 else f"{state} ({sub})"
+                    raise ProcessDown(
+                        f"{unit} exited during its start window of {self.start_window:g} s: "
+                        f"{why}, result {props.get('Result', 'unknown')}",
+                        unit,
+                    )
+                if time.monotonic() >= deadline and starting:
+                    raise ProcessDown(
+                        f"{unit} was still starting at the end of its start window of "
+                        f"{self.start_window:g} s",
+                        unit,
+                    )
+            if time.monotonic() >= deadline:
+                return
+            self.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def _cancel_retire(self, release: str) -> None:
         """Cancel a pending retire of the release's instance: its timer, and the stop the
@@ -457,10 +583,23 @@ class Switch:
                 self._cancel_retire(spec.release)
                 self._systemctl("start", unit)
                 self.steps.append(f"started {unit} (current, was not running)")
-        if self._systemctl("is-enabled", "--quiet", unit, check=False).returncode != 0:
+        missing = [p for p in self.process_names if p not in self.running_processes]
+        if missing:
             changed = True
             if not check_mode:
-                self._systemctl("enable", "--quiet", unit)
+                units = spec.process_units(spec.release, missing)
+                self._systemctl("start", *units)
+                self.steps.append(f"started {', '.join(units)} (current, was not running)")
+        if self.other_processes:
+            changed = True
+            if not check_mode:
+                self._systemctl("disable", "--quiet", *self.other_processes, check=False)
+                self._stop_processes(self.other_processes)
+        processes = spec.process_units(spec.release, self.process_names)
+        if not all_enabled(self.run, [unit, *processes]):
+            changed = True
+            if not check_mode:
+                self._systemctl("enable", "--quiet", unit, *processes)
         if plan["retire"]:
             changed = True
             if not check_mode:
@@ -547,6 +686,7 @@ class Switch:
         flipped: bool,
         was_running: bool,
         site_before: tuple[str | None] | None = None,
+        unit: str | None = None,
     ) -> GateFailed:
         spec = self.spec
         previous = self.previous
@@ -566,13 +706,18 @@ class Switch:
                 undone.append(f"site {self.site_path} put back")
             except ReleaseError as exc:
                 undone.append(f"site {self.site_path} NOT put back: {exc.msg}")
-        unit = spec.unit(spec.release)
+        web = spec.unit(spec.release)
+        processes = spec.process_units(spec.release, self.process_names)
         # Stopped even if it was already running (warmed up by staging, or the standby):
         # an instance that failed a gate must not linger as anyone's standby.
-        self._systemctl("disable", "--quiet", unit, check=False)
-        self._systemctl("stop", unit, check=False)
-        undone.append(f"stopped {unit}" + (" (it was already running)" if was_running else ""))
-        # Read once it has stopped: by then it has finished logging its last traceback.
+        self._systemctl("disable", "--quiet", web, *processes, check=False)
+        self._systemctl("stop", web, *processes, check=False)
+        undone.append(f"stopped {web}" + (" (it was already running)" if was_running else ""))
+        if processes:
+            undone.append(f"stopped {', '.join(processes)}")
+        # The journal of the unit that failed (the web instance unless a process did),
+        # read once it has stopped: by then it has finished logging its last traceback.
+        unit = unit or web
         journal = self._journal(unit)
         self.releases.record(
             spec.release,

@@ -416,6 +416,8 @@ def test_defaults_are_filled_in():
         "access_log": False,
         "nginx": NGINX_DEFAULTS,
         "commands": {},
+        "processes": {},
+        "process_start_seconds": 3,
         "requirements": "",
         "env": {},
         "health": HEALTH_DEFAULTS,
@@ -709,3 +711,25 @@ def test_the_gates_ask_with_the_server_name_unless_told(health, host):
     names = ["*.shop.example.com"] if host == "shop.example.com" else ["x.example.com"]
     (svc,) = check_request([service(nginx={"server_name": names}, health=health)])["services"]
     assert svc["health"]["host"] == host
+
+
+def test_processes_are_checked_before_anything_changes():
+    error = config_error(
+        [service(processes={"web.1": "x", "worker": ""}, process_start_seconds="3")]
+    )
+    assert "got the name 'web.1', expected a lowercase name" in problem_for(
+        error, "flipback_services[0] (web).processes"
+    )
+    assert "expected a non-empty command line" in problem_for(
+        error, "flipback_services[0] (web).processes.worker"
+    )
+    assert "expected seconds, 0-300" in problem_for(
+        error, "flipback_services[0] (web).process_start_seconds"
+    )
+    assert_says_nothing_changed(error)
+
+
+def test_processes_are_taken_sorted_by_name():
+    result = check_request([service(processes={"worker": "celery worker", "beat": "celery beat"})])
+    (svc,) = result["services"]
+    assert list(svc["processes"].items()) == [("beat", "celery beat"), ("worker", "celery worker")]

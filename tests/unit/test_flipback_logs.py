@@ -104,6 +104,7 @@ def test_parse_entry_of_real_journalctl_lines():
         "at": "2026-12-02T13:40:43.473990Z",
         "service": "hello",
         "release": REAL_RELEASE,
+        "process": None,
         "unit": f"hello@{REAL_RELEASE}.service",
         "pid": 119,
         "priority": 6,
@@ -216,10 +217,13 @@ def test_journal_argv_selects_the_instances():
     argv = journal_argv("/bin/journalctl", ["hello", "greeter"], since="-15m", grep="boom")
     assert argv[:4] == ["/bin/journalctl", "--no-pager", "--quiet", "--output=json"]
     assert "--unit=hello@*.service" in argv and "--unit=greeter@*.service" in argv
+    # Their processes too (`<service>.<process>@<release>.service`).
+    assert "--unit=hello.*@*.service" in argv and "--unit=greeter.*@*.service" in argv
     assert "--since=-15m" in argv and "--grep=boom" in argv
     assert f"--lines={MAX_LINES}" in argv  # all since then
     one = journal_argv("journalctl", ["hello"], release=A, lines=7)
     assert f"--unit=hello@{A}.service" in one and "--lines=7" in one
+    assert f"--unit=hello.*@{A}.service" in one
     assert not [a for a in one if a.startswith(("--since", "--grep"))]
     assert f"--lines={DEFAULT_LINES}" in journal_argv("journalctl", ["hello"])
 
@@ -230,6 +234,7 @@ def test_parse_entry_of_the_apps_own_line():
         "at": "2025-12-01T10:00:01.123456Z",
         "service": "hello",
         "release": A,
+        "process": None,
         "unit": f"hello@{A}.service",
         "pid": 4242,
         "priority": 6,
@@ -475,3 +480,21 @@ def test_module_reads_the_journal_through_journalctl(tmp_path, capsys, monkeypat
     assert result["changed"] is False
     argv = (tmp_path / "argv").read_text()
     assert f"--unit=hello@{A}.service" in argv and "--since=-2h" in argv
+
+
+def test_a_process_line_is_attributed_to_its_release_and_process():
+    line = json.dumps(
+        {
+            "_SYSTEMD_UNIT": f"hello.worker@{A}.service",
+            "MESSAGE": "celery@host ready.",
+            "__REALTIME_TIMESTAMP": "1796218843473990",
+        }
+    )
+    entry = parse_entry(line, ["hello"])
+    assert (entry["service"], entry["release"], entry["process"]) == ("hello", A, "worker")
+    # A unit of another service, or not named like a process, is nobody's.
+    for unit in (f"hellox.worker@{A}.service", f"hello.Worker@{A}.service", "hello.w@1.service"):
+        other = json.dumps({"_SYSTEMD_UNIT": unit, "MESSAGE": "x", "__REALTIME_TIMESTAMP": "1"})
+        assert parse_entry(other, ["hello"])["release"] is None
+    text = merge({"h1": {"entries": [entry]}})["text"]
+    assert f"h1 {A}/worker | celery@host ready." in text

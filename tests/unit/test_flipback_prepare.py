@@ -153,7 +153,9 @@ class Host:
             ]
             return subprocess.CompletedProcess(argv, 0, "".join(lines), "")
         if argv[:2] == ["systemctl", "is-enabled"]:
-            return subprocess.CompletedProcess(argv, 0 if argv[-1] in self.enabled else 1, "", "")
+            states = ["enabled" if u in self.enabled else "disabled" for u in argv[2:]]
+            out = "\n".join(states) + "\n"
+            return subprocess.CompletedProcess(argv, 0 if "enabled" in states else 1, out, "")
         if argv[:2] == ["systemctl", "start"]:
             return subprocess.CompletedProcess(argv, self.start_rc, "", "")
         return subprocess.CompletedProcess(argv, 0, "", "")
@@ -327,6 +329,7 @@ def test_list_instances_asks_systemd_once_for_both():
             "--state=active,activating,reloading",
             f"{SERVICE}@*.service",
             f"flipback-retire-{SERVICE}-*.timer",
+            f"{SERVICE}.*@*.service",
         ]
     ]
 

@@ -33,7 +33,9 @@ from ansible.module_utils.flipback_runtime import (
     env_path,
     env_problems,
     masked_config,
+    normalize_processes,
     parse_env_file,
+    process_unit_text,
     release_id_for,
     reserved_env_name,
     resolve_params,
@@ -81,6 +83,8 @@ def a_release(
     factory: bool = False,
     workers: int = 1,
     port: int = 8000,
+    processes: dict[str, str] | None = None,
+    process_start_seconds: float = 3,
 ) -> Release:
     """The release `build_id` becomes on a host whose service root is `root`, with the
     env file the flipback_env_file filter renders for it."""
@@ -95,6 +99,8 @@ def a_release(
         env=env,
         build_id=build_id,
         root=root,
+        processes=processes,
+        process_start_seconds=process_start_seconds,
     )
     return Release(resolved["release"], build_id, resolved["config"], env_file_text(env))
 
@@ -1116,8 +1122,11 @@ def test_a_release_from_the_shared_helper_is_what_release_config_returns(staged)
 
 
 def test_staged_files_of_a_release_as_worked_out(staged):
-    unit_file, env_file = files_of(staged)
+    units, env_file = files_of(staged)
 
+    # One unit, the web instance's: the release has no processes.
+    (unit_file,) = units.values()
+    assert list(units) == [f"{SERVICE}@{staged.id}.service"]
     assert unit_file == unit_text(
         service=SERVICE, home=HOME, user="shopuser", app="app:app", factory=False, workers=2
     )
@@ -1294,7 +1303,7 @@ def test_staged_files_of_a_release_with_every_setting_of_its_own():
         access_log=True,
         commands={"before_switch_once": [{"run": "migrate", "timeout": 60}]},
     )
-    unit_file, _env = staged_files(
+    units, _env = staged_files(
         service=SERVICE,
         home=HOME,
         release=resolved["release"],
@@ -1302,6 +1311,7 @@ def test_staged_files_of_a_release_with_every_setting_of_its_own():
         config=resolved["config"],
         env_text=env_file_text({"A": "1"}),
     )
+    unit_file = units[f"{SERVICE}@{resolved['release']}.service"]
     assert "--no-access-log" not in unit_file
     assert sha256_text(unit_file) == resolved["config"]["unit_sha256"]
     # A release id from the same build without them is another release.
@@ -1313,3 +1323,102 @@ def test_static_dirs_are_each_directory_once_without_a_trailing_slash():
     config = {"nginx": {"static": {"/a/": "static/", "/b/": "static", "/c/": "var/media"}}}
     assert static_dirs(config) == ["static", "var/media"]
     assert static_dirs({}) == []
+
+
+# =========================================================================== processes
+
+
+def test_processes_are_checked_naming_field_value_and_what_was_expected():
+    problems: list[str] = []
+    clean = normalize_processes(
+        W,
+        {
+            "worker": "celery -A proj worker",
+            "Worker": "x",
+            "a.b": "x",
+            "beat": "",
+            "multi": "one\ntwo",
+            "num": 3,
+        },
+        problems,
+    )
+    assert clean == {"worker": "celery -A proj worker"}
+    text = "\n".join(problems)
+    assert f"{W}.processes: got the name 'Worker', expected a lowercase name" in text
+    assert "got the name 'a.b'" in text
+    assert f"{W}.processes.beat: got '', expected a non-empty command line" in text
+    assert f"{W}.processes.multi: got 'one\\ntwo'" in text
+    assert f"{W}.processes.num: got 3" in text
+    problems = []
+    assert normalize_processes(W, ["celery"], problems) == {}
+    assert problems == [
+        f"{W}.processes: got ['celery'], expected a mapping of process names to command "
+        'lines, e.g. {worker: "celery -A proj worker"}'
+    ]
+
+
+def test_bad_processes_are_refused_by_resolve_release_as_on_the_controller():
+    with pytest.raises(ConfigInvalid) as refused:
+        resolve_release(
+            service=SERVICE,
+            user="shop",
+            app="app:app",
+            factory=False,
+            workers=1,
+            port=8000,
+            env={},
+            build_id=BUILD_ID,
+            processes={"Bad Name": "x"},
+            process_start_seconds=-1,
+        )
+    assert "got the name 'Bad Name'" in refused.value.msg
+    assert f"{W}.process_start_seconds: got -1, expected seconds, 0-300" in refused.value.msg
+    assert "nothing was changed on any host" in refused.value.msg
+
+
+def test_a_release_without_processes_keeps_the_id_it_had():
+    # Releases staged before processes existed must keep their id: the configuration
+    # records the processes only when there are some.
+    plain = a_release(SERVICE, HOME)
+    assert "processes" not in plain.config
+    assert "process_start_seconds" not in plain.config
+    with_worker = a_release(SERVICE, HOME, processes={"worker": "w"})
+    assert with_worker.config["processes"] == {"worker": "w"}
+    assert with_worker.id != plain.id
+    slower = a_release(SERVICE, HOME, processes={"worker": "w"}, process_start_seconds=10)
+    assert slower.id != with_worker.id
+
+
+def test_a_process_unit_runs_the_command_as_written_in_the_release():
+    command = 'celery -A "proj" worker --name=w%h $HOME \\ `x`'
+    text = process_unit_text(
+        service=SERVICE, home=HOME, user="shop", process="worker", command=command
+    )
+    (exec_start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    # One argument for /bin/sh, with systemd's $ and % expansions and quotes escaped.
+    assert exec_start == (
+        'ExecStart=/bin/sh -c "exec celery -A \\"proj\\" worker --name=w%%h $$HOME \\\\ `x`"'
+    )
+    assert f'Environment="PATH={HOME}/releases/%i/venv/bin:' in text
+    assert f"EnvironmentFile={HOME}/releases/%i/.flipback/env" in text
+    assert "User=shop" in text and f"WorkingDirectory={HOME}/releases/%i" in text
+    assert f"ReadWritePaths={HOME}/shared" in text and "ProtectSystem=strict" in text
+    # No socket: only the web instance has one.
+    assert "RuntimeDirectory" not in text and "--uds" not in text
+
+
+def test_staged_files_of_a_release_with_processes_has_a_unit_for_each():
+    staged = a_release(SERVICE, HOME, user="shopuser", processes={"worker": "w", "beat": "b"})
+    units, _env = files_of(staged)
+    assert sorted(units) == sorted(
+        [
+            f"{SERVICE}@{staged.id}.service",
+            f"{SERVICE}.beat@{staged.id}.service",
+            f"{SERVICE}.worker@{staged.id}.service",
+        ]
+    )
+    assert 'ExecStart=/bin/sh -c "exec w"' in units[f"{SERVICE}.worker@{staged.id}.service"]
+    # A process changed after the id was worked out is refused on the host.
+    tampered = dict(staged.config, processes={"worker": "rm -rf /", "beat": "b"})
+    with pytest.raises(ConfigInvalid):
+        files_of(staged, config=tampered)

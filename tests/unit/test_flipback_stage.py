@@ -448,7 +448,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
         pytest.param("venv", "create the virtualenv", id="venv"),
         pytest.param("pip", "install the dependencies from the wheelhouse (offline)", id="pip"),
         pytest.param("compileall", "precompile bytecode", id="compileall"),
-        pytest.param("daemon-reload", "reload systemd for the release's unit", id="daemon-reload"),
+        pytest.param("daemon-reload", "reload systemd for the release's units", id="daemon-reload"),
     ],
 )
 def test_command_failure_leaves_the_release_unusable(

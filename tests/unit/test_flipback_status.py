@@ -536,6 +536,7 @@ def test_host_status_reports_a_deployed_service(srv, locks):
             "active_state": "inactive",
             "sub_state": "dead",
             "unit_file_state": None,
+            "processes": [],
         },
         {
             "release": B,
@@ -543,6 +544,7 @@ def test_host_status_reports_a_deployed_service(srv, locks):
             "active_state": "active",
             "sub_state": "running",
             "unit_file_state": "enabled",
+            "processes": [],
         },
         {
             "release": C,
@@ -550,6 +552,7 @@ def test_host_status_reports_a_deployed_service(srv, locks):
             "active_state": "failed",
             "sub_state": "failed",
             "unit_file_state": "disabled",
+            "processes": [],
         },
     ]
     assert hello["health"] == health
@@ -1000,6 +1003,7 @@ def test_status_report_of_a_service_not_deployed():
         "age": "-",
         "previous_good": "-",
         "instance": "-",
+        "processes": "-",
         "health": "-",
         "releases": "0",
         "config": "-",

@@ -31,6 +31,7 @@ from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.flipback_switch import (
     GATE_1,
     GATE_2,
+    PROCESSES,
     SITE,
     GateFailed,
     NothingToRollBackTo,
@@ -56,6 +57,7 @@ LIST_UNITS = [
     "--state=active,activating,reloading",
     f"{SERVICE}@*.service",
     f"flipback-retire-{SERVICE}-*.timer",
+    f"{SERVICE}.*@*.service",
 ]
 SOCKET_DIR = "/run/flipback-shop"
 PORT = 8000
@@ -77,14 +79,28 @@ class Tree:
         self.site_dir = site_dir
         os.makedirs(os.path.join(root, "releases"), exist_ok=True)
 
-    def release(self, release_id: str, status: str = "staged", port: int | None = None) -> Tree:
-        """A release; with `port`, staged with a recorded configuration listening on it,
-        else as an older flipback staged it (no configuration, so no site of its own)."""
+    def release(
+        self,
+        release_id: str,
+        status: str = "staged",
+        port: int | None = None,
+        processes: dict[str, str] | None = None,
+        start_window: float = 0,
+    ) -> Tree:
+        """A release; with `port`, staged with a recorded configuration listening on it
+        (and with `processes`, those processes), else as an older flipback staged it (no
+        configuration, so no site of its own)."""
         path = os.path.join(self.root, "releases", release_id)
         os.makedirs(path, exist_ok=True)
         manifest = {"id": release_id, "service": SERVICE, "health": HEALTH, "status": status}
-        if port is not None:
-            manifest["config"] = a_release(SERVICE, self.root, port=port).config
+        if port is not None or processes:
+            manifest["config"] = a_release(
+                SERVICE,
+                self.root,
+                port=port or PORT,
+                processes=processes,
+                process_start_seconds=start_window,
+            ).config
         with open(os.path.join(path, "manifest.json"), "w") as handle:
             json.dump(manifest, handle)
         return self
@@ -216,6 +232,9 @@ class Host:
         self.sleeps: list[float] = []
         self.log: list[str] = []
         self.nginx_active = True
+        # Units whose process exits right after its start (systemd restarts it).
+        self.crashing: set[str] = set()
+        self.restarts: dict[str, int] = {}
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
@@ -242,6 +261,17 @@ class Host:
             lines = [f"{unit} loaded active running Shop" for unit in sorted(self.active)]
             lines += [f"{timer}.timer loaded active waiting" for timer in sorted(self.timers)]
             return subprocess.CompletedProcess(argv, 0, "".join(f"{x}\n" for x in lines), "")
+        if verb == "show":
+            blocks = []
+            for unit in units:
+                state = "active" if unit in self.active else "failed"
+                restarts = self.restarts.get(unit, 0)
+                blocks.append(
+                    f"Id={unit}\nActiveState={state}\nSubState=running\n"
+                    f"NRestarts={restarts}\nResult=success\n"
+                )
+            self.log.append(f"show {' '.join(units)}")
+            return subprocess.CompletedProcess(argv, 0, "\n".join(blocks), "")
         if verb == "is-active":
             # Only nginx's state is asked (by a failed Gate 2, to tell why).
             assert units == ["nginx"], argv
@@ -249,13 +279,18 @@ class Host:
         self.log.append(" ".join([verb, *(o for o in options if o != "--quiet"), *units]))
         rc = 0
         if verb == "is-enabled":
-            rc = 0 if units[0] in self.enabled else 1
+            states = ["enabled" if unit in self.enabled else "disabled" for unit in units]
+            rc = 0 if "enabled" in states else 1
+            return subprocess.CompletedProcess(argv, rc, "\n".join(states) + "\n", "")
         elif verb == "start":
-            (unit,) = units
-            if unit in self.failing_start:
-                stderr = f"Job for {unit} failed because the control process exited."
-                return subprocess.CompletedProcess(argv, 1, "", stderr)
-            self.active.add(unit)
+            for unit in units:
+                if unit in self.failing_start:
+                    stderr = f"Job for {unit} failed because the control process exited."
+                    return subprocess.CompletedProcess(argv, 1, "", stderr)
+                if unit in self.crashing:
+                    self.restarts[unit] = self.restarts.get(unit, 0) + 1
+                else:
+                    self.active.add(unit)
         elif verb == "stop":
             for unit in units:
                 if unit.startswith("flipback-retire-"):
@@ -315,7 +350,8 @@ class Host:
         return [
             line
             for line in self.log
-            if line.split()[0] not in ("list-units", "is-enabled", "gate1", "gate2", "journal")
+            if line.split()[0]
+            not in ("list-units", "is-enabled", "show", "gate1", "gate2", "journal")
         ]
 
 
@@ -1860,3 +1896,136 @@ def test_a_rollback_to_a_release_staged_before_the_header_asks_its_json(tree):
     assert result["release"] == A
     for _target, expect, _policy in host.probes:
         assert (expect.headers, expect.json["release"]) == ({}, A)
+
+
+# =========================================================================== processes
+
+WORKER_A = f"{SERVICE}.worker@{A}.service"
+WORKER_B = f"{SERVICE}.worker@{B}.service"
+BEAT_B = f"{SERVICE}.beat@{B}.service"
+PROCS = {"worker": "celery -A proj worker", "beat": "celery -A proj beat"}
+
+
+def a_with_worker_b_staged(tree: Tree, **b: object) -> Tree:
+    """A is live with its worker; B, staged, declares a worker and a beat."""
+    tree.release(A, processes={"worker": "celery -A proj worker"})
+    tree.events((A, "staged"), (A, "active")).current(A)
+    return tree.release(B, processes=PROCS, **b).events((B, "staged"))
+
+
+def test_a_switch_starts_the_processes_with_the_release_and_stops_the_old_ones(tree):
+    a_with_worker_b_staged(tree)
+    host = Host(tree, active=[UNIT_A, WORKER_A], enabled=[UNIT_A, WORKER_A])
+
+    result = host.switch().switch(check_mode=False)
+
+    assert result["changed"] is True
+    log = host.log
+    # Started before any gate, with the web instance; checked after Gate 1, before the flip.
+    start = log.index(f"start {BEAT_B} {WORKER_B}")
+    assert log.index(f"start {UNIT_B}") < start < log.index(f"gate1 current=releases/{A}")
+    assert log.index(f"show {BEAT_B} {WORKER_B}", start) < log.index(f"gate2 current=releases/{B}")
+    # Once the switch holds: B's processes start at boot, A's stop at once (no drain).
+    assert host.enabled >= {UNIT_B, WORKER_B, BEAT_B}
+    assert WORKER_A not in host.enabled
+    assert f"stop --no-block {WORKER_A}" in log
+    assert log.index(f"stop --no-block {WORKER_A}") > log.index(f"gate2 current=releases/{B}")
+    assert {WORKER_B, BEAT_B} <= host.active and WORKER_A not in host.active
+    # The previous release's web instance is the standby; its processes are not.
+    assert UNIT_A in host.active
+
+
+def test_a_process_that_exits_in_its_start_window_fails_the_switch_before_the_flip(tree):
+    a_with_worker_b_staged(tree)
+    host = Host(tree, active=[UNIT_A, WORKER_A], enabled=[UNIT_A, WORKER_A])
+    host.crashing = {BEAT_B}
+    history = len(tree.history())
+
+    with pytest.raises(GateFailed) as failed:
+        host.switch().switch(check_mode=False)
+
+    error = failed.value
+    assert error.details["gate"] == PROCESSES
+    assert f"{BEAT_B} exited during its start window" in error.msg
+    assert "restarted 1 time(s)" in error.msg
+    assert f"Last journal lines of {BEAT_B}" in error.msg
+    assert f"journal {BEAT_B}" in host.log
+    # Nothing switched: A serves with its worker; B and its processes are stopped.
+    assert tree.readlink() == f"releases/{A}"
+    assert {UNIT_A, WORKER_A} <= host.active
+    assert not {UNIT_B, WORKER_B} & host.active
+    assert f"stop {UNIT_B} {BEAT_B} {WORKER_B}" in host.log
+    assert not {UNIT_B, WORKER_B, BEAT_B} & host.enabled
+    assert "gate2" not in host.gates_probed()
+    assert tree.pairs()[history:] == [(B, "failed")]
+
+
+def test_the_start_window_is_waited_out_after_gate_1(tree, monkeypatch):
+    a_with_worker_b_staged(tree, start_window=2.0)
+    host = Host(tree, active=[UNIT_A, WORKER_A], enabled=[UNIT_A, WORKER_A])
+    clock = iter(t * 0.05 for t in range(10_000))
+    monkeypatch.setattr("ansible.module_utils.flipback_switch.time.monotonic", lambda: next(clock))
+
+    host.switch().switch(check_mode=False)
+
+    # Asked again and again until the window had passed, never sleeping longer than 0.2 s.
+    assert len([line for line in host.log if line.startswith("show ")]) >= 2
+    assert host.sleeps and all(0 <= s <= 0.2 for s in host.sleeps)
+
+
+def test_a_gate_1_failure_stops_the_processes_started_with_the_release(tree):
+    a_with_worker_b_staged(tree)
+    host = Host(tree, active=[UNIT_A, WORKER_A], enabled=[UNIT_A], gates={"gate1": NOT_READY})
+
+    with pytest.raises(GateFailed):
+        host.switch().switch(check_mode=False)
+
+    assert not {WORKER_B, BEAT_B} & host.active
+    assert WORKER_A in host.active
+
+
+def test_a_rollback_brings_back_the_processes_of_the_release_it_returns_to(tree):
+    # A was live with its worker, B is live now with worker and beat; A's instance is
+    # the warm standby, its worker stopped when B went live.
+    tree.release(A, processes={"worker": "celery -A proj worker"})
+    tree.release(B, processes=PROCS)
+    tree.events((A, "staged"), (A, "active"), (B, "staged"), (B, "active")).current(B)
+    host = Host(
+        tree,
+        active=[UNIT_A, UNIT_B, WORKER_B, BEAT_B],
+        enabled=[UNIT_B, WORKER_B, BEAT_B],
+    )
+
+    result = host.switch(release="", action="rollback").switch(check_mode=False)
+
+    assert result["release"] == A
+    assert tree.readlink() == f"releases/{A}"
+    assert WORKER_A in host.active and WORKER_A in host.enabled
+    assert not {WORKER_B, BEAT_B} & host.active
+    assert not {WORKER_B, BEAT_B} & host.enabled
+
+
+def test_already_current_starts_a_missing_process_and_stops_strays(tree):
+    tree.release(A, processes={"worker": "w"}).release(B, processes=PROCS)
+    tree.events((A, "staged"), (A, "active"), (B, "staged"), (B, "active")).current(B)
+    # B's beat is down; A's worker was left running by a run that was killed.
+    host = Host(tree, active=[UNIT_B, WORKER_B, WORKER_A], enabled=[UNIT_B, WORKER_B, BEAT_B])
+
+    result = host.switch().switch(check_mode=False)
+
+    assert result["changed"] is True
+    assert f"start {BEAT_B}" in host.log
+    assert f"stop --no-block {WORKER_A}" in host.log
+    assert {UNIT_B, WORKER_B, BEAT_B} <= host.active and WORKER_A not in host.active
+
+
+def test_already_current_with_its_processes_up_is_unchanged(tree):
+    b_current_with_processes = tree.release(B, processes=PROCS)
+    b_current_with_processes.events((B, "staged"), (B, "active")).current(B)
+    tree.put_site(tree.site_of(PORT))
+    host = Host(tree, active=[UNIT_B, WORKER_B, BEAT_B], enabled=[UNIT_B, WORKER_B, BEAT_B])
+
+    result = host.switch().switch(check_mode=False)
+
+    assert result["changed"] is False
+    assert host.mutations() == []

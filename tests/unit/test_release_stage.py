@@ -282,7 +282,7 @@ INVALID = "invalid configuration (1 problem), nothing was changed on any host"
         pytest.param(
             {},
             "daemon-reload",
-            "could not reload systemd for the release's unit for {rid} (exit 1)",
+            "could not reload systemd for the release's units for {rid} (exit 1)",
             False,
             {},
             id="daemon-reload",

@@ -65,7 +65,9 @@ class Host:
             out = "".join(f"{unit} loaded active running Shop\n" for unit in sorted(self.active))
             return subprocess.CompletedProcess(argv, 0, out, "")
         if verb == "is-enabled":
-            return subprocess.CompletedProcess(argv, 0 if units[0] in self.enabled else 1, "", "")
+            states = ["enabled" if u in self.enabled else "disabled" for u in units]
+            out = "\n".join(states) + "\n"
+            return subprocess.CompletedProcess(argv, 0 if "enabled" in states else 1, out, "")
         if verb == "is-active":
             # nginx runs here (a failed Gate 2 asks).
             return subprocess.CompletedProcess(argv, 0, "", "")

@@ -65,6 +65,7 @@ def test_main_renders_the_status_table(capsys):
             "age": "1m",
             "previous_good": A,
             "instance": "active/running",
+            "processes": "-",
             "health": "ok 3 ms",
             "releases": "2 (1 active, 1 good)",
             "config": "2w 2 env; changed: workers 1 -> 2, +DEBUG",

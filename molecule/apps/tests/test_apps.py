@@ -66,6 +66,38 @@ def _fleet_currents() -> dict[str, dict[str, str]]:
     return {name: _currents(_machine(name)) for name in HOSTS}
 
 
+def _processes(machine) -> list[str]:
+    """The process units (`<service>.<process>@<release>.service`) systemd runs."""
+    out = machine.run(
+        "systemctl list-units --plain --no-legend --state=active,activating "
+        + " ".join(f"'{s}.*@*.service'" for s in SERVICES)
+    ).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def _fleet_processes() -> dict[str, list[str]]:
+    return {name: _processes(_machine(name)) for name in HOSTS}
+
+
+# lib again, with a process that exits as soon as it starts: the rollout must stop
+# on the first host before its switch, everything left as it was.
+GIVES_UP = "python -c 'import sys; print(\"ticker gives up\"); sys.exit(3)'"
+BROKEN_LIB = {
+    "flipback_services": [
+        {
+            "name": "lib",
+            "source": "{{ flipback_test_repo }}",
+            "subdir": "services/lib",
+            "ref": "v2",
+            "app": "libsvc.main:app",
+            "port": 8002,
+            "health": {"path": "/health", "timeout": 30},
+            "processes": {"ticker": GIVES_UP},
+        }
+    ]
+}
+
+
 def _history(machine, service: str) -> list[dict]:
     text = machine.file(f"/srv/{service}/history.jsonl").content_string
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -260,6 +292,7 @@ PLAN = [
     ("redeploy v1", ("deploy.yml", "-e", "ref=v1"), True),
     ("deploy shop v3", ("deploy.yml", "-e", "service=shop", "-e", "ref=v3"), False),
     ("roll forward to v2", ("deploy.yml", "-e", "ref=v2"), True),
+    ("lib with a process that exits", ("deploy.yml", "-e", "service=lib", "-e", "@broken"), False),
 ]
 
 
@@ -279,6 +312,9 @@ def story():
     generators = {mode: AppLoad(targets, mode) for mode in ("new", "keepalive")}
     clock = generators["new"]
     states = {"converged": _fleet_currents()}
+    processes = {"converged": _fleet_processes()}
+    broken = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "broken-lib.yml"
+    broken.write_text(yaml.safe_dump(BROKEN_LIB))
     steps = {}
     ws = {}
     for generator in generators.values():
@@ -291,9 +327,11 @@ def story():
         time.sleep(1)
         for name, argv, should_pass in PLAN:
             started = clock.now()
+            argv = tuple(f"@{broken}" if a == "@broken" else a for a in argv)
             run = lib.run_fleet_playbook(*argv)
             steps[name] = {"start": started, "end": clock.now(), "run": run, "ok": should_pass}
             states[name] = _fleet_currents()
+            processes[name] = _fleet_processes()
             if name == "deploy v2":
                 # The held connections still echo after the switch...
                 time.sleep(2)
@@ -319,6 +357,7 @@ def story():
         "addresses": addresses,
         "steps": steps,
         "states": states,
+        "processes": processes,
         "ws": ws,
         "records": {mode: g.records for mode, g in generators.items()},
         "summary": {mode: g.summary() for mode, g in generators.items()},
@@ -364,6 +403,7 @@ def test_each_step_moved_the_releases_it_should(story):
         assert states["redeploy v1"][name] == v1
         assert states["deploy shop v3"][name] == v1
         assert states["roll forward to v2"][name] == v2
+        assert states["lib with a process that exits"][name] == v2
 
 
 @pytest.mark.parametrize("mode", ["new", "keepalive"])
@@ -538,6 +578,8 @@ def test_logs_show_the_access_log_of_the_live_release(host, story):
     release = story["states"]["roll forward to v2"][name]["shop"]
     mine = [line for line in out.splitlines() if re.search(rf"Z {name} {release} \| ", line)]
     assert any('"GET /healthz/ HTTP/1.1" 200' in line for line in mine), out[-3000:]
+    # The worker's lines, prefixed with its release and its name.
+    assert re.search(rf"Z {name} {release}/worker \| worker {release} ready", out), out[-3000:]
 
 
 def test_static_files_collected_into_the_release_are_served_by_nginx(host, story):
@@ -554,3 +596,52 @@ def test_static_files_collected_into_the_release_are_served_by_nginx(host, story
     assert out.stdout.split("\r\n\r\n", 1)[1] == static.content_string
     # Served by nginx itself: uvicorn (which adds the release header) never saw it.
     assert "x-flipback-release" not in out.stdout.lower()
+
+
+def test_the_worker_runs_with_its_release_only(story):
+    """shop's worker runs while its release is live: started with it, switched, rolled
+    back and kept through a failed deploy; no other release's worker keeps running."""
+    for step, seen in story["processes"].items():
+        for name in HOSTS:
+            shop = story["states"][step][name]["shop"]
+            assert seen[name] == [f"shop.worker@{shop}.service"], (step, name, seen[name])
+
+
+def test_a_process_that_exits_at_its_start_stops_the_rollout(host, story):
+    name = host.backend.get_hostname()
+    run = story["steps"]["lib with a process that exits"]["run"]
+    out = lib.output(run)
+    lib_now = story["states"]["lib with a process that exits"][name]["lib"]
+    assert lib_now == story["states"]["roll forward to v2"][name]["lib"]
+    if name == "mapps-1":
+        # The canary: its process failed the switch, which was undone.
+        assert re.search(r"lib\.ticker@\S+\.service exited during its start window", out), out[
+            -3000:
+        ]
+        assert "ticker gives up" in out, out[-3000:]
+        failed = [e for e in _history(host, "lib") if e["event"] == "failed"]
+        assert failed, _history(host, "lib")[-5:]
+        release = failed[-1]["release"]
+        assert not host.service(f"lib.ticker@{release}.service").is_running
+        assert not host.service(f"lib@{release}.service").is_running
+        assert host.file(f"/etc/systemd/system/lib.ticker@{release}.service").exists
+    assert not host.file("/run/lock/flipback/lib/.lock").exists
+
+
+def test_the_worker_heartbeat_names_the_live_release(host, story):
+    name = host.backend.get_hostname()
+    shop = story["states"]["lib with a process that exits"][name]["shop"]
+    beat = json.loads(host.file("/srv/shop/shared/worker-heartbeat.json").content_string)
+    assert beat["release"] == shop, beat
+    now = float(host.run("date +%s.%N").stdout)
+    assert now - beat["at"] < 5, (now, beat)
+    unit = host.file(f"/etc/systemd/system/shop.worker@{shop}.service").content_string
+    assert 'ExecStart=/bin/sh -c "exec python manage.py worker"' in unit
+    assert host.run(f"systemctl is-enabled shop.worker@{shop}.service").stdout.strip() == "enabled"
+
+
+def test_status_shows_the_worker(story):
+    run = lib.run_fleet_playbook("status.yml", "-e", "service=shop")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "PROCESSES" in out and "worker active/running" in out, out[-3000:]

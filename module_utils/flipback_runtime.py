@@ -4,6 +4,8 @@ A release is its build (code + wheels) *and* its configuration, immutable once s
 
     /etc/systemd/system/<service>@<release>.service   the release's own unit (0644 root):
                                                       user, app, factory, workers, hardening
+    /etc/systemd/system/<service>.<p>@<release>.service  one unit per process `p` it
+                                                      declares (`processes`), same sandbox
     <root>/releases/<release>/.flipback/env           its environment values
                                                       (0640 root:<user>, never shown)
     <root>/releases/<release>/manifest.json "config"  app, factory, workers, user, port,

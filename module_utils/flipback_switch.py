@@ -6,11 +6,14 @@ The whole switch is one transaction on the host, so it costs one round trip:
     rollback: choose the target          (previous good, N steps back, or named)
     start <service>@<release>            (the rollback's "restart of uvicorn"; a no-op
                                           when it runs as the warm standby)
+    start its processes                  (<service>.<p>@<release>, if it declares any)
     Gate 1: health on its private socket (the answer can only come from it)
+    its processes stay up through their start window (never restarted)
     the nginx site of the release's port (only when it differs: nginx -t, reload)
     flip `current` with rename(2)        (which also moves live traffic)
     Gate 2: health through the public port, N answers in a row naming the release
-    enable the new instance, disable the others; record the events
+    enable the new instance and its processes, disable the others; record the events;
+    stop every other release's processes (they run only while their release is live)
     keep the previous good release's instance running as the warm standby, and
     retire every other instance after the drain, by a systemd timer on the host
     deploy: prune releases beyond keep_releases

@@ -578,7 +578,11 @@ def test_logs_show_the_access_log_of_the_live_release(host, story):
     release = story["states"]["roll forward to v2"][name]["shop"]
     mine = [line for line in out.splitlines() if re.search(rf"Z {name} {release} \| ", line)]
     assert any('"GET /healthz/ HTTP/1.1" 200' in line for line in mine), out[-3000:]
-    # The worker's lines, prefixed with its release and its name.
+    # The worker's lines (far back, behind the access log: found by -e grep), prefixed
+    # with its release and its name.
+    run = lib.run_fleet_playbook("logs.yml", "-e", "service=shop", "-e", "grep=ready")
+    out = (run.stdout + run.stderr).replace("\\n", "\n")
+    assert run.returncode == 0, out[-3000:]
     assert re.search(rf"Z {name} {release}/worker \| worker {release} ready", out), out[-3000:]
 
 

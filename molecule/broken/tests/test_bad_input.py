@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -218,6 +219,36 @@ CASES = [
         "requirements: got '../../etc/passwd', expected a requirements file",
     ),
     (
+        "process-name-not-a-unit-name",
+        "deploy.yml",
+        ["-e", services(processes={"Celery Worker": "celery -A proj worker"})],
+        "processes: got the name 'Celery Worker', expected a lowercase name",
+    ),
+    (
+        "process-name-with-a-dot",
+        "deploy.yml",
+        ["-e", services(processes={"web.1": "celery -A proj worker"})],
+        "processes: got the name 'web.1', expected a lowercase name",
+    ),
+    (
+        "process-empty-command",
+        "deploy.yml",
+        ["-e", services(processes={"worker": " "})],
+        "processes.worker: got ' ', expected a non-empty command line",
+    ),
+    (
+        "process-command-two-lines",
+        "deploy.yml",
+        ["-e", services(processes={"worker": "celery worker\nrm -rf /"})],
+        "expected a non-empty command line on one line",
+    ),
+    (
+        "process-start-seconds",
+        "deploy.yml",
+        ["-e", services(processes={"worker": "true"}, process_start_seconds=-1)],
+        "process_start_seconds: got -1, expected seconds, 0-300",
+    ),
+    (
         "steps-zero",
         "rollback.yml",
         ["-e", "service=hello", "-e", "steps=0"],
@@ -242,5 +273,35 @@ def test_bad_input_fails_before_any_change(host, playbook, extra, expected):
     assert expected in out, out[-3000:]
     assert '"retryable": false' in out, out[-2000:]
     assert "s3cret-value-never-printed" not in out
+    assert lib.snapshot(host) == before
+    assert lib.public_health(host)["release"] == lib.current_id(host)
+
+
+def test_a_lock_file_that_does_not_parse_fails_before_any_change(host, tmp_path_factory):
+    """A project whose uv.lock uv cannot read: the build says so, not retryable, and no
+    host is touched."""
+    if host.backend.get_hostname() != "mbroken-1":
+        pytest.skip("bad input is checked on the first machine only")
+    repo = tmp_path_factory.mktemp("broken-lock")
+    service = repo / "services" / "hello"
+    service.mkdir(parents=True)
+    (service / "app.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    (service / "pyproject.toml").write_text(
+        '[project]\nname = "hello"\nversion = "1"\ndependencies = []\n'
+    )
+    (service / "uv.lock").write_text("this is [not a lock\n")
+    for argv in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "lock"],
+        ["tag", "v1"],
+    ):
+        subprocess.run(["git", "-C", str(repo), *argv], check=True)
+    before = lib.snapshot(host)
+    run = lib.run_playbook(host, "deploy.yml", "-e", services(source=str(repo)))
+    out = lib.output(run)
+    assert run.returncode != 0, out[-2000:]
+    assert "uv.lock: `uv export` failed" in out, out[-3000:]
+    assert '"retryable": false' in out, out[-2000:]
     assert lib.snapshot(host) == before
     assert lib.public_health(host)["release"] == lib.current_id(host)

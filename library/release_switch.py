@@ -62,6 +62,14 @@ options:
     description: Seconds each gate may take.
     type: float
     default: 30
+  unhealthy_answers:
+    description:
+      - A gate gives up after this many unhealthy answers in a row (502, 503 and 504,
+        which say the app is starting, are waited for until O(health_timeout)). A gate
+        also gives up at once when the instance exits, or when an answer of the expected
+        status lacks the JSON fields the app itself answers.
+    type: int
+    default: 10
   drain_seconds:
     description:
       - Seconds an instance being retired keeps running after the flip; a timer on the
@@ -180,7 +188,11 @@ retryable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.flipback_common import respond
-from ansible.module_utils.flipback_health import PUBLIC_HEALTH_ARGUMENTS, public_health
+from ansible.module_utils.flipback_health import (
+    DEFAULT_UNHEALTHY_ANSWERS,
+    PUBLIC_HEALTH_ARGUMENTS,
+    public_health,
+)
 from ansible.module_utils.flipback_lock import LOCK_ARGUMENTS, ServiceLock, lock_request
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
@@ -214,6 +226,7 @@ def main() -> None:
             "action": {"type": "str", "default": "deploy", "choices": ["deploy", "rollback"]},
             **PUBLIC_HEALTH_ARGUMENTS,
             "health_timeout": {"type": "float", "default": 30},
+            "unhealthy_answers": {"type": "int", "default": DEFAULT_UNHEALTHY_ANSWERS},
             "drain_seconds": {"type": "float", "default": 1},
             "socket_dir": {"type": "path"},
             "by": {"type": "str", "default": "unknown"},
@@ -230,6 +243,7 @@ def main() -> None:
         action=params["action"],
         **public_health(params),
         health_timeout=params["health_timeout"],
+        unhealthy_answers=params["unhealthy_answers"],
         drain_seconds=params["drain_seconds"],
         socket_dir=params["socket_dir"] or f"/run/flipback-{service}",
         by=params["by"],

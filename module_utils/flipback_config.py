@@ -13,6 +13,7 @@ from typing import Any
 from ansible.module_utils.flipback_command import normalize_commands
 from ansible.module_utils.flipback_common import redact_url
 from ansible.module_utils.flipback_health import (
+    DEFAULT_UNHEALTHY_ANSWERS,
     HEALTH_PATH_EXPECTED,
     RELEASE_IN,
     valid_health_path,
@@ -70,6 +71,9 @@ HEALTH_DEFAULTS: dict[str, Any] = {
     # The Host the gates ask with: the name the app expects (Django's ALLOWED_HOSTS).
     "host": "localhost",
     "timeout": 30,
+    # A gate stops waiting after this many unhealthy answers in a row (502, 503 and 504
+    # say "starting" and are waited for until the timeout).
+    "unhealthy_answers": DEFAULT_UNHEALTHY_ANSWERS,
 }
 # A Host header: a DNS name or IPv4 address, optionally with a port.
 HEALTH_HOST_RE = re.compile(
@@ -438,6 +442,17 @@ def _check_health(where: str, health: Any, problems: list[str]) -> dict[str, Any
         problems.append(_problem(f"{where}.health.timeout", merged["timeout"], "seconds, 1-600"))
     else:
         merged["timeout"] = timeout
+    unhealthy = _int(merged["unhealthy_answers"])
+    if unhealthy is None or not 1 <= unhealthy <= 1000:
+        problems.append(
+            _problem(
+                f"{where}.health.unhealthy_answers",
+                merged["unhealthy_answers"],
+                "a count, 1-1000 (unhealthy answers in a row after which a gate gives up)",
+            )
+        )
+    else:
+        merged["unhealthy_answers"] = unhealthy
     return merged
 
 

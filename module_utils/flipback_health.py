@@ -149,6 +149,11 @@ def public_health(params: dict) -> dict:
     return {**found, "expect_status": tuple(found["expect_status"])}
 
 
+# Answers in a row that are not healthy (and not 502/503/504, which say "starting")
+# after which a probe stops waiting: the app is up and answers, just not as expected.
+DEFAULT_UNHEALTHY_ANSWERS = 10
+
+
 @dataclass(frozen=True)
 class Policy:
     timeout: float = 30.0
@@ -157,6 +162,11 @@ class Policy:
     backoff: float = 1.5
     max_delay: float = 2.0
     successes: int = 1
+    # Give up after this many unhealthy answers in a row (0: only at the deadline).
+    unhealthy_answers: int = 0
+    # Asked after each failed attempt: a reason to stop waiting now (the process being
+    # probed has exited), or None.
+    abort: Callable[[], str | None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -169,6 +179,9 @@ class Observation:
     error: str | None = None
     # Response headers, names in lower case.
     headers: dict = field(default_factory=dict)
+    # An answer that waiting cannot change: the expected status, but a body without
+    # the fields the definition requires (or not JSON at all).
+    final: bool = False
 
     @property
     def release(self) -> str | None:
@@ -187,6 +200,11 @@ class Observation:
     @property
     def retryable(self) -> bool:
         return self.status is None or self.status in STARTING_STATUSES
+
+    @property
+    def unhealthy(self) -> bool:
+        """An answer, and not a healthy one, nor one that says the app is starting."""
+        return not self.ok and not self.retryable
 
     def describe(self) -> str:
         if self.status is None:
@@ -277,6 +295,14 @@ def attempt(target: Target, expect: Expect, timeout: float) -> Observation:
         obs.error = compare_headers(obs.headers, expect.headers)
         if obs.error is None and expect.json:
             obs.error = compare_json(obs.json, expect.json) if parsed else "body is not JSON"
+            # The app's own fields are what its code answers: waiting will not change
+            # them. (A `release` field that differs may be another release answering.)
+            own = {k: v for k, v in expect.json.items() if k != "release"}
+            obs.final = (
+                obs.error is not None
+                and bool(own)
+                and (not parsed or compare_json(obs.json, own) is not None)
+            )
     return obs
 
 
@@ -303,7 +329,7 @@ def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = 
     clock = clock or Clock()
     started = clock.now()
     deadline = started + policy.timeout
-    attempts = consecutive = 0
+    attempts = consecutive = unhealthy = 0
     wait = policy.delay
     last_error: str | None = None
     while True:
@@ -317,6 +343,7 @@ def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = 
         else:
             consecutive = 0
             last_error = obs.error
+        unhealthy = unhealthy + 1 if obs.unhealthy else 0
         result = {
             "status": obs.status,
             "body": obs.body[:BODY_LIMIT],
@@ -329,6 +356,16 @@ def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = 
         }
         if consecutive >= policy.successes:
             return {"ok": True, **result}
+        if obs.final:
+            raise _failure(target, expect, policy, obs, result, "an answer waiting cannot change")
+        if policy.unhealthy_answers and unhealthy >= policy.unhealthy_answers:
+            raise _failure(
+                target, expect, policy, obs, result, f"{unhealthy} unhealthy answers in a row"
+            )
+        if not obs.ok and policy.abort is not None:
+            reason = policy.abort()
+            if reason:
+                raise _failure(target, expect, policy, obs, result, reason)
         if clock.now() + wait >= deadline:
             raise _failure(target, expect, policy, obs, result)
         clock.sleep(wait)
@@ -337,8 +374,15 @@ def probe(target: Target, expect: Expect, policy: Policy, clock: Clock | None = 
 
 
 def _failure(
-    target: Target, expect: Expect, policy: Policy, obs: Observation, result: dict
+    target: Target,
+    expect: Expect,
+    policy: Policy,
+    obs: Observation,
+    result: dict,
+    gave_up: str | None = None,
 ) -> HealthError:
+    """The error of a probe that ran out of time, or that stopped waiting (`gave_up`
+    says why: nothing it could wait for would change the outcome)."""
     streak = f", {policy.successes} times in a row" if policy.successes > 1 else ""
     observed = obs.describe()
     if obs.ok:
@@ -349,14 +393,17 @@ def _failure(
     elif obs.status in expect.status:
         observed += f" ({obs.error})"
     # Out of time while the answers were good: the service is up, so another run may pass.
-    retryable = obs.ok or obs.retryable
-    if retryable:
+    retryable = (obs.ok or obs.retryable) and gave_up is None
+    if gave_up is not None:
+        advice = "Waiting longer would not change that; retrying as-is will not either"
+    elif retryable:
         advice = "The service may still be starting; retrying is safe"
     else:
         advice = "The service answered, but not as expected; retrying will not change that"
+    why = f"gave up: {gave_up}" if gave_up is not None else f"timeout {policy.timeout:g}s"
     found = (
         f"health check of {target.describe()} failed after {result['attempts']} attempts in "
-        f"{result['elapsed']:g}s (timeout {policy.timeout:g}s): observed {observed}; "
+        f"{result['elapsed']:g}s ({why}): observed {observed}; "
         f"expected {expect.describe()}{streak}"
     )
     error = HealthError(f"{found}. {advice}", retryable=retryable, **result)

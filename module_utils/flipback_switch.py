@@ -56,6 +56,7 @@ from ansible.module_utils.flipback_common import (
     write_atomic,
 )
 from ansible.module_utils.flipback_health import (
+    DEFAULT_UNHEALTHY_ANSWERS,
     Expect,
     HealthError,
     Policy,
@@ -140,6 +141,8 @@ class SwitchSpec:
     release_in: str = "header"
     health_host: str = "localhost"
     health_timeout: float = 30.0
+    # A gate gives up after this many unhealthy answers in a row (not 502/503/504).
+    unhealthy_answers: int = DEFAULT_UNHEALTHY_ANSWERS
     public_successes: int = 3
     drain_seconds: float = 1.0
     socket_dir: str = ""
@@ -215,6 +218,8 @@ class Switch:
         self.running_processes: list[str] = []
         self.other_processes: list[str] = []
         self.previous_processes: list[str] = []
+        # NRestarts of the release's units before this switch started them.
+        self.restarts: dict[str, int] = {}
 
     # -- systemd
     def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -259,7 +264,12 @@ class Switch:
                 host_header=self.spec.health_host,
             ),
             self._expect(),
-            Policy(timeout=self.spec.health_timeout, delay=0.1),
+            Policy(
+                timeout=self.spec.health_timeout,
+                delay=0.1,
+                unhealthy_answers=self.spec.unhealthy_answers,
+                abort=self._exited,
+            ),
         )
 
     def _gate_public(self) -> dict:
@@ -275,6 +285,8 @@ class Switch:
                 timeout=self.spec.health_timeout,
                 delay=0.05,
                 successes=self.spec.public_successes,
+                unhealthy_answers=self.spec.unhealthy_answers,
+                abort=self._exited,
             ),
         )
 
@@ -397,7 +409,7 @@ class Switch:
         self._cancel_retire(spec.release)
         was_running = plan["start"] is None
         processes = spec.process_units(spec.release, self.process_names)
-        restarts = self._restarts(processes)
+        restarts = self.restarts = self._restarts([unit, *processes])
         self._systemctl("start", unit)
         if not was_running:
             self.steps.append(f"started {unit}")
@@ -486,6 +498,20 @@ class Switch:
         if units:
             self._systemctl("stop", "--no-block", *units, check=False)
             self.steps.append(f"stopping {', '.join(units)}")
+
+    def _exited(self) -> str | None:
+        """Why the release's instance cannot answer any more (it exited, and systemd
+        restarts or gave up on it), or None: a gate stops waiting for it at once."""
+        unit = self.spec.unit(self.spec.release)
+        props = self._show([unit]).get(unit, {})
+        state, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
+        again = int(props.get("NRestarts") or 0) - self.restarts.get(unit, 0)
+        if again > 0 or state in ("failed", "inactive") or sub == "auto-restart":
+            return (
+                f"{unit} exited ({state}/{sub}, result {props.get('Result', 'unknown')}, "
+                f"restarted {max(again, 0)} time(s) since this switch started it)"
+            )
+        return None
 
     def _restarts(self, units: list[str]) -> dict[str, int]:
         """How often systemd has restarted each unit so far (NRestarts)."""

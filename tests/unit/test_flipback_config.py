@@ -484,6 +484,7 @@ def test_values_are_normalized():
         "release_in": "header",
         "host": "localhost",
         "timeout": 10,
+        "unhealthy_answers": 10,
     }
 
 
@@ -733,3 +734,12 @@ def test_processes_are_taken_sorted_by_name():
     result = check_request([service(processes={"worker": "celery worker", "beat": "celery beat"})])
     (svc,) = result["services"]
     assert list(svc["processes"].items()) == [("beat", "celery beat"), ("worker", "celery worker")]
+
+
+def test_unhealthy_answers_is_a_count():
+    error = config_error([service(health={"unhealthy_answers": 0})])
+    assert "expected a count, 1-1000" in problem_for(
+        error, "flipback_services[0] (web).health.unhealthy_answers"
+    )
+    result = check_request([service(health={"unhealthy_answers": "3"})])
+    assert result["services"][0]["health"]["unhealthy_answers"] == 3

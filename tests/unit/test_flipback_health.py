@@ -548,3 +548,89 @@ def test_the_release_that_answered(serve, reply, release):
     result = probe(server.target(), Expect(), Policy(), FakeClock())
 
     assert result["release"] == release
+
+
+# --------------------------------------------------------------------------- giving up early
+
+
+def test_an_answer_waiting_cannot_change_fails_at_once(serve):
+    # The expected status, but a field the app itself answers is missing: no retry.
+    server = serve(Reply(body=json.dumps({"status": "ok"})))
+    clock = FakeClock()
+    policy = Policy(timeout=30, delay=0.2)
+
+    with pytest.raises(HealthError) as err:
+        probe(server.target(), Expect(json={"ok": True}), policy, clock)
+
+    assert err.value.retryable is False
+    assert "gave up: an answer waiting cannot change" in err.value.msg
+    assert "(JSON field 'ok' missing)" in err.value.msg
+    assert len(server.requests) == 1 and clock.sleeps == []
+
+
+def test_a_release_field_that_differs_is_waited_for(serve):
+    # Another release may still be answering: that can change.
+    server = serve(Reply(body=json.dumps({"ok": True, "release": "old"})))
+    clock = FakeClock()
+
+    with pytest.raises(HealthError) as err:
+        probe(
+            server.target(), Expect(json={"ok": True, "release": "new"}), Policy(timeout=1), clock
+        )
+
+    assert "gave up" not in err.value.msg and len(server.requests) > 1
+
+
+@pytest.mark.parametrize(
+    ("replies", "limit", "gives_up_after"),
+    [
+        pytest.param([Reply(500, "boom")], 4, 4, id="500s"),
+        pytest.param([Reply(404, "nope")], 2, 2, id="404s"),
+        # 503 says "starting": a warm-up is waited for, whatever its length.
+        pytest.param([Reply(503, "warming")], 2, None, id="503s-wait"),
+        # A good answer between bad ones starts the count again (the last reply repeats).
+        pytest.param([Reply(500), Reply(500), Reply(), Reply(500), Reply(500)], 3, 6, id="reset"),
+    ],
+)
+def test_unhealthy_answers_in_a_row_give_up_early(serve, replies, limit, gives_up_after):
+    server = serve(*replies)
+    clock = FakeClock()
+    policy = Policy(timeout=3, delay=0.2, max_delay=0.2, unhealthy_answers=limit, successes=2)
+
+    with pytest.raises(HealthError) as err:
+        probe(server.target(), Expect(), policy, clock)
+
+    if gives_up_after is None:
+        assert "gave up" not in err.value.msg
+        assert len(server.requests) > limit
+    else:
+        assert f"gave up: {limit} unhealthy answers in a row" in err.value.msg
+        assert err.value.retryable is False
+        assert len(server.requests) == gives_up_after
+
+
+def test_abort_stops_waiting_for_a_process_that_exited(serve):
+    server = serve(Reply(503, "starting"))
+    clock = FakeClock()
+    asked = []
+
+    def abort():
+        asked.append(clock.t)
+        return "hello@r2.service exited (failed, auto-restart)" if len(asked) >= 2 else None
+
+    with pytest.raises(HealthError) as err:
+        probe(server.target(), Expect(), Policy(timeout=30, delay=0.2, abort=abort), clock)
+
+    assert "gave up: hello@r2.service exited (failed, auto-restart)" in err.value.msg
+    assert err.value.retryable is False
+    assert len(asked) == 2 == len(server.requests)
+
+
+def test_abort_is_not_asked_while_the_answers_are_good(serve):
+    server = serve(Reply(), Reply(503), Reply(), Reply())
+    asked = []
+    policy = Policy(timeout=30, delay=0.2, successes=2, abort=lambda: asked.append(1))
+
+    probe(server.target(), Expect(), policy, FakeClock())
+
+    assert asked == [1]

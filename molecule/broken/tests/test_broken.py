@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -60,6 +61,8 @@ def test_deploy_fails_naming_service_host_release_and_gate(host, broken_deploy):
     assert "Gate 1, health on the instance's private socket" in out
     assert f"current stays on {broken_deploy['good']}, which keeps serving" in out
     assert "broken on purpose" in out  # the failing unit's journal is shown
+    # Its process exited: the gate gave up then, not at its 30 s deadline.
+    assert re.search(r"gave up: hello@\S+\.service exited \(", out), out[-3000:]
 
 
 def test_current_stays_on_the_good_release(host, broken_deploy):

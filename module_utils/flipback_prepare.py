@@ -291,14 +291,13 @@ class Prepare:
                 else:
                     with open(path, "rb") as handle:
                         handle.read(1)
+            except FileNotFoundError:
+                found = "missing"
             except OSError as exc:
-                found = exc.strerror or type(exc).__name__
+                found = f"unreadable ({exc.strerror or type(exc).__name__})"
             else:
                 if found is None and key == "key" and st.st_mode & 0o007:
-                    found = (
-                        f"mode {stat.S_IMODE(st.st_mode):04o}, which lets every local user "
-                        "at the private key"
-                    )
+                    found = f"open to every local user (mode {stat.S_IMODE(st.st_mode):04o})"
             if found is None:
                 continue
             expected = (
@@ -312,7 +311,7 @@ class Prepare:
                 "(retrying as-is fails the same way)"
             )
             raise ReleaseError(
-                f"{field_name}: got {path!r}, {found} on this host; expected {expected}",
+                f"{field_name}: got {path!r}, which on this host is {found}; expected {expected}",
                 field=field_name,
                 value=path,
                 expected=expected,

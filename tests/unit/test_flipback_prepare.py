@@ -1220,11 +1220,17 @@ def tls_files(paths: Paths, cert: object, key: object) -> dict:
         pytest.param(0o644, 0o600, None, None, id="cert-0644-key-0600"),
         pytest.param(0o644, 0o640, None, None, id="key-0640-ssl-cert-group"),
         pytest.param("link:0644", "link:0600", None, None, id="symlinks-to-files"),
-        pytest.param("missing", 0o600, "certificate", "No such file", id="cert-missing"),
-        pytest.param(0o644, "missing", "key", "No such file", id="key-missing"),
-        pytest.param("dir", 0o600, "certificate", "not a regular file", id="cert-dir"),
-        pytest.param(0o644, "dangling", "key", "No such file", id="key-dangling-link"),
-        pytest.param(0o644, 0o644, "key", "mode 0644, which lets every local user", id="key-o+r"),
+        pytest.param(
+            "missing", 0o600, "certificate", "which on this host is missing;", id="cert-missing"
+        ),
+        pytest.param(0o644, "missing", "key", "which on this host is missing;", id="key-missing"),
+        pytest.param(
+            "dir", 0o600, "certificate", "which on this host is not a regular file", id="cert-dir"
+        ),
+        pytest.param(
+            0o644, "dangling", "key", "which on this host is missing;", id="key-dangling-link"
+        ),
+        pytest.param(0o644, 0o644, "key", "is open to every local user (mode 0644)", id="key-o+r"),
         pytest.param(0o644, 0o602, "key", "mode 0602", id="key-o+w"),
         pytest.param(0o644, "link:0604", "key", "mode 0604", id="key-o+r-behind-link"),
     ],

@@ -6,6 +6,7 @@ what was expected; none of them is fixed by retrying the same command.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -301,6 +302,11 @@ SIZE_RE = re.compile(r"(?:0|[1-9][0-9]{0,9})[kKmMgG]?")
 # A static URL prefix: '/', path characters, ending in '/'.
 STATIC_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
 STATIC_DIR_RE = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*/?")
+# A TLS file on the host, as nginx takes it bare in a directive: an absolute path of
+# characters that cannot end the directive or start another (no space, ';', quote, '{}',
+# '$', '#', newline).
+TLS_PATH_RE = re.compile(r"(?:/[A-Za-z0-9_.+@=,:%~-]+)+")
+TLS_KEYS = ("certificate", "key")
 
 
 def _check_nginx(where: str, nginx: Any, problems: list[str]) -> dict[str, Any]:
@@ -375,7 +381,35 @@ def _check_nginx(where: str, nginx: Any, problems: list[str]) -> dict[str, Any]:
         )
     else:
         merged["static"] = dict(static)
+    merged["tls"] = _check_tls(where, merged["tls"], problems)
     return merged
+
+
+def _check_tls(where: str, tls: Any, problems: list[str]) -> dict[str, str]:
+    """{} (plain HTTP) or {certificate, key}: absolute, normalized paths on the host."""
+    if tls is None or (isinstance(tls, Mapping) and not tls):
+        return {}
+    expected = (
+        "a mapping with exactly certificate and key, each an absolute normalized path on "
+        "the host (letters, digits and _.+@=,:%~- between '/'; no spaces, quotes, ';', "
+        "'{}', '$', '#' or '..'), e.g. {certificate: /etc/ssl/certs/shop.pem, key: "
+        "/etc/ssl/private/shop.key}"
+    )
+    if not isinstance(tls, Mapping) or set(tls) != set(TLS_KEYS):
+        problems.append(_problem(f"{where}.nginx.tls", tls, expected))
+        return {}
+    clean: dict[str, str] = {}
+    for key in TLS_KEYS:
+        path = tls[key]
+        if (
+            not isinstance(path, str)
+            or not TLS_PATH_RE.fullmatch(path)
+            or os.path.normpath(path) != path
+        ):
+            problems.append(_problem(f"{where}.nginx.tls.{key}", path, expected))
+        else:
+            clean[key] = path
+    return clean if len(clean) == len(TLS_KEYS) else {}
 
 
 def _check_env(where: str, env: Any, problems: list[str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ import http.client
 import json
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,25 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class UnverifiedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to `host`:`port` that asks for `server_name` (SNI) and does not verify the
+    certificate: a probe proves which release answers through nginx on this host, not
+    who the host is, and internal hosts commonly serve self-signed certificates."""
+
+    def __init__(self, host: str, port: int | None, server_name: str, timeout: float) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.tls_context = context
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        # HTTPSConnection would send `host` (127.0.0.1: no SNI at all) as the name.
+        http.client.HTTPConnection.connect(self)
+        self.sock = self.tls_context.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
 @dataclass(frozen=True)
 class Target:
     url_path: str = "/health"
@@ -92,15 +112,21 @@ class Target:
     port: int | None = None
     unix_socket: str | None = None
     host_header: str = "localhost"
+    # HTTPS (the release's nginx.tls), with host_header's name as SNI; never verified.
+    tls: bool = False
 
     def describe(self) -> str:
         if self.unix_socket is not None:
             return f"http://{self.host_header}{self.url_path} via unix:{self.unix_socket}"
-        return f"http://{self.host}:{self.port}{self.url_path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}{self.url_path}"
 
     def connection(self, timeout: float) -> http.client.HTTPConnection:
         if self.unix_socket is not None:
             return UnixHTTPConnection(self.unix_socket, timeout)
+        if self.tls:
+            server_name = self.host_header.rsplit(":", 1)[0].rstrip(".")
+            return UnverifiedHTTPSConnection(self.host, self.port, server_name, timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from ansible.module_utils.flipback_release import (
     recorded_config,
     recorded_site,
     release_in_of,
+    tls_of,
     validate_release_id,
     validate_service,
 )
@@ -208,6 +210,8 @@ class Prepare:
         validate_service(spec.service)
         validate_release_id(spec.release)
         result: dict[str, Any] = {"release": spec.release, "lock": None}
+        # Before the lock: a release that cannot serve here leaves nothing behind.
+        self._tls_files()
         if spec.lock is not None:
             result["lock"] = self._take_lock(check_mode)
         self._unit_namespace()
@@ -316,6 +320,53 @@ class Prepare:
                     value=service,
                     retryable=False,
                 )
+
+    def _tls_files(self) -> None:
+        """Refuse a release whose nginx.tls files are not here, before anything changes:
+        its site would fail `nginx -t` at its switch, after other hosts switched. Both must
+        be regular files (symlinks followed) that root can read; the key must give no
+        access to other users (o-rwx: 0600 root, or 0640 root:ssl-cert as Debian makes
+        them). Only reads: check mode too."""
+        tls = (self.spec.config.get("nginx") or {}).get("tls") or {}
+        for key in ("certificate", "key"):
+            path = tls.get(key)
+            if not path:
+                continue
+            field_name = f"nginx.tls.{key}"
+            found = None
+            try:
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    found = "not a regular file"
+                else:
+                    with open(path, "rb") as handle:
+                        handle.read(1)
+            except FileNotFoundError:
+                found = "missing"
+            except OSError as exc:
+                found = f"unreadable ({exc.strerror or type(exc).__name__})"
+            else:
+                if found is None and key == "key" and st.st_mode & 0o007:
+                    found = f"open to every local user (mode {stat.S_IMODE(st.st_mode):04o})"
+            if found is None:
+                continue
+            expected = (
+                "a regular file root can read"
+                + (
+                    " that other users cannot (chmod o-rwx, e.g. 0600 root:root)"
+                    if key == "key"
+                    else ""
+                )
+                + " on this host; put it in place (or fix the path), then run again "
+                "(retrying as-is fails the same way)"
+            )
+            raise ReleaseError(
+                f"{field_name}: got {path!r}, which on this host is {found}; expected {expected}",
+                field=field_name,
+                value=path,
+                expected=expected,
+                retryable=False,
+            )
 
     def _user(self, check_mode: bool) -> None:
         spec = self.spec
@@ -467,6 +518,7 @@ class Prepare:
                     host="127.0.0.1",
                     port=spec.port,
                     host_header=spec.health_host,
+                    tls=tls_of(spec.root, spec.release),
                 ),
                 expect_release(
                     spec.expect_status,

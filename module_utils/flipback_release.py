@@ -38,6 +38,7 @@ from ansible.module_utils.flipback_runtime import (
     flipback_template,
     masked_config,
     parse_env_file,
+    public_tls,
     site_text,
 )
 
@@ -166,6 +167,12 @@ def release_in_of(root: str, release_id: str, wanted: str) -> str:
     except ReleaseError:
         config = {}
     return wanted if config.get("release_header") else "json"
+
+
+def tls_of(root: str, release_id: str) -> bool:
+    """Whether `release_id`'s public port speaks HTTPS (its recorded nginx.tls): what
+    the probes of the public port must speak while it is live."""
+    return public_tls(recorded_config(root, release_id)[0])
 
 
 def recorded_config(root: str, release_id: str) -> tuple[dict | None, dict[str, str] | None]:

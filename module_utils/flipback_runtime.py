@@ -225,7 +225,16 @@ NGINX_DEFAULTS: dict[str, Any] = {
     # URL prefix -> directory in the release nginx serves directly (`static`: in the
     # code, or filled by a before_switch command such as collectstatic).
     "static": {},
+    # HTTPS on the public port: {certificate: <path on the host>, key: <path on the
+    # host>}; empty: plain HTTP.
+    "tls": {},
 }
+
+
+def public_tls(config: Mapping[str, Any] | None) -> bool:
+    """Whether a release's public port speaks TLS (its nginx.tls names a certificate)."""
+    tls = ((config or {}).get("nginx") or {}).get("tls")
+    return isinstance(tls, Mapping) and bool(tls.get("certificate"))
 
 
 def static_dirs(config: Mapping[str, Any]) -> list[str]:
@@ -246,6 +255,14 @@ def site_text(*, service: str, home: str, port: int, nginx: Mapping[str, Any] | 
     conf = {**NGINX_DEFAULTS, **(nginx or {})}
     upgrade = "$flipback_" + service.replace("-", "_") + "_connection"
     names = f"    server_name {' '.join(conf['server_name'])};\n" if conf["server_name"] else ""
+    ssl, tls = "", ""
+    if public_tls({"nginx": conf}):
+        ssl = " ssl"
+        tls = (
+            f"    ssl_certificate {conf['tls']['certificate']};\n"
+            f"    ssl_certificate_key {conf['tls']['key']};\n"
+            "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+        )
     static = ""
     for prefix, directory in sorted(conf["static"].items()):
         # Through `current`: the files switch with the release.
@@ -265,9 +282,9 @@ map $http_upgrade {upgrade} {{
 }}
 
 server {{
-    listen {port};
-    listen [::]:{port};
-{names}    client_max_body_size {conf["max_body"]};
+    listen {port}{ssl};
+    listen [::]:{port}{ssl};
+{names}{tls}    client_max_body_size {conf["max_body"]};
 
     location / {{
         proxy_pass http://unix:{home}/current/sock:;
@@ -275,7 +292,9 @@ server {{
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection {upgrade};
         proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        # nginx is the edge: the client is who connected to it (behind a load balancer,
+        # set_real_ip_from in the include directory below makes it the balancer's client).
+        proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_read_timeout {conf["read_timeout"]}s;
         proxy_send_timeout {conf["read_timeout"]}s;
@@ -343,8 +362,11 @@ RuntimeDirectory=flipback-{service}/%i
 # group {NGINX_GROUP} (nginx's workers), closed to everyone else.
 RuntimeDirectoryMode=0750
 ExecStartPost=+/usr/bin/chgrp {NGINX_GROUP} {socket_dir}/%i
+# The client address and scheme come from nginx's X-Forwarded-For/-Proto: every peer is
+# trusted ('*'; a unix socket peer has no address), as only nginx and root reach it.
 ExecStart={home}/releases/%i/venv/bin/python -m uvicorn {app}{factory_flag} \
 --uds {socket_dir}/%i/app.sock --workers {workers}{access_flag} \
+--proxy-headers --forwarded-allow-ips '*' \
 --timeout-graceful-shutdown 20 --header {RELEASE_HEADER}:%i
 Restart=on-failure
 RestartSec=1

@@ -44,11 +44,16 @@ from ansible.module_utils.flipback_release import (
     validate_positive,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import config_changes, process_unit, processes_of
+from ansible.module_utils.flipback_runtime import (
+    config_changes,
+    process_unit,
+    processes_of,
+    public_tls,
+)
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
-Probe = Callable[[int, Mapping[str, Any], float], dict]
+Probe = Callable[[int, Mapping[str, Any], float, bool], dict]
 
 DEFAULT_ROOT_PARENT = "/srv"
 DEFAULT_PROBE_TIMEOUT = 3.0
@@ -205,11 +210,17 @@ def unit_states(
     return parse_systemctl_show(out), None
 
 
-def probe_once(port: int, health: Mapping[str, Any], timeout: float) -> dict:
-    """One GET of 127.0.0.1:<port><path>, no retry: a report shows now, it does not wait."""
+def probe_once(port: int, health: Mapping[str, Any], timeout: float, tls: bool = False) -> dict:
+    """One GET of 127.0.0.1:<port><path> (HTTPS, unverified, when the live release's
+    nginx.tls is set), no retry: a report shows now, it does not wait."""
     started = time.monotonic()
     obs = attempt(
-        Target(url_path=health["path"], port=port, host_header=health.get("host", "localhost")),
+        Target(
+            url_path=health["path"],
+            port=port,
+            host_header=health.get("host", "localhost"),
+            tls=tls,
+        ),
         Expect(status=tuple(health["expect_status"]), json=dict(health["expect_json"] or {})),
         timeout,
     )
@@ -319,7 +330,9 @@ def host_status(
         if report["deployed"]:
             # Nothing deployed means nothing of this service listens on the port: a probe
             # would only meet whatever else does.
-            report["health"] = probe(svc["port"], svc["health"], probe_timeout)
+            report["health"] = probe(
+                svc["port"], svc["health"], probe_timeout, public_tls(report["config"])
+            )
         report["error"] = "; ".join(errors) or None
         reports.append(report)
     # One systemctl call for the instances of every service: a round trip per unit costs more

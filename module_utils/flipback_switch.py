@@ -75,6 +75,7 @@ from ansible.module_utils.flipback_release import (
     recorded_config,
     recorded_site,
     release_in_of,
+    tls_of,
     validate_positive,
     validate_release_id,
 )
@@ -279,6 +280,7 @@ class Switch:
                 host="127.0.0.1",
                 port=self.spec.port,
                 host_header=self.spec.health_host,
+                tls=tls_of(self.spec.root, self.spec.release),
             ),
             self._expect(),
             Policy(

@@ -683,6 +683,72 @@ def test_bad_nginx_options_are_refused_naming_field_and_value(nginx, field, show
     assert shown in problem
 
 
+CERT, KEY = "/etc/ssl/certs/web.pem", "/etc/ssl/private/web.key"
+
+
+def tls(**changes):
+    return {"tls": {"certificate": CERT, "key": KEY, **changes}}
+
+
+@pytest.mark.parametrize(
+    ("nginx", "field", "shown"),
+    [
+        pytest.param({"tls": {"certificate": CERT}}, "nginx.tls", "{'certificate'", id="no-key"),
+        pytest.param({"tls": {"key": KEY}}, "nginx.tls", "{'key'", id="no-certificate"),
+        pytest.param(tls(ciphers="HIGH"), "nginx.tls", "'ciphers'", id="unknown-key"),
+        pytest.param({"tls": "/etc/ssl/web.pem"}, "nginx.tls", "'/etc/ssl/web.pem'", id="text"),
+        pytest.param(tls(key="web.key"), "nginx.tls.key", "'web.key'", id="relative"),
+        pytest.param(tls(key="/etc/ssl/../web.key"), "nginx.tls.key", "'/etc/", id="dotdot"),
+        pytest.param(tls(key="/etc/./ssl/web.key"), "nginx.tls.key", "'/etc/", id="dot"),
+        pytest.param(tls(key="/etc/ssl/"), "nginx.tls.key", "'/etc/ssl/'", id="trailing-slash"),
+        pytest.param(tls(key="//etc/web.key"), "nginx.tls.key", "'//etc/", id="double-slash"),
+        pytest.param(tls(key="/etc/web key"), "nginx.tls.key", "'/etc/web key'", id="space"),
+        pytest.param(
+            tls(certificate="/a.pem; return 200"),
+            "nginx.tls.certificate",
+            "'/a.pem; return 200'",
+            id="semicolon",
+        ),
+        pytest.param(tls(key='/etc/"web.key'), "nginx.tls.key", "web.key", id="quote"),
+        pytest.param(tls(key="/etc/'web.key"), "nginx.tls.key", "web.key", id="single-quote"),
+        pytest.param(tls(key="/etc/{web}.key"), "nginx.tls.key", "{web}", id="braces"),
+        pytest.param(tls(key="/etc/$web.key"), "nginx.tls.key", "$web", id="variable"),
+        pytest.param(tls(key="/etc/web.key\nx"), "nginx.tls.key", "\\n", id="newline"),
+        pytest.param(tls(key=["/etc/web.key"]), "nginx.tls.key", "['/etc/web.key']", id="list"),
+    ],
+)
+def test_bad_tls_options_are_refused_naming_field_value_and_no_retry(nginx, field, shown):
+    with pytest.raises(ConfigError) as failed:
+        check_request([service(nginx=nginx)])
+
+    (problem,) = failed.value.problems
+    assert problem.startswith(f"flipback_services[0] (web).{field}: got ")
+    assert shown in problem
+    assert "expected a mapping with exactly certificate and key" in problem
+    assert "retrying as-is fails the same way" in failed.value.msg
+    assert failed.value.retryable is False
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        pytest.param(None, {}, id="none"),
+        pytest.param({}, {}, id="empty"),
+        pytest.param(tls()["tls"], {"certificate": CERT, "key": KEY}, id="both"),
+        pytest.param(
+            {"certificate": "/etc/letsencrypt/live/web.example.com/fullchain.pem", "key": KEY},
+            {"certificate": "/etc/letsencrypt/live/web.example.com/fullchain.pem", "key": KEY},
+            id="letsencrypt",
+        ),
+    ],
+)
+def test_tls_is_off_by_default_and_kept_as_given(given, kept):
+    (svc,) = check_request([service(nginx={"tls": given})])["services"]
+    assert svc["nginx"]["tls"] == kept
+    (plain,) = check_request([service()])["services"]
+    assert plain["nginx"]["tls"] == {}
+
+
 def test_access_log_must_be_a_boolean():
     with pytest.raises(ConfigError, match=r"\(web\)\.access_log: got 'yes'"):
         check_request([service(access_log="yes")])

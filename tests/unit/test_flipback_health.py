@@ -8,9 +8,11 @@ without waiting. Only the per-attempt timeout is real (sockets time out in real 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -224,6 +226,104 @@ def test_probe_truncates_the_body(serve):
     result = probe(server.target(), Expect(), Policy(), FakeClock())
 
     assert result["body"] == "x" * BODY_LIMIT
+
+
+# --------------------------------------------------------------------------- https
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    """(certificate, key) files of a self-signed certificate for shop.example.com."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shop.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    where = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = where / "cert.pem", where / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def serve_tls(self_signed):
+    """A scripted HTTPS server on loopback with the self-signed certificate; the names
+    clients asked for by SNI are in its `server_names`."""
+    servers: list[ScriptedServer] = []
+
+    def start(*script: Reply) -> ScriptedServer:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*self_signed)
+        server = ScriptedServer(list(script))
+        server.server_names = []
+        context.sni_callback = lambda _conn, name, _ctx: server.server_names.append(name)
+        server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_probe_over_https_sends_the_health_host_as_sni_and_host_without_verifying(serve_tls):
+    server = serve_tls(Reply(headers=(("X-Flipback-Release", "r2"),)))
+
+    result = probe(
+        server.target(tls=True, host_header="shop.example.com:8443"),
+        flipback_health.expect_release([200], {}, "r2"),
+        Policy(),
+        FakeClock(),
+    )
+
+    # Self-signed and issued to another name than 127.0.0.1: accepted all the same.
+    assert (result["ok"], result["release"]) == (True, "r2")
+    assert server.requests == [{"path": "/health", "host": "shop.example.com:8443"}]
+    assert server.server_names == ["shop.example.com"]
+    assert server.target(tls=True).describe().startswith("https://127.0.0.1:")
+
+
+def test_probe_over_https_of_a_plain_port_fails_retryable_naming_tls():
+    server = ScriptedServer([Reply()])
+    try:
+        with pytest.raises(HealthError) as failed:
+            probe(server.target(tls=True), Expect(), SHORT, FakeClock())
+    finally:
+        server.stop()
+
+    assert failed.value.retryable is True
+    assert "health check of https://127.0.0.1:" in failed.value.msg
+    assert "SSL" in failed.value.msg
+
+
+def test_probe_over_http_of_an_https_port_fails(serve_tls):
+    server = serve_tls(Reply())
+
+    with pytest.raises(HealthError) as failed:
+        probe(server.target(), Expect(), SHORT, FakeClock())
+
+    assert "health check of http://127.0.0.1:" in failed.value.msg
+    assert server.requests == []
 
 
 # --------------------------------------------------------------------------- failure

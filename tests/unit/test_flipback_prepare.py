@@ -1187,3 +1187,102 @@ def test_a_service_named_like_a_template_unit_of_the_host_is_refused(
     # Before the user or any directory.
     assert host.calls == []
     assert not paths.root.exists()
+
+
+# --------------------------------------------------------------------------- TLS files
+
+
+def tls_files(paths: Paths, cert: object, key: object) -> dict:
+    """A config whose nginx.tls names a certificate and a key under tls/, each made as
+    `cert` / `key` says: a file mode (int), "missing", "dir" or "dangling" (a symlink to
+    nothing); a str mode "link:0600" is a symlink to a file of that mode."""
+    where = paths.tmp_path / "tls"
+    where.mkdir(exist_ok=True)
+    found = {}
+    for name, how in (("certificate", cert), ("key", key)):
+        path = where / f"{name}.pem"
+        if how == "dir":
+            path.mkdir()
+        elif how == "dangling":
+            path.symlink_to(where / "nowhere")
+        elif isinstance(how, str) and how.startswith("link:"):
+            target = where / f"{name}-target.pem"
+            target.write_text("-----BEGIN-----\n")
+            target.chmod(int(how[5:], 8))
+            path.symlink_to(target)
+        elif how != "missing":
+            path.write_text("-----BEGIN-----\n")
+            path.chmod(how)
+        found[name] = str(path)
+    return {"nginx": {"tls": found}}
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "refused", "found"),
+    [
+        pytest.param(0o644, 0o600, None, None, id="cert-0644-key-0600"),
+        pytest.param(0o644, 0o640, None, None, id="key-0640-ssl-cert-group"),
+        pytest.param("link:0644", "link:0600", None, None, id="symlinks-to-files"),
+        pytest.param(
+            "missing", 0o600, "certificate", "which on this host is missing;", id="cert-missing"
+        ),
+        pytest.param(0o644, "missing", "key", "which on this host is missing;", id="key-missing"),
+        pytest.param(
+            "dir", 0o600, "certificate", "which on this host is not a regular file", id="cert-dir"
+        ),
+        pytest.param(
+            0o644, "dangling", "key", "which on this host is missing;", id="key-dangling-link"
+        ),
+        pytest.param(0o644, 0o644, "key", "is open to every local user (mode 0644)", id="key-o+r"),
+        pytest.param(0o644, 0o602, "key", "mode 0602", id="key-o+w"),
+        pytest.param(0o644, "link:0604", "key", "mode 0604", id="key-o+r-behind-link"),
+    ],
+)
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+def test_tls_files_are_checked_on_the_host_before_anything_changes(
+    paths, cert, key, refused, found, check_mode
+):
+    config = tls_files(paths, cert, key)
+    host = Host()
+    prepare = paths.prepare(host, config=config)
+
+    if refused is None:
+        assert prepare.prepare(check_mode=check_mode)["release"] == B
+        return
+    with pytest.raises(ReleaseError) as failed:
+        prepare.prepare(check_mode=check_mode)
+    error = failed.value
+    path = config["nginx"]["tls"][refused]
+    assert (error.details["field"], error.details["value"]) == (f"nginx.tls.{refused}", path)
+    assert error.retryable is False
+    assert error.msg.startswith(f"nginx.tls.{refused}: got {path!r}, ")
+    assert found in error.msg
+    assert "retrying as-is fails the same way" in error.msg
+    # Before the lock, the user or any directory.
+    assert host.calls == []
+    assert not paths.root.exists()
+    assert not paths.lock.exists()
+
+
+def test_a_release_without_tls_asks_for_no_files(paths):
+    host = Host()
+    result = paths.prepare(host, config={"nginx": {"tls": {}}}).prepare(check_mode=False)
+    assert result["release"] == B
+
+
+def test_noop_probes_a_live_release_with_tls_over_https(paths):
+    live = paths.configured(port=8443)
+    live.config["nginx"]["tls"] = tls_files(paths, 0o644, 0o600)["nginx"]["tls"]
+    ready(paths, live)
+    paths.put_site(
+        site_text(service=SERVICE, home=str(paths.root), port=8443, nginx=live.config["nginx"])
+    )
+    host = live_host()
+
+    result = paths.prepare(host, config=live.config, env_text=live.env_text, port=8443).prepare(
+        check_mode=False
+    )
+
+    assert result["noop"] is True
+    [(target, _expect, _policy)] = host.probes
+    assert (target.port, target.tls) == (8443, True)

@@ -36,6 +36,7 @@ from ansible.module_utils.flipback_runtime import (
     normalize_processes,
     parse_env_file,
     process_unit_text,
+    public_tls,
     release_id_for,
     reserved_env_name,
     resolve_params,
@@ -500,7 +501,11 @@ def test_site_path_is_the_service_s_conf_in_the_site_dir():
 
 def site_lines(text: str) -> list[str]:
     """The directives of a site: comments and blank lines left out, indentation stripped."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def test_site_text_listens_on_the_port_and_proxies_through_current():
@@ -521,7 +526,7 @@ def test_site_text_listens_on_the_port_and_proxies_through_current():
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header Connection $flipback_shop_connection;",
         "proxy_set_header Host $host;",
-        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-For $remote_addr;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_read_timeout 60s;",
         "proxy_send_timeout 60s;",
@@ -529,6 +534,7 @@ def test_site_text_listens_on_the_port_and_proxies_through_current():
         "include /etc/nginx/flipback/shop/*.conf;",
         "}",
     ]
+    assert "ssl" not in text
     assert text.startswith(f"# flipback: public port of {SERVICE}")
     assert text.endswith("}\n")
     # Through the `current` link, never a release's own path: the flip moves traffic.
@@ -552,6 +558,39 @@ def test_site_text_follows_each_setting(changes, line):
 
     assert line in site_text(**values)
     assert line not in site_text(service=SERVICE, home=HOME, port=8000)
+
+
+TLS = {"certificate": "/etc/ssl/certs/shop.pem", "key": "/etc/ssl/private/shop.key"}
+
+
+def test_site_text_with_tls_listens_with_ssl_and_its_files():
+    lines = site_lines(site_text(service=SERVICE, home=HOME, port=8443, nginx={"tls": TLS}))
+
+    assert lines[5:11] == [
+        "listen 8443 ssl;",
+        "listen [::]:8443 ssl;",
+        "ssl_certificate /etc/ssl/certs/shop.pem;",
+        "ssl_certificate_key /etc/ssl/private/shop.key;",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "client_max_body_size 1m;",
+    ]
+    # The app learns the request came over HTTPS, uvicorn its client, from nginx.
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in lines
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in lines
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        pytest.param({"nginx": {"tls": TLS}}, True, id="tls"),
+        pytest.param({"nginx": {"tls": {}}}, False, id="empty"),
+        pytest.param({"nginx": {"server_name": ["a.test"]}}, False, id="no-tls-key"),
+        pytest.param({}, False, id="no-nginx"),
+        pytest.param(None, False, id="no-config"),
+    ],
+)
+def test_public_tls(config, expected):
+    assert public_tls(config) is expected
 
 
 def test_site_text_is_the_same_for_the_same_release_config():
@@ -598,6 +637,7 @@ def test_unit_text_runs_the_release_as_configured():
     assert found["ExecStart"] == [
         "/srv/shop/releases/%i/venv/bin/python -m uvicorn pkg.main:app "
         "--uds /run/flipback-shop/%i/app.sock --workers 3 --no-access-log "
+        "--proxy-headers --forwarded-allow-ips '*' "
         "--timeout-graceful-shutdown 20 --header X-Flipback-Release:%i"
     ]
     assert found["WantedBy"] == ["multi-user.target"]

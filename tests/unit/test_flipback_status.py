@@ -12,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import flipback_status
+from ansible.module_utils.flipback_health import Observation
 from ansible.module_utils.flipback_release import ReleaseError, append_history, history_event
 from ansible.module_utils.flipback_status import (
     compact_age,
@@ -138,13 +140,15 @@ class FakeSystemctl:
 
 
 def fake_probe(answers: dict[int, dict]):
-    calls = []
+    calls, tls_calls = [], []
 
-    def probe(port, health, timeout):
+    def probe(port, health, timeout, tls):
         calls.append((port, health["path"], timeout))
+        tls_calls.append(tls)
         return answers.get(port, {"ok": False, "status": None, "error": "refused"})
 
     probe.calls = calls
+    probe.tls = tls_calls
     return probe
 
 
@@ -1202,3 +1206,29 @@ def test_status_report_names_hosts_without_a_release_and_hosts_that_disagree(sec
     assert report["problems"] == problems
     for problem in problems:
         assert f"! {problem}" in report["table"]
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_host_status_probes_over_https_when_the_live_release_has_tls(srv, locks, tls):
+    tree = Tree(srv / "hello", "hello")
+    conf = tree.configured(GOOD_ENV)
+    if tls:
+        conf.config["nginx"]["tls"] = {"certificate": "/etc/ssl/c.pem", "key": "/etc/ssl/k.pem"}
+    tree.release(A, configured=conf).events((A, "staged"), (A, "active")).current(A)
+    probe = fake_probe({})
+
+    status([svc("hello")], srv, locks, probe=probe)
+
+    assert probe.tls == [tls]
+
+
+def test_probe_once_speaks_https_when_told(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        flipback_status, "attempt", lambda target, *_a: seen.append(target) or Observation()
+    )
+
+    flipback_status.probe_once(8443, svc("hello")["health"], 1.0, True)
+    flipback_status.probe_once(8000, svc("hello")["health"], 1.0)
+
+    assert [(t.port, t.tls) for t in seen] == [(8443, True), (8000, False)]

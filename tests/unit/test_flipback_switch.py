@@ -2062,3 +2062,39 @@ def test_an_instance_that_runs_is_not_given_up_on(tree):
     switch = host.switch()
     switch.switch(check_mode=False)
     assert switch._exited() is None
+
+
+TLS = {"certificate": "/etc/ssl/certs/shop.pem", "key": "/etc/ssl/private/shop.key"}
+
+
+def with_tls(tree: Tree, release_id: str) -> None:
+    """Record nginx.tls in a release's configuration, as release_config would."""
+    path = os.path.join(tree.root, "releases", release_id, "manifest.json")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    manifest["config"]["nginx"]["tls"] = TLS
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+
+
+def test_gate_2_asks_over_https_a_release_with_tls_and_a_rollback_brings_plain_back(tree):
+    tree.release(A, port=8000).release(B, port=8443)
+    with_tls(tree, B)
+    tree.events((A, "staged"), (A, "active"), (B, "staged")).current(A)
+    tree.put_site(tree.site_of(8000))
+    host = Host(tree, active=[UNIT_A, UNIT_B], enabled=[UNIT_A])
+
+    host.switch(B, port=8000).switch(check_mode=False)
+
+    assert "listen 8443 ssl;" in tree.site()
+    assert f"ssl_certificate_key {TLS['key']};" in tree.site()
+    (private, _e, _p), (public, _e2, _p2) = host.probes
+    assert (private.unix_socket is not None, private.tls) == (True, False)
+    assert (public.port, public.tls) == (8443, True)
+
+    host.probes.clear()
+    host.switch("", action="rollback", port=8443).switch(check_mode=False)
+
+    assert tree.site() == tree.site_of(8000)
+    assert "ssl" not in tree.site()
+    assert [(t.port, t.tls) for t, _e, _p in host.probes] == [(None, False), (8000, False)]

@@ -129,6 +129,12 @@ venv_from:
   description: The release whose virtualenv was reused; null if it was built.
   type: str
   returned: when changed
+venv_tool:
+  description:
+    - What built the virtualenv, C(uv) (from the wheel the artifact brings, kept on the
+      host under /var/lib/flipback/tools) or C(venv+pip); null when it was reused.
+  type: str
+  returned: when changed
 warmed:
   description: Whether the instance was started after staging (O(start)).
   type: bool

@@ -73,6 +73,8 @@ ARGUMENT_SPEC: dict[str, dict] = {
 # Added to the wheelhouse when none of the service's dependencies brings uvicorn (a
 # Django project, say, does not list it): every release runs under uvicorn.
 UVICORN = "uvicorn==0.54.0"
+# Shipped to the hosts with the wheels (artifact tools/): staging makes each venv with it.
+HOST_UV = "uv==0.13.9"
 
 UV_EXPORT = [
     "export",
@@ -255,9 +257,11 @@ def write_artifact(
     mtime: int,
     meta: dict,
     project: Sequence[str] = (),
+    tools: Sequence[str] = (),
 ) -> None:
     """A deterministic tar: fixed order, owner and mtime, so equal content gives equal bytes.
-    `project` is the service's own wheel, if it is a package (under project/)."""
+    `project` is the service's own wheel, if it is a package (under project/); `tools`
+    are wheels of what staging uses on the host (uv, under tools/), never installed."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
         _add_bytes(out, "flipback.json", json.dumps(meta, sort_keys=True).encode(), mtime, 0o644)
@@ -286,6 +290,9 @@ def write_artifact(
         for wheel in project:
             with open(wheel, "rb") as fh:
                 _add_bytes(out, "project/" + os.path.basename(wheel), fh.read(), mtime, 0o644)
+        for wheel in tools:
+            with open(wheel, "rb") as fh:
+                _add_bytes(out, "tools/" + os.path.basename(wheel), fh.read(), mtime, 0o644)
     os.replace(tmp, path)
 
 
@@ -518,6 +525,18 @@ class Builder:
             with open(done, "w", encoding="utf-8") as fh:
                 json.dump({"source": source, "added": added}, fh)
         return self._wheels(dest), added
+
+    def tools(self) -> list[str]:
+        """uv's wheel for the hosts (downloaded once, kept under cache_dir/tools): staging
+        builds the venv with it, far faster than venv + pip. Not part of the release."""
+        dest = os.path.join(self.spec.cache_dir, "tools", HOST_UV.replace("==", "-"))
+        done = os.path.join(dest, ".complete")
+        if not os.path.exists(done):
+            os.makedirs(dest, exist_ok=True)
+            self._download(HOST_UV, "tools", ["--dest", dest, "--no-deps", HOST_UV], [HOST_UV])
+            with open(done, "w", encoding="utf-8") as fh:
+                fh.write(HOST_UV + "\n")
+        return self._wheels(dest)
 
     @staticmethod
     def _wheels(dest: str) -> list[str]:
@@ -768,7 +787,7 @@ class Builder:
             source_tar = self._archive(treeish)
             project = [self._project_wheel(treeish, work, commit_time)] if package else []
             meta["project"] = os.path.basename(project[0]) if project else None
-            write_artifact(artifact, source_tar, wheels, commit_time, meta, project)
+            write_artifact(artifact, source_tar, wheels, commit_time, meta, project, self.tools())
             write_artifact(code_artifact, source_tar, [], commit_time, meta, project)
         else:
             meta["project"] = built.get("project") if built else None

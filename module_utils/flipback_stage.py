@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +48,18 @@ from ansible.module_utils.flipback_runtime import (
 WHEELS_DIR = ".wheels"
 # The service's own wheel (a service that is a package), installed over the venv.
 PROJECT_DIR = ".project"
+# Inside a release while it is staged: the tools the artifact brings (uv's wheel).
+TOOLS_DIR = ".tools"
+# Where uv's binary, taken out of the wheel an artifact brought, is kept on a host (one
+# directory per wheel; the next artifacts need not carry it again to be fast).
+TOOL_CACHE = "/var/lib/flipback/tools"
 # What the manifest keeps of the build's record (flipback.json in the artifact).
 BUILD_RECORD = ("dependencies", "dependency_source", "added", "project")
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    """Only plain files and directories under src/, wheels/ or project/, never outside
-    the target."""
+    """Only plain files and directories under src/, wheels/, project/ or tools/, never
+    outside the target."""
     members = []
     for member in tar.getmembers():
         name = member.name
@@ -69,7 +75,7 @@ def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
                 f"artifact: member {name!r} is not a plain file or directory",
                 field="artifact",
             )
-        if parts[0] in ("src", "wheels", "project") or name == "flipback.json":
+        if parts[0] in ("src", "wheels", "project", "tools") or name == "flipback.json":
             members.append(member)
     return members
 
@@ -94,6 +100,7 @@ class StageSpec:
     config: dict[str, Any] = field(default_factory=dict)
     env_text: str = ""
     unit_dir: str = UNIT_DIR
+    tool_cache: str = TOOL_CACHE
 
 
 class Stager:
@@ -102,6 +109,10 @@ class Stager:
         self.run = run
         self.path = release_dir(spec.root, spec.release)
         self.venv_from: str | None = None
+        # uv's binary on this host ("" once looked for and not found), what made the venv.
+        self.uv_path: str | None = None
+        self.tool_cache = spec.tool_cache
+        self.venv_tool = "venv+pip"
         # Unit name -> text of each of the release's units (web instance, processes).
         self.units: dict[str, str] = {}
 
@@ -195,7 +206,13 @@ class Stager:
                 run=spec.run_id,
             ),
         )
-        return {**result, "changed": True, "replaces": previous, "venv_from": self.venv_from}
+        return {
+            **result,
+            "changed": True,
+            "replaces": previous,
+            "venv_from": self.venv_from,
+            "venv_tool": None if self.venv_from else self.venv_tool,
+        }
 
     def unit_paths(self) -> list[str]:
         return [os.path.join(self.spec.unit_dir, name) for name in self.units]
@@ -299,6 +316,7 @@ class Stager:
                     "src": self.path,
                     "wheels": os.path.join(self.path, WHEELS_DIR),
                     "project": os.path.join(self.path, PROJECT_DIR),
+                    "tools": os.path.join(self.path, TOOLS_DIR),
                 }[top]
                 dest = os.path.join(base, rest)
                 if member.isdir():
@@ -335,8 +353,52 @@ class Stager:
                 "uploads it",
                 retryable=True,
             )
-        self._check(self.run([self.spec.python, "-m", "venv", venv]), "create the virtualenv")
         deps = self.meta.get("dependencies", [])
+        uv = self._uv()
+        if uv is not None:
+            self.venv_tool = "uv"
+            self._check(
+                self.run(
+                    [
+                        uv,
+                        "venv",
+                        "--quiet",
+                        "--no-config",
+                        "--offline",
+                        "--no-cache",
+                        "--python",
+                        self.spec.python,
+                        "--no-python-downloads",
+                        venv,
+                    ]
+                ),
+                "create the virtualenv (uv venv)",
+            )
+            if deps:
+                self._check(
+                    self.run(
+                        [
+                            uv,
+                            "pip",
+                            "install",
+                            "--quiet",
+                            "--no-config",
+                            "--offline",
+                            "--no-cache",
+                            "--no-index",
+                            "--python",
+                            os.path.join(venv, "bin", "python"),
+                            "--find-links",
+                            os.path.join(self.path, WHEELS_DIR),
+                            *deps,
+                        ]
+                    ),
+                    "install the dependencies from the wheelhouse (offline, uv)",
+                )
+            self._install_project(venv)
+            self._compile(self.path, exclude_venv=False)
+            return
+        self._check(self.run([self.spec.python, "-m", "venv", venv]), "create the virtualenv")
         if deps:
             self._check(
                 self.run(
@@ -393,6 +455,37 @@ class Stager:
                 value=wheel,
                 retryable=False,
             )
+        uv = self._uv()
+        if uv is not None or not os.path.exists(os.path.join(venv, "bin", "pip")):
+            # uv removes and writes files (never in place), as pip does.
+            if uv is None:
+                raise ReleaseError(
+                    f"{self.spec.release}: its venv (made by uv) has no pip, and uv is not on "
+                    f"this host ({TOOL_CACHE}); expected the full artifact. A re-run with "
+                    "the wheels uploads it",
+                    retryable=True,
+                )
+            self._check(
+                self.run(
+                    [
+                        uv,
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--no-config",
+                        "--offline",
+                        "--no-cache",
+                        "--no-index",
+                        "--no-deps",
+                        "--reinstall",
+                        "--python",
+                        os.path.join(venv, "bin", "python"),
+                        path,
+                    ]
+                ),
+                "install the project's own wheel (offline, uv, over the venv)",
+            )
+            return
         self._check(
             self.run(
                 [
@@ -418,7 +511,34 @@ class Stager:
             argv += ["-x", r"/venv/"]
         self._check(self.run([*argv, path]), "precompile bytecode")
 
+    def _uv(self) -> str | None:
+        """uv on this host: from the cache, or taken out of the wheel the artifact brought
+        (then kept for the next releases); None when neither has it (staging then uses
+        venv and pip, as before uv was shipped)."""
+        if self.uv_path is not None:
+            return self.uv_path or None
+        self.uv_path = ""
+        tools = os.path.join(self.path, TOOLS_DIR)
+        wheels = sorted(
+            name
+            for name in (os.listdir(tools) if os.path.isdir(tools) else [])
+            if name.startswith("uv-") and name.endswith(".whl")
+        )
+        names = wheels or sorted(
+            os.listdir(self.tool_cache) if os.path.isdir(self.tool_cache) else []
+        )
+        for name in reversed(names):
+            binary = os.path.join(self.tool_cache, name.removesuffix(".whl"), "uv")
+            if os.access(binary, os.X_OK):
+                self.uv_path = binary
+                break
+            if name in wheels:
+                self.uv_path = extract_uv(os.path.join(tools, name), binary)
+                break
+        return self.uv_path or None
+
     def _finish(self) -> None:
+        shutil.rmtree(os.path.join(self.path, TOOLS_DIR), ignore_errors=True)
         shutil.rmtree(os.path.join(self.path, WHEELS_DIR), ignore_errors=True)
         shutil.rmtree(os.path.join(self.path, PROJECT_DIR), ignore_errors=True)
         sock = os.path.join(self.path, "sock")
@@ -444,6 +564,22 @@ class Stager:
                 "'staging' and is never used",
                 retryable=False,
             )
+
+
+def extract_uv(wheel: str, binary: str) -> str:
+    """Take uv's binary out of its wheel (`uv-<version>.data/scripts/uv`) to `binary`
+    (root, 0755), atomically; returns its path, or "" if the wheel has none."""
+    with zipfile.ZipFile(wheel) as archive:
+        member = next((n for n in archive.namelist() if n.endswith(".data/scripts/uv")), None)
+        if member is None:
+            return ""
+        os.makedirs(os.path.dirname(binary), mode=0o755, exist_ok=True)
+        tmp = f"{binary}.tmp.{os.getpid()}"
+        with archive.open(member) as source, open(tmp, "wb") as out:
+            shutil.copyfileobj(source, out)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, binary)
+    return binary
 
 
 def find_donor(root: str, release: str, deps_key: str) -> str | None:

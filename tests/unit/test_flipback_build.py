@@ -30,6 +30,7 @@ from urllib.parse import quote
 import pytest
 from ansible.module_utils import flipback_build
 from ansible.module_utils.flipback_build import (
+    HOST_UV,
     Builder,
     BuildError,
     BuildSpec,
@@ -196,8 +197,17 @@ def pip(tmp_path) -> list[str]:
 
 
 def pip_calls(pip: list[str]) -> list[str]:
+    """The downloads of the services' wheels (uv's for the hosts, once per cache, apart:
+    see uv_calls)."""
     log = Path(pip[1]).with_name("pip-calls.log")
-    return log.read_text().splitlines() if log.exists() else []
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line for line in lines if HOST_UV not in line]
+
+
+def uv_calls(pip: list[str]) -> list[str]:
+    log = Path(pip[1]).with_name("pip-calls.log")
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line for line in lines if HOST_UV in line]
 
 
 def make_builder(repo: Repo, pip: list[str], tmp_path: Path, **overrides) -> Builder:
@@ -535,8 +545,14 @@ def test_first_build_writes_the_artifact(services, pip, tmp_path):
         "flipback.json",
         "src/app.py",
         "src/pyproject.toml",
+        # uv for the hosts' staging, never installed in the release.
+        "tools/uv-0.13.9-py3-none-any.whl",
         "wheels/fastapi-0.110.0-py3-none-any.whl",
         "wheels/uvicorn-0.30.0-py3-none-any.whl",
+    ]
+    assert uv_calls(pip) == [
+        f"download --quiet --disable-pip-version-check --only-binary=:all: --dest "
+        f"{tmp_path / 'cache' / 'tools' / 'uv-0.13.9'} --no-deps {HOST_UV}"
     ]
     assert read_member(artifact, "src/app.py") == b"print('hello v2')\n"
     assert json.loads(read_member(artifact, "flipback.json")) == {
@@ -569,7 +585,9 @@ def test_every_build_also_writes_the_code_only_artifact(services, pip, tmp_path)
     assert result["code_checksum"] != result["checksum"]
     # The full artifact minus its wheels: same source, same metadata.
     full = members(result["artifact"])
-    assert sorted(members(code)) == sorted(n for n in full if not n.startswith("wheels/"))
+    assert sorted(members(code)) == sorted(
+        n for n in full if not n.startswith(("wheels/", "tools/"))
+    )
     for name in ("src/app.py", "src/pyproject.toml", "flipback.json"):
         assert read_member(code, name) == read_member(result["artifact"], name), name
 
@@ -1457,6 +1475,8 @@ def test_hashed_requirements_are_enforced_and_uvicorn_keeps_their_pins(tmp_path,
         ("h11", "0.14.0", (), ""),
         ("h11", "0.16.0", (), ""),
         ("uvicorn", "0.54.0", ("h11>=0.8",), ""),
+        # What the hosts' staging runs on (shipped with the wheels, not installed).
+        ("uv", "0.13.9", (), ""),
     )
     pinned = "".join(
         f"{req} --hash=sha256:{sha256(wheels[req])}\n" for req in ("flask==3.0.0", "h11==0.14.0")

@@ -83,6 +83,8 @@ class FakeRunner:
             python = Path(argv[3], "bin", "python")
             python.parent.mkdir(parents=True)
             python.write_text("#!/bin/sh\n")
+            # python -m venv seeds pip (a uv venv has none).
+            Path(argv[3], "bin", "pip").write_text("#!/bin/sh\n")
         if step == self.fail:
             return subprocess.CompletedProcess(argv, 1, "", f"{step} exploded")
         return subprocess.CompletedProcess(argv, 0, "", "")
@@ -130,9 +132,11 @@ def build_artifact(
     code_only: bool = False,
     extra: Sequence[tuple[str, bytes | None]] = (),
     project: Path | None = None,
+    uv: bool = False,
 ) -> Path:
     """The build's full artifact, or its code-only one (no wheels/) when code_only;
-    `project` is the service's own wheel (a service that is a package)."""
+    `project` is the service's own wheel (a service that is a package); with `uv`, the
+    artifact brings uv's wheel (tools/)."""
     wheel = tmp_path / "wheelhouse" / "fastapi-0.165.0-py3-none-any.whl"
     wheel.parent.mkdir(exist_ok=True)
     wheel.write_bytes(b"PK fake wheel")
@@ -142,8 +146,19 @@ def build_artifact(
     meta["project"] = project.name if project else None
     wheels = [] if code_only else [str(wheel)]
     shipped = [str(project)] if project else []
-    write_artifact(str(artifact), source_tar(extra), wheels, 1_795_953_600, meta, shipped)
+    tools = [str(uv_wheel(tmp_path))] if uv else []
+    write_artifact(str(artifact), source_tar(extra), wheels, 1_795_953_600, meta, shipped, tools)
     return artifact
+
+
+def uv_wheel(tmp_path: Path) -> Path:
+    """A wheel shaped like uv's: its binary under uv-<version>.data/scripts/."""
+    wheel = tmp_path / "tools" / "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl"
+    wheel.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("uv-0.13.9.data/scripts/uv", "#!/bin/sh\necho fake uv\n")
+        archive.writestr("uv-0.13.9.dist-info/METADATA", "Name: uv\nVersion: 0.13.9\n")
+    return wheel
 
 
 def raw_artifact(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
@@ -229,6 +244,7 @@ def make_spec(root: Path, artifact: Path, tmp_path: Path, **changes) -> StageSpe
         "config": conf.config,
         "env_text": conf.env_text,
         "unit_dir": str(tmp_path / "systemd"),
+        "tool_cache": str(tmp_path / "tool-cache"),
     }
     fields.update(changes)
     return StageSpec(**fields)
@@ -270,6 +286,8 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
         "changed": True,
         "replaces": previous,
         "venv_from": None,
+        # No uv in this artifact (an older build's): venv and pip made the venv.
+        "venv_tool": "venv+pip",
     }
     assert (path / "app.py").read_bytes() == b"app = object()\n"
     assert (path / "pyproject.toml").is_file()
@@ -833,6 +851,7 @@ def donor_venv(venv: Path) -> None:
     (venv / "bin" / "uvicorn").chmod(0o755)
     (venv / "bin" / "activate").write_text(f'VIRTUAL_ENV="{venv}"\n')
     (venv / "bin" / "plain").write_text("#!/bin/sh\necho no path here\n")
+    (venv / "bin" / "pip").write_text(f"#!{venv}/bin/python\nimport pip\n")
     (venv / "bin" / "python").symlink_to("/usr/bin/python3")
     (venv / "lib64").symlink_to("lib")
 
@@ -1318,3 +1337,61 @@ def test_a_static_directory_that_is_a_file_in_the_code_is_refused(root, tmp_path
 
     with pytest.raises(ReleaseError, match=r"nginx\.static: 'static' is a symlink or a file"):
         Stager(spec, run=FakeRunner()).stage(check_mode=False)
+
+
+# --------------------------------------------------------------------------- uv on the host
+
+
+def test_a_full_artifact_with_uv_makes_the_venv_with_uv(root, rid, tmp_path, lchown_calls):
+    artifact = build_artifact(tmp_path, uv=True, project=project_wheel(tmp_path))
+    runner = FakeRunner()
+
+    Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
+
+    path = release(root)
+    uv = tmp_path / "tool-cache" / "uv-0.13.9-py3-none-manylinux_2_17_x86_64" / "uv"
+    # Taken out of its wheel once, kept for the next releases (root, executable).
+    assert uv.read_text() == "#!/bin/sh\necho fake uv\n" and uv.stat().st_mode & 0o777 == 0o755
+    venv, deps, project = runner.calls[:3]
+    assert venv[:2] == [str(uv), "venv"] and venv[-1] == str(path / "venv")
+    assert "--offline" in venv and sys.executable in venv
+    assert deps[:3] == [str(uv), "pip", "install"] and deps[-2:] == DEPS
+    assert "--no-index" in deps and str(path / ".wheels") in deps
+    assert project[:3] == [str(uv), "pip", "install"] and "--reinstall" in project
+    assert "--no-deps" in project and project[-1].endswith(".whl")
+    assert runner.steps[3:] == ["compileall", "daemon-reload"]
+    # The tools leave with the wheels: nothing of uv stays in the release.
+    assert not (path / ".tools").exists() and not (path / "tools").exists()
+
+
+def test_a_cached_uv_is_used_for_a_project_over_a_borrowed_uv_venv(
+    root, rid, tmp_path, lchown_calls
+):
+    # The donor's venv was made by uv (no pip in it); uv is cached from that staging.
+    staged_elsewhere(root, OLD, key=KEY)
+    (root / "releases" / OLD / "venv" / "bin" / "pip").unlink()
+    uv = tmp_path / "tool-cache" / "uv-0.13.9-py3-none-manylinux_2_17_x86_64" / "uv"
+    uv.parent.mkdir(parents=True)
+    uv.write_text("#!/bin/sh\n")
+    uv.chmod(0o755)
+    artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
+    runner = FakeRunner()
+
+    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    assert runner.calls[0][:3] == [str(uv), "pip", "install"]
+    assert "--reinstall" in runner.calls[0] and "--no-deps" in runner.calls[0]
+
+
+def test_a_borrowed_uv_venv_without_uv_on_the_host_asks_for_the_full_artifact(
+    root, rid, tmp_path, lchown_calls
+):
+    staged_elsewhere(root, OLD, key=KEY)
+    (root / "releases" / OLD / "venv" / "bin" / "pip").unlink()
+    artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
+
+    with pytest.raises(ReleaseError) as info:
+        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+
+    assert "has no pip, and uv is not on this host" in info.value.msg
+    assert info.value.retryable is True

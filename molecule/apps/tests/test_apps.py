@@ -293,6 +293,7 @@ PLAN = [
     ("deploy shop v3", ("deploy.yml", "-e", "service=shop", "-e", "ref=v3"), False),
     ("roll forward to v2", ("deploy.yml", "-e", "ref=v2"), True),
     ("lib with a process that exits", ("deploy.yml", "-e", "service=lib", "-e", "@broken"), False),
+    ("lib whose app is not there", ("deploy.yml", "-e", "service=lib", "-e", "@no-app"), False),
 ]
 
 
@@ -315,6 +316,12 @@ def story():
     processes = {"converged": _fleet_processes()}
     broken = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "broken-lib.yml"
     broken.write_text(yaml.safe_dump(BROKEN_LIB))
+    no_app = broken.with_name("no-app-lib.yml")
+    (lib_def,) = BROKEN_LIB["flipback_services"]
+    lib_def = {k: v for k, v in lib_def.items() if k != "processes"}
+    no_app.write_text(
+        yaml.safe_dump({"flipback_services": [{**lib_def, "app": "libsvc.nosuchmodule:app"}]})
+    )
     steps = {}
     ws = {}
     for generator in generators.values():
@@ -327,7 +334,8 @@ def story():
         time.sleep(1)
         for name, argv, should_pass in PLAN:
             started = clock.now()
-            argv = tuple(f"@{broken}" if a == "@broken" else a for a in argv)
+            files = {"@broken": f"@{broken}", "@no-app": f"@{no_app}"}
+            argv = tuple(files.get(a, a) for a in argv)
             run = lib.run_fleet_playbook(*argv)
             steps[name] = {"start": started, "end": clock.now(), "run": run, "ok": should_pass}
             states[name] = _fleet_currents()
@@ -404,6 +412,7 @@ def test_each_step_moved_the_releases_it_should(story):
         assert states["deploy shop v3"][name] == v1
         assert states["roll forward to v2"][name] == v2
         assert states["lib with a process that exits"][name] == v2
+        assert states["lib whose app is not there"][name] == v2
 
 
 @pytest.mark.parametrize("mode", ["new", "keepalive"])
@@ -649,3 +658,17 @@ def test_status_shows_the_worker(story):
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
     assert "PROCESSES" in out and "worker active/running" in out, out[-3000:]
+
+
+def test_an_instance_that_exits_fails_its_gate_at_once(host, story):
+    """uvicorn exits (the app's module is not there): Gate 1 gives up as soon as systemd
+    sees the instance exit, not at its 30 s deadline."""
+    name = host.backend.get_hostname()
+    out = lib.output(story["steps"]["lib whose app is not there"]["run"])
+    if name == "mapps-1":
+        assert re.search(r"gave up: lib@\S+\.service exited \(", out), out[-3000:]
+        assert "nosuchmodule" in out, out[-3000:]
+    assert (
+        story["states"]["lib whose app is not there"][name]["lib"]
+        == (story["states"]["roll forward to v2"][name]["lib"])
+    )

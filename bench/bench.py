@@ -62,15 +62,36 @@ BRANCH = "bench"
 MAX_MACHINES = 16  # what the sandbox role allows
 
 # The measured operations, in the order a round runs them.
-OPERATIONS = ("floor", "deploy_new", "deploy_nochange", "rollback")
+OPERATIONS = (
+    "floor",
+    "deploy_new",
+    "deploy_nochange",
+    "rollback",
+    "deploy_deps",
+    "broken_exit",
+    "broken_unhealthy",
+)
 LABELS = {
     "floor": "floor (ping)",
     "deploy_new": "deploy new",
     "deploy_nochange": "deploy no-change",
     "rollback": "rollback",
+    "deploy_deps": "deploy deps bumped",
+    "broken_exit": "broken: exits",
+    "broken_unhealthy": "broken: 500s",
 }
-# Issue #6: the median of each operation over the median of the floor, same run.
-TARGETS = {"deploy_new": 6.0, "deploy_nochange": 2.5, "rollback": 2.0}
+# Operations that must fail (a broken release): their time is the time to the verdict.
+MUST_FAIL = ("broken_exit", "broken_unhealthy")
+# Issue #15: the median of each operation over the median of the floor, same run.
+TARGETS = {
+    "deploy_new": 3.5,
+    "deploy_nochange": 1.5,
+    "rollback": 1.3,
+    "deploy_deps": 5.0,
+}
+# A small dependency of hello's stack (anyio needs idna), pinned to another version in
+# each deps-bumped deploy: a set of wheels no host has a venv for yet.
+DEPS_BUMPS = ("3.4", "3.5", "3.6", "3.7", "3.8", "3.9", "3.10")
 # Issue #6: a deploy to 16 machines at most twice a deploy to 1.
 SCALING_TARGET = 2.0
 
@@ -623,6 +644,34 @@ class Bench:
         self._git("add", "-A")
         self._git("commit", "-q", "-m", f"bench: {note}")
 
+    def pin_idna(self, version: str | None, note: str) -> None:
+        """hello's dependencies with idna pinned at `version` (None: as hello has them)."""
+        pyproject = self.repo / "services" / "hello" / "pyproject.toml"
+        text = re.sub(r'\n  "idna==[^"]*",', "", pyproject.read_text())
+        if version is not None:
+            text = text.replace("dependencies = [", f'dependencies = [\n  "idna=={version}",', 1)
+        pyproject.write_text(text)
+        self.new_commit(note)
+
+    def break_app(self, how: str | None, note: str) -> None:
+        """hello's app broken `how` ("exit": it cannot be imported, so uvicorn exits;
+        "unhealthy": /health answers 500), or whole again (None)."""
+        app = self.repo / "services" / "hello" / "app.py"
+        text = app.read_text()
+        text = text.split("\n# bench: broken\n")[0]
+        if how == "exit":
+            text += '\n# bench: broken\nraise ImportError("bench: broken on purpose")\n'
+        elif how == "unhealthy":
+            text += (
+                "\n# bench: broken\n"
+                "app.router.routes = [r for r in app.router.routes"
+                ' if getattr(r, "path", "") != "/health"]\n\n\n'
+                '@app.get("/health")\ndef _broken_health():\n'
+                '    raise RuntimeError("bench: broken on purpose")\n'
+            )
+        app.write_text(text)
+        self.new_commit(note)
+
     def sandbox_args(self, *extra: str) -> list[str]:
         return [
             str(ROOT / "playbooks/sandbox.yml"),
@@ -683,9 +732,10 @@ class Bench:
             f"  changed={'-' if result['changed'] is None else result['changed']}"
             + (f"  others' cpu {cpu['other_cores']:.2f} cores" if cpu else "")
         )
-        if proc.returncode:
+        if bool(proc.returncode) != (op in MUST_FAIL):
             tail = "\n".join("    " + line for line in text.splitlines()[-15:])
-            raise BenchError(f"{label} failed (rc {proc.returncode}); log {log}:\n{tail}")
+            what = "passed, but must fail" if op in MUST_FAIL else "failed"
+            raise BenchError(f"{label} {what} (rc {proc.returncode}); log {log}:\n{tail}")
         return result
 
     def deploy_args(self) -> list[str]:
@@ -740,6 +790,14 @@ class Bench:
                 commands.append(self.command("deploy_new", k, round_, self.deploy_args()))
                 commands.append(self.command("deploy_nochange", k, round_, self.deploy_args()))
                 commands.append(self.command("rollback", k, round_, self.rollback_args()))
+                version = DEPS_BUMPS[(round_ - 1) % len(DEPS_BUMPS)]
+                self.pin_idna(version, f"K={k} round {round_}: idna {version}")
+                commands.append(self.command("deploy_deps", k, round_, self.deploy_args()))
+                for how in ("exit", "unhealthy"):
+                    self.break_app(how, f"K={k} round {round_}: broken ({how})")
+                    commands.append(self.command(f"broken_{how}", k, round_, self.deploy_args()))
+                self.break_app(None, f"K={k} round {round_}: whole again")
+                self.pin_idna(None, f"K={k} round {round_}: hello's own dependencies")
             time.sleep(QUIET_SECONDS)
         finally:
             self.load.stop()

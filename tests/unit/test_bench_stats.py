@@ -228,13 +228,16 @@ def test_operation_stats():
     assert stats["floor"]["median"] == 1.0
     assert stats["deploy_new"]["seconds"] == [6.0, 5.0, 7.0]
     assert (stats["deploy_new"]["min"], stats["deploy_new"]["median"]) == (5.0, 6.0)
+    # Issue #15's targets: 3.5, 1.5 and 1.3 times the floor.
     assert stats["deploy_new"]["x_floor"] == 6.0
-    assert stats["deploy_new"]["target_met"] is True
+    assert stats["deploy_new"]["target_met"] is False
     assert stats["deploy_nochange"]["x_floor"] == 2.4
-    assert stats["deploy_nochange"]["target_met"] is True
+    assert stats["deploy_nochange"]["target_met"] is False
     assert stats["rollback"]["x_floor"] == 2.2
     assert stats["rollback"]["target_met"] is False
     assert stats["floor"]["target_met"] is None
+    # Operations a run did not measure have no figures (and no verdict).
+    assert stats["deploy_deps"]["n"] == 0 and stats["deploy_deps"]["target_met"] is None
     assert stats["deploy_nochange"]["changed_zero"] == 2
     assert stats["deploy_new"]["load"]["failed"] == 1
     assert stats["rollback"]["load"]["failed"] == 0
@@ -249,8 +252,8 @@ def test_format_operations_and_top_tasks():
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["OPERATION", "RUNS", "MIN"]
     assert set(lines[1]) <= {"-", " "}
-    assert "deploy new" in lines[3] and "6.0" in lines[3] and "<= 6: yes" in lines[3]
-    assert "<= 2: NO" in lines[5]
+    assert "deploy new" in lines[3] and "6.0" in lines[3] and "<= 3.5: NO" in lines[3]
+    assert "<= 1.3: NO" in lines[5]
     assert "deploy new (median per run, max)" in bench.format_top_tasks(stats)
 
 

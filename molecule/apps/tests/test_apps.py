@@ -628,13 +628,12 @@ def test_a_process_that_exits_at_its_start_stops_the_rollout(host, story):
     assert lib_now == story["states"]["roll forward to v2"][name]["lib"]
     if name == "mapps-1":
         # The canary: its process failed the switch, which was undone.
-        assert re.search(r"lib\.ticker@\S+\.service exited during its start window", out), out[
-            -3000:
-        ]
+        named = re.search(r"lib\.ticker@(\S+)\.service exited during its start window", out)
+        assert named, out[-3000:]
         assert "ticker gives up" in out, out[-3000:]
-        failed = [e for e in _history(host, "lib") if e["event"] == "failed"]
-        assert failed, _history(host, "lib")[-5:]
-        release = failed[-1]["release"]
+        release = named.group(1)
+        failed = [e["release"] for e in _history(host, "lib") if e["event"] == "failed"]
+        assert release in failed, _history(host, "lib")[-5:]
         assert not host.service(f"lib.ticker@{release}.service").is_running
         assert not host.service(f"lib@{release}.service").is_running
         assert host.file(f"/etc/systemd/system/lib.ticker@{release}.service").exists

@@ -28,6 +28,7 @@ parsing the Ansible output, the tables) are unit-tested in tests/unit/test_bench
 from __future__ import annotations
 
 import argparse
+import configparser
 import fcntl
 import json
 import math
@@ -42,7 +43,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -59,7 +60,8 @@ SUBNET = "10.213.40.0/24"
 SERVICE = "hello"
 PORT = 8000
 BRANCH = "bench"
-MAX_MACHINES = 16  # what the sandbox role allows
+MAX_MACHINES = 32  # what the sandbox role allows
+SCALING_MACHINES = 16  # issue #6's scaling target is measured at this size
 
 # The measured operations, in the order a round runs them.
 OPERATIONS = (
@@ -256,7 +258,7 @@ def top_tasks(timings: Sequence[dict[str, Any] | None], top: int = TOP_TASKS) ->
 
 
 def parse_machines(text: str) -> list[int]:
-    """--machines: a comma-separated list of fleet sizes, each 1-16, no repeats."""
+    """--machines: a comma-separated list of fleet sizes, each 1-32, no repeats."""
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -269,6 +271,17 @@ def parse_machines(text: str) -> list[int]:
     if len(set(sizes)) != len(sizes):
         raise argparse.ArgumentTypeError(f"fleet size repeated in {text!r}")
     return sizes
+
+
+def parse_cores(text: str) -> list[int]:
+    """--project-cores: a comma-separated list of core counts, each 1-1024."""
+    try:
+        cores = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers like 2,8") from None
+    if not cores or not all(1 <= c <= 1024 for c in cores):
+        raise argparse.ArgumentTypeError(f"core counts must be 1-1024, got {text!r}")
+    return cores
 
 
 def operation_stats(
@@ -287,6 +300,20 @@ def operation_stats(
             "top_tasks": top_tasks([c.get("timing") for c in done]),
             "changed": [c.get("changed") for c in done],
             "other_cores": spread([c["cpu"]["other_cores"] for c in done if c.get("cpu")]),
+            "controller_cpu_per_host": spread(
+                [
+                    c["cpu_cost"]["controller_s_per_host"]
+                    for c in done
+                    if c.get("cpu_cost") and c["cpu_cost"]["controller_s_per_host"] is not None
+                ]
+            ),
+            "machine_cpu_per_host": spread(
+                [
+                    c["cpu_cost"]["machine_s_per_host"]
+                    for c in done
+                    if c.get("cpu_cost") and c["cpu_cost"]["machine_s_per_host"] is not None
+                ]
+            ),
         }
     floor = stats["floor"]["median"]
     for op, entry in stats.items():
@@ -409,6 +436,156 @@ def format_load(summary: dict[str, Any]) -> str:
     )
 
 
+# The operations the projection to large fleets is made for.
+PROJECTED = ("deploy_new", "rollback")
+PROJECTED_SIZES = (100, 1000)
+
+
+def projected_wall(
+    floor: float, wall: float, hosts: int, cpu_per_host: float, cores: int, forks: int
+) -> float:
+    """The model of bench/README.md ("What a deploy costs per host"): a run is the
+    floor (start, inventory, plays) plus its per-host path L = wall - floor, measured on
+    a fleet no larger than `forks`. Ansible runs each task on `forks` hosts at a time,
+    so the path is walked once per wave of `forks` hosts, and a wave cannot be shorter
+    than the controller's CPU work for its hosts spread over its cores."""
+    path = max(0.0, wall - floor)
+    waves = math.ceil(hosts / forks)
+    per_wave_cpu = min(hosts, forks) * cpu_per_host / cores
+    return floor + waves * max(path, per_wave_cpu)
+
+
+def projection(
+    stats: dict[str, dict[str, Any]], cores: Sequence[int], forks: int
+) -> list[dict[str, Any]]:
+    """Per projected operation and controller size, the modelled wall time on real
+    fleets (whose hosts have CPUs of their own, so only the controller's CPU counts)."""
+    floor = stats["floor"]["median"]
+    rows = []
+    for op in PROJECTED:
+        wall = stats[op]["median"]
+        cpu = stats[op]["controller_cpu_per_host"]["median"]
+        if floor is None or wall is None or cpu is None:
+            continue
+        for c in cores:
+            rows.append(
+                {
+                    "op": op,
+                    "cores": c,
+                    "forks": forks,
+                    "controller_cpu_per_host_s": cpu,
+                    "path_s": round(max(0.0, wall - floor), 3),
+                    "projected_s": {
+                        str(n): round(projected_wall(floor, wall, n, cpu, c, forks), 1)
+                        for n in PROJECTED_SIZES
+                    },
+                }
+            )
+    return rows
+
+
+def format_cpu(stats: dict[str, dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
+    """CPU seconds per host of each operation, then the projection to large fleets."""
+    table = []
+    for op in OPERATIONS:
+        controller = stats[op]["controller_cpu_per_host"]
+        machine = stats[op]["machine_cpu_per_host"]
+        table.append(
+            [
+                LABELS[op],
+                _cpu(controller["median"]),
+                _cpu(controller["max"]),
+                _cpu(machine["median"]),
+                _cpu(machine["max"]),
+            ]
+        )
+    text = render_table(
+        [
+            "OPERATION",
+            "CONTROLLER CPU/HOST",
+            "(MAX)",
+            "MACHINE CPU/HOST",
+            "(MAX)",
+        ],
+        table,
+    )
+    if rows:
+        text += "\nprojected wall time on a real fleet (model: bench/README.md):\n" + render_table(
+            ["OPERATION", "CORES", "FORKS", *(f"{n} HOSTS" for n in PROJECTED_SIZES)],
+            [
+                [
+                    LABELS[row["op"]],
+                    str(row["cores"]),
+                    str(row["forks"]),
+                    *(_seconds(row["projected_s"][str(n)]) for n in PROJECTED_SIZES),
+                ]
+                for row in rows
+            ],
+        )
+    return text
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def model_check(runs: Sequence[dict[str, Any]], cores: int, forks: int) -> list[dict[str, Any]]:
+    """The model against this controller's own measurements: from the smallest fleet's
+    floor, path and CPU per host, the wall time of every larger one. Here the machines
+    share the controller's cores, so their CPU counts too (it does not on real fleets)."""
+    ordered = sorted(
+        (run for run in runs if run.get("operations")), key=lambda run: run["machines"]
+    )
+    if len(ordered) < 2:
+        return []
+    base = ordered[0]["operations"]
+    rows = []
+    for op in PROJECTED:
+        floor, wall = base["floor"]["median"], base[op]["median"]
+        controller = base[op]["controller_cpu_per_host"]["median"]
+        machine = base[op]["machine_cpu_per_host"]["median"] or 0.0
+        if None in (floor, wall, controller):
+            continue
+        for run in ordered[1:]:
+            k = run["machines"]
+            predicted = projected_wall(floor, wall, k, controller + machine, cores, forks)
+            measured = run["operations"][op]["median"]
+            rows.append(
+                {
+                    "op": op,
+                    "machines": k,
+                    "base_machines": ordered[0]["machines"],
+                    "predicted_s": round(predicted, 2),
+                    "measured_s": measured,
+                    "error": None if not measured else round(predicted / measured - 1, 3),
+                }
+            )
+    return rows
+
+
+def format_model_check(rows: Sequence[dict[str, Any]]) -> str:
+    return render_table(
+        ["OPERATION", "MACHINES", "PREDICTED", "MEASURED", "ERROR"],
+        [
+            [
+                LABELS[row["op"]],
+                f"{row['machines']} (from {row['base_machines']})",
+                _seconds(row["predicted_s"]),
+                _seconds(row["measured_s"]),
+                "-" if row["error"] is None else f"{row['error']:+.0%}",
+            ]
+            for row in rows
+        ],
+    )
+
+
+def ansible_forks(config: Path = ROOT / "ansible.cfg") -> int:
+    """forks of the repository's ansible.cfg (Ansible's own default, 5, when unset)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config)
+    return parser.getint("defaults", "forks", fallback=5)
+
+
 def scaling_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per fleet size, each operation's median and its ratio to the smallest size's."""
     ordered = sorted(runs, key=lambda run: run["machines"])
@@ -444,11 +621,11 @@ def format_scaling(rows: Sequence[dict[str, Any]]) -> str:
         table.append(cells)
     text = render_table(header, table)
     by_size = {row["machines"]: row for row in rows}
-    if 1 in by_size and MAX_MACHINES in by_size:
-        x = by_size[MAX_MACHINES]["deploy_new"]["x_base"]
+    if 1 in by_size and SCALING_MACHINES in by_size:
+        x = by_size[SCALING_MACHINES]["deploy_new"]["x_base"]
         verdict = "?" if x is None else "yes" if x <= SCALING_TARGET else "NO"
         text += (
-            f"\ntarget: deploy new to {MAX_MACHINES} machines <= {SCALING_TARGET:g} x to 1: "
+            f"\ntarget: deploy new to {SCALING_MACHINES} machines <= {SCALING_TARGET:g} x to 1: "
             f"{verdict} ({'-' if x is None else f'{x:.2f}'})"
         )
     return text
@@ -529,17 +706,84 @@ def other_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     }
 
 
-def cpu_snapshot(fleet_cpu_stat: Path | None) -> dict[str, float]:
-    """The counters other_cores() compares. The controller's ssh ControlPersist masters are
-    daemons, not waited-for children, so their (small) share counts as others'."""
+def proc_cpu_seconds(stat: str, ticks_per_second: int) -> float:
+    """utime + stime of one process, from its /proc/<pid>/stat line (the fields after the
+    command name's closing parenthesis, which may itself hold spaces or parentheses)."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_second
+
+
+def is_ssh_master(cmdline: bytes) -> bool:
+    """An OpenSSH ControlPersist master names itself "ssh: <control path> [mux]"."""
+    return cmdline.startswith(b"ssh: ") and b"[mux]" in cmdline
+
+
+def ssh_master_seconds(proc: Path = Path("/proc")) -> dict[int, float]:
+    """CPU seconds of every ssh ControlPersist master on the controller, by pid. They
+    carry every module call's bytes, but are daemons (not waited-for children), so
+    RUSAGE_CHILDREN misses them."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if is_ssh_master((entry / "cmdline").read_bytes()):
+                found[int(entry.name)] = proc_cpu_seconds((entry / "stat").read_text(), ticks)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+def machine_seconds(fleet_cgroup: Path | None) -> dict[str, float]:
+    """CPU seconds of each machine of the fleet, from its own cgroup (one per machine)."""
+    if fleet_cgroup is None or not fleet_cgroup.is_dir():
+        return {}
+    usage = {}
+    for child in sorted(fleet_cgroup.iterdir()):
+        stat = child / "cpu.stat"
+        if stat.is_file():
+            usage[child.name] = cgroup_usage_seconds(_read(str(stat)))
+    return usage
+
+
+def cpu_snapshot(fleet_cgroup: Path | None) -> dict[str, Any]:
+    """The counters other_cores() and cpu_costs() compare."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = resource.getrusage(resource.RUSAGE_SELF)
-    fleet = _read(str(fleet_cpu_stat)) if fleet_cpu_stat else ""
+    fleet = _read(str(fleet_cgroup / "cpu.stat")) if fleet_cgroup else ""
     return {
         "wall": time.monotonic(),
         "busy": busy_seconds(_read("/proc/stat"), os.sysconf("SC_CLK_TCK")),
+        # Our process (the load generator's threads) and every child waited for.
         "ours": children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime,
+        # The command's process tree alone: ansible-playbook, its forks and ssh clients.
+        "children": children.ru_utime + children.ru_stime,
+        "ssh_masters": ssh_master_seconds(),
         "fleet": cgroup_usage_seconds(fleet),
+        "machines": machine_seconds(fleet_cgroup),
+    }
+
+
+def cpu_costs(before: dict[str, Any], after: dict[str, Any], hosts: int) -> dict[str, Any]:
+    """What one command cost in CPU: the controller's (the command's process tree and the
+    ssh masters' growth) and each machine's (its cgroup), in total and per host."""
+    masters = sum(
+        max(0.0, seconds - before["ssh_masters"].get(pid, 0.0))
+        for pid, seconds in after["ssh_masters"].items()
+    )
+    controller = after["children"] - before["children"] + masters
+    machines = {
+        name: round(after["machines"][name] - before["machines"][name], 3)
+        for name in after["machines"]
+        if name in before["machines"] and after["machines"][name] >= before["machines"][name]
+    }
+    return {
+        "controller_s": round(controller, 3),
+        "ssh_masters_s": round(masters, 3),
+        "controller_s_per_host": round(controller / hosts, 3) if hosts else None,
+        "machines_s": machines,
+        "machine_s_per_host": round(statistics.fmean(machines.values()), 3) if machines else None,
     }
 
 
@@ -551,6 +795,7 @@ class Settings:
     rate: float
     keep: bool
     out: Path
+    project_cores: list[int] = field(default_factory=list)
 
 
 class Bench:
@@ -574,10 +819,11 @@ class Bench:
         }
         self.load: load.LoadGenerator | None = None
         self.sequence = 0
-        # The fleet's machines run in this cgroup (unified hierarchy, hybrid or pure v2).
-        self.fleet_cpu_stat = next(
+        # The fleet's machines run in this cgroup, each in a child cgroup of its own
+        # (unified hierarchy, hybrid or pure v2).
+        self.fleet_cgroup = next(
             (
-                root / "flipback" / FLEET / "cpu.stat"
+                root / "flipback" / FLEET
                 for root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
                 if (root / "cgroup.procs").exists()
             ),
@@ -696,7 +942,7 @@ class Bench:
         log = self.logs / f"{self.sequence:03d}-k{k}-{tag}-{op}.log"
         argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), *args]
         window_start = self.load.now() if self.load else None
-        cpu_before = cpu_snapshot(self.fleet_cpu_stat)
+        cpu_before = cpu_snapshot(self.fleet_cgroup)
         with log.open("w") as out:
             out.write(f"$ {shlex.join(argv)}\n")
             out.flush()
@@ -706,7 +952,8 @@ class Bench:
             )
             seconds = time.monotonic() - started
         window_end = self.load.now() if self.load else None
-        cpu = other_cores(cpu_before, cpu_snapshot(self.fleet_cpu_stat))
+        cpu_after = cpu_snapshot(self.fleet_cgroup)
+        cpu = other_cores(cpu_before, cpu_after)
         text = log.read_text()
         recap = parse_recap(text)
         result: dict[str, Any] = {
@@ -721,6 +968,7 @@ class Bench:
             "timing": parse_timing(text),
             "log": str(log),
             "cpu": cpu,
+            "cpu_cost": cpu_costs(cpu_before, cpu_after, k),
             "window": None
             if window_start is None
             else {"start": round(window_start, 3), "end": round(window_end or 0.0, 3)},
@@ -818,6 +1066,9 @@ class Bench:
         stats = operation_stats(result["commands"], records)
         result["operations"] = stats
         result["load"] = summary
+        forks = ansible_forks()
+        cores = self.settings.project_cores or [len(os.sched_getaffinity(0))]
+        result["projection"] = projection(stats, cores, forks)
         png = self.settings.out / f"timeline-k{k}.png"
         windows = [
             (c["window"]["start"], c["window"]["end"], c["op"], c["round"])
@@ -841,6 +1092,9 @@ class Bench:
             + f"\nno-change deploys that reported changed=0: {nochange['changed_zero']}"
             f" of {nochange['n']}\n"
             + format_load(summary)
+            + "\ncpu seconds per host (controller: ansible-playbook's process tree and the"
+            " ssh masters; machine: its cgroup):\n"
+            + format_cpu(stats, result["projection"])
             + "\nwhere the time goes:\n"
             + format_top_tasks(stats)
             + "\n"
@@ -880,7 +1134,7 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_machines,
         default=[2],
         metavar="K[,K...]",
-        help="fleet sizes, 1-16; several give a scaling table (default 2)",
+        help="fleet sizes, 1-32; several give a scaling table (default 2)",
     )
     parser.add_argument(
         "--rounds", type=load.positive_int, default=5, metavar="R", help="default 5"
@@ -896,6 +1150,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_RATE,
         help=f"total requests/s of the load, new connection each (default {DEFAULT_RATE:g})",
+    )
+    parser.add_argument(
+        "--project-cores",
+        type=parse_cores,
+        default=None,
+        metavar="C[,C...]",
+        help="controller cores to project 100 and 1,000 hosts for (default: this one's)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="leave the fleet up (tear down later: see README)"
@@ -918,7 +1179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the sandbox fleet needs root")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = (args.out or WORK_DIR / "results" / stamp).resolve()
-    settings = Settings(args.machines, args.rounds, args.clients, args.rate, args.keep, out)
+    settings = Settings(
+        args.machines,
+        args.rounds,
+        args.clients,
+        args.rate,
+        args.keep,
+        out,
+        args.project_cores or [len(os.sched_getaffinity(0))],
+    )
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     lock = (WORK_DIR / ".lock").open("w")
@@ -947,6 +1216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "inventory": str(bench.inventory),
             "repo": str(bench.repo),
             "keep": settings.keep,
+            "project_cores": settings.project_cores,
+            "forks": ansible_forks(),
         },
         "runs": [],
     }
@@ -978,6 +1249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["scaling"] = scaling_rows(measured) if len(measured) > 1 else []
     if report["scaling"]:
         bench.say("== scaling: median per fleet size\n" + format_scaling(report["scaling"]) + "\n")
+    report["model_check"] = model_check(measured, len(os.sched_getaffinity(0)), ansible_forks())
+    if report["model_check"]:
+        bench.say(
+            "== the model against these runs (smallest fleet's figures; machines' CPU"
+            " counted, as they share this controller)\n"
+            + format_model_check(report["model_check"])
+            + "\n"
+        )
     problems = _problems(report["runs"])
     report["bench"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["bench"]["error"] = error

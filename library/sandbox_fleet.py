@@ -53,12 +53,14 @@ options:
     type: list
     elements: str
   size:
-    description: Number of machines (1-16).
+    description: Number of machines, 1-32. Refused before any change when the
+      controller's available memory cannot hold the machines to start (about 192 MiB
+      each).
     type: int
     default: 2
   subnet:
-    description: Private IPv4 network of the fleet (/27 or larger); must be unused on the
-      controller. Required unless O(state=absent).
+    description: Private IPv4 network of the fleet, with room for O(size) machines
+      from .11 (a /26 holds 32); must be unused on the controller. Required unless O(state=absent).
     type: str
   image:
     description: Root directory of the base image (see M(sandbox_image)). Required unless
@@ -238,10 +240,11 @@ def build_fleet(params: dict) -> Fleet:
                 field="image",
                 value=params["image"],
             )
+    size = validate_size(params["size"]) if present else 1
     spec = FleetSpec(
         name=validate_fleet_name(params["name"]),
-        size=validate_size(params["size"]) if present else 1,
-        subnet=parse_subnet(params["subnet"]) if present else _UNUSED_SUBNET,
+        size=size,
+        subnet=parse_subnet(params["subnet"], size) if present else _UNUSED_SUBNET,
         image=params["image"] or "",
         state_dir=params["state_dir"],
     )

@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 from ansible.module_utils.flipback_common import FlipbackError
 
 FLEET_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
-MAX_SIZE = 16
+MAX_SIZE = 32
+# What one machine needs, booted and running a deployed service with its standby (about
+# 16 MB idle, 60-90 MB with two uvicorn instances and nginx), with room to spare: a fleet
+# is refused when the controller's available memory cannot hold this much per machine.
+MACHINE_MEMORY_MIB = 192
 # Machine N gets host address FIRST_HOST_OFFSET + N in the subnet; .1 is the bridge.
 FIRST_HOST_OFFSET = 10
 NSPAWN_RUNTIME_DIR = "/run/systemd/nspawn"
@@ -73,7 +77,30 @@ def validate_size(size: int) -> int:
     return size
 
 
-def parse_subnet(text: str) -> ipaddress.IPv4Network:
+def check_memory(size: int, starting: int, available_kib: int | None) -> None:
+    """Refuse to start `starting` machines of a fleet of `size` when the controller's
+    available memory cannot hold them (available_kib None: unknown, not refused)."""
+    if available_kib is None or starting <= 0:
+        return
+    needed_mib = starting * MACHINE_MEMORY_MIB
+    if available_kib // 1024 < needed_mib:
+        raise SandboxError(
+            f"size: got {size}, which starts {starting} machines needing about "
+            f"{needed_mib} MiB ({MACHINE_MEMORY_MIB} MiB each), but the controller has "
+            f"{available_kib // 1024} MiB available; expected a smaller size, or more free "
+            "memory. Nothing was changed; a retry helps only once memory is freed",
+            field="size",
+            value=size,
+        )
+
+
+def mem_available_kib(meminfo: str) -> int | None:
+    """MemAvailable of /proc/meminfo, in KiB (None when the kernel does not say)."""
+    match = re.search(r"^MemAvailable:\s+(\d+) kB$", meminfo, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def parse_subnet(text: str, size: int = 1) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.IPv4Network(text, strict=True)
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
@@ -89,10 +116,12 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
             field="subnet",
             value=text,
         )
-    if net.num_addresses < FIRST_HOST_OFFSET + MAX_SIZE + 2:
+    # Machines .11 to .(10 + size), the broadcast address after them.
+    if net.num_addresses < FIRST_HOST_OFFSET + size + 2:
         raise SandboxError(
-            f"subnet: got {text!r}, expected a /27 or larger (room for {MAX_SIZE} machines "
-            f"from .{FIRST_HOST_OFFSET + 1})",
+            f"subnet: got {text!r}, which has no room for {size} machines from "
+            f".{FIRST_HOST_OFFSET + 1}; expected a larger network (a /26 or larger holds "
+            f"{MAX_SIZE}, a /24 is usual)",
             field="subnet",
             value=text,
         )
@@ -608,6 +637,13 @@ class Host:
                         dirs.update(option[len("lowerdir=") :].split(":"))
         return dirs
 
+    def mem_available_kib(self) -> int | None:
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                return mem_available_kib(fh.read())
+        except OSError:
+            return None
+
     def glob(self, pattern: str) -> list[str]:
         return sorted(globmod.glob(pattern))
 
@@ -797,6 +833,13 @@ class Fleet:
         changed = plan.changes or bridge_missing
         if check_mode or not changed:
             return self._result(plan, changed, applied=False)
+        # Machines already running hold their memory already; the others will need theirs.
+        running = sum(
+            1
+            for machine in self.spec.machines()
+            if (state := observed.get(machine.name)) and state.pid is not None
+        )
+        check_memory(self.spec.size, self.spec.size - running, self.host.mem_available_kib())
 
         # One shutdown for all of them at once (a clean one takes about 2 s): machines
         # going away or rebuilt, machines rebooted, and stopped machines whose nspawn

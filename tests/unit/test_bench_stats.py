@@ -181,8 +181,8 @@ def test_parse_machines(text, expected):
     [
         ("a,b", "not a list"),
         ("", "at least one"),
-        ("0,4", "1-16"),
-        ("17", "1-16"),
+        ("0,4", "1-32"),
+        ("33", "1-32"),
         ("2,2", "repeated"),
     ],
     ids=["letters", "empty", "zero", "too-many", "repeat"],
@@ -335,3 +335,167 @@ def test_busy_warning():
     stats = bench.operation_stats(commands, [])
     assert stats["deploy_new"]["other_cores"]["max"] == 1.2
     assert "1.20 of its 2 cores" in bench.busy_warning(stats, 2)
+
+
+# --- CPU per host, and the projection to large fleets ---------------------------------
+
+
+def test_proc_cpu_seconds_reads_utime_and_stime_after_the_name():
+    # A command name with a space and a parenthesis must not shift the fields.
+    stat = "4242 (ssh: a (b) [mux]) S 1 4242 4242 0 -1 4194560 300 0 0 0 250 150 0 0 20 0 1"
+    assert bench.proc_cpu_seconds(stat, 100) == 4.0
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "master"),
+    [
+        (b"ssh: /root/.ansible/cp/2f7c1a [mux]\x00", True),
+        (b"ssh\x00-o\x00ControlMaster=auto\x0010.213.40.11\x00", False),
+        (b"sshd: root@pts/0\x00", False),
+    ],
+    ids=["master", "client", "sshd"],
+)
+def test_is_ssh_master(cmdline, master):
+    assert bench.is_ssh_master(cmdline) is master
+
+
+def _snapshot(children, masters, machines):
+    return {"children": children, "ssh_masters": masters, "machines": machines}
+
+
+def test_cpu_costs_per_host():
+    before = _snapshot(10.0, {100: 1.0}, {"bench-1": 5.0, "bench-2": 7.0})
+    after = _snapshot(13.0, {100: 1.5, 200: 0.5}, {"bench-1": 6.0, "bench-2": 10.0, "bench-3": 1.0})
+    cost = bench.cpu_costs(before, after, 2)
+    # 3 s of the process tree, 0.5 s more of an old master, 0.5 s of a new one.
+    assert cost["controller_s"] == 4.0
+    assert cost["ssh_masters_s"] == 1.0
+    assert cost["controller_s_per_host"] == 2.0
+    # bench-3 appeared meanwhile: its usage is not this command's.
+    assert cost["machines_s"] == {"bench-1": 1.0, "bench-2": 3.0}
+    assert cost["machine_s_per_host"] == 2.0
+
+
+def test_cpu_costs_without_hosts_or_machines():
+    cost = bench.cpu_costs(_snapshot(1.0, {}, {}), _snapshot(1.5, {}, {}), 0)
+    assert cost["controller_s"] == 0.5
+    assert cost["controller_s_per_host"] is None
+    assert cost["machine_s_per_host"] is None
+
+
+@pytest.mark.parametrize(
+    ("hosts", "cpu_per_host", "cores", "forks", "expected"),
+    [
+        # Latency-bound: one wave; the path (wall - floor = 3 s) once.
+        (10, 0.2, 2, 20, 1.0 + 3.0),
+        # CPU-bound within the wave: 20 hosts x 0.5 s / 2 cores = 5 s > 3 s.
+        (20, 0.5, 2, 20, 1.0 + 5.0),
+        # 100 hosts in waves of 20: five waves of max(3 s, 20 x 0.2 / 2 = 2 s).
+        (100, 0.2, 2, 20, 1.0 + 5 * 3.0),
+        # 1,000 hosts, 8 cores: 50 waves of max(3 s, 20 x 2.0 / 8 = 5 s).
+        (1000, 2.0, 8, 20, 1.0 + 50 * 5.0),
+        # A partial last wave counts as a wave.
+        (21, 0.0, 2, 20, 1.0 + 2 * 3.0),
+    ],
+    ids=["latency-bound", "cpu-bound", "waves", "thousand", "partial-wave"],
+)
+def test_projected_wall(hosts, cpu_per_host, cores, forks, expected):
+    assert bench.projected_wall(1.0, 4.0, hosts, cpu_per_host, cores, forks) == pytest.approx(
+        expected
+    )
+
+
+def _cpu_stats(floor, ops):
+    """Operation stats with only what the projection reads."""
+    stats = {
+        "floor": {"median": floor, "controller_cpu_per_host": {"median": 0.1}},
+    }
+    for op, (wall, controller, machine) in ops.items():
+        stats[op] = {
+            "median": wall,
+            "controller_cpu_per_host": {"median": controller},
+            "machine_cpu_per_host": {"median": machine},
+        }
+    return stats
+
+
+def test_projection_per_operation_and_controller():
+    stats = _cpu_stats(1.0, {"deploy_new": (5.0, 1.0, 3.0), "rollback": (2.0, 0.2, 0.5)})
+    rows = bench.projection(stats, [2, 8], 20)
+    assert [(row["op"], row["cores"]) for row in rows] == [
+        ("deploy_new", 2),
+        ("deploy_new", 8),
+        ("rollback", 2),
+        ("rollback", 8),
+    ]
+    deploy_2 = rows[0]
+    # 100 hosts: 5 waves of max(4 s, 20 x 1.0 / 2 = 10 s); 1,000: 50 of them.
+    assert deploy_2["projected_s"] == {"100": 51.0, "1000": 501.0}
+    # With 8 cores the wave is 20 x 1.0 / 8 = 2.5 s < 4 s: latency-bound.
+    assert rows[1]["projected_s"] == {"100": 21.0, "1000": 201.0}
+    assert rows[0]["path_s"] == 4.0
+    text = bench.format_cpu(
+        {
+            op: {
+                **stats.get(op, {}),
+                "controller_cpu_per_host": {"median": 1.0, "max": 1.2},
+                "machine_cpu_per_host": {"median": 3.0, "max": 3.5},
+            }
+            for op in bench.OPERATIONS
+        },
+        rows,
+    )
+    assert "1000 HOSTS" in text and "51.0 s" in text and "501.0 s" in text
+
+
+def test_projection_skips_what_was_not_measured():
+    stats = _cpu_stats(1.0, {"deploy_new": (5.0, None, None), "rollback": (2.0, 0.2, None)})
+    assert [row["op"] for row in bench.projection(stats, [2], 20)] == ["rollback"]
+
+
+def test_model_check_predicts_larger_fleets_from_the_smallest():
+    small = {
+        "machines": 1,
+        "operations": _cpu_stats(1.0, {"deploy_new": (5.0, 1.0, 3.0), "rollback": (2.0, 0.2, 0.3)}),
+    }
+    big = {
+        "machines": 8,
+        "operations": _cpu_stats(
+            1.5, {"deploy_new": (20.0, 0.8, 2.5), "rollback": (3.0, 0.2, 0.3)}
+        ),
+    }
+    rows = bench.model_check([big, small], cores=2, forks=20)
+    deploy = next(row for row in rows if row["op"] == "deploy_new")
+    # 8 hosts x (1.0 + 3.0) s / 2 cores = 16 s > the 4 s path: 1 + 16.
+    assert deploy["predicted_s"] == 17.0
+    assert deploy["measured_s"] == 20.0
+    assert deploy["error"] == pytest.approx(-0.15)
+    rollback = next(row for row in rows if row["op"] == "rollback")
+    # 8 x 0.5 / 2 = 2 s > 1 s path: 1 + 2.
+    assert rollback["predicted_s"] == 3.0
+    assert rollback["error"] == 0.0
+    assert "8 (from 1)" in bench.format_model_check(rows)
+    assert bench.model_check([small], cores=2, forks=20) == []
+
+
+def test_ansible_forks(tmp_path):
+    config = tmp_path / "ansible.cfg"
+    config.write_text("[defaults]\nforks = 12\n")
+    assert bench.ansible_forks(config) == 12
+    config.write_text("[defaults]\ninventory = x\n")
+    assert bench.ansible_forks(config) == 5
+    # The repository's own setting.
+    assert bench.ansible_forks() >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("2", [2]), ("8,2,8", [2, 8]), ("1,1024", [1, 1024])]
+)
+def test_parse_cores(text, expected):
+    assert bench.parse_cores(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "a", "", "2,2000"])
+def test_parse_cores_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.parse_cores(text)

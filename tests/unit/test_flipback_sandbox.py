@@ -16,6 +16,7 @@ from ansible.module_utils.flipback_sandbox import (
     IMAGE_FILES,
     IMAGE_MARKER,
     IMAGE_MASKED_UNITS,
+    MACHINE_MEMORY_MIB,
     NSPAWN_RUNTIME_DIR,
     Fleet,
     FleetSpec,
@@ -24,9 +25,11 @@ from ansible.module_utils.flipback_sandbox import (
     MachineState,
     SandboxError,
     cgroup_roots,
+    check_memory,
     image_key,
     machine_cgroups,
     machine_index,
+    mem_available_kib,
     overlapping_networks,
     parse_mountinfo,
     parse_nspawn_cmdline,
@@ -92,7 +95,7 @@ def test_validate_fleet_name_rejects(name):
 
 @pytest.mark.parametrize(
     "size",
-    [pytest.param(1, id="min"), pytest.param(5, id="middle"), pytest.param(16, id="max")],
+    [pytest.param(1, id="min"), pytest.param(16, id="middle"), pytest.param(32, id="max")],
 )
 def test_validate_size_accepts(size):
     assert validate_size(size) == size
@@ -103,7 +106,7 @@ def test_validate_size_accepts(size):
     [
         pytest.param(0, id="zero"),
         pytest.param(-1, id="negative"),
-        pytest.param(17, id="above-max"),
+        pytest.param(33, id="above-max"),
         pytest.param(True, id="bool"),
         pytest.param("2", id="string"),
         pytest.param(2.0, id="float"),
@@ -143,14 +146,62 @@ def test_parse_subnet_accepts(text, network):
         pytest.param("198.18.0.0/24", "expected a private range", id="benchmarking"),
         pytest.param("240.0.0.0/24", "expected a private range", id="reserved"),
         pytest.param("172.32.0.0/24", "expected a private range", id="just-above-172-16-12"),
-        pytest.param("10.0.0.0/28", "expected a /27 or larger", id="too-small"),
+        pytest.param("10.0.0.0/28", "which has no room for 16 machines", id="too-small"),
     ],
 )
 def test_parse_subnet_rejects(text, expected):
     with pytest.raises(SandboxError) as err:
-        parse_subnet(text)
+        parse_subnet(text, 16)
     assert err.value.msg.startswith(f"subnet: got {text!r}, {expected}")
     assert err.value.details == {"field": "subnet", "value": text}
+
+
+@pytest.mark.parametrize(
+    ("prefix", "size", "fits"),
+    [
+        pytest.param(28, 4, True, id="slash-28-holds-4"),
+        pytest.param(28, 5, False, id="slash-28-not-5"),
+        pytest.param(27, 20, True, id="slash-27-holds-20"),
+        pytest.param(27, 21, False, id="slash-27-not-21"),
+        pytest.param(26, 32, True, id="slash-26-holds-max"),
+    ],
+)
+def test_parse_subnet_room_follows_the_size(prefix, size, fits):
+    text = f"10.213.7.0/{prefix}"
+    if fits:
+        assert parse_subnet(text, size) == ipaddress.IPv4Network(text)
+    else:
+        with pytest.raises(SandboxError, match=f"no room for {size} machines"):
+            parse_subnet(text, size)
+
+
+@pytest.mark.parametrize(
+    ("size", "starting", "available_mib", "refused"),
+    [
+        pytest.param(32, 32, 24 * 1024, False, id="thirty-two-in-24-gib"),
+        pytest.param(32, 32, 32 * MACHINE_MEMORY_MIB, False, id="exactly-enough"),
+        pytest.param(32, 32, 32 * MACHINE_MEMORY_MIB - 1, True, id="one-mib-short"),
+        pytest.param(32, 2, 2 * MACHINE_MEMORY_MIB, False, id="only-the-new-ones-count"),
+        pytest.param(8, 0, 0, False, id="nothing-to-start"),
+        pytest.param(8, 8, None, False, id="unknown-memory"),
+    ],
+)
+def test_check_memory(size, starting, available_mib, refused):
+    available_kib = None if available_mib is None else available_mib * 1024
+    if not refused:
+        check_memory(size, starting, available_kib)
+        return
+    with pytest.raises(SandboxError) as err:
+        check_memory(size, starting, available_kib)
+    assert err.value.msg.startswith(f"size: got {size}, which starts {starting} machines")
+    assert "Nothing was changed" in err.value.msg
+    assert err.value.details == {"field": "size", "value": size}
+
+
+def test_mem_available_kib():
+    meminfo = "MemTotal:       24567892 kB\nMemFree:  100 kB\nMemAvailable:   23000123 kB\n"
+    assert mem_available_kib(meminfo) == 23000123
+    assert mem_available_kib("MemTotal: 1 kB\n") is None
 
 
 @pytest.mark.parametrize(
@@ -549,6 +600,7 @@ class FakeHost:
         self.cgroup_roots = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"]
         self.cgroup_dirs = set()
         self.started_in = {}  # machine name -> cgroups it was started in
+        self.available_kib = 24 * 1024 * 1024  # MemAvailable; None: not known
 
     # -- bookkeeping
     def _record(self, name, *args):
@@ -663,6 +715,10 @@ class FakeHost:
     def overlay_lowerdirs(self):
         self._record("overlay_lowerdirs")
         return {overlay[0] for overlay in self.mounts.values() if overlay}
+
+    def mem_available_kib(self):
+        self._record("mem_available_kib")
+        return self.available_kib
 
     def glob(self, pattern):
         self._record("glob", pattern)
@@ -908,6 +964,21 @@ def test_present_starts_every_machine_in_its_own_cgroups(host):
             f"{NAMED_SYSTEMD}/flipback/sandbox/sandbox-2",
         ],
     }
+
+
+def test_present_refuses_machines_the_memory_cannot_hold(host):
+    spec = fleet_spec(size=2)
+    up(host, spec)
+    # Two more machines need 2 x MACHINE_MEMORY_MIB; the two running ones do not count.
+    host.available_kib = (2 * MACHINE_MEMORY_MIB - 1) * 1024
+    bigger = fleet_spec(size=4)
+
+    with pytest.raises(SandboxError, match="size: got 4, which starts 2 machines"):
+        Fleet(bigger, host).present(check_mode=False)
+    assert host.mutations == []
+
+    host.available_kib = 2 * MACHINE_MEMORY_MIB * 1024
+    assert Fleet(bigger, host).present(check_mode=False)["created"] == ["sandbox-3", "sandbox-4"]
 
 
 def test_present_on_running_fleet_changes_nothing(host):

@@ -15,12 +15,10 @@ _switch), imported as modules so that their names do not mix.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 import test_flipback_prepare as prepare_tests
@@ -38,18 +36,9 @@ from ansible.module_utils.flipback_release import (
     utc_iso,
 )
 from ansible.module_utils.flipback_stage import Stager
+from fakes import load_plugin
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
-
-
-def load(name: str, kind: str = "action") -> ModuleType:
-    path = PLUGINS / kind / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"flipback_{kind}_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+load = load_plugin
 
 rollout_report = load("rollout_report")
 filters = load("flipback", "filter")

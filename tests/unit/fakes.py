@@ -56,10 +56,13 @@ def load_plugin(name: str, kind: str = "action") -> ModuleType:
 # =========================================================================== HTTP
 
 
+OK = json.dumps({"status": "ok", "release": "r2"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Reply:
     status: int = 200
-    body: str = json.dumps({"status": "ok", "release": "r2"})
+    body: str = OK
     delay: float = 0.0
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -67,17 +70,14 @@ class Reply:
 class QuietHandler(BaseHTTPRequestHandler):
     """A handler that logs nothing and does not mind a client that went away."""
 
-    def answer(
-        self,
-        status: int,
-        body: bytes,
-        headers: Iterable[tuple[str, str]] = (("Content-Type", "application/json"),),
-    ) -> None:
+    def answer(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """A JSON answer (Content-Type and Content-Length, then `headers`)."""
         try:
             self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
             for name, value in headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
@@ -108,8 +108,7 @@ class _ScriptedHandler(QuietHandler):
     def do_GET(self) -> None:
         reply = self.server.scripted.next_reply(self.path, self.headers.get("Host"))
         time.sleep(reply.delay)
-        headers = (("Content-Type", "application/json"), *reply.headers)
-        self.answer(reply.status, reply.body.encode(), headers)
+        self.answer(reply.status, reply.body.encode(), reply.headers)
 
 
 class _ScriptedTCP(ThreadingHTTPServer):

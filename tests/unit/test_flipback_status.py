@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,7 @@ from ansible.module_utils.flipback_status import (
     validate_timeout,
     write_json,
 )
+from fakes import Reply, ScriptedServer, closed_port
 from test_flipback_runtime import Release, a_release
 
 # 2026-11-29T12:00:00Z: ages are measured from here.
@@ -152,52 +150,13 @@ def fake_probe(answers: dict[int, dict]):
     return probe
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        status, body, delay = self.server.reply
-        self.server.paths.append(self.path)
-        time.sleep(delay)
-        data = body.encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the probe gave up first: that is what the timeout case tests
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    reply: tuple[int, str, float]
-    paths: list[str]
-
-
 @pytest.fixture
 def http_server():
-    """A server on 127.0.0.1 that answers every GET with server.reply = (status, body, delay)."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.reply = (200, "{}", 0.0)
-    server.paths = []
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-    )
-    thread.start()
+    """A server on 127.0.0.1 that answers every GET with its script: [Reply(status, body,
+    delay)]."""
+    server = ScriptedServer([Reply(200, "{}", 0.0)])
     yield server
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    server.stop()
 
 
 # =========================================================================== inputs
@@ -439,8 +398,8 @@ def test_unit_states_without_an_answer(systemctl, run, units, error):
     ],
 )
 def test_probe_once_answers(http_server, reply, health, ok, release, error):
-    http_server.reply = reply
-    port = http_server.server_address[1]
+    http_server.script = [Reply(*reply)]
+    port = http_server.port
 
     result = probe_once(port, {**health, "path": "/health?x=1"}, 2)
 
@@ -461,9 +420,9 @@ def test_probe_once_refused():
 
 
 def test_probe_once_gives_up_at_its_timeout(http_server):
-    http_server.reply = (200, '{"ok": true}', 1.0)
+    http_server.script = [Reply(200, '{"ok": true}', 1.0)]
     started = time.monotonic()
-    result = probe_once(http_server.server_address[1], HEALTH, 0.2)
+    result = probe_once(http_server.port, HEALTH, 0.2)
     assert time.monotonic() - started < 0.9
     assert (result["ok"], result["status"], result["error"]) == (
         False,
@@ -733,10 +692,10 @@ def test_host_status_names_a_systemctl_failure_on_each_deployed_service(srv, loc
 
 def test_host_status_probes_a_real_port(srv, locks, http_server):
     deployed(Tree(srv / "hello", "hello"), A)
-    http_server.reply = (200, json.dumps({"ok": True, "release": A}), 0)
+    http_server.script = [Reply(200, json.dumps({"ok": True, "release": A}), 0)]
 
     [hello] = host_status(
-        [svc("hello", http_server.server_address[1])],
+        [svc("hello", http_server.port)],
         run=FakeSystemctl(),
         systemctl="/bin/systemctl",
         root_parent=str(srv),

@@ -170,13 +170,23 @@ def closed_port() -> int:
 class ReleaseTree:
     """A service root on disk: releases/<id>/manifest.json, history.jsonl, `current`.
 
-    Each test module's tree builds on this one with the manifests and helpers it needs.
-    `at`, if given, dates the history events: each a minute after the last from it.
+    A release's manifest is its id, its service and `manifest` (the fields every release
+    of the tree has; `release()` adds or changes some). `at`, if given, dates the history
+    events, each a minute after the last from it; else they are dated now. Each test
+    module's tree builds on this one with the manifests and helpers it needs.
     """
 
-    def __init__(self, root: Path | str, service: str, *, at: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        service: str,
+        *,
+        manifest: dict | None = None,
+        at: float | None = None,
+    ) -> None:
         self.root = root
         self.service = service
+        self.manifest = {"status": "staged"} if manifest is None else manifest
         self.at = at
         self.clock = 0
         os.makedirs(os.path.join(root, "releases"), exist_ok=True)
@@ -184,7 +194,7 @@ class ReleaseTree:
     def path(self, release_id: str, *parts: str) -> str:
         return os.path.join(self.root, "releases", release_id, *parts)
 
-    def write_release(self, release_id: str, manifest: dict | None = None) -> str:
+    def write_release(self, release_id: str, manifest: dict | None) -> str:
         """releases/<id>, with a manifest of id, service and `manifest` (None: none)."""
         os.makedirs(self.path(release_id), exist_ok=True)
         if manifest is not None:
@@ -193,18 +203,26 @@ class ReleaseTree:
                 json.dump(manifest, handle)
         return self.path(release_id)
 
+    def release(self, release_id: str, **fields: object):
+        """A release whose manifest is the tree's, with `fields`."""
+        self.write_release(release_id, {**self.manifest, **fields})
+        return self
+
+    def env_file(self, release_id: str, text: str, mode: int = 0o777) -> None:
+        """The release's .flipback/env, as release_stage writes it."""
+        os.makedirs(self.path(release_id, ".flipback"), mode=mode, exist_ok=True)
+        with open(self.path(release_id, ".flipback", "env"), "w") as handle:
+            handle.write(text)
+
     def event(self, release_id: str, event: str, *, by: str = "alice", note: str = "") -> None:
-        if self.at is None:
-            append_history(str(self.root), history_event(release_id, event, by=by, note=note))
-            return
-        self.clock += 60
-        append_history(
-            str(self.root),
-            history_event(release_id, event, by=by, note=note, at=self.at + self.clock),
-        )
+        at = None
+        if self.at is not None:
+            self.clock += 60
+            at = self.at + self.clock
+        append_history(str(self.root), history_event(release_id, event, by=by, note=note, at=at))
 
     def events(self, *events: tuple[str, str] | tuple[str, str, str]):
-        """Append (release, event[, note]) events."""
+        """Append (release, event[, note]) events, by alice."""
         for release_id, event, *note in events:
             self.event(release_id, event, note="".join(note))
         return self
@@ -227,11 +245,9 @@ class ReleaseTree:
         return read_history(str(self.root))
 
     def deployed(self, *release_ids: str):
-        """Each release staged then activated in turn, the last one current (each
-        release's manifest is the tree's own: `release(id)`)."""
+        """Each release staged then activated in turn, the last one current."""
         for release_id in release_ids:
-            self.release(release_id)  # type: ignore[attr-defined]
-            self.events((release_id, "staged"), (release_id, "active"))
+            self.release(release_id).events((release_id, "staged"), (release_id, "active"))
         return self.current(release_ids[-1])
 
 

@@ -37,11 +37,10 @@ from ansible.module_utils.flipback_prepare import (
 )
 from ansible.module_utils.flipback_release import (
     ReleaseError,
-    append_history,
     config_report,
-    history_event,
 )
 from ansible.module_utils.flipback_runtime import site_text
+from fakes import ReleaseTree
 from test_flipback_runtime import Release, a_release
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
@@ -228,23 +227,20 @@ class Paths:
     ) -> None:
         """A release on disk; `configured`: staged with that configuration (its manifest's
         `config` and its env file), else as an older flipback staged it (neither)."""
-        path = self.root / "releases" / release_id
-        path.mkdir(parents=True, exist_ok=True)
-        manifest = {"id": release_id, "service": SERVICE, "status": status}
+        tree = ReleaseTree(self.root, SERVICE)
+        path = Path(tree.write_release(release_id, None))
+        manifest: dict = {"status": status}
         if deps_key:
             manifest["deps_key"] = deps_key
             (path / "venv").mkdir(exist_ok=True)
             (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
         if configured is not None:
             manifest["config"] = configured.config
-            (path / ".flipback").mkdir(mode=0o750, exist_ok=True)
-            (path / ".flipback" / "env").write_text(configured.env_text)
-        (path / "manifest.json").write_text(json.dumps(manifest))
-        for event in events:
-            append_history(str(self.root), history_event(release_id, event, by="alice"))
+            tree.env_file(release_id, configured.env_text, mode=0o750)
+        tree.release(release_id, **manifest).events(*((release_id, e) for e in events))
 
     def current(self, release_id: str) -> None:
-        (self.root / "current").symlink_to(f"releases/{release_id}")
+        ReleaseTree(self.root, SERVICE).current(release_id)
 
     def site_of(self, port: int = 8000) -> str:
         """The site a release of the shop on this root listening on `port` is served by."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ansible.module_utils import flipback_status
 from ansible.module_utils.flipback_health import Observation
-from ansible.module_utils.flipback_release import ReleaseError, append_history, history_event
+from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_status import (
     compact_age,
     history_report,
@@ -28,7 +28,7 @@ from ansible.module_utils.flipback_status import (
     validate_timeout,
     write_json,
 )
-from fakes import Reply, ScriptedServer, closed_port
+from fakes import ReleaseTree, Reply, ScriptedServer, closed_port
 from test_flipback_runtime import Release, a_release
 
 # 2026-11-29T12:00:00Z: ages are measured from here.
@@ -47,14 +47,17 @@ A, B, C, D = (rid(x) for x in "abcd")
 # --------------------------------------------------------------------------- fixtures
 
 
-class Tree:
-    """A service root on disk (as in test_flipback_release.py): releases, history, current."""
+class Tree(ReleaseTree):
+    """A service root on disk (fakes.ReleaseTree); events a minute apart from NOW."""
 
     def __init__(self, root: Path, service: str) -> None:
-        self.root = root
-        self.service = service
-        self.clock = 0
-        (root / "releases").mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "deployed_by": "alice",
+            "deployed_at": "2026-11-29T11:00:00Z",
+            "health": HEALTH,
+            "status": "staged",
+        }
+        super().__init__(root, service, manifest=manifest, at=NOW)
 
     def release(
         self,
@@ -63,52 +66,15 @@ class Tree:
         configured: Release | None = None,
     ) -> Tree:
         """A staged release; with its configuration (manifest and env file) if `configured`."""
-        path = self.root / "releases" / release_id
-        path.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "id": release_id,
-            "service": self.service,
-            "deployed_by": "alice",
-            "deployed_at": deployed_at,
-            "health": HEALTH,
-            "status": "staged",
-        }
+        fields: dict = {"deployed_at": deployed_at}
         if configured is not None:
-            manifest["config"] = configured.config
-            manifest["build"] = configured.build_id
-            (path / ".flipback").mkdir(exist_ok=True)
-            (path / ".flipback" / "env").write_text(configured.env_text)
-        (path / "manifest.json").write_text(json.dumps(manifest))
-        return self
+            fields["config"] = configured.config
+            fields["build"] = configured.build_id
+            self.env_file(release_id, configured.env_text)
+        return super().release(release_id, **fields)
 
     def configured(self, env: dict[str, str], **changes: object) -> Release:
         return a_release(self.service, str(self.root), env=env, **changes)
-
-    def events(self, *events: tuple[str, str] | tuple[str, str, str]) -> Tree:
-        """Append (release, event[, note]) events, each a minute after the last."""
-        for release_id, event, *note in events:
-            self.clock += 60
-            append_history(
-                str(self.root),
-                history_event(
-                    release_id, event, by="alice", note="".join(note), at=NOW + self.clock
-                ),
-            )
-        return self
-
-    def current(self, release_id: str) -> Tree:
-        link = self.root / "current"
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(f"releases/{release_id}")
-        return self
-
-
-def deployed(tree: Tree, *release_ids: str) -> Tree:
-    """Each release staged then activated in turn, the last one current."""
-    for release_id in release_ids:
-        tree.release(release_id).events((release_id, "staged"), (release_id, "active"))
-    return tree.current(release_ids[-1])
 
 
 def svc(name: str, port: int = 8000, **health: object) -> dict:
@@ -459,7 +425,7 @@ def status(services, srv, locks, run=None, probe=None, **kwargs):
 
 
 def test_host_status_reports_a_deployed_service(srv, locks):
-    tree = deployed(Tree(srv / "hello", "hello"), A, B)
+    tree = Tree(srv / "hello", "hello").deployed(A, B)
     tree.release(C).events((C, "staged"), (C, "failed", "gate 1: 502"))
     run = FakeSystemctl(
         {
@@ -626,8 +592,8 @@ def test_host_status_of_a_service_not_deployed_yet(srv, locks):
 
 
 def test_host_status_asks_systemd_once_for_every_service(srv, locks):
-    deployed(Tree(srv / "hello", "hello"), A, B)
-    deployed(Tree(srv / "greeter", "greeter"), C)
+    Tree(srv / "hello", "hello").deployed(A, B)
+    Tree(srv / "greeter", "greeter").deployed(C)
     run = FakeSystemctl()
     services = [svc("hello"), svc("greeter", 8001), svc("ghost", 8002)]
 
@@ -639,7 +605,7 @@ def test_host_status_asks_systemd_once_for_every_service(srv, locks):
 
 
 def test_host_status_reports_the_lock_holder(srv, locks):
-    deployed(Tree(srv / "hello", "hello"), A)
+    Tree(srv / "hello", "hello").deployed(A)
     holder = {"run_id": "ctl:1:2", "by": "bob", "since": "2026-11-29T11:59:00Z"}
     (locks / "hello").mkdir(parents=True)
     (locks / "hello" / ".lock").write_text(json.dumps(holder))
@@ -668,8 +634,8 @@ def test_host_status_reports_the_lock_holder(srv, locks):
     ],
 )
 def test_host_status_reports_an_unreadable_service_and_goes_on(srv, locks, break_it, error):
-    deployed(Tree(srv / "hello", "hello"), A)
-    deployed(Tree(srv / "greeter", "greeter"), B)
+    Tree(srv / "hello", "hello").deployed(A)
+    Tree(srv / "greeter", "greeter").deployed(B)
     break_it(srv / "hello")
 
     hello, greeter = status([svc("hello"), svc("greeter", 8001)], srv, locks)
@@ -681,7 +647,7 @@ def test_host_status_reports_an_unreadable_service_and_goes_on(srv, locks, break
 
 
 def test_host_status_names_a_systemctl_failure_on_each_deployed_service(srv, locks):
-    deployed(Tree(srv / "hello", "hello"), A)
+    Tree(srv / "hello", "hello").deployed(A)
 
     hello, ghost = status([svc("hello"), svc("ghost", 8001)], srv, locks, FakeSystemctl(rc=1))
 
@@ -691,7 +657,7 @@ def test_host_status_names_a_systemctl_failure_on_each_deployed_service(srv, loc
 
 
 def test_host_status_probes_a_real_port(srv, locks, http_server):
-    deployed(Tree(srv / "hello", "hello"), A)
+    Tree(srv / "hello", "hello").deployed(A)
     http_server.script = [Reply(200, json.dumps({"ok": True, "release": A}), 0)]
 
     [hello] = host_status(
@@ -715,7 +681,7 @@ def test_host_status_checks_its_inputs(srv, locks):
 
 
 def test_host_history_returns_the_last_events_newest_last(srv):
-    deployed(Tree(srv / "hello", "hello"), A, B).events((B, "rolled_back", "back to A"))
+    Tree(srv / "hello", "hello").deployed(A, B).events((B, "rolled_back", "back to A"))
 
     [hello, ghost] = host_history(["hello", "ghost"], last=2, root_parent=str(srv))
 
@@ -743,7 +709,7 @@ def test_host_history_returns_the_last_events_newest_last(srv):
 
 
 def test_host_history_reports_a_corrupt_log_and_goes_on(srv):
-    deployed(Tree(srv / "greeter", "greeter"), A)
+    Tree(srv / "greeter", "greeter").deployed(A)
     (srv / "hello").mkdir()
     (srv / "hello" / "history.jsonl").write_text("oops\n\n")
 

@@ -23,9 +23,6 @@ from ansible.module_utils import flipback_switch as fs
 from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_release import (
     ReleaseError,
-    append_history,
-    history_event,
-    read_history,
 )
 from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.flipback_switch import (
@@ -38,6 +35,7 @@ from ansible.module_utils.flipback_switch import (
     Switch,
     SwitchSpec,
 )
+from fakes import ReleaseTree
 from test_flipback_runtime import a_release
 
 SERVICE = "shop"
@@ -70,14 +68,13 @@ WRONG_RELEASE = HealthError("health check failed: JSON field 'release' is 'old'"
 # =========================================================================== fixtures
 
 
-class Tree:
-    """A service root on disk: releases with manifests, a history log, a current link;
-    and the directory of nginx sites (`site_dir`)."""
+class Tree(ReleaseTree):
+    """A service root on disk (fakes.ReleaseTree) and the directory of nginx sites
+    (`site_dir`)."""
 
     def __init__(self, root: str, site_dir: str) -> None:
-        self.root = root
+        super().__init__(root, SERVICE, manifest={"health": HEALTH, "status": "staged"})
         self.site_dir = site_dir
-        os.makedirs(os.path.join(root, "releases"), exist_ok=True)
 
     def release(
         self,
@@ -90,20 +87,16 @@ class Tree:
         """A release; with `port`, staged with a recorded configuration listening on it
         (and with `processes`, those processes), else as an older flipback staged it (no
         configuration, so no site of its own)."""
-        path = os.path.join(self.root, "releases", release_id)
-        os.makedirs(path, exist_ok=True)
-        manifest = {"id": release_id, "service": SERVICE, "health": HEALTH, "status": status}
+        fields: dict = {"status": status}
         if port is not None or processes:
-            manifest["config"] = a_release(
+            fields["config"] = a_release(
                 SERVICE,
                 self.root,
                 port=port or PORT,
                 processes=processes,
                 process_start_seconds=start_window,
             ).config
-        with open(os.path.join(path, "manifest.json"), "w") as handle:
-            json.dump(manifest, handle)
-        return self
+        return super().release(release_id, **fields)
 
     # -- the site
     @property
@@ -130,24 +123,6 @@ class Tree:
 
     def site_dir_files(self) -> list[str]:
         return sorted(os.listdir(self.site_dir)) if os.path.isdir(self.site_dir) else []
-
-    def events(self, *pairs: tuple[str, str]) -> Tree:
-        for release_id, event in pairs:
-            append_history(self.root, history_event(release_id, event, by="alice"))
-        return self
-
-    def current(self, release_id: str) -> Tree:
-        os.symlink(os.path.join("releases", release_id), os.path.join(self.root, "current"))
-        return self
-
-    def readlink(self) -> str | None:
-        try:
-            return os.readlink(os.path.join(self.root, "current"))
-        except FileNotFoundError:
-            return None
-
-    def history(self) -> list[dict]:
-        return read_history(self.root)
 
     def pairs(self) -> list[tuple[str, str]]:
         return [(e["release"], e["event"]) for e in self.history()]

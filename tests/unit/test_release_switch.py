@@ -20,13 +20,12 @@ import yaml
 from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
-    append_history,
-    history_event,
     read_history,
     utc_iso,
 )
 from ansible.module_utils.flipback_switch import GATE_1, GATE_2, Switch, SwitchSpec
 from ansible.module_utils.testing import patch_module_args
+from fakes import ReleaseTree
 
 SERVICE = "shop"
 A = "20261101T120000-aaaaaaaaaa"
@@ -123,14 +122,8 @@ def host(monkeypatch) -> Host:
 def root(tmp_path) -> str:
     """A is current and good; B is staged."""
     path = str(tmp_path / SERVICE)
-    for release_id in (A, B):
-        os.makedirs(os.path.join(path, "releases", release_id))
-        manifest = {"id": release_id, "service": SERVICE, "status": "staged"}
-        with open(os.path.join(path, "releases", release_id, "manifest.json"), "w") as handle:
-            json.dump(manifest, handle)
-        append_history(path, history_event(release_id, "staged", by="alice"))
-    append_history(path, history_event(A, "active", by="alice"))
-    os.symlink(f"releases/{A}", os.path.join(path, "current"))
+    tree = ReleaseTree(path, SERVICE).release(A).release(B)
+    tree.events((A, "staged"), (B, "staged"), (A, "active")).current(A)
     return path
 
 

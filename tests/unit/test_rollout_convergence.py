@@ -403,7 +403,7 @@ def test_history_event_names_no_run_unless_told():
 
 def test_every_event_of_releases_names_its_run(tree):
     a, b, c = release_tests.A, release_tests.B, release_tests.C
-    release_tests.deployed(tree, a)
+    tree.deployed(a)
     tree.release(b).release(c)
     releases = releases_of(tree, THIS_RUN)
 
@@ -471,7 +471,7 @@ def with_build(tree: release_tests.Tree, release_id: str, build: str) -> None:
 
 
 def test_target_names_the_build_of_the_release_it_goes_back_to(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B)
+    tree.deployed(release_tests.A, release_tests.B)
     with_build(tree, release_tests.A, OLDER)
     with_build(tree, release_tests.B, NEW)
 
@@ -481,13 +481,13 @@ def test_target_names_the_build_of_the_release_it_goes_back_to(tree):
 
 
 def test_target_of_a_release_without_a_recorded_build_is_its_own_build(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B)
+    tree.deployed(release_tests.A, release_tests.B)
     result = tree.releases().target(None, None)
     assert (result["target"], result["build"]) == (release_tests.A, release_tests.A)
 
 
 def test_target_named_names_its_build(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B, release_tests.C)
+    tree.deployed(release_tests.A, release_tests.B, release_tests.C)
     with_build(tree, release_tests.A, OLDER)
 
     result = tree.releases().target(release_tests.A, None)
@@ -496,14 +496,14 @@ def test_target_named_names_its_build(tree):
 
 
 def test_target_already_current_names_its_build(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B)
+    tree.deployed(release_tests.A, release_tests.B)
     with_build(tree, release_tests.B, NEW)
     result = tree.releases().target(release_tests.B, None)
     assert (result["target"], result["build"]) == (release_tests.B, NEW)
 
 
 def test_no_target_has_no_build(tree):
-    release_tests.deployed(tree, release_tests.A)
+    tree.deployed(release_tests.A)
     result = tree.releases().target(None, None)
     assert (result["target"], result["build"]) == (None, None)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import service_status
 import yaml
-from ansible.module_utils.flipback_release import append_history, history_event
 from ansible.module_utils.testing import patch_module_args
-from fakes import Reply, ScriptedServer
+from fakes import ReleaseTree, Reply, ScriptedServer
 
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
@@ -36,14 +35,8 @@ for unit in units:
 
 def deploy(root: Path, service: str, *release_ids: str) -> None:
     """Each release staged then activated in turn, the last one current."""
-    for release_id in release_ids:
-        path = root / "releases" / release_id
-        path.mkdir(parents=True)
-        manifest = {"id": release_id, "service": service, "health": HEALTH, "status": "staged"}
-        (path / "manifest.json").write_text(json.dumps(manifest))
-        append_history(str(root), history_event(release_id, "staged", by="alice"))
-        append_history(str(root), history_event(release_id, "active", by="alice"))
-    (root / "current").symlink_to(f"releases/{release_ids[-1]}")
+    manifest = {"health": HEALTH, "status": "staged"}
+    ReleaseTree(root, service, manifest=manifest).deployed(*release_ids)
 
 
 @pytest.fixture

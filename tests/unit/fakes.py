@@ -285,7 +285,7 @@ class FakeSystemd:
         self.calls: list[list[str]] = []
 
     def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        assert argv[0] == "systemctl", argv
+        assert os.path.basename(argv[0]) == "systemctl", argv
         units = [a for a in argv[2:] if not a.startswith("--")]
         verb = getattr(self, argv[1].replace("-", "_"), None)
         if verb is None:
@@ -312,8 +312,11 @@ class FakeSystemd:
         for unit in units:
             if unit in self.failing_start:
                 return completed(argv, 1, "", self.start_failure(unit))
-            self.active.add(unit)
+            self.started(unit)
         return completed(argv)
+
+    def started(self, unit: str) -> None:
+        self.active.add(unit)
 
     def start_failure(self, unit: str) -> str:
         return f"Job for {unit} failed."
@@ -327,7 +330,7 @@ class FakeSystemd:
         return completed(argv)
 
     def enable(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
-        self.enabled.update(u for u in units if not u.startswith("flipback-retire-"))
+        self.enabled.update(units)
         return completed(argv)
 
     def disable(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,7 @@ from ansible.module_utils.flipback_status import (
     validate_timeout,
     write_json,
 )
-from fakes import ReleaseTree, Reply, ScriptedServer, closed_port
+from fakes import FakeSystemd, ReleaseTree, Reply, ScriptedServer, closed_port
 from test_flipback_runtime import Release, a_release
 
 # 2026-11-29T12:00:00Z: ages are measured from here.
@@ -81,26 +81,25 @@ def svc(name: str, port: int = 8000, **health: object) -> dict:
     return {"name": name, "port": port, "health": {**HEALTH, **health}}
 
 
-class FakeSystemctl:
-    """Answers `systemctl show` from a table of unit states and records every call."""
+class FakeSystemctl(FakeSystemd):
+    """Answers `systemctl show` (fakes.FakeSystemd) from a table of unit states (active,
+    sub, unit file state) and records every call; with `rc`, fails every call."""
 
     def __init__(self, states: dict[str, tuple[str, str, str]] | None = None, rc: int = 0):
+        super().__init__()
         self.states = states or {}
         self.rc = rc
-        self.calls: list[list[str]] = []
 
     def __call__(self, argv: list[str]) -> tuple[int, str, str]:
         self.calls.append(argv)
         if self.rc:
             return self.rc, "", "Failed to connect to bus"
-        units = argv[argv.index("--") + 1 :]
-        blocks = []
-        for unit in units:
-            active, sub, file_state = self.states.get(unit, ("inactive", "dead", ""))
-            blocks.append(
-                f"Id={unit}\nActiveState={active}\nSubState={sub}\nUnitFileState={file_state}\n"
-            )
-        return 0, "\n".join(blocks), ""
+        proc = self.systemctl(argv)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def show_block(self, unit: str) -> str:
+        active, sub, file_state = self.states.get(unit, ("inactive", "dead", ""))
+        return f"Id={unit}\nActiveState={active}\nSubState={sub}\nUnitFileState={file_state}\n"
 
 
 def fake_probe(answers: dict[int, dict]):

@@ -254,6 +254,19 @@ class ReleaseTree:
 # =========================================================================== systemd
 
 
+def list_units_argv(service: str) -> list[str]:
+    """What flipback asks `systemctl` for the service's instances and retire timers."""
+    return [
+        "list-units",
+        "--plain",
+        "--no-legend",
+        "--state=active,activating,reloading",
+        f"{service}@*.service",
+        f"flipback-retire-{service}-*.timer",
+        f"{service}.*@*.service",
+    ]
+
+
 def completed(argv: Sequence[str], rc: int = 0, out: str = "", err: str = ""):
     return subprocess.CompletedProcess(list(argv), rc, out, err)
 

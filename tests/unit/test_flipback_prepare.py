@@ -40,7 +40,7 @@ from ansible.module_utils.flipback_release import (
     config_report,
 )
 from ansible.module_utils.flipback_runtime import site_text
-from fakes import FakeSystemd, ReleaseTree
+from fakes import FakeSystemd, ReleaseTree, list_units_argv
 from test_flipback_runtime import Release, a_release
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
@@ -314,18 +314,7 @@ def test_list_instances_asks_systemd_once_for_both():
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     assert list_instances(run, SERVICE) == ([], [])
-    assert calls == [
-        [
-            "systemctl",
-            "list-units",
-            "--plain",
-            "--no-legend",
-            "--state=active,activating,reloading",
-            f"{SERVICE}@*.service",
-            f"flipback-retire-{SERVICE}-*.timer",
-            f"{SERVICE}.*@*.service",
-        ]
-    ]
+    assert calls == [["systemctl", *list_units_argv(SERVICE)]]
 
 
 # --------------------------------------------------------------------------- files

@@ -35,7 +35,7 @@ from ansible.module_utils.flipback_switch import (
     Switch,
     SwitchSpec,
 )
-from fakes import FakeSystemd, ReleaseTree
+from fakes import FakeSystemd, ReleaseTree, list_units_argv
 from test_flipback_runtime import a_release
 
 SERVICE = "shop"
@@ -48,15 +48,7 @@ UNIT_C = f"{SERVICE}@{C}.service"
 RETIRE_A = f"flipback-retire-{SERVICE}-{A}"
 RETIRE_B = f"flipback-retire-{SERVICE}-{B}"
 RETIRE_C = f"flipback-retire-{SERVICE}-{C}"
-LIST_UNITS = [
-    "list-units",
-    "--plain",
-    "--no-legend",
-    "--state=active,activating,reloading",
-    f"{SERVICE}@*.service",
-    f"flipback-retire-{SERVICE}-*.timer",
-    f"{SERVICE}.*@*.service",
-]
+LIST_UNITS = list_units_argv(SERVICE)
 SOCKET_DIR = "/run/flipback-shop"
 PORT = 8000
 HEALTH = {"path": "/health", "expect_status": 200, "expect_json": {"ok": True}}

@@ -8,7 +8,6 @@ path, and each library module is loaded from its file under its own name.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -28,13 +27,11 @@ if str(ROOT / "bench") not in sys.path:
     sys.path.insert(0, str(ROOT / "bench"))
 
 
-def _load_library_module(name: str) -> None:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+# tests/unit holds what the unit tests share (fakes.py), its loader among it.
+if str(ROOT / "tests" / "unit") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
+from fakes import load_file  # noqa: E402 (the paths above first)
 
 for _name in (
     "sandbox_fleet",
@@ -52,7 +49,7 @@ for _name in (
     "release",
 ):
     if _name not in sys.modules:
-        _load_library_module(_name)
+        load_file(_name, ROOT / "library" / f"{_name}.py", register=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

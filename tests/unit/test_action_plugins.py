@@ -9,7 +9,6 @@ talks to a host.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import socket
@@ -20,23 +19,16 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.module_utils.flipback_runtime import env_file_text, resolve_release
+from fakes import load_plugin
 
 pytestmark = pytest.mark.controller
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 SECRET = "s3cr3t-hunter2"
 R1 = "20261129T141500-3f2a9c1d0e"
 R2 = "20261130T090000-aaaaaaaaaa"
 
 
-def load(name: str, kind: str = "action") -> ModuleType:
-    path = PLUGINS / kind / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"flipback_{kind}_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+load = load_plugin
 
 service_config = load("service_config")
 release_build = load("release_build")

@@ -40,6 +40,7 @@ from ansible.module_utils.flipback_build import (
     validate_subdir,
     write_artifact,
 )
+from fakes import serve, stop
 
 ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 
@@ -1170,13 +1171,9 @@ def served(services, tmp_path, monkeypatch):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    serve(server)
     yield f"127.0.0.1:{server.server_address[1]}/services.git", seen
-    server.shutdown()
-    server.server_close()
+    stop(server)
 
 
 @pytest.mark.parametrize(

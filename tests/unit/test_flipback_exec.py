@@ -3,7 +3,6 @@ under tmp_path with the unit flipback writes, and a fake systemd-run runner."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -32,6 +31,7 @@ from ansible.module_utils.flipback_exec import (
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_runtime import env_file_text, unit_text
 from ansible.module_utils.testing import patch_module_args
+from fakes import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "20261101T120000-aaaaaaaaaa"
@@ -490,12 +490,7 @@ def test_exec_report_refuses_a_non_mapping():
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location(
-        "service_exec", ROOT / "library" / "service_exec.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("service_exec", ROOT / "library" / "service_exec.py")
 
 
 def test_module_in_check_mode_finds_the_release_and_runs_nothing(tmp_path, capsys):

@@ -11,11 +11,8 @@ import dataclasses
 import datetime
 import json
 import socket
-import socketserver
 import ssl
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ansible.module_utils import flipback_health
@@ -27,80 +24,7 @@ from ansible.module_utils.flipback_health import (
     Target,
     probe,
 )
-
-OK = json.dumps({"status": "ok", "release": "r2"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    body: str = OK
-    delay: float = 0.0
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _ScriptedTCP | _ScriptedUnix
-
-    def do_GET(self) -> None:
-        reply = self.server.scripted.next_reply(self.path, self.headers.get("Host"))
-        time.sleep(reply.delay)
-        data = reply.body.encode()
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in reply.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up first: that is what a slow-answer case tests
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _ScriptedTCP(ThreadingHTTPServer):
-    scripted: ScriptedServer
-
-
-class _ScriptedUnix(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    scripted: ScriptedServer
-
-
-class ScriptedServer:
-    """Answers request N with script[N] (the last reply repeats) and records each request."""
-
-    def __init__(self, script: list[Reply], unix_path: str | None = None) -> None:
-        self.script = script
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        if unix_path is None:
-            self.server = _ScriptedTCP(("127.0.0.1", 0), _Handler)
-            self.args = {"port": self.server.server_address[1]}
-        else:
-            self.server = _ScriptedUnix(unix_path, _Handler)
-            self.args = {"unix_socket": unix_path}
-        self.server.scripted = self
-        # A short poll interval keeps shutdown() at teardown from waiting half a second.
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-
-    def next_reply(self, path: str, host: str | None) -> Reply:
-        with self._lock:
-            self.requests.append({"path": path, "host": host})
-            return self.script[min(len(self.requests), len(self.script)) - 1]
-
-    def target(self, **kwargs: object) -> Target:
-        return Target(**self.args, **kwargs)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from fakes import OK, Reply, ScriptedServer, closed_port
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -130,12 +54,6 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.t += seconds
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # The failure cases run on this schedule: attempts at t=0, 0.2 and 0.6; the next

@@ -4,7 +4,6 @@ them, a fake journalctl runner, and the merge of several hosts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ansible.module_utils.flipback_logs import (
 )
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.testing import patch_module_args
+from fakes import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "20261201T095500-3f2a9c1d0e"
@@ -404,11 +404,7 @@ def test_merge_of_nothing_says_so():
 
 @pytest.fixture
 def filters():
-    spec = importlib.util.spec_from_file_location(
-        "flipback_filter_logs", ROOT / "plugins" / "filter" / "flipback_logs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file("flipback_filter_logs", ROOT / "plugins" / "filter" / "flipback_logs.py")
     return module.FilterModule().filters()
 
 
@@ -466,11 +462,7 @@ def test_module_reads_the_journal_through_journalctl(tmp_path, capsys, monkeypat
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    spec = importlib.util.spec_from_file_location(
-        "service_logs", ROOT / "library" / "service_logs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file("service_logs", ROOT / "library" / "service_logs.py")
     args = {"services": ["hello"], "since": "2h", "release": A, "_ansible_check_mode": True}
     with patch_module_args(args), pytest.raises(SystemExit) as exited:
         module.main()

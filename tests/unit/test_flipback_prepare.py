@@ -37,11 +37,10 @@ from ansible.module_utils.flipback_prepare import (
 )
 from ansible.module_utils.flipback_release import (
     ReleaseError,
-    append_history,
     config_report,
-    history_event,
 )
 from ansible.module_utils.flipback_runtime import site_text
+from fakes import FakeSystemd, ReleaseTree, list_units_argv
 from test_flipback_runtime import Release, a_release
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
@@ -118,21 +117,27 @@ class Accounts:
         return accounts
 
 
-class Host:
-    """Fake systemctl/nginx/useradd and public prober, with one ordered log."""
+class Host(FakeSystemd):
+    """Fake systemctl (fakes.FakeSystemd)/nginx/useradd and public prober, with one
+    ordered log. `active` and `retiring` name releases (instances running, retire timers
+    pending)."""
 
     # The accounts the fake useradd adds to (set by Paths.prepare).
     accounts: Accounts | None = None
 
-    def __init__(self, *, active: Sequence[str] = (), enabled: Sequence[str] = ()) -> None:
-        self.active = list(active)
-        self.retiring: list[str] = []
-        self.enabled = set(enabled)
+    def __init__(
+        self,
+        *,
+        active: Sequence[str] = (),
+        enabled: Sequence[str] = (),
+        retiring: Sequence[str] = (),
+    ) -> None:
+        super().__init__(active=[unit(r) for r in active], enabled=enabled)
+        self.timers = {f"flipback-retire-{SERVICE}-{r}": unit(r) for r in retiring}
         self.nginx_test = (0, "")
         self.fail: dict[str, str] = {}
         self.probe_error: HealthError | None = None
         self.start_rc = 0
-        self.calls: list[list[str]] = []
         self.probes: list[tuple[Target, Expect, Policy]] = []
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -145,20 +150,12 @@ class Host:
         if argv[:2] == ["nginx", "-t"]:
             rc, err = self.nginx_test
             return subprocess.CompletedProcess(argv, rc, "", err)
-        if argv[:2] == ["systemctl", "list-units"]:
-            lines = [f"{unit(r)} loaded active running Shop\n" for r in self.active]
-            lines += [
-                f"flipback-retire-{SERVICE}-{r}.timer loaded active waiting\n"
-                for r in self.retiring
-            ]
-            return subprocess.CompletedProcess(argv, 0, "".join(lines), "")
-        if argv[:2] == ["systemctl", "is-enabled"]:
-            states = ["enabled" if u in self.enabled else "disabled" for u in argv[2:]]
-            out = "\n".join(states) + "\n"
-            return subprocess.CompletedProcess(argv, 0 if "enabled" in states else 1, out, "")
-        if argv[:2] == ["systemctl", "start"]:
-            return subprocess.CompletedProcess(argv, self.start_rc, "", "")
+        if argv[0] == "systemctl":
+            return self.systemctl(argv)
         return subprocess.CompletedProcess(argv, 0, "", "")
+
+    def start(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, self.start_rc, "", "")
 
     def prober(self, target: Target, expect: Expect, policy: Policy) -> dict:
         self.probes.append((target, expect, policy))
@@ -228,23 +225,20 @@ class Paths:
     ) -> None:
         """A release on disk; `configured`: staged with that configuration (its manifest's
         `config` and its env file), else as an older flipback staged it (neither)."""
-        path = self.root / "releases" / release_id
-        path.mkdir(parents=True, exist_ok=True)
-        manifest = {"id": release_id, "service": SERVICE, "status": status}
+        tree = ReleaseTree(self.root, SERVICE)
+        path = Path(tree.write_release(release_id, None))
+        manifest: dict = {"status": status}
         if deps_key:
             manifest["deps_key"] = deps_key
             (path / "venv").mkdir(exist_ok=True)
             (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
         if configured is not None:
             manifest["config"] = configured.config
-            (path / ".flipback").mkdir(mode=0o750, exist_ok=True)
-            (path / ".flipback" / "env").write_text(configured.env_text)
-        (path / "manifest.json").write_text(json.dumps(manifest))
-        for event in events:
-            append_history(str(self.root), history_event(release_id, event, by="alice"))
+            tree.env_file(release_id, configured.env_text, mode=0o750)
+        tree.release(release_id, **manifest).events(*((release_id, e) for e in events))
 
     def current(self, release_id: str) -> None:
-        (self.root / "current").symlink_to(f"releases/{release_id}")
+        ReleaseTree(self.root, SERVICE).current(release_id)
 
     def site_of(self, port: int = 8000) -> str:
         """The site a release of the shop on this root listening on `port` is served by."""
@@ -320,18 +314,7 @@ def test_list_instances_asks_systemd_once_for_both():
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     assert list_instances(run, SERVICE) == ([], [])
-    assert calls == [
-        [
-            "systemctl",
-            "list-units",
-            "--plain",
-            "--no-legend",
-            "--state=active,activating,reloading",
-            f"{SERVICE}@*.service",
-            f"flipback-retire-{SERVICE}-*.timer",
-            f"{SERVICE}.*@*.service",
-        ]
-    ]
+    assert calls == [["systemctl", *list_units_argv(SERVICE)]]
 
 
 # --------------------------------------------------------------------------- files
@@ -717,11 +700,20 @@ def test_reports_whether_the_release_is_staged(paths, status, staged):
     assert (result["current"], result["staged"], result["noop"]) == (B, staged, False)
 
 
-def live_host(**changes: object) -> Host:
-    host = Host(active=[A, B], enabled=[unit(B)])
+def host_of(running: list[str], **changes: object) -> Host:
+    """B enabled, `running` running; `active`, `enabled` and `retiring` (releases) as Host
+    takes them, any other change set on the host."""
+    states = {"active": running, "enabled": [unit(B)]}
+    names = ("active", "enabled", "retiring")
+    states.update((name, changes.pop(name)) for name in names if name in changes)
+    host = Host(**states)  # type: ignore[arg-type]
     for name, value in changes.items():
         setattr(host, name, value)
     return host
+
+
+def live_host(**changes: object) -> Host:
+    return host_of([A, B], **changes)
 
 
 @pytest.mark.parametrize(
@@ -875,10 +867,7 @@ WARM = ["systemctl start --no-block " + unit(C)]
 
 
 def host_with(**changes: object) -> Host:
-    host = Host(active=[B], enabled=[unit(B)])
-    for name, value in changes.items():
-        setattr(host, name, value)
-    return host
+    return host_of([B], **changes)
 
 
 @pytest.mark.parametrize(

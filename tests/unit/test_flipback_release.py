@@ -29,6 +29,7 @@ from ansible.module_utils.flipback_release import (
     validate_service,
 )
 from ansible.module_utils.flipback_runtime import UNIT_DIR
+from fakes import ReleaseTree
 from test_flipback_runtime import a_release
 
 SERVICE = "shop"
@@ -45,20 +46,15 @@ def rid(letter: str) -> str:
 A, B, C, D, E, F = (rid(x) for x in "abcdef")
 
 
-class Tree:
-    """A service root on disk: releases with manifests, a history log, a current link; and
-    a systemd unit directory for the releases' own units."""
+class Tree(ReleaseTree):
+    """A service root on disk (fakes.ReleaseTree), events a minute apart from NOW; and a
+    systemd unit directory for the releases' own units."""
 
     def __init__(self, root: str, unit_dir: str = "") -> None:
-        self.root = root
+        super().__init__(root, SERVICE, at=NOW)
         self.unit_dir = unit_dir or os.path.join(os.path.dirname(root), "systemd")
         # Stands for /etc/flipback, where releases of older versions found their env.
         self.legacy_env_dir = os.path.join(os.path.dirname(root), "etc-flipback")
-        self.clock = 0
-        os.makedirs(os.path.join(root, "releases"), exist_ok=True)
-
-    def path(self, release_id: str, *parts: str) -> str:
-        return os.path.join(self.root, "releases", release_id, *parts)
 
     def release(
         self,
@@ -70,7 +66,7 @@ class Tree:
         deployed_at: str = "2026-11-29T11:00:00Z",
         lock: str | None = None,
     ) -> Tree:
-        os.makedirs(self.path(release_id), exist_ok=True)
+        manifest = None
         if status is not None:
             manifest = {
                 "id": manifest_id or release_id,
@@ -84,34 +80,11 @@ class Tree:
                 "replaces": None,
                 "status": status,
             }
-            with open(self.path(release_id, "manifest.json"), "w") as handle:
-                json.dump(manifest, handle)
+        self.write_release(release_id, manifest)
         if lock is not None:
             with open(self.path(release_id, ".staging-lock"), "w") as handle:
                 handle.write(lock)
         return self
-
-    def events(self, *pairs: tuple[str, str]) -> Tree:
-        """Append (release, event) pairs, each a minute after the last."""
-        for release_id, event in pairs:
-            self.clock += 60
-            append_history(
-                self.root, history_event(release_id, event, by="alice", at=NOW + self.clock)
-            )
-        return self
-
-    def current(self, release_id: str) -> Tree:
-        link = os.path.join(self.root, "current")
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.symlink(os.path.join("releases", release_id), link)
-        return self
-
-    def history(self) -> list[dict]:
-        return read_history(self.root)
-
-    def readlink(self) -> str:
-        return os.readlink(os.path.join(self.root, "current"))
 
     def on_disk(self) -> list[str]:
         return sorted(os.listdir(os.path.join(self.root, "releases")))
@@ -180,13 +153,6 @@ class Tree:
 @pytest.fixture
 def tree(tmp_path) -> Tree:
     return Tree(str(tmp_path / "srv" / SERVICE))
-
-
-def deployed(tree: Tree, *release_ids: str) -> Tree:
-    """Each release staged then activated in turn, the last one current."""
-    for release_id in release_ids:
-        tree.release(release_id).events((release_id, "staged"), (release_id, "active"))
-    return tree.current(release_ids[-1])
 
 
 # =========================================================================== inputs
@@ -813,7 +779,7 @@ def test_derive_status(release_id, manifest, problem, last, status):
 
 def test_list_reports_every_status(tree, monkeypatch):
     monkeypatch.setattr(fr, "pid_alive", lambda pid: pid == 4242)
-    deployed(tree, A, B, C)
+    tree.deployed(A, B, C)
     tree.release(D).events((D, "staged"), (D, "active"), (D, "failed"))
     tree.release(E).events((E, "staged"))
     tree.release(F, status="staging", lock="4242")
@@ -944,13 +910,13 @@ def test_previous_good_uses_log_position_not_the_at_field(tree):
     ],
 )
 def test_previous_good_skips_releases_that_are_not_good(tree, after, previous):
-    deployed(tree, A, B, C)
+    tree.deployed(A, B, C)
     tree.events(after)
     assert tree.releases().list_releases()["previous_good"] == previous
 
 
 def test_previous_good_skips_a_release_gone_from_disk(tree):
-    deployed(tree, A, B, C)
+    tree.deployed(A, B, C)
     os.rename(tree.path(B), os.path.join(tree.root, "elsewhere"))
     assert tree.releases().list_releases()["previous_good"] == A
 
@@ -959,7 +925,7 @@ def test_previous_good_skips_a_release_gone_from_disk(tree):
 
 
 def test_activate_flips_current_and_records_it(tree, monkeypatch):
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(B).events((B, "staged"))
 
     result = tree.releases().activate(B, by="bob", note="deploy main", check_mode=False)
@@ -990,7 +956,7 @@ def test_activate_the_first_release(tree):
 
 
 def test_activate_an_older_release_rolls_back(tree):
-    deployed(tree, A, B)
+    tree.deployed(A, B)
     tree.releases().activate(A, by="bob", note="rollback", check_mode=False)
     tree.releases().record(B, "rolled_back", by="bob", note="", check_mode=False)
     assert tree.readlink() == f"releases/{A}"
@@ -998,7 +964,7 @@ def test_activate_an_older_release_rolls_back(tree):
 
 
 def test_activate_the_current_release_is_unchanged(tree):
-    deployed(tree, A, B)
+    tree.deployed(A, B)
     before = tree.history()
 
     result = tree.releases().activate(B, by="bob", note="", check_mode=False)
@@ -1017,7 +983,7 @@ def test_activate_the_current_release_is_unchanged(tree):
 @pytest.mark.parametrize("check_mode", [False, True], ids=["apply", "check"])
 def test_activate_records_a_flip_whose_event_was_lost(tree, check_mode):
     """A run died after the flip, before its history line: the re-run writes it."""
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(B).events((B, "staged")).current(B)
 
     result = tree.releases().activate(B, by="bob", note="", check_mode=check_mode)
@@ -1030,7 +996,7 @@ def test_activate_records_a_flip_whose_event_was_lost(tree, check_mode):
 
 
 def test_activate_in_check_mode_changes_nothing(tree):
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(B).events((B, "staged"))
     before = tree.history()
 
@@ -1090,7 +1056,7 @@ def test_activate_in_check_mode_changes_nothing(tree):
     ],
 )
 def test_activate_rejects(tree, setup, release_id, message):
-    deployed(tree, A)
+    tree.deployed(A)
     setup(tree)
     before = tree.history()
 
@@ -1127,7 +1093,7 @@ def test_activate_refuses_a_current_that_is_a_directory(tree):
 
 
 def test_activate_reports_a_history_failure_after_the_flip(tree, monkeypatch):
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(B)
 
     def full(root, event):
@@ -1147,7 +1113,7 @@ def test_activate_reports_a_history_failure_after_the_flip(tree, monkeypatch):
 
 @pytest.mark.parametrize("event", ["staged", "failed", "rolled_back", "pruned"])
 def test_record_appends_the_event(tree, event):
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(B)
 
     result = tree.releases().record(B, event, by="bob", note="gate: 502", check_mode=False)
@@ -1165,7 +1131,7 @@ def test_record_appends_the_event(tree, event):
 
 
 def test_record_failed_changes_nothing_else(tree):
-    deployed(tree, A, B)
+    tree.deployed(A, B)
     with open(tree.path(B, "manifest.json")) as handle:
         manifest = handle.read()
 
@@ -1178,7 +1144,7 @@ def test_record_failed_changes_nothing_else(tree):
 
 
 def test_record_in_check_mode_writes_nothing(tree):
-    deployed(tree, A)
+    tree.deployed(A)
     before = tree.history()
     result = tree.releases().record(A, "failed", by="bob", note="", check_mode=True)
     assert result["changed"] is True
@@ -1242,7 +1208,7 @@ def test_record_rejects(tree, release_id, event, field, message):
 )
 def test_target_steps_back_through_history(tree, steps, target):
     # Deployed in the order B, A, C, D: id order would say C, B, A.
-    deployed(tree, B, A, C, D)
+    tree.deployed(B, A, C, D)
 
     result = tree.releases().target(None, steps)
 
@@ -1256,7 +1222,7 @@ def test_target_steps_back_through_history(tree, steps, target):
 
 
 def test_target_too_many_steps(tree):
-    deployed(tree, A, B, C)
+    tree.deployed(A, B, C)
     result = tree.releases().target(None, 3)
     assert result["target"] is None
     assert result["reason"] == f"steps=3: only 2 previous good release(s): {B}, {A}"
@@ -1266,7 +1232,7 @@ def test_target_too_many_steps(tree):
     ("build", "reason"),
     [
         pytest.param(
-            lambda t: deployed(t, A),
+            lambda t: t.deployed(A),
             f"no previous good release: history has only {A}",
             id="only-current",
         ),
@@ -1276,18 +1242,18 @@ def test_target_too_many_steps(tree):
             id="nothing-active",
         ),
         pytest.param(
-            lambda t: deployed(t, A, B, C).events((B, "failed"), (A, "pruned")),
+            lambda t: t.deployed(A, B, C).events((B, "failed"), (A, "pruned")),
             f"no previous good release: the releases active before are now {B} (failed), "
             f"{A} (incomplete)",
             id="failed-and-half-pruned",
         ),
         pytest.param(
-            lambda t: deployed(t, A, B).events((A, "rolled_back")),
+            lambda t: t.deployed(A, B).events((A, "rolled_back")),
             f"no previous good release: the releases active before are now {A} (rolled_back)",
             id="rolled-back",
         ),
         pytest.param(
-            lambda t: deployed(t, A, B) and os.rename(t.path(A), t.root + "/gone"),
+            lambda t: t.deployed(A, B) and os.rename(t.path(A), t.root + "/gone"),
             f"no previous good release: the releases active before are now {A} (removed)",
             id="removed",
         ),
@@ -1310,7 +1276,7 @@ def test_target_none_says_why(tree, build, reason):
     ],
 )
 def test_target_named(tree, named, status):
-    deployed(tree, A, B, C)
+    tree.deployed(A, B, C)
     tree.release(D).events((B, "rolled_back"))
 
     result = tree.releases().target(named, None)
@@ -1334,7 +1300,7 @@ def test_target_named(tree, named, status):
     ],
 )
 def test_target_named_rejects(tree, named, field, message):
-    deployed(tree, A, B, C).events((B, "failed"))
+    tree.deployed(A, B, C).events((B, "failed"))
     tree.release(D, status="staging")
 
     with pytest.raises(ReleaseError) as err:
@@ -1346,7 +1312,7 @@ def test_target_named_rejects(tree, named, field, message):
 
 def test_target_named_current_is_a_no_op(tree):
     # Re-running a rollback to a named release that is already live changes nothing.
-    deployed(tree, A, B, C)
+    tree.deployed(A, B, C)
 
     result = tree.releases().target(C, None)
 
@@ -1355,14 +1321,14 @@ def test_target_named_current_is_a_no_op(tree):
 
 
 def test_target_named_failed_suggests_a_good_release(tree):
-    deployed(tree, A, B, C).events((B, "failed"))
+    tree.deployed(A, B, C).events((B, "failed"))
     with pytest.raises(ReleaseError) as err:
         tree.releases().target(B, None)
     assert err.value.msg.endswith(f"expected a release that did not fail a gate, e.g. {A}")
 
 
 def test_target_named_failed_by_manifest(tree):
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(B, status="failed")
     with pytest.raises(ReleaseError) as err:
         tree.releases().target(B, None)
@@ -1370,7 +1336,7 @@ def test_target_named_failed_by_manifest(tree):
 
 
 def test_target_rejects_zero_steps(tree):
-    deployed(tree, A, B)
+    tree.deployed(A, B)
     with pytest.raises(ReleaseError) as err:
         tree.releases().target(None, 0)
     assert err.value.details["field"] == "steps"
@@ -1382,7 +1348,7 @@ def test_target_rejects_zero_steps(tree):
 def prune_tree(tree: Tree, monkeypatch) -> Tree:
     """Seven releases: four good, current E, a failed, a staged newer than current."""
     monkeypatch.setattr(fr, "pid_alive", lambda pid: pid == 4242)
-    return deployed(tree, A, B, C, D, E)
+    return tree.deployed(A, B, C, D, E)
 
 
 @pytest.mark.parametrize(
@@ -1411,7 +1377,7 @@ def test_prune_keeps_the_most_recent_good(tree, monkeypatch, keep, removed):
 def test_prune_orders_by_history_not_id(tree, monkeypatch):
     monkeypatch.setattr(fr, "pid_alive", lambda pid: False)
     # Deployed D, C, B, A: the oldest good releases by history have the newest ids.
-    deployed(tree, D, C, B, A)
+    tree.deployed(D, C, B, A)
     result = tree.releases().prune(2, by="bob", note="", check_mode=False)
     assert result["removed"] == [C, D]
     assert tree.on_disk() == [A, B]
@@ -1420,7 +1386,7 @@ def test_prune_orders_by_history_not_id(tree, monkeypatch):
 def test_prune_keeps_current_and_previous_good_when_history_is_odd(tree, monkeypatch):
     """Current was never recorded active: it still counts, and so does the previous good."""
     monkeypatch.setattr(fr, "pid_alive", lambda pid: False)
-    deployed(tree, A, B)
+    tree.deployed(A, B)
     tree.release(C).current(C)
     result = tree.releases().prune(1, by="bob", note="", check_mode=False)
     assert result["removed"] == [A]
@@ -1487,9 +1453,9 @@ def test_prune_by_status(tree, monkeypatch, build, removed, kept):
 def test_prune_removes_staged_releases_older_than_current(tree, monkeypatch):
     monkeypatch.setattr(fr, "pid_alive", lambda pid: False)
     # F was staged, never activated, then B went live over A.
-    deployed(tree, A)
+    tree.deployed(A)
     tree.release(F).events((F, "staged"))
-    deployed(tree, B)
+    tree.deployed(B)
     result = tree.releases().prune(5, by="bob", note="", check_mode=False)
     assert result["removed"] == [F]
 

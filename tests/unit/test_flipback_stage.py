@@ -24,8 +24,6 @@ import pytest
 from ansible.module_utils.flipback_build import write_artifact
 from ansible.module_utils.flipback_release import (
     ReleaseError,
-    append_history,
-    history_event,
     manifest_problem,
     read_history,
     read_manifest,
@@ -46,6 +44,7 @@ from ansible.module_utils.flipback_stage import (
     safe_members,
     sha256_file,
 )
+from fakes import ReleaseTree
 from test_flipback_runtime import Release, a_release
 
 SERVICE = "shop"
@@ -256,9 +255,9 @@ def release(root: Path, *parts: str) -> Path:
 
 
 def go_live(root: Path, release_id: str) -> None:
-    (root / "releases" / release_id).mkdir(parents=True)
-    (root / "current").symlink_to(f"releases/{release_id}")
-    append_history(str(root), history_event(release_id, "active", by="bob"))
+    tree = ReleaseTree(root, SERVICE)
+    tree.write_release(release_id, None)
+    tree.current(release_id).event(release_id, "active", by="bob")
 
 
 def dead_pid() -> int:

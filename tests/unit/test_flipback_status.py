@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from ansible.module_utils import flipback_status
 from ansible.module_utils.flipback_health import Observation
-from ansible.module_utils.flipback_release import ReleaseError, append_history, history_event
+from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_status import (
     compact_age,
     history_report,
@@ -31,6 +28,7 @@ from ansible.module_utils.flipback_status import (
     validate_timeout,
     write_json,
 )
+from fakes import FakeSystemd, ReleaseTree, Reply, ScriptedServer, closed_port
 from test_flipback_runtime import Release, a_release
 
 # 2026-11-29T12:00:00Z: ages are measured from here.
@@ -49,14 +47,17 @@ A, B, C, D = (rid(x) for x in "abcd")
 # --------------------------------------------------------------------------- fixtures
 
 
-class Tree:
-    """A service root on disk (as in test_flipback_release.py): releases, history, current."""
+class Tree(ReleaseTree):
+    """A service root on disk (fakes.ReleaseTree); events a minute apart from NOW."""
 
     def __init__(self, root: Path, service: str) -> None:
-        self.root = root
-        self.service = service
-        self.clock = 0
-        (root / "releases").mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "deployed_by": "alice",
+            "deployed_at": "2026-11-29T11:00:00Z",
+            "health": HEALTH,
+            "status": "staged",
+        }
+        super().__init__(root, service, manifest=manifest, at=NOW)
 
     def release(
         self,
@@ -65,78 +66,40 @@ class Tree:
         configured: Release | None = None,
     ) -> Tree:
         """A staged release; with its configuration (manifest and env file) if `configured`."""
-        path = self.root / "releases" / release_id
-        path.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "id": release_id,
-            "service": self.service,
-            "deployed_by": "alice",
-            "deployed_at": deployed_at,
-            "health": HEALTH,
-            "status": "staged",
-        }
+        fields: dict = {"deployed_at": deployed_at}
         if configured is not None:
-            manifest["config"] = configured.config
-            manifest["build"] = configured.build_id
-            (path / ".flipback").mkdir(exist_ok=True)
-            (path / ".flipback" / "env").write_text(configured.env_text)
-        (path / "manifest.json").write_text(json.dumps(manifest))
-        return self
+            fields["config"] = configured.config
+            fields["build"] = configured.build_id
+            self.env_file(release_id, configured.env_text)
+        return super().release(release_id, **fields)
 
     def configured(self, env: dict[str, str], **changes: object) -> Release:
         return a_release(self.service, str(self.root), env=env, **changes)
-
-    def events(self, *events: tuple[str, str] | tuple[str, str, str]) -> Tree:
-        """Append (release, event[, note]) events, each a minute after the last."""
-        for release_id, event, *note in events:
-            self.clock += 60
-            append_history(
-                str(self.root),
-                history_event(
-                    release_id, event, by="alice", note="".join(note), at=NOW + self.clock
-                ),
-            )
-        return self
-
-    def current(self, release_id: str) -> Tree:
-        link = self.root / "current"
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(f"releases/{release_id}")
-        return self
-
-
-def deployed(tree: Tree, *release_ids: str) -> Tree:
-    """Each release staged then activated in turn, the last one current."""
-    for release_id in release_ids:
-        tree.release(release_id).events((release_id, "staged"), (release_id, "active"))
-    return tree.current(release_ids[-1])
 
 
 def svc(name: str, port: int = 8000, **health: object) -> dict:
     return {"name": name, "port": port, "health": {**HEALTH, **health}}
 
 
-class FakeSystemctl:
-    """Answers `systemctl show` from a table of unit states and records every call."""
+class FakeSystemctl(FakeSystemd):
+    """Answers `systemctl show` (fakes.FakeSystemd) from a table of unit states (active,
+    sub, unit file state) and records every call; with `rc`, fails every call."""
 
     def __init__(self, states: dict[str, tuple[str, str, str]] | None = None, rc: int = 0):
+        super().__init__()
         self.states = states or {}
         self.rc = rc
-        self.calls: list[list[str]] = []
 
     def __call__(self, argv: list[str]) -> tuple[int, str, str]:
         self.calls.append(argv)
         if self.rc:
             return self.rc, "", "Failed to connect to bus"
-        units = argv[argv.index("--") + 1 :]
-        blocks = []
-        for unit in units:
-            active, sub, file_state = self.states.get(unit, ("inactive", "dead", ""))
-            blocks.append(
-                f"Id={unit}\nActiveState={active}\nSubState={sub}\nUnitFileState={file_state}\n"
-            )
-        return 0, "\n".join(blocks), ""
+        proc = self.systemctl(argv)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def show_block(self, unit: str) -> str:
+        active, sub, file_state = self.states.get(unit, ("inactive", "dead", ""))
+        return f"Id={unit}\nActiveState={active}\nSubState={sub}\nUnitFileState={file_state}\n"
 
 
 def fake_probe(answers: dict[int, dict]):
@@ -152,52 +115,13 @@ def fake_probe(answers: dict[int, dict]):
     return probe
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        status, body, delay = self.server.reply
-        self.server.paths.append(self.path)
-        time.sleep(delay)
-        data = body.encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the probe gave up first: that is what the timeout case tests
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    reply: tuple[int, str, float]
-    paths: list[str]
-
-
 @pytest.fixture
 def http_server():
-    """A server on 127.0.0.1 that answers every GET with server.reply = (status, body, delay)."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.reply = (200, "{}", 0.0)
-    server.paths = []
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-    )
-    thread.start()
+    """A server on 127.0.0.1 that answers every GET with its script: [Reply(status, body,
+    delay)]."""
+    server = ScriptedServer([Reply(200, "{}", 0.0)])
     yield server
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    server.stop()
 
 
 # =========================================================================== inputs
@@ -439,8 +363,8 @@ def test_unit_states_without_an_answer(systemctl, run, units, error):
     ],
 )
 def test_probe_once_answers(http_server, reply, health, ok, release, error):
-    http_server.reply = reply
-    port = http_server.server_address[1]
+    http_server.script = [Reply(*reply)]
+    port = http_server.port
 
     result = probe_once(port, {**health, "path": "/health?x=1"}, 2)
 
@@ -461,9 +385,9 @@ def test_probe_once_refused():
 
 
 def test_probe_once_gives_up_at_its_timeout(http_server):
-    http_server.reply = (200, '{"ok": true}', 1.0)
+    http_server.script = [Reply(200, '{"ok": true}', 1.0)]
     started = time.monotonic()
-    result = probe_once(http_server.server_address[1], HEALTH, 0.2)
+    result = probe_once(http_server.port, HEALTH, 0.2)
     assert time.monotonic() - started < 0.9
     assert (result["ok"], result["status"], result["error"]) == (
         False,
@@ -500,7 +424,7 @@ def status(services, srv, locks, run=None, probe=None, **kwargs):
 
 
 def test_host_status_reports_a_deployed_service(srv, locks):
-    tree = deployed(Tree(srv / "hello", "hello"), A, B)
+    tree = Tree(srv / "hello", "hello").deployed(A, B)
     tree.release(C).events((C, "staged"), (C, "failed", "gate 1: 502"))
     run = FakeSystemctl(
         {
@@ -667,8 +591,8 @@ def test_host_status_of_a_service_not_deployed_yet(srv, locks):
 
 
 def test_host_status_asks_systemd_once_for_every_service(srv, locks):
-    deployed(Tree(srv / "hello", "hello"), A, B)
-    deployed(Tree(srv / "greeter", "greeter"), C)
+    Tree(srv / "hello", "hello").deployed(A, B)
+    Tree(srv / "greeter", "greeter").deployed(C)
     run = FakeSystemctl()
     services = [svc("hello"), svc("greeter", 8001), svc("ghost", 8002)]
 
@@ -680,7 +604,7 @@ def test_host_status_asks_systemd_once_for_every_service(srv, locks):
 
 
 def test_host_status_reports_the_lock_holder(srv, locks):
-    deployed(Tree(srv / "hello", "hello"), A)
+    Tree(srv / "hello", "hello").deployed(A)
     holder = {"run_id": "ctl:1:2", "by": "bob", "since": "2026-11-29T11:59:00Z"}
     (locks / "hello").mkdir(parents=True)
     (locks / "hello" / ".lock").write_text(json.dumps(holder))
@@ -709,8 +633,8 @@ def test_host_status_reports_the_lock_holder(srv, locks):
     ],
 )
 def test_host_status_reports_an_unreadable_service_and_goes_on(srv, locks, break_it, error):
-    deployed(Tree(srv / "hello", "hello"), A)
-    deployed(Tree(srv / "greeter", "greeter"), B)
+    Tree(srv / "hello", "hello").deployed(A)
+    Tree(srv / "greeter", "greeter").deployed(B)
     break_it(srv / "hello")
 
     hello, greeter = status([svc("hello"), svc("greeter", 8001)], srv, locks)
@@ -722,7 +646,7 @@ def test_host_status_reports_an_unreadable_service_and_goes_on(srv, locks, break
 
 
 def test_host_status_names_a_systemctl_failure_on_each_deployed_service(srv, locks):
-    deployed(Tree(srv / "hello", "hello"), A)
+    Tree(srv / "hello", "hello").deployed(A)
 
     hello, ghost = status([svc("hello"), svc("ghost", 8001)], srv, locks, FakeSystemctl(rc=1))
 
@@ -732,11 +656,11 @@ def test_host_status_names_a_systemctl_failure_on_each_deployed_service(srv, loc
 
 
 def test_host_status_probes_a_real_port(srv, locks, http_server):
-    deployed(Tree(srv / "hello", "hello"), A)
-    http_server.reply = (200, json.dumps({"ok": True, "release": A}), 0)
+    Tree(srv / "hello", "hello").deployed(A)
+    http_server.script = [Reply(200, json.dumps({"ok": True, "release": A}), 0)]
 
     [hello] = host_status(
-        [svc("hello", http_server.server_address[1])],
+        [svc("hello", http_server.port)],
         run=FakeSystemctl(),
         systemctl="/bin/systemctl",
         root_parent=str(srv),
@@ -756,7 +680,7 @@ def test_host_status_checks_its_inputs(srv, locks):
 
 
 def test_host_history_returns_the_last_events_newest_last(srv):
-    deployed(Tree(srv / "hello", "hello"), A, B).events((B, "rolled_back", "back to A"))
+    Tree(srv / "hello", "hello").deployed(A, B).events((B, "rolled_back", "back to A"))
 
     [hello, ghost] = host_history(["hello", "ghost"], last=2, root_parent=str(srv))
 
@@ -784,7 +708,7 @@ def test_host_history_returns_the_last_events_newest_last(srv):
 
 
 def test_host_history_reports_a_corrupt_log_and_goes_on(srv):
-    deployed(Tree(srv / "greeter", "greeter"), A)
+    Tree(srv / "greeter", "greeter").deployed(A)
     (srv / "hello").mkdir()
     (srv / "hello" / "history.jsonl").write_text("oops\n\n")
 

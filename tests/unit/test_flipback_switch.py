@@ -23,9 +23,6 @@ from ansible.module_utils import flipback_switch as fs
 from ansible.module_utils.flipback_health import Clock, Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_release import (
     ReleaseError,
-    append_history,
-    history_event,
-    read_history,
 )
 from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.flipback_switch import (
@@ -38,6 +35,7 @@ from ansible.module_utils.flipback_switch import (
     Switch,
     SwitchSpec,
 )
+from fakes import FakeSystemd, ReleaseTree, list_units_argv
 from test_flipback_runtime import a_release
 
 SERVICE = "shop"
@@ -50,15 +48,7 @@ UNIT_C = f"{SERVICE}@{C}.service"
 RETIRE_A = f"flipback-retire-{SERVICE}-{A}"
 RETIRE_B = f"flipback-retire-{SERVICE}-{B}"
 RETIRE_C = f"flipback-retire-{SERVICE}-{C}"
-LIST_UNITS = [
-    "list-units",
-    "--plain",
-    "--no-legend",
-    "--state=active,activating,reloading",
-    f"{SERVICE}@*.service",
-    f"flipback-retire-{SERVICE}-*.timer",
-    f"{SERVICE}.*@*.service",
-]
+LIST_UNITS = list_units_argv(SERVICE)
 SOCKET_DIR = "/run/flipback-shop"
 PORT = 8000
 HEALTH = {"path": "/health", "expect_status": 200, "expect_json": {"ok": True}}
@@ -70,14 +60,13 @@ WRONG_RELEASE = HealthError("health check failed: JSON field 'release' is 'old'"
 # =========================================================================== fixtures
 
 
-class Tree:
-    """A service root on disk: releases with manifests, a history log, a current link;
-    and the directory of nginx sites (`site_dir`)."""
+class Tree(ReleaseTree):
+    """A service root on disk (fakes.ReleaseTree) and the directory of nginx sites
+    (`site_dir`)."""
 
     def __init__(self, root: str, site_dir: str) -> None:
-        self.root = root
+        super().__init__(root, SERVICE, manifest={"health": HEALTH, "status": "staged"})
         self.site_dir = site_dir
-        os.makedirs(os.path.join(root, "releases"), exist_ok=True)
 
     def release(
         self,
@@ -90,20 +79,16 @@ class Tree:
         """A release; with `port`, staged with a recorded configuration listening on it
         (and with `processes`, those processes), else as an older flipback staged it (no
         configuration, so no site of its own)."""
-        path = os.path.join(self.root, "releases", release_id)
-        os.makedirs(path, exist_ok=True)
-        manifest = {"id": release_id, "service": SERVICE, "health": HEALTH, "status": status}
+        fields: dict = {"status": status}
         if port is not None or processes:
-            manifest["config"] = a_release(
+            fields["config"] = a_release(
                 SERVICE,
                 self.root,
                 port=port or PORT,
                 processes=processes,
                 process_start_seconds=start_window,
             ).config
-        with open(os.path.join(path, "manifest.json"), "w") as handle:
-            json.dump(manifest, handle)
-        return self
+        return super().release(release_id, **fields)
 
     # -- the site
     @property
@@ -130,24 +115,6 @@ class Tree:
 
     def site_dir_files(self) -> list[str]:
         return sorted(os.listdir(self.site_dir)) if os.path.isdir(self.site_dir) else []
-
-    def events(self, *pairs: tuple[str, str]) -> Tree:
-        for release_id, event in pairs:
-            append_history(self.root, history_event(release_id, event, by="alice"))
-        return self
-
-    def current(self, release_id: str) -> Tree:
-        os.symlink(os.path.join("releases", release_id), os.path.join(self.root, "current"))
-        return self
-
-    def readlink(self) -> str | None:
-        try:
-            return os.readlink(os.path.join(self.root, "current"))
-        except FileNotFoundError:
-            return None
-
-    def history(self) -> list[dict]:
-        return read_history(self.root)
 
     def pairs(self) -> list[tuple[str, str]]:
         return [(e["release"], e["event"]) for e in self.history()]
@@ -195,8 +162,9 @@ def a_good_b_current_c_staged(tree: Tree) -> Tree:
     return a_good_b_current(tree).release(C).events((C, "staged"))
 
 
-class Host:
-    """Fake systemctl/systemd-run/journalctl/nginx and prober sharing one ordered log.
+class Host(FakeSystemd):
+    """Fake systemctl (fakes.FakeSystemd)/systemd-run/journalctl/nginx and prober sharing
+    one ordered log.
 
     `active` and `enabled` hold unit names; `systemctl list-units` answers from
     `active` as systemd does (one unit per line, name first). A retire timer only
@@ -204,6 +172,8 @@ class Host:
     `nginx -t` exits with the next of `nginx_test` (0 once they run out) and notes, in
     `nginx_saw`, the site it was given and where `current` pointed then.
     """
+
+    stopped_state = "failed"
 
     def __init__(
         self,
@@ -217,17 +187,13 @@ class Host:
         nginx_test: Sequence[int] = (),
         reload_fails: bool = False,
     ) -> None:
+        super().__init__(active=active, enabled=enabled, failing_start=failing_start)
         self.tree = tree
         self.nginx_test = list(nginx_test)
         self.reload_fails = reload_fails
         self.nginx_saw: list[tuple[str | None, str | None]] = []
-        self.active = set(active)
-        self.enabled = set(enabled)
-        self.failing_start = set(failing_start)
         self.gates = gates or {}
         self.systemd_run_fails = systemd_run_fails
-        self.timers: dict[str, str] = {}
-        self.calls: list[list[str]] = []
         self.probes: list[tuple[Target, Expect, Policy]] = []
         self.sleeps: list[float] = []
         self.log: list[str] = []
@@ -252,66 +218,55 @@ class Host:
             rc = self.nginx_test.pop(0) if self.nginx_test else 0
             stderr = 'nginx: [emerg] unknown directive "lissen"' if rc else ""
             return subprocess.CompletedProcess(argv, rc, "", stderr)
-        assert argv[0] == "systemctl", argv
-        verb = argv[1]
-        options = [a for a in argv[2:] if a.startswith("--")]
-        units = [a for a in argv[2:] if not a.startswith("--")]
-        if verb == "list-units":
-            assert argv[1:] == LIST_UNITS, argv
-            self.log.append("list-units")
-            lines = [f"{unit} loaded active running Shop" for unit in sorted(self.active)]
-            lines += [f"{timer}.timer loaded active waiting" for timer in sorted(self.timers)]
-            return subprocess.CompletedProcess(argv, 0, "".join(f"{x}\n" for x in lines), "")
-        if verb == "show":
-            blocks = []
-            for unit in units:
-                state = "active" if unit in self.active else "failed"
-                restarts = self.restarts.get(unit, 0)
-                blocks.append(
-                    f"Id={unit}\nActiveState={state}\nSubState=running\n"
-                    f"NRestarts={restarts}\nResult=success\n"
-                )
-            # A query: in `calls` (and `shows`), not in the log of what happened.
-            self.shows.append(units)
-            return subprocess.CompletedProcess(argv, 0, "\n".join(blocks), "")
-        if verb == "is-active":
-            # Only nginx's state is asked (by a failed Gate 2, to tell why).
-            assert units == ["nginx"], argv
-            return subprocess.CompletedProcess(argv, 0 if self.nginx_active else 3, "", "")
-        self.log.append(" ".join([verb, *(o for o in options if o != "--quiet"), *units]))
-        rc = 0
-        if verb == "is-enabled":
-            states = ["enabled" if unit in self.enabled else "disabled" for unit in units]
-            rc = 0 if "enabled" in states else 1
-            return subprocess.CompletedProcess(argv, rc, "\n".join(states) + "\n", "")
-        elif verb == "start":
-            for unit in units:
-                if unit in self.failing_start:
-                    stderr = f"Job for {unit} failed because the control process exited."
-                    return subprocess.CompletedProcess(argv, 1, "", stderr)
-                if unit in self.crashing:
-                    self.restarts[unit] = self.restarts.get(unit, 0) + 1
-                else:
-                    self.active.add(unit)
-        elif verb == "stop":
-            for unit in units:
-                if unit.startswith("flipback-retire-"):
-                    self.timers.pop(unit.rsplit(".", 1)[0], None)
-                else:
-                    self.active.discard(unit)
-        elif verb == "enable":
-            self.enabled.update(units)
-        elif verb == "disable":
-            self.enabled.difference_update(units)
-        elif verb == "reset-failed":
-            pass
-        elif verb == "reload-or-restart":
-            assert units == ["nginx"], argv
-            if self.reload_fails:
-                return subprocess.CompletedProcess(argv, 1, "", "nginx.service is not active.")
+        return self.systemctl(argv)
+
+    def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        if argv[1:2] not in (["list-units"], ["show"], ["is-active"]):
+            # What happened: in the log (queries are not), --quiet left out.
+            words = [a for a in argv[2:] if a.startswith("--") and a != "--quiet"]
+            words += [a for a in argv[2:] if not a.startswith("--")]
+            self.log.append(" ".join([argv[1], *words]))
+        return super().systemctl(argv)
+
+    def list_units(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        assert argv[1:] == LIST_UNITS, argv
+        self.log.append("list-units")
+        return super().list_units(argv, units)
+
+    def show(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        # A query: in `calls` (and `shows`), not in the log of what happened.
+        self.shows.append(units)
+        return super().show(argv, units)
+
+    def show_block(self, unit: str) -> str:
+        restarts = self.restarts.get(unit, 0)
+        return (
+            super()
+            .show_block(unit)
+            .replace("NRestarts=0\n", f"NRestarts={restarts}\nResult=success\n")
+        )
+
+    def is_active(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        # Only nginx's state is asked (by a failed Gate 2, to tell why).
+        assert units == ["nginx"], argv
+        return subprocess.CompletedProcess(argv, 0 if self.nginx_active else 3, "", "")
+
+    def start_failure(self, unit: str) -> str:
+        return f"Job for {unit} failed because the control process exited."
+
+    def started(self, unit: str) -> None:
+        if unit in self.crashing:
+            self.restarts[unit] = self.restarts.get(unit, 0) + 1
         else:
-            raise AssertionError(f"unexpected systemctl {verb}")
-        return subprocess.CompletedProcess(argv, rc, "", "")
+            super().started(unit)
+
+    def reload_or_restart(
+        self, argv: list[str], units: list[str]
+    ) -> subprocess.CompletedProcess[str]:
+        assert units == ["nginx"], argv
+        if self.reload_fails:
+            return subprocess.CompletedProcess(argv, 1, "", "nginx.service is not active.")
+        return subprocess.CompletedProcess(argv, 0, "", "")
 
     def _systemd_run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         timer = next(a for a in argv if a.startswith("--unit="))[len("--unit=") :]

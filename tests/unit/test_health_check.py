@@ -8,7 +8,7 @@ import health_check
 import pytest
 from ansible.module_utils.flipback_health import Expect, Policy, Target
 from ansible.module_utils.testing import patch_module_args
-from test_flipback_health import OK, Reply, ScriptedServer, closed_port
+from fakes import OK, Reply, ScriptedServer, closed_port
 
 # Short enough that failure cases take a fraction of a second in real time.
 FAST = {"timeout": 0.3, "delay": 0.05, "max_delay": 0.1, "attempt_timeout": 0.2}

@@ -17,17 +17,18 @@ import socket
 import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import load
 import pytest
+from fakes import QuietHandler, closed_port, serve, stop
 
 Record = load.Record
 
 LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"  # keep-alive unless the client closes
     server: _Server
 
@@ -44,17 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
             "500": (500, b'{"detail": "boom"}'),
             "not-json": (200, b"<html>hello</html>"),
         }.get(behaviour, (200, json.dumps({"ok": True, "release": behaviour}).encode()))
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client timed out first: that is what the slow case tests
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(status, body)  # the client may time out first: the slow case tests that
 
 
 class _Server(ThreadingHTTPServer):
@@ -83,11 +74,7 @@ class App:
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.app = self
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/health"
-        # A short poll interval: shutdown() waits for one, in every test's teardown.
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        self._thread = serve(self.server)
 
     def hit(self, port: int) -> str:
         with self._lock:
@@ -96,8 +83,7 @@ class App:
             return self.behaviour
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -117,10 +103,7 @@ def app():
 @pytest.fixture
 def closed_url() -> str:
     """A URL on a port of 127.0.0.1 where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/health"
+    return f"http://127.0.0.1:{closed_port()}/health"
 
 
 def run(urls: list[str], mode: str, duration: float = 0.3, clients: int = 2, **kwargs):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from fakes import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "library"
@@ -32,9 +32,7 @@ def _docs(path: Path) -> dict[str, str]:
 
 def _fragment_options(name: str) -> dict:
     """The options of plugins/doc_fragments/<name>.py, as ansible-doc reads them."""
-    spec = importlib.util.spec_from_file_location(f"_fragment_{name}", FRAGMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file(f"_fragment_{name}", FRAGMENTS / f"{name}.py")
     return yaml.safe_load(module.ModuleDocFragment.DOCUMENTATION)["options"]
 
 
@@ -76,9 +74,7 @@ class _Captured(Exception):
 
 def _argument_spec(path: Path, monkeypatch) -> dict:
     """The module's argument_spec, taken from its AnsibleModule(...) call in main()."""
-    spec = importlib.util.spec_from_file_location(f"_doccheck_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file(f"_doccheck_{path.stem}", path)
 
     def capture(*, argument_spec, **_kwargs):
         raise _Captured(argument_spec)

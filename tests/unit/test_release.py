@@ -11,6 +11,7 @@ import pytest
 import release
 from ansible.module_utils.flipback_release import append_history, history_event, read_history
 from ansible.module_utils.testing import patch_module_args
+from fakes import ReleaseTree
 
 SERVICE = "shop"
 A = "20261101T120000-aaaaaaaaaa"
@@ -19,19 +20,16 @@ C = "20261103T120000-cccccccccc"
 HEALTH = {"path": "/health", "expect_status": 200}
 
 
+def tree(root: Path) -> ReleaseTree:
+    return ReleaseTree(root, SERVICE, manifest={"health": HEALTH, "status": "staged"})
+
+
 def stage(root: Path, release_id: str, status: str = "staged") -> None:
-    (root / "releases" / release_id).mkdir(parents=True)
-    manifest = {"id": release_id, "service": SERVICE, "health": HEALTH, "status": status}
-    (root / "releases" / release_id / "manifest.json").write_text(json.dumps(manifest))
-    append_history(str(root), history_event(release_id, "staged", by="alice"))
+    tree(root).release(release_id, status=status).events((release_id, "staged"))
 
 
 def go_live(root: Path, release_id: str) -> None:
-    append_history(str(root), history_event(release_id, "active", by="alice"))
-    link = root / "current"
-    if link.is_symlink():
-        link.unlink()
-    link.symlink_to(f"releases/{release_id}")
+    tree(root).events((release_id, "active")).current(release_id)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
 from ansible.module_utils.flipback_runtime import site_text
 from ansible.module_utils.testing import patch_module_args
+from fakes import FakeSystemd
 from test_flipback_prepare import Accounts
 from test_flipback_runtime import a_release
 
@@ -38,23 +39,29 @@ OLD_SECRET = "old-s3cret-value-never-shown"
 OWNER = {"run_id": "ctl:4242:1795953600", "by": "bob"}
 
 
-class Host:
+class Host(FakeSystemd):
+    """Fake systemctl (fakes.FakeSystemd): `active` holds the instances systemd lists as
+    running; every unit is enabled."""
+
+    description = ""
+
     def __init__(self) -> None:
-        self.calls: list[list[str]] = []
+        super().__init__()
         self.specs: list[PrepareSpec] = []
-        # Releases whose instance systemd lists as running (every unit is enabled).
-        self.active: list[str] = []
 
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
         # The site is the switch's: prepare neither tests nor reloads nginx.
         assert "nginx" not in argv, argv
-        if argv[:2] == ["systemctl", "list-units"]:
-            out = "".join(f"{SERVICE}@{r}.service loaded active running\n" for r in self.active)
-            return subprocess.CompletedProcess(argv, 0, out, "")
-        if argv[:2] == ["systemctl", "is-enabled"]:
-            return subprocess.CompletedProcess(argv, 0, "enabled\n" * len(argv[2:]), "")
+        if argv[0] == "systemctl":
+            return self.systemctl(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    def is_enabled(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 0, "enabled\n" * len(units), "")
+
+    def start(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     def prober(self, *_args: object) -> dict:
@@ -459,7 +466,7 @@ def test_noop_of_the_live_release_needs_its_site(
             site_text(service=SERVICE, home=str(tmp_path / "srv" / SERVICE), port=site_port)
         )
     before = site.read_bytes() if site.exists() else None
-    host.active = [B]
+    host.active = {f"{SERVICE}@{B}.service"}
 
     code, result, _out = run_main(args(tmp_path), capsys, check_mode=check_mode, diff=diff)
 

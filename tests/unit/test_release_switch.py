@@ -20,13 +20,12 @@ import yaml
 from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
-    append_history,
-    history_event,
     read_history,
     utc_iso,
 )
 from ansible.module_utils.flipback_switch import GATE_1, GATE_2, Switch, SwitchSpec
 from ansible.module_utils.testing import patch_module_args
+from fakes import FakeSystemd, ReleaseTree
 
 SERVICE = "shop"
 A = "20261101T120000-aaaaaaaaaa"
@@ -36,15 +35,13 @@ UNIT_B = f"{SERVICE}@{B}.service"
 JOURNAL = ["Started shop.", "Traceback (most recent call last):"]
 
 
-class Host:
-    """Fake systemctl/systemd-run/journalctl and prober; records the specs main() built."""
+class Host(FakeSystemd):
+    """Fake systemctl (fakes.FakeSystemd)/systemd-run/journalctl and prober; records the
+    specs main() built."""
 
     def __init__(self) -> None:
-        self.active = {UNIT_A}
-        self.enabled = {UNIT_A}
-        self.failing_start: set[str] = set()
+        super().__init__(active={UNIT_A}, enabled={UNIT_A})
         self.gates: dict[str, HealthError] = {}
-        self.calls: list[list[str]] = []
         self.probed: list[str] = []
         self.sleeps: list[float] = []
         self.specs: list[SwitchSpec] = []
@@ -59,36 +56,10 @@ class Host:
             return subprocess.CompletedProcess(argv, 0, "\n".join(JOURNAL) + "\n", "")
         if argv[0] == "systemd-run":
             return subprocess.CompletedProcess(argv, 0, "", "")
-        verb = argv[1]
-        units = [a for a in argv[2:] if not a.startswith("--")]
-        if verb == "list-units":
-            out = "".join(f"{unit} loaded active running Shop\n" for unit in sorted(self.active))
-            return subprocess.CompletedProcess(argv, 0, out, "")
-        if verb == "is-enabled":
-            states = ["enabled" if u in self.enabled else "disabled" for u in units]
-            out = "\n".join(states) + "\n"
-            return subprocess.CompletedProcess(argv, 0 if "enabled" in states else 1, out, "")
-        if verb == "show":
-            out = "\n".join(
-                f"Id={u}\nActiveState={'active' if u in self.active else 'inactive'}\n"
-                "SubState=running\nNRestarts=0\n"
-                for u in units
-            )
-            return subprocess.CompletedProcess(argv, 0, out, "")
-        if verb == "is-active":
-            # nginx runs here (a failed Gate 2 asks).
-            return subprocess.CompletedProcess(argv, 0, "", "")
-        if verb == "start" and units[0] in self.failing_start:
-            return subprocess.CompletedProcess(argv, 1, "", f"Job for {units[0]} failed.")
-        for unit in units:
-            if not unit.startswith("flipback-retire-"):
-                {
-                    "start": self.active.add,
-                    "stop": self.active.discard,
-                    "enable": self.enabled.add,
-                    "disable": self.enabled.discard,
-                    "reset-failed": lambda _unit: None,
-                }[verb](unit)
+        return self.systemctl(argv)
+
+    def is_active(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        # nginx runs here (a failed Gate 2 asks).
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     def prober(self, target: Target, expect: Expect, policy: Policy) -> dict:
@@ -123,14 +94,8 @@ def host(monkeypatch) -> Host:
 def root(tmp_path) -> str:
     """A is current and good; B is staged."""
     path = str(tmp_path / SERVICE)
-    for release_id in (A, B):
-        os.makedirs(os.path.join(path, "releases", release_id))
-        manifest = {"id": release_id, "service": SERVICE, "status": "staged"}
-        with open(os.path.join(path, "releases", release_id, "manifest.json"), "w") as handle:
-            json.dump(manifest, handle)
-        append_history(path, history_event(release_id, "staged", by="alice"))
-    append_history(path, history_event(A, "active", by="alice"))
-    os.symlink(f"releases/{A}", os.path.join(path, "current"))
+    tree = ReleaseTree(path, SERVICE).release(A).release(B)
+    tree.events((A, "staged"), (B, "staged"), (A, "active")).current(A)
     return path
 
 

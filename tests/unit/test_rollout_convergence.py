@@ -15,12 +15,10 @@ _switch), imported as modules so that their names do not mix.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 import test_flipback_prepare as prepare_tests
@@ -38,18 +36,9 @@ from ansible.module_utils.flipback_release import (
     utc_iso,
 )
 from ansible.module_utils.flipback_stage import Stager
+from fakes import load_plugin
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
-
-
-def load(name: str, kind: str = "action") -> ModuleType:
-    path = PLUGINS / kind / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"flipback_{kind}_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+load = load_plugin
 
 rollout_report = load("rollout_report")
 filters = load("flipback", "filter")
@@ -414,7 +403,7 @@ def test_history_event_names_no_run_unless_told():
 
 def test_every_event_of_releases_names_its_run(tree):
     a, b, c = release_tests.A, release_tests.B, release_tests.C
-    release_tests.deployed(tree, a)
+    tree.deployed(a)
     tree.release(b).release(c)
     releases = releases_of(tree, THIS_RUN)
 
@@ -482,7 +471,7 @@ def with_build(tree: release_tests.Tree, release_id: str, build: str) -> None:
 
 
 def test_target_names_the_build_of_the_release_it_goes_back_to(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B)
+    tree.deployed(release_tests.A, release_tests.B)
     with_build(tree, release_tests.A, OLDER)
     with_build(tree, release_tests.B, NEW)
 
@@ -492,13 +481,13 @@ def test_target_names_the_build_of_the_release_it_goes_back_to(tree):
 
 
 def test_target_of_a_release_without_a_recorded_build_is_its_own_build(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B)
+    tree.deployed(release_tests.A, release_tests.B)
     result = tree.releases().target(None, None)
     assert (result["target"], result["build"]) == (release_tests.A, release_tests.A)
 
 
 def test_target_named_names_its_build(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B, release_tests.C)
+    tree.deployed(release_tests.A, release_tests.B, release_tests.C)
     with_build(tree, release_tests.A, OLDER)
 
     result = tree.releases().target(release_tests.A, None)
@@ -507,14 +496,14 @@ def test_target_named_names_its_build(tree):
 
 
 def test_target_already_current_names_its_build(tree):
-    release_tests.deployed(tree, release_tests.A, release_tests.B)
+    tree.deployed(release_tests.A, release_tests.B)
     with_build(tree, release_tests.B, NEW)
     result = tree.releases().target(release_tests.B, None)
     assert (result["target"], result["build"]) == (release_tests.B, NEW)
 
 
 def test_no_target_has_no_build(tree):
-    release_tests.deployed(tree, release_tests.A)
+    tree.deployed(release_tests.A)
     result = tree.releases().target(None, None)
     assert (result["target"], result["build"]) == (None, None)
 

@@ -104,8 +104,19 @@ def run_main(args, capsys):
 # --------------------------------------------------------------------------- preflight
 
 
-def test_preflight_passes_as_root_with_all_tools(as_root):
-    sandbox_fleet.preflight()
+def test_preflight_passes_as_root_with_all_tools(monkeypatch):
+    asked: list[str] = []
+
+    def which(tool: str) -> str:
+        asked.append(tool)
+        return f"/usr/bin/{tool}"
+
+    monkeypatch.setattr(sandbox_fleet.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sandbox_fleet.shutil, "which", which)
+
+    # Passes: no error, and every tool was looked for (none left unchecked).
+    assert sandbox_fleet.preflight() is None
+    assert asked == list(TOOLS)
 
 
 def test_preflight_needs_root(monkeypatch):

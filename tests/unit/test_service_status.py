@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import service_status
 import yaml
-from ansible.module_utils.flipback_release import append_history, history_event
 from ansible.module_utils.testing import patch_module_args
+from fakes import ReleaseTree, Reply, ScriptedServer
 
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
@@ -37,39 +35,15 @@ for unit in units:
 
 def deploy(root: Path, service: str, *release_ids: str) -> None:
     """Each release staged then activated in turn, the last one current."""
-    for release_id in release_ids:
-        path = root / "releases" / release_id
-        path.mkdir(parents=True)
-        manifest = {"id": release_id, "service": service, "health": HEALTH, "status": "staged"}
-        (path / "manifest.json").write_text(json.dumps(manifest))
-        append_history(str(root), history_event(release_id, "staged", by="alice"))
-        append_history(str(root), history_event(release_id, "active", by="alice"))
-    (root / "current").symlink_to(f"releases/{release_ids[-1]}")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        data = json.dumps({"ok": True, "release": B}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    manifest = {"health": HEALTH, "status": "staged"}
+    ReleaseTree(root, service, manifest=manifest).deployed(*release_ids)
 
 
 @pytest.fixture
 def port():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-    )
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    server = ScriptedServer([Reply(200, json.dumps({"ok": True, "release": B}))])
+    yield server.port
+    server.stop()
 
 
 @pytest.fixture

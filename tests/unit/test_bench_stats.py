@@ -408,7 +408,7 @@ def test_projected_wall(hosts, cpu_per_host, cores, forks, expected):
 def _cpu_stats(floor, ops):
     """Operation stats with only what the projection reads."""
     stats = {
-        "floor": {"median": floor, "controller_cpu_per_host": {"median": 0.1}},
+        "floor": {"median": floor, "controller_cpu_per_host": {"median": 0.0}},
     }
     for op, (wall, controller, machine) in ops.items():
         stats[op] = {
@@ -446,6 +446,19 @@ def test_projection_per_operation_and_controller():
         rows,
     )
     assert "1000 HOSTS" in text and "51.0 s" in text and "501.0 s" in text
+
+
+def test_marginal_cpu_is_beyond_the_floor():
+    stats = _cpu_stats(1.0, {"deploy_new": (5.0, 3.1, 4.0)})
+    stats["floor"]["controller_cpu_per_host"]["median"] = 0.7
+    assert bench.marginal_cpu(stats, "deploy_new", "controller_cpu_per_host") == 2.4
+    # The floor has no machine figure here: nothing to take off.
+    assert bench.marginal_cpu(stats, "deploy_new", "machine_cpu_per_host") == 4.0
+    # Never below zero.
+    stats["floor"]["controller_cpu_per_host"]["median"] = 9.0
+    assert bench.marginal_cpu(stats, "deploy_new", "controller_cpu_per_host") == 0.0
+    rows = bench.projection(stats, [2], 20)
+    assert rows[0]["controller_cpu_per_host_beyond_floor_s"] == 0.0
 
 
 def test_projection_skips_what_was_not_measured():

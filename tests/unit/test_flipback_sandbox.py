@@ -27,6 +27,7 @@ from ansible.module_utils.flipback_sandbox import (
     cgroup_roots,
     check_memory,
     image_key,
+    inotify_instances_needed,
     machine_cgroups,
     machine_index,
     mem_available_kib,
@@ -567,6 +568,7 @@ class FakeHost:
             "rmtree",
             "remove",
             "ensure_nspawn_runtime_dir",
+            "raise_inotify_instances",
             "start_nspawn",
             "signal",
             "rename",
@@ -601,6 +603,7 @@ class FakeHost:
         self.cgroup_dirs = set()
         self.started_in = {}  # machine name -> cgroups it was started in
         self.available_kib = 24 * 1024 * 1024  # MemAvailable; None: not known
+        self.inotify_instances = 128  # fs.inotify.max_user_instances
 
     # -- bookkeeping
     def _record(self, name, *args):
@@ -847,6 +850,13 @@ class FakeHost:
         self._record("ensure_nspawn_runtime_dir")
         self.mounts.setdefault(NSPAWN_RUNTIME_DIR, None)
 
+    def raise_inotify_instances(self, needed):
+        self._record("raise_inotify_instances", needed)
+        if self.inotify_instances >= needed:
+            return None
+        before, self.inotify_instances = self.inotify_instances, needed
+        return before
+
     def remove_cgroups(self, paths):
         self._record("remove_cgroups", list(paths))
         for path in paths:
@@ -979,6 +989,19 @@ def test_present_refuses_machines_the_memory_cannot_hold(host):
 
     host.available_kib = 2 * MACHINE_MEMORY_MIB * 1024
     assert Fleet(bigger, host).present(check_mode=False)["created"] == ["sandbox-3", "sandbox-4"]
+
+
+def test_present_raises_the_inotify_limit_before_booting_a_large_fleet(host):
+    Fleet(fleet_spec(size=32), host).present(check_mode=False)
+    assert host.inotify_instances == inotify_instances_needed(32) == 256 + 16 * 32
+    order = [name for name, _ in host.calls]
+    assert order.index("raise_inotify_instances") < order.index("start_nspawn")
+
+
+def test_present_never_lowers_the_inotify_limit(host):
+    host.inotify_instances = 100000
+    Fleet(fleet_spec(size=2), host).present(check_mode=False)
+    assert host.inotify_instances == 100000
 
 
 def test_present_on_running_fleet_changes_nothing(host):

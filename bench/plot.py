@@ -65,6 +65,9 @@ OPERATIONS: dict[str, tuple[str, str, str]] = {
     "deploy_new": ("#c6dbef", "D", "deploy new"),
     "deploy_nochange": ("#c7e9c0", "N", "deploy no-change"),
     "rollback": ("#fdd0a2", "R", "rollback"),
+    "deploy_deps": ("#dadaeb", "P", "deploy deps bumped"),
+    "broken_exit": ("#fcbba1", "X", "broken: exits"),
+    "broken_unhealthy": ("#fde0ef", "U", "broken: 500s"),
 }
 OTHER: tuple[str, str, str] = ("#f0f0c8", "?", "other")
 

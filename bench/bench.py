@@ -43,7 +43,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -284,6 +284,13 @@ def parse_cores(text: str) -> list[int]:
     return cores
 
 
+def _cost_spread(commands: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The spread of one cpu_cost figure over the commands that have it."""
+    return spread(
+        [c["cpu_cost"][key] for c in commands if (c.get("cpu_cost") or {}).get(key) is not None]
+    )
+
+
 def operation_stats(
     commands: Sequence[dict[str, Any]], records: Sequence[load.Record]
 ) -> dict[str, dict[str, Any]]:
@@ -300,20 +307,8 @@ def operation_stats(
             "top_tasks": top_tasks([c.get("timing") for c in done]),
             "changed": [c.get("changed") for c in done],
             "other_cores": spread([c["cpu"]["other_cores"] for c in done if c.get("cpu")]),
-            "controller_cpu_per_host": spread(
-                [
-                    c["cpu_cost"]["controller_s_per_host"]
-                    for c in done
-                    if c.get("cpu_cost") and c["cpu_cost"]["controller_s_per_host"] is not None
-                ]
-            ),
-            "machine_cpu_per_host": spread(
-                [
-                    c["cpu_cost"]["machine_s_per_host"]
-                    for c in done
-                    if c.get("cpu_cost") and c["cpu_cost"]["machine_s_per_host"] is not None
-                ]
-            ),
+            "controller_cpu_per_host": _cost_spread(done, "controller_s_per_host"),
+            "machine_cpu_per_host": _cost_spread(done, "machine_s_per_host"),
         }
     floor = stats["floor"]["median"]
     for op, entry in stats.items():
@@ -808,7 +803,9 @@ class Settings:
     rate: float
     keep: bool
     out: Path
-    project_cores: list[int] = field(default_factory=list)
+    # Controller core counts to project large fleets for, and ansible.cfg's forks.
+    project_cores: list[int]
+    forks: int
 
 
 class Bench:
@@ -1079,9 +1076,7 @@ class Bench:
         stats = operation_stats(result["commands"], records)
         result["operations"] = stats
         result["load"] = summary
-        forks = ansible_forks()
-        cores = self.settings.project_cores or [len(os.sched_getaffinity(0))]
-        result["projection"] = projection(stats, cores, forks)
+        result["projection"] = projection(stats, self.settings.project_cores, self.settings.forks)
         png = self.settings.out / f"timeline-k{k}.png"
         windows = [
             (c["window"]["start"], c["window"]["end"], c["op"], c["round"])
@@ -1200,6 +1195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.keep,
         out,
         args.project_cores or [len(os.sched_getaffinity(0))],
+        ansible_forks(),
     )
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
@@ -1230,7 +1226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repo": str(bench.repo),
             "keep": settings.keep,
             "project_cores": settings.project_cores,
-            "forks": ansible_forks(),
+            "forks": settings.forks,
         },
         "runs": [],
     }
@@ -1262,7 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["scaling"] = scaling_rows(measured) if len(measured) > 1 else []
     if report["scaling"]:
         bench.say("== scaling: median per fleet size\n" + format_scaling(report["scaling"]) + "\n")
-    report["model_check"] = model_check(measured, len(os.sched_getaffinity(0)), ansible_forks())
+    report["model_check"] = model_check(measured, len(os.sched_getaffinity(0)), settings.forks)
     if report["model_check"]:
         bench.say(
             "== the model against these runs (smallest fleet's figures; machines' CPU"

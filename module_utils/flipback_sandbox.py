@@ -653,8 +653,7 @@ class Host:
         """Raise the controller's fs.inotify.max_user_instances to `needed` when lower;
         the limit it had when raised, else None. Never lowered."""
         try:
-            with open(INOTIFY_INSTANCES, encoding="ascii") as fh:
-                current = int(fh.read().strip())
+            current = int(self.read_text(INOTIFY_INSTANCES).strip())
         except (OSError, ValueError):
             return None  # no such knob here: nothing to raise
         if current >= needed:
@@ -665,8 +664,7 @@ class Host:
 
     def mem_available_kib(self) -> int | None:
         try:
-            with open("/proc/meminfo", encoding="ascii") as fh:
-                return mem_available_kib(fh.read())
+            return mem_available_kib(self.read_text("/proc/meminfo"))
         except OSError:
             return None
 

@@ -1,230 +1,449 @@
 #!/usr/bin/python
-"""Ansible module: the releases of one service on a host (list, activate, record, target, prune)."""
+"""Ansible module (host): every step of a flipback release's life on one host."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: release
-short_description: List, activate, record, choose and prune the releases of a flipback service
+short_description: Stage, switch, roll back and retire flipback releases on a host
 description:
-  - Works on the release tree of one service under O(root) - C(releases/<id>/) with a
-    C(manifest.json), the C(current) symlink and the append-only C(history.jsonl).
-  - A release's status comes from history (its last event), not from mtimes or id order -
-    C(staged) (complete, never active), C(active) (C(current) points at it), C(good) (was
-    active, then replaced), C(failed), C(rolled_back) (rolled away from; not a rollback
-    target), C(incomplete) (manifest missing, unreadable or still C(staging)).
-  - The previous good release is the most recently active (by history) good release other
-    than the current one.
-  - O(action=list) reports every release. Read-only.
-  - O(action=activate) points C(current) at O(release) with rename(2) of a temporary link
-    C(current.tmp-<pid>), so C(current) is never missing, and appends an C(active) event.
-    C(changed=false) if it is already current. Supports diff mode.
-  - O(action=record) appends an event for O(release) (a failed gate, a rollback, ...).
-  - O(action=target) chooses a rollback target - the named O(release), or the O(steps)-th
-    previous good release. Read-only.
-  - O(action=prune) keeps the O(keep) most recently active good releases, and never removes
-    the current one, the previous good one, or one whose C(.staging-lock) names a live
-    process. Staged releases are removed only if they were staged before the current one
-    went live; failed, rolled back and incomplete ones are removed.
-  - Runs on the target host (Python standard library only). Check mode reports what would
-    change.
+  - One module for every step the role takes on a host, chosen by O(action), so a run
+    builds one module payload rather than one per step. Each call takes the checked
+    service definition (O(service)) and this run's settings (O(run)).
+  - O(action=prepare) takes the service's deploy lock (or fails naming its holder),
+    makes sure the service user and its directories are there, and reports whether
+    the release is staged and live, and how its configuration differs from the live
+    release's (env values are compared on the host, never shown). A release already
+    live - current, running, enabled, alone apart from the standby, answering through
+    the public port - is reported with C(noop=true) and the lock is given back.
+  - O(action=stage) unpacks the artifact (uploaded by the action plugin, or sent
+    inline in O(artifact_b64)) into C(<root>/<service>/releases/<release>), builds the
+    virtualenv at that final path offline (or reuses one with the same wheels), and
+    stages the release's own unit, process units and env file, which are never changed
+    afterwards. With O(start), its instance starts warm for the switch. Through the
+    action plugin, O(action=stage) first runs O(action=prepare), then uploads the
+    artifact only when it is needed, in one task; if staging fails, the lock is given back.
+  - O(action=switch) starts the release's instance (unless warm), probes it on its
+    private socket (Gate 1), points C(current) and the nginx site at it, probes the
+    public port (Gate 2), enables it, keeps the previous good release as the warm
+    standby, retires the rest after the drain and prunes to the service's
+    C(keep_releases). A failed gate is undone before the module fails, and the error
+    carries the instance's journal.
+  - O(action=rollback) and O(action=restore) switch the same way to an older release
+    (the one left is recorded as C(rolled_back)); O(action=restore) is the finish of a
+    deploy that stopped, putting back what a host ran before.
+  - O(action=command) runs the release's commands of one O(point) (e.g. migrations).
+  - O(action=abandon) ends what a stopped deploy left on a host that did not switch -
+    records the release as failed (with O(note)), stops its warm instance (O(stop)) if
+    it is not current, and gives the deploy lock back.
+  - O(action=target) chooses a rollback target, read-only - the named O(release), or
+    the good release O(steps) back.
+  - Switches, staging and commands run under the service's deploy lock, owned by
+    the run (O(run.run_id)). Check mode reports what would change.
 options:
   action:
-    description: Which operation to run.
+    description: The step to take.
     type: str
     required: true
-    choices: [list, activate, record, target, prune]
+    choices: [prepare, stage, switch, rollback, restore, command, abandon, target]
   service:
-    description: Service name, a lowercase letter then up to 31 lowercase letters, digits,
-      C(_) or C(-).
-    type: str
+    description: The service, as service_config checked it (the keys the host reads).
+    type: dict
     required: true
-  root:
-    description: The service's directory. Defaults to C(/srv/<service>).
-    type: path
+    suboptions:
+      name:
+        description: Service name.
+        type: str
+        required: true
+      port:
+        description: The public port nginx serves it on (prepare, stage, switches).
+        type: int
+      user:
+        description: The system user it runs as.
+        type: str
+      ref:
+        description: The ref it was built from (kept in the manifest).
+        type: str
+      adopt_user:
+        description: Take an existing account flipback did not create, made for this
+          service (its primary group its own, with no other members).
+        type: bool
+        default: false
+      keep_releases:
+        description: After a deploy's switch, prune down to this many good releases
+          (0 - none).
+        type: int
+        default: 0
+      health:
+        description: How the gates probe it.
+        type: dict
+        suboptions:
+          path:
+            description: Health path.
+            type: str
+            default: /health
+          expect_status:
+            description: Statuses that count as healthy.
+            type: list
+            elements: int
+            default: [200]
+          expect_json:
+            description: Fields the JSON body must have, with these values.
+            type: dict
+            default: {}
+          release_in:
+            description: Where an answer names its release (C(header) - the
+              C(X-Flipback-Release) header uvicorn adds; C(json) - a C(release) field).
+            type: str
+            default: header
+            choices: [header, json]
+          host:
+            description: The Host header the gates send (and the TLS server name).
+            type: str
+            default: localhost
+          timeout:
+            description: Seconds each gate may take.
+            type: float
+            default: 30
+          unhealthy_answers:
+            description: A gate gives up after this many unhealthy answers in a row
+              (502, 503 and 504 say the app is starting and are waited for); it also
+              gives up at once when the instance exits, or when an answer lacks the
+              JSON fields the app itself answers.
+            type: int
+            default: 10
+  run:
+    description: This run's settings, the same for every call of a run.
+    type: dict
+    default: {}
+    suboptions:
+      root:
+        description: Where services live; a service's directory is C(<root>/<name>).
+        type: path
+        default: /srv
+      run_id:
+        description: The run (C(<controller>:<pid>:<start>)); owns the deploy lock and
+          is written in history. Without it, no lock is taken.
+        type: str
+      by:
+        description: Who runs it (recorded in history and the lock).
+        type: str
+        default: unknown
+      playbook:
+        description: The play, named in the lock.
+        type: str
+      live_runs:
+        description: The controller's ansible-playbook processes when the run began;
+          a lock held by another run of that controller not among them is taken over.
+        type: dict
+      lock_wait:
+        description: Seconds to wait for a busy lock (prepare, stage, rollback).
+        type: float
+        default: 0
+      lock_stale_after:
+        description: Seconds without a heartbeat after which a holder counts as gone.
+        type: int
+        default: 120
+      drain_seconds:
+        description: Seconds a retired instance keeps running after the flip (a timer
+          on the host stops it).
+        type: float
+        default: 1
+      standby:
+        description: Keep the previous good release running (not enabled) as the warm
+          standby.
+        type: bool
+        default: true
+      public_successes:
+        description: Answers in a row naming the release that Gate 2 needs.
+        type: int
+        default: 3
   release:
-    description:
-      - Release id, like C(20261129T141500-3f2a9c1d0e).
-      - Required with O(action=activate) and O(action=record); with O(action=target), the
-        release to roll back to (instead of O(steps)).
+    description: The release id acted on; with O(action=target), the release to roll
+      back to (instead of O(steps)).
     type: str
-  event:
-    description: Event to record, with O(action=record) (C(active) is written only by
-      O(action=activate), which also flips C(current)).
+  config:
+    description: How the release runs, as release_config returned it (prepare, stage).
+    type: dict
+  env_file:
+    description: The release's env file (prepare compares it, stage writes it); never shown.
     type: str
-    choices: [staged, failed, rolled_back, pruned]
-  note:
-    description: Free text kept in the history event (O(action=activate), O(action=record),
-      O(action=prune)).
+  build:
+    description: The build of the release (prepare, stage).
+    type: dict
+    suboptions:
+      id:
+        description: Build id.
+        type: str
+        required: true
+      checksum:
+        description: sha256 of the artifact the host gets.
+        type: str
+        required: true
+      deps_key:
+        description: Key of the wheels; a staged release with the same key lends its
+          virtualenv.
+        type: str
+        default: ""
+      git_sha:
+        description: Commit built (kept in the manifest).
+        type: str
+      source:
+        description: Where it was built from, without credentials (kept in the manifest).
+        type: str
+  upload:
+    description: Stage - where the action plugin put the artifact on the host; it is
+      moved to C(<root>/<name>/.incoming/) before use.
+    type: path
+  artifact_b64:
+    description: Stage - the code-only artifact, inline, when a staged release lends
+      its virtualenv.
     type: str
-  by:
-    description: Who made the change, kept in the history event. Defaults to the
-      C(SUDO_USER) or C(USER) environment variable of the module, else C(unknown).
-    type: str
-  run_id:
-    description: The deploy or rollback run making the change (its lock owner's C(run_id)),
-      kept in the history event.
-    type: str
-  steps:
-    description: With O(action=target), how many good releases to go back (1 = the previous
-      good release). Defaults to 1.
+  start:
+    description: Stage - start the release's instance warm for the switch.
+    type: bool
+  lock_hold:
+    description: Prepare, stage - the lock's stale time while the whole rollout holds it
+      (instead of O(run.lock_stale_after)).
     type: int
-  keep:
-    description: With O(action=prune), how many good releases (the current one included) to
-      keep, at least 1.
+  point:
+    description: Command - which commands to run.
+    type: str
+    choices: [before_switch_once, before_switch, after_switch]
+  note:
+    description: Kept in history (switches); with O(action=abandon), records the release
+      as failed with this note.
+    type: str
+  stop:
+    description: Abandon - stop the release's instance warmed for a switch that did not
+      happen (never the current release's).
+    type: bool
+  steps:
+    description: Target - how many good releases back (1 - the previous good release).
     type: int
 author: flipback
 """
 
 EXAMPLES = r"""
-- name: List the releases of shop
+- name: Stage hello's new release (prepare, upload, stage, in one task)
   release:
-    action: list
-    service: shop
-  register: release_list
+    action: stage
+    service: "{{ flipback_service }}"
+    run: "{{ _flipback_run }}"
+    release: "{{ _flipback_release }}"
+    config: "{{ hello_release.config }}"
+    env_file: "{{ {'HELLO_GREETING': 'hi'} | flipback_env_file('hello') }}"
+    build: "{{ hello_build }}"
+    start: true
 
-- name: Make the staged release live
+- name: Switch to it
   release:
-    action: activate
-    service: shop
-    release: "{{ deploy_release_id }}"
-    note: "deploy of {{ deploy_ref }}"
-  register: release_activated
-
-- name: Record that the release failed its health gate
-  release:
-    action: record
-    service: shop
-    release: "{{ deploy_release_id }}"
-    event: failed
-    note: "public probe answered 502"
+    action: switch
+    service: "{{ flipback_service }}"
+    run: "{{ _flipback_run }}"
+    release: 20261129T141500-3f2a9c1d0e
+    note: deploy of v2
 
 - name: Choose the release to roll back to
   release:
     action: target
-    service: shop
-  register: release_rollback_target
-
-- name: Keep three good releases
-  release:
-    action: prune
-    service: shop
-    keep: 3
+    service: {name: hello}
+    steps: 1
+  register: hello_target
 """
 
 RETURN = r"""
-releases:
-  description: With O(action=list), every release, sorted by id.
-  type: list
-  elements: dict
-  returned: action=list
-  sample:
-    - id: 20261129T141500-3f2a9c1d0e
-      status: active
-      manifest: {"git_sha": "3f2a9c1", "ref": "main", "checksum": "sha256:...",
-                 "deployed_by": "alice", "deployed_at": "2026-11-29T14:20:00Z",
-                 "replaces": null, "status": "staged"}
-      age_seconds: 3600
-      last_event: {"event": "active", "at": "2026-11-29T14:21:00Z"}
-      problem: null
-      staging_pid: null
-current:
-  description: The release C(current) points at (with O(action=activate), the one it points
-    at now, or would in check mode); null if there is none.
-  type: str
-  returned: action=list, activate, target or prune
-previous_good:
-  description: The previous good release, null if there is none.
-  type: str
-  returned: action=list or action=prune
-previous:
-  description: With O(action=activate), the release C(current) pointed at before.
-  type: str
-  returned: action=activate
 release:
   description: The release acted on.
   type: str
-  returned: action=activate or action=record
-event:
-  description: The history event appended (in check mode, the one that would be); null when
-    nothing changed.
+  returned: always
+outcome:
+  description: The step's outcome as data - C(staged) or C(already live) (stage),
+    C(switched) or C(already live) (switch, rollback, restore), C(ran) (command),
+    C(abandoned) (abandon).
+  type: str
+  returned: success, except prepare and target
+current:
+  description: The release C(current) points at (after a switch; before, for prepare).
+  type: str
+  returned: success
+previous:
+  description: Switches - the release that was current before.
+  type: str
+  returned: switches
+staged:
+  description: Prepare, stage - whether the release was already staged here.
+  type: bool
+  returned: prepare, stage
+noop:
+  description: Prepare, stage - the release is already live here (the lock was given back).
+  type: bool
+  returned: prepare, stage
+warmed:
+  description: Prepare, stage - whether the release's instance runs for the switch.
+  type: bool
+  returned: prepare, stage
+venv_donor:
+  description: Prepare - a staged release whose virtualenv has the same wheels.
+  type: str
+  returned: prepare
+config_changes:
+  description: Prepare, stage - how the configuration differs from the live release's
+    (env values never shown).
+  type: list
+  elements: str
+  returned: prepare, stage
+release_runs:
+  description: Prepare, stage - the runs that wrote an event of the release here.
+  type: list
+  elements: str
+  returned: prepare, stage
+live:
+  description: Prepare, stage - when the release is current, the run that put it live
+    and the release it replaced.
   type: dict
-  returned: action=activate or action=record
-  sample: {"at": "2026-11-29T14:21:00Z", "release": "20261129T141500-3f2a9c1d0e",
-           "event": "active", "by": "alice", "from": "20261128T090000-0a1b2c3d4e",
-           "note": "", "expect": {"path": "/health", "expect_status": 200}}
+  returned: prepare, stage
+started:
+  description: Switches - the instance started; null if none.
+  type: str
+  returned: switches
+stopped:
+  description: Switches - the instances retired after the drain; abandon - the
+    instance stopped.
+  type: str
+  returned: switches, abandon
+standby:
+  description: Switches - the release kept as the warm standby; null if none.
+  type: str
+  returned: switches
+pruned:
+  description: Switch - releases pruned after it.
+  type: list
+  elements: str
+  returned: switch
 target:
-  description: With O(action=target), the release to roll back to; null if there is none.
+  description: Target - the release to roll back to; null if none.
   type: str
-  returned: action=target
+  returned: target
 reason:
-  description: With O(action=target), why this target was chosen, or why there is none.
+  description: Target - why this target, or why none.
   type: str
-  returned: action=target
-  sample: "no previous good release: history has only 20261129T141500-3f2a9c1d0e"
+  returned: target
 build:
-  description: With O(action=target), the build the target is made of (the target's own
-    id for a release staged before releases recorded their build); null without a target.
+  description: Target - the build the target is made of.
   type: str
-  returned: action=target
-candidates:
-  description: With O(action=target), every previous good release, most recently active
-    first.
+  returned: target
+gate:
+  description: The gate that failed.
+  type: str
+  returned: when a gate failed
+journal:
+  description: Last journal lines of the failing instance or command.
   type: list
   elements: str
-  returned: action=target
-removed:
-  description: With O(action=prune), the releases removed (in check mode, that would be).
-  type: list
-  elements: str
-  returned: action=prune
-kept:
-  description: With O(action=prune), the releases left on disk.
-  type: list
-  elements: str
-  returned: action=prune
-legacy_removed:
-  description: With O(action=prune), the service-wide unit template and env file of
-    older flipback versions, removed once no release on disk needs them.
-  type: list
-  elements: str
-  returned: action=prune, when not in check mode
-diff:
-  description: With O(action=activate) in diff mode, the C(current) link before and after.
+  returned: failure
+lock:
+  description: What became of the deploy lock.
   type: dict
-  returned: action=activate in diff mode
-  sample: {"before": "current -> releases/20261128T090000-0a1b2c3d4e\n",
-           "after": "current -> releases/20261129T141500-3f2a9c1d0e\n"}
+  returned: prepare, stage, abandon
 elapsed:
   description: Seconds the module took.
   type: float
   returned: always
+field:
+  description: The parameter that was refused.
+  type: str
+  returned: when a parameter was refused
 retryable:
   description: Whether running the same task again is safe and may succeed.
   type: bool
   returned: failure
 """
 
+import base64
+import binascii
+import os
+import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_common import respond
+from ansible.module_utils.flipback_command import POINTS, ReleaseCommands
+from ansible.module_utils.flipback_common import respond, run_command
+from ansible.module_utils.flipback_lock import ServiceLock
+from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import (
     ReleaseError,
     Releases,
-    default_user,
+    current_release,
+    validate_release_id,
+    validate_service,
 )
+from ansible.module_utils.flipback_request import (
+    BUILD_OPTIONS,
+    RUN_OPTIONS,
+    SERVICE_OPTIONS,
+    service_home,
+)
+from ansible.module_utils.flipback_runtime import instance_unit, socket_dir_of
+from ansible.module_utils.flipback_stage import Stager, StageSpec
+from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
-# Options each action reads, beyond action, service and root; any other option set is
-# a mistake in the task (e.g. keep with activate) and is reported, not ignored.
+ACTIONS = ("prepare", "stage", "switch", "rollback", "restore", "command", "abandon", "target")
+# The options each action reads beyond action, service and run; any other option set is
+# a mistake in the task (e.g. point with switch), reported rather than ignored.
 ACTION_OPTIONS = {
-    "list": (),
-    "activate": ("release", "note", "by", "run_id"),
-    "record": ("release", "event", "note", "by", "run_id"),
+    "prepare": ("release", "config", "env_file", "build", "lock_hold"),
+    "stage": (
+        "release",
+        "config",
+        "env_file",
+        "build",
+        "upload",
+        "artifact_b64",
+        "start",
+        "lock_hold",
+    ),
+    "switch": ("release", "note"),
+    "rollback": ("release", "note"),
+    "restore": ("release", "note"),
+    "command": ("release", "point"),
+    "abandon": ("release", "note", "stop"),
     "target": ("release", "steps"),
-    "prune": ("keep", "note", "by", "run_id"),
 }
-OPTIONAL = ("release", "event", "note", "by", "run_id", "steps", "keep")
+REQUIRED = {
+    "prepare": ("release", "config", "build"),
+    "stage": ("release", "config", "env_file", "build"),
+    "switch": ("release",),
+    "rollback": ("release",),
+    "restore": ("release",),
+    "command": ("release", "point"),
+    "abandon": ("release",),
+    "target": (),
+}
+OPTIONAL = (
+    "release",
+    "config",
+    "env_file",
+    "build",
+    "upload",
+    "artifact_b64",
+    "start",
+    "lock_hold",
+    "point",
+    "note",
+    "stop",
+    "steps",
+)
+# What a switch is part of, for the lock and history.
+LOCK_ACTION = {
+    "prepare": "deploy",
+    "stage": "deploy",
+    "switch": "deploy",
+    "command": "deploy",
+    "abandon": "deploy",
+    "rollback": "rollback",
+    "restore": "restore",
+}
 
 
 def check_options(params: dict) -> None:
@@ -233,69 +452,308 @@ def check_options(params: dict) -> None:
         if params[name] is not None and name not in ACTION_OPTIONS[action]:
             users = [a for a, options in ACTION_OPTIONS.items() if name in options]
             raise ReleaseError(
-                f"{name}: got {params[name]!r}, but action={action} does not use it; expected "
-                f"it only with action={' or '.join(users)}",
+                f"{name}: got a value, but action={action} does not use it; expected it only "
+                f"with action={' or '.join(users)}",
                 field=name,
-                value=params[name],
+            )
+    for name in REQUIRED[action]:
+        if params[name] is None:
+            raise ReleaseError(
+                f"{name}: missing; action={action} needs it. Retrying the same task does not help",
+                field=name,
+            )
+    for name in (
+        ("port",) if action in ("prepare", "stage", "switch", "rollback", "restore") else ()
+    ):
+        if params["service"][name] is None:
+            raise ReleaseError(
+                f"service.{name}: missing; action={action} needs it (the service as "
+                "service_config checked it). Retrying the same task does not help",
+                field=f"service.{name}",
             )
 
 
-def run(params: dict, check_mode: bool, diff_mode: bool) -> dict:
-    check_options(params)
-    releases = Releases(params["service"], params["root"], run_id=params["run_id"])
-    action = params["action"]
-    by = params["by"] or default_user()
-    note = params["note"] or ""
-    if action == "list":
-        return releases.list_releases()
-    if action == "target":
-        return releases.target(params["release"], params["steps"])
-    if action == "record":
-        return releases.record(
-            params["release"], params["event"], by=by, note=note, check_mode=check_mode
-        )
-    if action == "prune":
-        return releases.prune(params["keep"], by=by, note=note, check_mode=check_mode)
-    result = releases.activate(params["release"], by=by, note=note, check_mode=check_mode)
-    if diff_mode:
-        result["diff"] = {
-            "before": _link_text(result["previous"]),
-            "after": _link_text(result["current"]),
+class Request:
+    """One call's parameters, read the way every action reads them."""
+
+    def __init__(self, params: dict) -> None:
+        self.params = params
+        self.action = params["action"]
+        self.service = params["service"]
+        self.run = params["run"]
+        self.name = validate_service(self.service["name"])
+        self.home = service_home(self.run["root"], self.name)
+        self.health = self.service["health"]
+        if params["release"] is not None:
+            validate_release_id(params["release"])
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run["run_id"]
+
+    def owner(self) -> dict:
+        found = {
+            "run_id": self.run_id,
+            "by": self.run["by"],
+            "playbook": self.run["playbook"],
+            "action": LOCK_ACTION.get(self.action),
+            "release": self.params["release"],
         }
+        return {key: value for key, value in found.items() if value is not None}
+
+    def lock(self, *, wait: float, stale_after: int | None = None) -> dict | None:
+        """The lock this call takes; None when the run names no run_id."""
+        if not self.run_id:
+            return None
+        return {
+            "owner": self.owner(),
+            "wait": wait,
+            "stale_after": stale_after or self.run["lock_stale_after"],
+            "live_runs": self.run["live_runs"],
+        }
+
+    def public_health(self) -> dict:
+        health = self.health
+        return {
+            "port": self.service["port"],
+            "health_path": health["path"],
+            "expect_status": tuple(health["expect_status"]),
+            "expect_json": health["expect_json"],
+            "release_in": health["release_in"],
+            "health_host": health["host"],
+            "public_successes": self.run["public_successes"],
+        }
+
+
+def prepare_spec(request: Request) -> PrepareSpec:
+    params = request.params
+    config = params["config"]
+    return PrepareSpec(
+        service=request.name,
+        root=request.home,
+        user=config.get("user") or request.service["user"] or request.name,
+        adopt_user=request.service["adopt_user"],
+        release=params["release"],
+        lock=request.lock(wait=request.run["lock_wait"], stale_after=params["lock_hold"]),
+        **request.public_health(),
+        standby=request.run["standby"],
+        deps_key=params["build"]["deps_key"],
+        config=config,
+        env_text=params["env_file"] or "",
+    )
+
+
+def stage_spec(request: Request) -> StageSpec:
+    params = request.params
+    build = params["build"]
+    return StageSpec(
+        service=request.name,
+        root=request.home,
+        release=params["release"],
+        artifact=os.path.join(request.home, ".incoming", f"{params['release']}.tar"),
+        checksum=build["checksum"],
+        socket_dir=socket_dir_of(request.name),
+        python="/usr/bin/python3",
+        manifest={
+            "git_sha": build["git_sha"],
+            "ref": request.service["ref"],
+            "source": build["source"],
+            "health": request.health,
+        },
+        by=request.run["by"],
+        run_id=request.run_id,
+        deps_key=build["deps_key"],
+        build_id=build["id"],
+        config=params["config"],
+        env_text=params["env_file"],
+    )
+
+
+def switch_spec(request: Request) -> SwitchSpec:
+    params = request.params
+    return SwitchSpec(
+        service=request.name,
+        root=request.home,
+        release=params["release"],
+        action="deploy" if request.action == "switch" else "rollback",
+        **request.public_health(),
+        health_timeout=request.health["timeout"],
+        unhealthy_answers=request.health["unhealthy_answers"],
+        drain_seconds=request.run["drain_seconds"],
+        socket_dir=socket_dir_of(request.name),
+        by=request.run["by"],
+        note=params["note"] or "",
+        run_id=request.run_id,
+        standby=request.run["standby"],
+        keep_releases=request.service["keep_releases"] if request.action == "switch" else 0,
+    )
+
+
+def place_artifact(path: str, *, upload: str | None, data_b64: str | None) -> None:
+    """The artifact where staging reads it (root only, 0600): moved from where the action
+    plugin uploaded it, or written from the bytes sent inline."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if upload:
+        shutil.move(upload, path)
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o600)
+        return
+    try:
+        data = base64.b64decode(data_b64 or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ReleaseError(
+            f"artifact_b64: not valid base64 ({exc}); expected the artifact's bytes",
+            field="artifact_b64",
+        ) from exc
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        # O_CREAT's mode only applies to a new file.
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+
+
+def prepare(request: Request, check_mode: bool) -> dict:
+    return Prepare(prepare_spec(request)).prepare(check_mode)
+
+
+def stage(request: Request, check_mode: bool, diff_mode: bool) -> dict:
+    params = request.params
+    stager = Stager(stage_spec(request))
+    if (params["upload"] or params["artifact_b64"]) and not check_mode and not stager.staged():
+        place_artifact(
+            stager.spec.artifact, upload=params["upload"], data_b64=params["artifact_b64"]
+        )
+    result = stager.stage(check_mode)
+    diff = result.pop("diff", None)
+    if diff_mode and diff is not None:
+        result["diff"] = diff
+    result["warmed"] = False
+    if params["start"] and result["changed"] and not check_mode:
+        result["warmed"] = stager.warm_up()
+    result["outcome"] = "staged"
     return result
 
 
-def _link_text(release_id: str | None) -> str:
-    return f"current -> releases/{release_id}\n" if release_id else ""
+def switch(request: Request, check_mode: bool, warn, diff_mode: bool) -> dict:
+    """The switch under the service's deploy lock, given back however the switch ends.
+    A deploy's switch and a restore take the lock their run holds since staging (or
+    fail at once); a rollback waits for it like a staging does."""
+    wait = request.run["lock_wait"] if request.action == "rollback" else 0
+    spec = switch_spec(request)
+    lock_request = request.lock(wait=wait)
+    if lock_request is None:
+        result = Switch(spec).switch(check_mode)
+    else:
+        lock = ServiceLock(request.name)
+        taken = lock.take(lock_request, check_mode=check_mode)
+        for warning in taken.pop("warnings", []):
+            warn(warning)
+        try:
+            result = Switch(spec).switch(check_mode)
+        finally:
+            if not check_mode:
+                lock.release(lock_request["owner"])
+    if not diff_mode:
+        result.pop("diff", None)
+    result["outcome"] = (
+        "already live" if result.get("previous") == result.get("release") else "switched"
+    )
+    return result
+
+
+def command(request: Request, check_mode: bool) -> dict:
+    params = request.params
+    result = ReleaseCommands(
+        request.name,
+        request.home,
+        params["release"],
+        params["point"],
+        by=request.run["by"],
+        run_id=request.run_id,
+    ).run(check_mode=check_mode)
+    result["outcome"] = "ran"
+    return result
+
+
+def abandon(request: Request, check_mode: bool, runner=run_command) -> dict:
+    """What a stopped deploy left on a host that did not switch: the release recorded as
+    failed (with a note), its warm instance stopped unless it is current, the lock
+    given back."""
+    params = request.params
+    release = params["release"]
+    releases = Releases(request.name, request.home, run_id=request.run_id)
+    result: dict = {"changed": False, "release": release, "recorded": None, "stopped": None}
+    if params["note"]:
+        recorded = releases.record(
+            release, "failed", by=request.run["by"], note=params["note"], check_mode=check_mode
+        )
+        result["recorded"] = recorded.get("event")
+        result["changed"] = result["changed"] or recorded.get("changed", False)
+    current = current_release(request.home)
+    if params["stop"] and current != release:
+        unit = instance_unit(request.name, release)
+        result["stopped"] = unit
+        result["changed"] = True
+        if not check_mode:
+            stopped = runner(["systemctl", "stop", unit])
+            # 5: no such unit loaded - nothing runs to stop.
+            if stopped.returncode not in (0, 5):
+                raise ReleaseError(
+                    f"could not stop {unit}: {stopped.stderr.strip() or stopped.returncode}; "
+                    "retrying may help",
+                    retryable=True,
+                )
+    if request.run_id:
+        result["lock"] = ServiceLock(request.name).release(
+            {"run_id": request.run_id}, check_mode=check_mode
+        )
+    result["current"] = current
+    result["outcome"] = "abandoned"
+    return result
+
+
+def run(params: dict, check_mode: bool, diff_mode: bool, warn) -> dict:
+    check_options(params)
+    request = Request(params)
+    action = request.action
+    if action == "target":
+        releases = Releases(request.name, request.home, run_id=request.run_id)
+        return releases.target(params["release"], params["steps"])
+    if action == "prepare":
+        return prepare(request, check_mode)
+    if action == "stage":
+        return stage(request, check_mode, diff_mode)
+    if action == "command":
+        return command(request, check_mode)
+    if action == "abandon":
+        return abandon(request, check_mode)
+    return switch(request, check_mode, warn, diff_mode)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "action": {
-                "type": "str",
-                "required": True,
-                "choices": list(ACTION_OPTIONS),
-            },
-            "service": {"type": "str", "required": True},
-            "root": {"type": "path"},
+            "action": {"type": "str", "required": True, "choices": list(ACTIONS)},
+            "service": {"type": "dict", "required": True, "options": SERVICE_OPTIONS},
+            "run": {"type": "dict", "default": {}, "options": RUN_OPTIONS},
             "release": {"type": "str"},
-            "event": {"type": "str", "choices": ["staged", "failed", "rolled_back", "pruned"]},
+            "config": {"type": "dict"},
+            "env_file": {"type": "str", "no_log": True},
+            "build": {"type": "dict", "options": BUILD_OPTIONS},
+            "upload": {"type": "path"},
+            # Not a secret, but up to 2.7 MB that would be echoed back in every result.
+            "artifact_b64": {"type": "str", "no_log": True},
+            "start": {"type": "bool"},
+            "lock_hold": {"type": "int"},
+            "point": {"type": "str", "choices": list(POINTS)},
             "note": {"type": "str"},
-            "by": {"type": "str"},
-            "run_id": {"type": "str"},
+            "stop": {"type": "bool"},
             "steps": {"type": "int"},
-            "keep": {"type": "int"},
         },
-        required_if=[
-            ("action", "activate", ("release",)),
-            ("action", "record", ("release", "event")),
-            ("action", "prune", ("keep",)),
-        ],
-        mutually_exclusive=[("release", "steps")],
+        mutually_exclusive=[("release", "steps"), ("upload", "artifact_b64")],
         supports_check_mode=True,
     )
-    respond(module, lambda: run(module.params, module.check_mode, module._diff))
+    respond(module, lambda: run(module.params, module.check_mode, module._diff, module.warn))
 
 
 if __name__ == "__main__":

@@ -155,26 +155,6 @@ def expect_release(status, json_fields: dict, release: str, release_in: str = "h
     return Expect(status=tuple(status), json=dict(json_fields), headers={RELEASE_HEADER: release})
 
 
-# The health parameters of the modules that prove a release through the public port
-# (release_prepare: is it live already; release_switch: Gate 2). Documented once in
-# plugins/doc_fragments/flipback_health.py.
-PUBLIC_HEALTH_ARGUMENTS: dict[str, dict] = {
-    "port": {"type": "int", "required": True},
-    "health_path": {"type": "str", "default": "/health"},
-    "expect_status": {"type": "list", "elements": "int", "default": [200]},
-    "expect_json": {"type": "dict", "default": {}},
-    "release_in": {"type": "str", "default": "header", "choices": list(RELEASE_IN)},
-    "health_host": {"type": "str", "default": "localhost"},
-    "public_successes": {"type": "int", "default": 3},
-}
-
-
-def public_health(params: dict) -> dict:
-    """The PUBLIC_HEALTH_ARGUMENTS of `params`, as the spec dataclasses take them."""
-    found = {name: params[name] for name in PUBLIC_HEALTH_ARGUMENTS}
-    return {**found, "expect_status": tuple(found["expect_status"])}
-
-
 # Answers in a row that are not healthy (and not 502/503/504, which say "starting")
 # after which a probe stops waiting: the app is up and answers, just not as expected.
 DEFAULT_UNHEALTHY_ANSWERS = 10

@@ -203,37 +203,6 @@ def stale_reason(holder: dict, now: float, ttl: float, stale_after: float | None
 # --------------------------------------------------------------------------- the lock
 
 
-# A lock owner as modules receive it: release_lock's `owner`, and the `lock_owner` of
-# release_prepare and release_switch.
-OWNER_OPTIONS: dict[str, dict] = {
-    "run_id": {"type": "str", "required": True},
-    "by": {"type": "str"},
-    "playbook": {"type": "str"},
-    "release": {"type": "str"},
-    "action": {"type": "str"},
-}
-
-# The lock parameters of the modules that take the deploy lock within their own call.
-LOCK_ARGUMENTS: dict[str, dict] = {
-    "lock_owner": {"type": "dict", "options": OWNER_OPTIONS},
-    "lock_wait": {"type": "float", "default": 0},
-    "lock_stale_after": {"type": "int", "default": 120},
-    "live_runs": {"type": "dict"},
-}
-
-
-def lock_request(params: dict) -> dict | None:
-    """The lock that LOCK_ARGUMENTS in `params` ask for; None without an owner."""
-    if not params["lock_owner"]:
-        return None
-    return {
-        "owner": {k: v for k, v in params["lock_owner"].items() if v is not None},
-        "wait": params["lock_wait"],
-        "stale_after": params["lock_stale_after"],
-        "live_runs": params["live_runs"],
-    }
-
-
 def run_is_gone(run_id: str, live_runs: dict | None) -> bool:
     """Whether `run_id` (`<controller>:<pid>:<start>`) is a run that died on this controller.
 

@@ -202,6 +202,11 @@ def home_of(root: str, service: str) -> str:
     return root if root else f"/srv/{service}"
 
 
+def instance_unit(service: str, release: str) -> str:
+    """The web instance of a release: the unit template <service>@.service, per release."""
+    return f"{service}@{release}.service"
+
+
 def socket_dir_of(service: str) -> str:
     return f"/run/flipback-{service}"
 

@@ -39,13 +39,9 @@ for _name in (
     "health_check",
     "release_build",
     "service_config",
-    "release_stage",
-    "release_lock",
     "service_status",
     "service_history",
     "status_report",
-    "release_switch",
-    "release_prepare",
     "release",
 ):
     if _name not in sys.modules:

@@ -488,29 +488,6 @@ def test_expect_release_asks_the_release_header_by_default():
     assert "header X-Flipback-Release: r1" in expect.describe()
 
 
-def test_public_health_takes_exactly_its_arguments_as_the_specs_want_them():
-    params = {
-        "port": 8000,
-        "health_path": "/ready",
-        "expect_status": [200],
-        "expect_json": {"ok": True},
-        "release_in": "header",
-        "health_host": "shop.example",
-        "public_successes": 2,
-        "service": "shop",
-    }
-    assert flipback_health.public_health(params) == {
-        "port": 8000,
-        "health_path": "/ready",
-        "expect_status": (200,),
-        "expect_json": {"ok": True},
-        "release_in": "header",
-        "health_host": "shop.example",
-        "public_successes": 2,
-    }
-    assert set(flipback_health.PUBLIC_HEALTH_ARGUMENTS) == set(params) - {"service"}
-
-
 NAMED_R2 = (("x-flipback-release", "r2"),)
 
 

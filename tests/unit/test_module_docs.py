@@ -120,16 +120,6 @@ def test_documented_suboptions_are_the_argument_spec(path, monkeypatch):
             assert bool(doc.get("required")) == bool(option.get("required")), f"{where}.{name}"
 
 
-@pytest.mark.parametrize("stem", ["release_prepare", "release_switch"])
-def test_lock_owner_is_documented_with_its_suboptions(stem, monkeypatch):
-    path = LIBRARY / f"{stem}.py"
-    documented = _options(path)["lock_owner"]
-    assert documented["type"] == "dict"
-    assert set(documented["suboptions"]) == {"run_id", "by", "playbook", "release", "action"}
-    assert documented["suboptions"]["run_id"]["required"] is True
-    assert _argument_spec(path, monkeypatch)["lock_owner"]["options"]
-
-
 def test_every_doc_fragment_is_used():
     used = {
         name

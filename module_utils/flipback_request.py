@@ -1,0 +1,81 @@
+"""What the release module is asked: its service, run and build arguments.
+
+The role hands the release module three dicts rather than twenty loose arguments: the
+service definition that service_config checked (`service`), the settings of this run
+(`run`: who, which run, the lock's timings, the gates' counts) and, at staging, the
+build (`build`). The release action plugin sends the host only the keys it reads
+(HOST_SERVICE_KEYS, HOST_BUILD_KEYS): never the source as given (it may carry
+credentials) nor the code that rides inline only when it is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.module_utils.flipback_health import DEFAULT_UNHEALTHY_ANSWERS, RELEASE_IN
+
+HEALTH_OPTIONS: dict[str, dict] = {
+    "path": {"type": "str", "default": "/health"},
+    "expect_status": {"type": "list", "elements": "int", "default": [200]},
+    "expect_json": {"type": "dict", "default": {}},
+    "release_in": {"type": "str", "default": "header", "choices": list(RELEASE_IN)},
+    "host": {"type": "str", "default": "localhost"},
+    "timeout": {"type": "float", "default": 30},
+    "unhealthy_answers": {"type": "int", "default": DEFAULT_UNHEALTHY_ANSWERS},
+}
+
+# The keys of a checked service definition the host reads.
+SERVICE_OPTIONS: dict[str, dict] = {
+    "name": {"type": "str", "required": True},
+    "port": {"type": "int"},
+    "user": {"type": "str"},
+    "ref": {"type": "str"},
+    "adopt_user": {"type": "bool", "default": False},
+    "keep_releases": {"type": "int", "default": 0},
+    "health": {"type": "dict", "options": HEALTH_OPTIONS, "apply_defaults": True},
+}
+HOST_SERVICE_KEYS = tuple(SERVICE_OPTIONS)
+
+RUN_OPTIONS: dict[str, dict] = {
+    "root": {"type": "path", "default": "/srv"},
+    "run_id": {"type": "str"},
+    "by": {"type": "str", "default": "unknown"},
+    "playbook": {"type": "str"},
+    "live_runs": {"type": "dict"},
+    "lock_wait": {"type": "float", "default": 0},
+    "lock_stale_after": {"type": "int", "default": 120},
+    "drain_seconds": {"type": "float", "default": 1},
+    "standby": {"type": "bool", "default": True},
+    "public_successes": {"type": "int", "default": 3},
+}
+
+BUILD_OPTIONS: dict[str, dict] = {
+    "id": {"type": "str", "required": True},
+    "checksum": {"type": "str", "required": True},
+    "deps_key": {"type": "str", "default": ""},
+    "git_sha": {"type": "str"},
+    "source": {"type": "str"},
+}
+HOST_BUILD_KEYS = tuple(BUILD_OPTIONS)
+
+
+def host_service(service: Any) -> Any:
+    """The keys of a service definition the host reads; anything else is not sent."""
+    if not isinstance(service, Mapping):
+        return service
+    return {key: service[key] for key in HOST_SERVICE_KEYS if key in service}
+
+
+def host_build(build: Mapping[str, Any], *, inline: bool) -> dict[str, Any]:
+    """What the host reads of release_build's result; `inline`: the code-only artifact
+    travels in the call, so its own checksum is the one to check."""
+    found = {key: build[key] for key in HOST_BUILD_KEYS if build.get(key) is not None}
+    if inline:
+        found["checksum"] = build["code_checksum"]
+    return found
+
+
+def service_home(root: str, service: str) -> str:
+    """A service's directory on a host: <root>/<service> (root: flipback_root, /srv)."""
+    return f"{root.rstrip('/') or ''}/{service}"

@@ -1,0 +1,142 @@
+"""Action: the release module, sent only what the host reads; staging in one task.
+
+Every action of the release module passes through here. The service definition is cut
+down to the keys the host reads (flipback_request.HOST_SERVICE_KEYS), so the source as
+given (it may carry credentials) never reaches a host or a result.
+
+`action: stage` is a deploy's whole first phase on a host, in one task: the module's
+prepare (lock, user, directories; is the release staged or live already?), then the
+artifact - uploaded only when the release is not staged here, and sent inline, code
+only, when a staged release lends its virtualenv - then the module's stage. If staging
+fails after the lock was taken, the lock is given back before the task fails.
+"""
+
+from __future__ import annotations
+
+import ansible.module_utils
+from ansible import constants as C
+from ansible.plugins.action import ActionBase
+
+for _path in C.DEFAULT_MODULE_UTILS_PATH:
+    if _path not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(_path)
+
+from ansible.module_utils.flipback_request import host_build, host_service
+
+# What `action: stage` reports of its prepare step, beside the stage's own result.
+PREPARED = (
+    "current",
+    "staged",
+    "noop",
+    "warmed",
+    "config_changes",
+    "release_runs",
+    "live",
+    "venv_donor",
+    "lock",
+    "changes",
+)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = dict(self._task.args)
+        args["service"] = host_service(args.get("service"))
+        try:
+            if args.get("action") == "stage":
+                result.update(self._stage(args, task_vars))
+            else:
+                if isinstance(args.get("build"), dict):
+                    args["build"] = host_build(args["build"], inline=False)
+                result.update(self._module(args, task_vars))
+        finally:
+            if self._connection._shell.tmpdir:
+                self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    def _module(self, args: dict, task_vars: dict) -> dict:
+        return self._execute_module(module_name="release", module_args=args, task_vars=task_vars)
+
+    def _stage(self, args: dict, task_vars: dict) -> dict:
+        build = args.get("build")
+        if not isinstance(build, dict) or "artifact" not in build:
+            return {
+                "failed": True,
+                "field": "build",
+                "msg": "build: expected release_build's result for this service (with its "
+                "artifact); retrying the same task does not help",
+            }
+        common = {
+            key: args[key]
+            for key in ("service", "run", "release", "config", "env_file")
+            if key in args
+        }
+        prepared = self._module(
+            {
+                **common,
+                "action": "prepare",
+                "build": host_build(build, inline=False),
+                "lock_hold": args.get("lock_hold"),
+            },
+            task_vars,
+        )
+        if prepared.get("failed"):
+            return self._give_back(prepared, args, task_vars)
+        summary = {key: prepared.get(key) for key in PREPARED}
+        summary["release"] = args.get("release")
+        if prepared.get("staged"):
+            summary.update(
+                changed=prepared.get("changed", False),
+                outcome="already live" if prepared.get("noop") else "staged",
+            )
+            return summary
+        inline = bool(prepared.get("venv_donor") and build.get("code_b64"))
+        stage_args = {
+            **common,
+            "action": "stage",
+            "build": host_build(build, inline=inline),
+            "start": args.get("start"),
+            "lock_hold": args.get("lock_hold"),
+        }
+        if inline:
+            stage_args["artifact_b64"] = build["code_b64"]
+        elif not self._task.check_mode:
+            stage_args["upload"] = self._upload(build["artifact"], args.get("release"))
+        staged = self._module(stage_args, task_vars)
+        if staged.get("failed"):
+            return self._give_back(staged, args, task_vars)
+        summary.update({k: v for k, v in staged.items() if k not in summary or k == "changed"})
+        summary["warmed"] = bool(prepared.get("warmed") or staged.get("warmed"))
+        summary["changed"] = True
+        summary["outcome"] = "staged"
+        return summary
+
+    def _upload(self, artifact: str, release: str) -> str:
+        """The artifact put in this task's own temporary directory on the host (private
+        to the connecting user); the module moves it into place."""
+        tmp = self._connection._shell.tmpdir or self._make_tmp_path()
+        remote = self._connection._shell.join_path(tmp, f"{release}.tar")
+        self._transfer_file(artifact, remote)
+        self._fixup_perms2((tmp, remote), execute=False)
+        return remote
+
+    def _give_back(self, failed: dict, args: dict, task_vars: dict) -> dict:
+        """A staging that failed: the lock this run took is given back, then the failure
+        is reported as it was (the lock's outcome beside it)."""
+        if not (args.get("run") or {}).get("run_id"):
+            return failed
+        given = self._module(
+            {
+                "action": "abandon",
+                "service": args["service"],
+                "run": args["run"],
+                "release": args.get("release"),
+            },
+            task_vars,
+        )
+        failed = dict(failed)
+        failed["lock_given_back"] = not given.get("failed")
+        return failed

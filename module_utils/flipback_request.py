@@ -15,6 +15,12 @@ from typing import Any
 
 from ansible.module_utils.flipback_health import DEFAULT_UNHEALTHY_ANSWERS, RELEASE_IN
 
+# What became of a service on a host in a run, as the role notes it and the report
+# reads it: the release module's own outcomes (staged, already live, switched) and the
+# role's (failed: a gate or a command; staging failed; not switched: the rollout
+# stopped before this host's batch).
+OUTCOMES = ("staged", "already live", "switched", "not switched", "failed", "staging failed")
+
 HEALTH_OPTIONS: dict[str, dict] = {
     "path": {"type": "str", "default": "/health"},
     "expect_status": {"type": "list", "elements": "int", "default": [200]},

@@ -10,7 +10,15 @@ id), and fails the run when the rollout stopped.
 
 from __future__ import annotations
 
+import ansible.module_utils
+from ansible import constants as C
 from ansible.plugins.action import ActionBase
+
+for _path in C.DEFAULT_MODULE_UTILS_PATH:
+    if _path not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(_path)
+
+from ansible.module_utils.flipback_request import OUTCOMES  # noqa: E402
 
 ARGUMENT_SPEC = {
     "action": {"type": "str", "default": "deploy"},
@@ -70,12 +78,14 @@ def host_lines(host: str, states: dict, restores: list) -> tuple[list[dict], lis
             text = state.get("error", outcome)
             problems.append(text)
             ok = False
-        elif outcome.startswith("not switched"):
+        elif outcome == "not switched":
             text = f"not switched (the rollout stopped); stays on {previous or 'nothing'}"
         elif outcome == "staged":
             text = f"staged {release}; not switched"
         else:
-            text = outcome
+            text = f"unknown outcome {outcome!r} (expected one of {', '.join(OUTCOMES)})"
+            problems.append(f"{host} {service}: {text}")
+            ok = False
         changes = state.get("config_changes") or []
         if (changes and outcome in ("switched", "failed", "staged")) or (
             changes and service in restored

@@ -575,7 +575,7 @@ def restore(name: str, **result: object) -> dict:
             id="staging-failed-without-error",
         ),
         pytest.param(
-            {"outcome": "not switched (rollout stopped)", "previous": R2},
+            {"outcome": "not switched", "previous": R2},
             [],
             f"not switched (the rollout stopped); stays on {R2}",
             True,
@@ -583,7 +583,7 @@ def restore(name: str, **result: object) -> dict:
             id="not-switched",
         ),
         pytest.param(
-            {"outcome": "not switched (rollout stopped)"},
+            {"outcome": "not switched"},
             [],
             "not switched (the rollout stopped); stays on nothing",
             True,
@@ -593,8 +593,24 @@ def restore(name: str, **result: object) -> dict:
         pytest.param(
             {"outcome": "staged"}, [], f"staged {R1}; not switched", True, None, id="staged"
         ),
-        pytest.param({"outcome": "prepared"}, [], "prepared", True, None, id="other-outcome"),
-        pytest.param({}, [], "unknown", True, None, id="no-outcome"),
+        # Outcomes are data from one set (flipback_request.OUTCOMES): anything else is a
+        # problem of the run, never shown as if it were an outcome.
+        pytest.param(
+            {"outcome": "prepared"},
+            [],
+            "unknown outcome 'prepared' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            False,
+            "h1 web: unknown outcome 'prepared' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            id="other-outcome",
+        ),
+        pytest.param(
+            {},
+            [],
+            "unknown outcome 'unknown' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            False,
+            "h1 web: unknown outcome 'unknown' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            id="no-outcome",
+        ),
         pytest.param(
             {"outcome": "switched", "current": R1, "previous": R2},
             [restore("web", changed=True)],
@@ -675,7 +691,7 @@ SAID = " (config changed: workers 1 -> 2, +DEBUG, SECRET_KEY)"
             id="already-live",
         ),
         pytest.param(
-            {"outcome": "not switched (rollout stopped)", "previous": R2},
+            {"outcome": "not switched", "previous": R2},
             [],
             f"not switched (the rollout stopped); stays on {R2}",
             id="not-switched",
@@ -753,7 +769,7 @@ def test_report_of_a_stopped_rollout_fails_naming_every_problem():
     rollout = {
         "h1": {"web": {"outcome": "switched", "current": R1, "previous": R2, "release": R1}},
         "h2": {"web": {"outcome": "failed", "error": "deploy of web failed on h2: Gate 2"}},
-        "h3": {"web": {"outcome": "not switched (rollout stopped)", "previous": R2}},
+        "h3": {"web": {"outcome": "not switched", "previous": R2}},
     }
     restored = {"h1": [restore("web", changed=True)]}
 
@@ -785,7 +801,7 @@ def test_report_of_a_failed_after_switch_command_stops_and_restores():
                 "error": error,
             }
         },
-        "h2": {"web": {"outcome": "not switched (rollout stopped)", "previous": R2}},
+        "h2": {"web": {"outcome": "not switched", "previous": R2}},
     }
     restored = {"h1": [restore("web", changed=True)]}
 

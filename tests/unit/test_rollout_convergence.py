@@ -107,7 +107,7 @@ def fleet(**hosts: dict | None) -> dict:
             id="live-by-an-earlier-run-that-left-a-host-staged",
         ),
         pytest.param(
-            fleet(h1=already_live(EARLIER), h2=left("not switched (rollout stopped)")),
+            fleet(h1=already_live(EARLIER), h2=left("not switched")),
             BEFORE,
             id="live-by-an-earlier-run-that-left-a-host-not-switched",
         ),
@@ -183,7 +183,7 @@ def test_restore_target_skips_hosts_without_a_state_for_the_service():
         "h2": None,
         "h3": {"api": left()},
         "h4": {"web": None},
-        "h5": {"web": left("not switched (rollout stopped)", runs=(EARLIER,))},
+        "h5": {"web": left("not switched", runs=(EARLIER,))},
     }
     assert filters.flipback_restore_target(rollouts, "h1", "web", THIS_RUN) == BEFORE
 

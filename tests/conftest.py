@@ -2,8 +2,9 @@
 
 Ansible ships `module_utils/` next to a playbook as `ansible.module_utils.*` and
 runs `library/*.py` as scripts; the tests reproduce both without installing
-anything: the module_utils directory joins the `ansible.module_utils` package
-path, and each library module is loaded from its file under its own name.
+anything: the module_utils directories (the deploy's and the sandbox harness's,
+sandbox/module_utils) join the `ansible.module_utils` package path, and each library
+module (library/ and sandbox/library/) is loaded from its file under its own name.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
+# As ansible.cfg's module_utils: the deploy's directory, then the harness's.
+for _utils in (ROOT / "module_utils", ROOT / "sandbox" / "module_utils"):
+    if str(_utils) not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(str(_utils))
 
 # bench/ is no package: its scripts import each other by name (bench.py imports load
 # and plot), and so do the tests (`import load`).
@@ -33,19 +36,23 @@ if str(ROOT / "tests" / "unit") not in sys.path:
 
 from fakes import load_file  # noqa: E402 (the paths above first)
 
-for _name in (
-    "sandbox_fleet",
-    "sandbox_image",
-    "health_check",
-    "release_build",
-    "service_config",
-    "service_status",
-    "service_history",
-    "status_report",
-    "release",
-):
-    if _name not in sys.modules:
-        load_file(_name, ROOT / "library" / f"{_name}.py", register=True)
+# Each library module under its own name, from its directory: the harness's, the deploy's.
+_LIBRARIES = {
+    "sandbox/library": ("sandbox_fleet", "sandbox_image"),
+    "library": (
+        "health_check",
+        "release_build",
+        "service_config",
+        "service_status",
+        "service_history",
+        "status_report",
+        "release",
+    ),
+}
+for _library, _names in _LIBRARIES.items():
+    for _name in _names:
+        if _name not in sys.modules:
+            load_file(_name, ROOT / _library / f"{_name}.py", register=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -20,7 +20,7 @@ import pytest
 from ansible.plugins.loader import callback_loader
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGINS = ROOT / "plugins" / "callback"
+PLUGINS = ROOT / "sandbox" / "plugins" / "callback"
 callback_loader.add_directory(str(PLUGINS))
 
 pytestmark = pytest.mark.controller

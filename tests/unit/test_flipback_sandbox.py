@@ -1,4 +1,4 @@
-"""Unit tests of module_utils/flipback_sandbox.py: pure functions, then Fleet and Image
+"""Unit tests of sandbox/module_utils/flipback_sandbox.py: pure functions, then Fleet and Image
 against FakeHost, an in-memory controller that records every call."""
 
 from __future__ import annotations

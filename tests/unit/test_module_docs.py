@@ -1,4 +1,5 @@
-"""Every module in library/ documents itself completely: ansible-doc can read it."""
+"""Every module in library/ and sandbox/library/ documents itself completely: ansible-doc
+can read it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from fakes import load_file
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "library"
 FRAGMENTS = ROOT / "plugins" / "doc_fragments"
-MODULES = sorted(LIBRARY.glob("*.py"))
+# The deploy's modules, then the sandbox harness's.
+MODULES = sorted(LIBRARY.glob("*.py")) + sorted((ROOT / "sandbox" / "library").glob("*.py"))
 
 
 def _docs(path: Path) -> dict[str, str]:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROLES = sorted(p for p in (Path(__file__).resolve().parents[2] / "roles").iterdir() if p.is_dir())
+ROOT = Path(__file__).resolve().parents[2]
+# The deploy's roles and the sandbox harness's.
+ROLES = sorted(
+    p
+    for roles in (ROOT / "roles", ROOT / "sandbox" / "roles")
+    for p in roles.iterdir()
+    if p.is_dir()
+)
 
 
 def _load(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Unit tests of library/sandbox_fleet.py: preflight, parameters to FleetSpec, and main()."""
+"""Unit tests of sandbox/library/sandbox_fleet.py: preflight, parameters to FleetSpec, main()."""
 
 from __future__ import annotations
 

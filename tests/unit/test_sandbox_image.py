@@ -1,4 +1,4 @@
-"""Unit tests of library/sandbox_image.py: preflight and parameters in run(), and main()."""
+"""Unit tests of sandbox/library/sandbox_image.py: preflight and parameters in run(), and main()."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Kill ansible-playbook at every task of a deploy and of a rollback, then run it again.
 
-The flipback_kill callback (plugins/callback/) SIGKILLs the run's process group when
+The flipback_kill callback (sandbox/plugins/callback/) SIGKILLs the run's process group when
 task N+1 starts, so task N is the last one done. For every N of a full run (the count
 T is learned from a full run right before each loop, never written down here: the
 playbooks change), one machine runs the command killed after task N, checks the host,

@@ -87,3 +87,21 @@ def test_rehearsal_ends_on_the_new_release(host):
     assert lib.public_health(host)["release"] == v2
     events = [(e["release"], e["event"]) for e in lib.history(host)[-3:]]
     assert events == [(v1, "active"), (v2, "rolled_back"), (v2, "active")]
+
+
+def test_a_play_of_your_own_deploys_with_the_role(host, tmp_path):
+    # The role's main.yml is a whole deploy in one play (request, stage, commands,
+    # switch, finish): a playbook of your own needs only `roles: [flipback]`.
+    v1, v2 = _releases(host)
+    own = tmp_path / "own.yml"
+    own.write_text("- hosts: all\n  gather_facts: false\n  roles: [flipback]\n", encoding="utf-8")
+    run = lib.run_playbook(host, str(own), "-e", "ref=v1")
+    out = lib.output(run)
+    assert run.returncode == 0, out[-3000:]
+    assert lib.current_id(host) == v1
+    assert lib.public_health(host)["release"] == v1
+    assert f"{host.backend.get_hostname()} hello: switched to {v1}" in out, out[-3000:]
+    # And back, so the reboot tests find the fleet as the rehearsal left it.
+    run = lib.run_playbook(host, str(own), "-e", "ref=v2")
+    assert run.returncode == 0, lib.output(run)[-3000:]
+    assert lib.current_id(host) == v2

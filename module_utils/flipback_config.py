@@ -23,15 +23,17 @@ from ansible.module_utils.flipback_runtime import (
     APP_RE,
     DEFAULT_PROCESS_START_SECONDS,
     NGINX_DEFAULTS,
+    RELEASE_ID_RE,
+    SERVICE_NAME_EXPECTED,
+    SERVICE_NAME_RE,
     app_and_factory,
     check_process_start_seconds,
     env_problems,
     normalize_processes,
 )
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+NAME_RE = SERVICE_NAME_RE
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@^~{}-]{0,199}$")
 SUBDIR_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+$")
 # Ports a service must not take on a flipback host: sshd, and nginx's default site.
@@ -167,8 +169,7 @@ def normalize_service(index: int, raw: Any, problems: list[str]) -> dict[str, An
             _problem(
                 f"{where}.name",
                 name,
-                "1-32 characters: a lowercase letter, then "
-                "lowercase letters, digits or '-' (no '/', '..' or spaces)",
+                f"{SERVICE_NAME_EXPECTED} (no '/', '..' or spaces)",
             )
         )
     unknown = sorted(set(svc) - KNOWN_KEYS)

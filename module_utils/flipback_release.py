@@ -24,7 +24,6 @@ import errno
 import glob
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -32,6 +31,9 @@ from dataclasses import dataclass, replace
 
 from ansible.module_utils.flipback_common import FlipbackError
 from ansible.module_utils.flipback_runtime import (
+    RELEASE_ID_RE,
+    SERVICE_NAME_EXPECTED,
+    SERVICE_NAME_RE,
     UNIT_DIR,
     config_changes,
     env_path,
@@ -42,8 +44,7 @@ from ansible.module_utils.flipback_runtime import (
     site_text,
 )
 
-SERVICE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
+SERVICE_RE = SERVICE_NAME_RE
 RELEASE_ID_EXAMPLE = "20261129T141500-3f2a9c1d0e"
 EVENTS = ("staged", "active", "failed", "rolled_back", "pruned", "command")
 # Events that say what ran, not what became of a release: they never decide its status.
@@ -84,7 +85,7 @@ class ReleaseError(FlipbackError):
 
 def validate_service(service: object) -> str:
     if not isinstance(service, str) or not SERVICE_RE.fullmatch(service):
-        expected = "1-32 characters: a lowercase letter, then lowercase letters, digits, '_' or '-'"
+        expected = SERVICE_NAME_EXPECTED
         raise ReleaseError(
             f"service: got {service!r}, expected {expected}",
             field="service",

@@ -35,6 +35,11 @@ from typing import Any
 from ansible.module_utils.flipback_common import FlipbackError
 from ansible.module_utils.flipback_health import RELEASE_HEADER
 
+# A service's name, on the controller and on the hosts alike: it names a unit, a user's
+# default, a directory and an nginx site.
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+SERVICE_NAME_EXPECTED = "1-32 characters: a lowercase letter, then lowercase letters, digits or '-'"
+RELEASE_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 APP_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\(\))?$"

@@ -258,7 +258,7 @@ def test_the_site_is_no_option_in_the_docs():
     assert "site_path" not in release.EXAMPLES
 
 
-def test_no_lock_owner_no_lock(host, tmp_path, capsys):
+def test_no_run_id_no_lock(host, tmp_path, capsys):
     code, result, _out = run_main(args(tmp_path), capsys)
     assert code == 0
     (spec,) = host.specs

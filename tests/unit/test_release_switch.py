@@ -492,7 +492,7 @@ def lock_on_disk(lock_root: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def test_no_lock_owner_takes_no_lock(host, root, lock_root, locks_made, capsys):
+def test_no_run_id_takes_no_lock(host, root, lock_root, locks_made, capsys):
     code, _result = run_main(args(root), capsys)
     assert code == 0
     assert locks_made == []

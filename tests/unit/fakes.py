@@ -9,6 +9,8 @@ and a fake systemd.
   `current` link, as release_stage and the switch leave it.
 - FakeSystemd: systemctl over sets of active and enabled units (and retire timers),
   recording every call; each test's host fake builds on it.
+- service_arg, run_arg, run_module, module_params: the release module's `service` and
+  `run` arguments, and its main() run on a parameter dict (or only validating one).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 from ansible.module_utils.flipback_health import Target
 from ansible.module_utils.flipback_release import append_history, history_event, read_history
+from ansible.module_utils.testing import patch_module_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -352,3 +356,49 @@ class FakeSystemd:
 
     def reset_failed(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return completed(argv)
+
+
+# =========================================================================== the release module
+
+
+def service_arg(name: str = "shop", **fields: object) -> dict:
+    """The release module's `service`: `name`, port 8000 unless `fields` say otherwise
+    (None: left out)."""
+    found = {"name": name, "port": 8000, **fields}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def run_arg(home: Path | str | None = None, **fields: object) -> dict:
+    """The release module's `run`: its root the parent of the service home `home` (None:
+    the default root), with `fields` (None: left out)."""
+    found = {"root": None if home is None else str(Path(home).parent), **fields}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def run_module(module: ModuleType, args: dict, capsys, check_mode=False, diff=False):
+    """`module`.main() run on `args`: (exit code, result, the output as printed)."""
+    args = {"_ansible_check_mode": check_mode, "_ansible_diff": diff, **args}
+    with patch_module_args(args):
+        try:
+            module.main()
+        except SystemExit as exit_info:
+            code = exit_info.code
+        else:
+            raise AssertionError("main() did not exit")
+    out = capsys.readouterr().out
+    return code, json.loads(out), out
+
+
+def module_params(module: ModuleType, args: dict, capsys) -> dict:
+    """The parameters `module`.main() validates `args` into, defaults filled in; its
+    run() is not called, so nothing is acted on."""
+    seen: dict = {}
+
+    def capture(params: dict, *_args: object) -> dict:
+        seen.update(params)
+        return {"changed": False}
+
+    with mock.patch.object(module, "run", capture):
+        code, result, _out = run_module(module, args, capsys)
+    assert code == 0 and seen, result
+    return seen

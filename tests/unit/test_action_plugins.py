@@ -516,6 +516,10 @@ def test_flipback_env_file_names_every_problem():
 # =========================================================================== rollout_report
 
 
+# What an unknown outcome is told it should have been (flipback_request.OUTCOMES), spelled out.
+EXPECTED = "(expected one of staged, already live, switched, not switched, failed, staging failed)"
+
+
 def restore(name: str, **result: object) -> dict:
     return {"_flipback_item": {"name": name}, **result}
 
@@ -598,17 +602,17 @@ def restore(name: str, **result: object) -> dict:
         pytest.param(
             {"outcome": "prepared"},
             [],
-            "unknown outcome 'prepared' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"unknown outcome 'prepared' {EXPECTED}",
             False,
-            "h1 web: unknown outcome 'prepared' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"h1 web: unknown outcome 'prepared' {EXPECTED}",
             id="other-outcome",
         ),
         pytest.param(
             {},
             [],
-            "unknown outcome 'unknown' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"unknown outcome 'unknown' {EXPECTED}",
             False,
-            "h1 web: unknown outcome 'unknown' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"h1 web: unknown outcome 'unknown' {EXPECTED}",
             id="no-outcome",
         ),
         pytest.param(

@@ -14,12 +14,11 @@ import os
 import socket
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 
 import pytest
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.module_utils.flipback_runtime import env_file_text, resolve_release
-from fakes import load_plugin
+from fakes import action, load_plugin
 
 pytestmark = pytest.mark.controller
 
@@ -35,12 +34,6 @@ release_build = load("release_build")
 release_config = load("release_config")
 rollout_report = load("rollout_report")
 filters = load("flipback", "filter")
-
-
-def action(module: ModuleType, args: dict, *, check_mode: bool = False):
-    task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, action="test")
-    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/nonexistent"))
-    return module.ActionModule(task, connection, None, None, None, None)
 
 
 # =========================================================================== service_config

@@ -1,7 +1,9 @@
-#!/usr/bin/python
-"""Ansible module (controller): build a service's release artifact once per content."""
+"""Documentation only: build a service's release artifact once per content.
 
-from __future__ import annotations
+The action plugin of the same name (plugins/action/release_build.py) does the work on the
+controller, in-process; no run executes this file as a module. ansible-doc reads
+DOCUMENTATION, EXAMPLES and RETURN from here, as ansible-core's own debug and set_fact.
+"""
 
 DOCUMENTATION = r"""
 ---
@@ -167,27 +169,3 @@ retryable:
   type: bool
   returned: failure
 """
-
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_build import ARGUMENT_SPEC, Builder, BuildSpec
-from ansible.module_utils.flipback_common import respond, split_credentials
-
-
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        supports_check_mode=True,
-    )
-    params = module.params
-    spec = BuildSpec.from_params(params)
-    # Ansible echoes the parameters in the answer's `invocation`: the redacted URL there,
-    # and Ansible masks the credentials anywhere else in the answer.
-    source, username, password = split_credentials(spec.source)
-    module.params["source"] = source
-    module.no_log_values.update(secret for secret in (username, password) if secret)
-    respond(module, lambda: Builder(spec).build())
-
-
-if __name__ == "__main__":
-    main()

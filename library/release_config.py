@@ -1,7 +1,9 @@
-#!/usr/bin/python
-"""Ansible module (controller): the release a build becomes with one host's configuration."""
+"""Documentation only: the release a build becomes with one host's configuration.
 
-from __future__ import annotations
+The action plugin of the same name (plugins/action/release_config.py) does the work on the
+controller, in-process; no run executes this file as a module. ansible-doc reads
+DOCUMENTATION, EXAMPLES and RETURN from here, as ansible-core's own debug and set_fact.
+"""
 
 DOCUMENTATION = r"""
 ---
@@ -80,16 +82,3 @@ retryable:
   type: bool
   returned: failure
 """
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_common import respond
-from ansible.module_utils.flipback_runtime import CONFIG_ARGUMENT_SPEC, resolve_params
-
-
-def main() -> None:
-    module = AnsibleModule(argument_spec=CONFIG_ARGUMENT_SPEC, supports_check_mode=True)
-    respond(module, lambda: {"changed": False, **resolve_params(module.params)})
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,9 @@
-#!/usr/bin/python
-"""Ansible module (controller): check service definitions and selectors before any change."""
+"""Documentation only: check service definitions and selectors before any change.
 
-from __future__ import annotations
+The action plugin of the same name (plugins/action/service_config.py) does the work on the
+controller, in-process; no run executes this file as a module. ansible-doc reads
+DOCUMENTATION, EXAMPLES and RETURN from here, as ansible-core's own debug and set_fact.
+"""
 
 DOCUMENTATION = r"""
 ---
@@ -99,45 +101,3 @@ retryable:
   type: bool
   returned: failure
 """
-
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.flipback_config import (
-    ARGUMENT_SPEC,
-    ConfigError,
-    check_params,
-    invocation,
-)
-
-
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        supports_check_mode=True,
-    )
-    started = time.monotonic()
-    params = module.params
-    # Ansible echoes the module's arguments as `invocation`; the env values in them may
-    # be secrets, so they are echoed hidden.
-    echoed = invocation(params)
-    try:
-        result = check_params(params)
-    except ConfigError as exc:
-        module.fail_json(
-            msg=exc.msg,
-            problems=exc.problems,
-            retryable=False,
-            elapsed=round(time.monotonic() - started, 3),
-            invocation=echoed,
-        )
-    module.exit_json(
-        changed=False,
-        elapsed=round(time.monotonic() - started, 3),
-        invocation=echoed,
-        **result,
-    )
-
-
-if __name__ == "__main__":
-    main()

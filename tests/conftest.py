@@ -4,7 +4,9 @@ Ansible ships `module_utils/` next to a playbook as `ansible.module_utils.*` and
 runs `library/*.py` as scripts; the tests reproduce both without installing
 anything: the module_utils directories (the deploy's and the sandbox harness's,
 sandbox/module_utils) join the `ansible.module_utils` package path, and each library
-module (library/ and sandbox/library/) is loaded from its file under its own name.
+module that runs (library/ and sandbox/library/) is loaded from its file under its own
+name. The documentation-only ones (service_config, release_build, release_config) are
+not: their action plugins, loaded by the tests with fakes.load_plugin, do the work.
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ if str(ROOT / "tests" / "unit") not in sys.path:
 
 from fakes import load_file  # noqa: E402 (the paths above first)
 
-# Each library module under its own name, from its directory: the harness's, the deploy's.
+# Each library module that runs under its own name, from its directory: the harness's,
+# the deploy's (tests/unit/test_module_docs.py checks every module's kind).
 _LIBRARIES = {
     "sandbox/library": ("sandbox_fleet", "sandbox_image"),
     "library": (
         "health_check",
-        "release_build",
-        "service_config",
         "service_status",
         "service_history",
         "status_report",

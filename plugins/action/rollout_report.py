@@ -18,7 +18,7 @@ for _path in C.DEFAULT_MODULE_UTILS_PATH:
     if _path not in ansible.module_utils.__path__:
         ansible.module_utils.__path__.append(_path)
 
-from ansible.module_utils.flipback_request import OUTCOMES  # noqa: E402
+from ansible.module_utils.flipback_request import OUTCOMES
 
 ARGUMENT_SPEC = {
     "action": {"type": "str", "default": "deploy"},

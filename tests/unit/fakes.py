@@ -3,6 +3,8 @@ and a fake systemd.
 
 - load_file: a Python file (a library module, a plugin, a doc fragment) loaded from its
   path under a name of the test's choosing, as Ansible loads it: not as a package.
+- load_plugin, action: a plugin of plugins/ loaded from its file; an action plugin's
+  ActionModule on the smallest task and connection stand-ins ActionBase needs.
 - Reply, ScriptedServer, QuietHandler, serve, closed_port: real HTTP servers on
   127.0.0.1 (or a unix socket) in a thread, for the probes and the load generator.
 - ReleaseTree: a service root with releases/<id>/manifest.json, history.jsonl and a
@@ -28,7 +30,7 @@ import time
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from unittest import mock
 
 from ansible.module_utils.flipback_health import Target
@@ -55,6 +57,17 @@ def load_file(name: str, path: Path | str, *, register: bool = False) -> ModuleT
 def load_plugin(name: str, kind: str = "action") -> ModuleType:
     """plugins/<kind>/<name>.py, as flipback_<kind>_<name>."""
     return load_file(f"flipback_{kind}_{name}", ROOT / "plugins" / kind / f"{name}.py")
+
+
+def action(module: ModuleType, args: dict, *, check_mode: bool = False):
+    """The ActionModule of an action plugin (from load_plugin) for a task with `args`.
+
+    The task and connection are the smallest stand-ins ActionBase needs: none of the
+    project's controller actions talks to a host. `.run(task_vars={})` runs it.
+    """
+    task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, action="test")
+    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/nonexistent"))
+    return module.ActionModule(task, connection, None, None, None, None)
 
 
 # =========================================================================== HTTP

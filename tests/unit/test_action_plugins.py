@@ -14,12 +14,11 @@ import os
 import socket
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 
 import pytest
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.module_utils.flipback_runtime import env_file_text, resolve_release
-from fakes import load_plugin
+from fakes import action, load_plugin
 
 pytestmark = pytest.mark.controller
 
@@ -35,12 +34,6 @@ release_build = load("release_build")
 release_config = load("release_config")
 rollout_report = load("rollout_report")
 filters = load("flipback", "filter")
-
-
-def action(module: ModuleType, args: dict, *, check_mode: bool = False):
-    task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, action="test")
-    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/nonexistent"))
-    return module.ActionModule(task, connection, None, None, None, None)
 
 
 # =========================================================================== service_config
@@ -516,6 +509,10 @@ def test_flipback_env_file_names_every_problem():
 # =========================================================================== rollout_report
 
 
+# What an unknown outcome is told it should have been (flipback_request.OUTCOMES), spelled out.
+EXPECTED = "(expected one of staged, already live, switched, not switched, failed, staging failed)"
+
+
 def restore(name: str, **result: object) -> dict:
     return {"_flipback_item": {"name": name}, **result}
 
@@ -598,17 +595,17 @@ def restore(name: str, **result: object) -> dict:
         pytest.param(
             {"outcome": "prepared"},
             [],
-            "unknown outcome 'prepared' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"unknown outcome 'prepared' {EXPECTED}",
             False,
-            "h1 web: unknown outcome 'prepared' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"h1 web: unknown outcome 'prepared' {EXPECTED}",
             id="other-outcome",
         ),
         pytest.param(
             {},
             [],
-            "unknown outcome 'unknown' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"unknown outcome 'unknown' {EXPECTED}",
             False,
-            "h1 web: unknown outcome 'unknown' (expected one of staged, already live, switched, not switched, failed, staging failed)",
+            f"h1 web: unknown outcome 'unknown' {EXPECTED}",
             id="no-outcome",
         ),
         pytest.param(

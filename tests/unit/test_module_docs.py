@@ -1,5 +1,11 @@
 """Every module in library/ and sandbox/library/ documents itself completely: ansible-doc
-can read it."""
+can read it.
+
+A module runs (it has a main()), or it is documentation only: an action plugin of the
+same name in plugins/action/ does the work on the controller and validates the options
+the module documents (ansible-core's debug and set_fact are so). Either way the
+documented options are the argument spec that is really checked.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import load_file
+from fakes import action, load_file, load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "library"
 FRAGMENTS = ROOT / "plugins" / "doc_fragments"
+ACTIONS = ROOT / "plugins" / "action"
 # The deploy's modules, then the sandbox harness's.
 MODULES = sorted(LIBRARY.glob("*.py")) + sorted((ROOT / "sandbox" / "library").glob("*.py"))
 
@@ -74,8 +81,27 @@ class _Captured(Exception):
         self.spec = spec
 
 
+def _functions(path: Path) -> set[str]:
+    """Names of the functions the file defines at its top level."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def _runs_its_module(plugin: Path) -> bool:
+    """Whether the action plugin hands the task to a module (self._execute_module)."""
+    return "_execute_module" in {
+        node.attr
+        for node in ast.walk(ast.parse(plugin.read_text()))
+        if isinstance(node, ast.Attribute)
+    }
+
+
 def _argument_spec(path: Path, monkeypatch) -> dict:
-    """The module's argument_spec, taken from its AnsibleModule(...) call in main()."""
+    """The argument_spec that is checked: the module's, taken from its AnsibleModule(...)
+    call in main(); for a documentation-only module, its action plugin's, taken from its
+    validate_argument_spec(...) call in run()."""
+    if "main" not in _functions(path):
+        return _action_argument_spec(path.stem, monkeypatch)
     module = load_file(f"_doccheck_{path.stem}", path)
 
     def capture(*, argument_spec, **_kwargs):
@@ -85,6 +111,42 @@ def _argument_spec(path: Path, monkeypatch) -> dict:
     with pytest.raises(_Captured) as captured:
         module.main()
     return captured.value.spec
+
+
+def _action_argument_spec(name: str, monkeypatch) -> dict:
+    plugin = load_plugin(name)
+
+    def capture(self, argument_spec=None, **_kwargs):
+        raise _Captured(argument_spec)
+
+    monkeypatch.setattr(plugin.ActionModule, "validate_argument_spec", capture)
+    with pytest.raises(_Captured) as captured:
+        action(plugin, {}).run(task_vars={})
+    return captured.value.spec
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_a_module_runs_or_is_documentation_for_its_action(path):
+    """A module with a main() is run: an action plugin of its name, if any, hands the task
+    to it. A module without one is documentation only: an action plugin of its name does
+    the work, and the file has no code for ansible to ship."""
+    plugin = ACTIONS / f"{path.stem}.py"
+    if "main" in _functions(path):
+        assert not plugin.exists() or _runs_its_module(plugin), (
+            f"plugins/action/{path.stem}.py shadows the module: its main() never runs"
+        )
+        return
+    assert plugin.exists(), f"{path.stem} has no main() and no action plugin to do its work"
+    assert not _runs_its_module(plugin), f"plugins/action/{path.stem}.py runs a module of none"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assert ast.get_docstring(tree), "say which action plugin does the work"
+    code = [
+        node
+        for node in tree.body
+        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        and not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant))
+    ]
+    assert code == [], "a documentation-only module holds its docstring and docs only"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])

@@ -1,11 +1,13 @@
-"""Unit tests of library/release_build.py: parameters to BuildSpec, and main()'s results.
+"""Unit tests of release_build, the action plugin (plugins/action/release_build.py):
+parameters to BuildSpec, and its results. library/release_build.py only documents it.
 
-main() builds for real against a throwaway git repository in tmp_path, with a fake
+The action builds for real against a throwaway git repository in tmp_path, with a fake
 pip that writes dummy wheels, so nothing here touches the network.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -17,9 +19,13 @@ from typing import ClassVar
 from urllib.parse import quote
 
 import pytest
-import release_build
+from ansible.errors import AnsibleActionFail
 from ansible.module_utils.flipback_build import BuildError
-from ansible.module_utils.testing import patch_module_args
+from fakes import action, load_plugin
+
+pytestmark = pytest.mark.controller
+
+release_build = load_plugin("release_build")
 
 ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 T1, T2 = 1704164645, 1706933106  # 2024-01-02T03:04:05Z, 2024-02-03T04:05:06Z
@@ -107,17 +113,17 @@ def pip_calls(tmp_path: Path) -> int:
     return len([line for line in lines if " uv==" not in line])
 
 
-def run_main(args, capsys):
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        release_build.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+def run_action(args, check_mode=False):
+    """(failed, the result) of the action for a task with `args`."""
+    result = action(release_build, args, check_mode=check_mode).run(task_vars={})
+    return bool(result.get("failed")), result
 
 
 # --------------------------------------------------------------------- parameters
 
 
 class RecordingBuilder:
-    """Records the spec main() built; returns what `outcome` says."""
+    """Records the spec the action built; returns what `outcome` says."""
 
     specs: ClassVar[list] = []
     outcome: ClassVar[dict | Exception] = {}
@@ -132,10 +138,14 @@ class RecordingBuilder:
 
 
 @pytest.fixture
-def recording(monkeypatch):
+def recording(monkeypatch, tmp_path):
+    # The action returns the code-only artifact inline: a real (small) file.
+    code = tmp_path / "x.code.tar"
+    code.write_bytes(b"code")
+    outcome = {"changed": False, "id": "x", "code_artifact": str(code)}
     monkeypatch.setattr(release_build, "Builder", RecordingBuilder)
     monkeypatch.setattr(RecordingBuilder, "specs", [])
-    monkeypatch.setattr(RecordingBuilder, "outcome", {"changed": False, "id": "x"})
+    monkeypatch.setattr(RecordingBuilder, "outcome", outcome)
     return RecordingBuilder
 
 
@@ -163,10 +173,10 @@ def recording(monkeypatch):
         "requirements",
     ],
 )
-def test_parameters_reach_the_build_spec(recording, capsys, monkeypatch, tmp_path, given, expected):
+def test_parameters_reach_the_build_spec(recording, monkeypatch, tmp_path, given, expected):
     monkeypatch.setenv("HOME", str(tmp_path))
-    code, result = run_main({"service": "hello", "source": "/srv/git/x", **given}, capsys)
-    assert code == 0, result
+    failed, result = run_action({"service": "hello", "source": "/srv/git/x", **given})
+    assert not failed, result
     (spec,) = recording.specs
     assert (spec.service, spec.source) == ("hello", "/srv/git/x")
     for key, value in expected.items():
@@ -177,31 +187,30 @@ def test_parameters_reach_the_build_spec(recording, capsys, monkeypatch, tmp_pat
         assert spec.cache_dir == str(tmp_path / ".cache" / "flipback")
 
 
-def test_missing_required_parameters_fail(recording, capsys):
-    code, result = run_main({"service": "hello"}, capsys)
-    assert code == 1
-    assert result["failed"] is True
-    assert "source" in result["msg"]
+def test_missing_required_parameters_fail(recording):
+    with pytest.raises(AnsibleActionFail) as failure:
+        run_action({"service": "hello"})
+    assert "source" in str(failure.value)
     assert recording.specs == []
 
 
-def test_build_error_details_reach_the_result(recording, capsys):
+def test_build_error_details_reach_the_result(recording):
     recording.outcome = BuildError("ref: got 'x'", retryable=False, field="ref", value="x")
-    code, result = run_main({"service": "hello", "source": "/srv/git/x"}, capsys)
-    assert code == 1
+    failed, result = run_action({"service": "hello", "source": "/srv/git/x"})
+    assert failed
     assert result["failed"] is True
     assert (result["msg"], result["retryable"]) == ("ref: got 'x'", False)
     assert (result["field"], result["value"]) == ("ref", "x")
     assert isinstance(result["elapsed"], float)
 
 
-# ---------------------------------------------------------------------------- main
+# ---------------------------------------------------------------------------- builds
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check-mode"])
-def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_mode):
-    first_code, first = run_main({**args, "_ansible_check_mode": check_mode}, capsys)
-    assert first_code == 0, first
+def test_builds_once_then_reports_unchanged(args, tmp_path, check_mode):
+    first_failed, first = run_action(args, check_mode)
+    assert not first_failed, first
     assert first["changed"] is True
     assert ID_RE.match(first["id"])
     assert first["id"].startswith("20240203T040506-")
@@ -215,9 +224,11 @@ def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_m
     artifact = Path(first["artifact"])
     assert artifact.parent == tmp_path / "cache" / "artifacts"
     assert first["checksum"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    # The code-only artifact travels inline (it is small).
+    assert base64.b64decode(first["code_b64"]) == Path(first["code_artifact"]).read_bytes()
 
-    second_code, second = run_main(args, capsys)
-    assert second_code == 0, second
+    second_failed, second = run_action(args)
+    assert not second_failed, second
     assert second["changed"] is False
     for key in ("id", "artifact", "checksum"):
         assert second[key] == first[key], key
@@ -225,7 +236,7 @@ def test_main_builds_once_then_reports_unchanged(args, capsys, tmp_path, check_m
     assert pip_calls(tmp_path) == 2
 
 
-def test_main_takes_the_requirements_file_it_is_given(args, capsys, tmp_path):
+def test_takes_the_requirements_file_it_is_given(args):
     repo = Path(args["source"])
     # pyproject.toml lists fastapi; the named file wins over it (and over requirements.txt).
     files = {
@@ -235,9 +246,9 @@ def test_main_takes_the_requirements_file_it_is_given(args, capsys, tmp_path):
     commit(repo, files, T2 + 120, "with-requirements")
     given = {**args, "ref": "with-requirements", "requirements": "requirements/prod.txt"}
 
-    code, result = run_main(given, capsys)
+    failed, result = run_action(given)
 
-    assert code == 0, result
+    assert not failed, result
     assert result["dependency_source"] == "requirements/prod.txt"
     assert result["dependencies"] == ["flask==3.0.0", "uvicorn==0.30.0"]
     assert result["added"] == []
@@ -266,11 +277,11 @@ def test_main_takes_the_requirements_file_it_is_given(args, capsys, tmp_path):
         "requirements-missing",
     ],
 )
-def test_main_reports_failures(args, capsys, tmp_path, overrides, field, retryable, says):
+def test_reports_failures(args, tmp_path, overrides, field, retryable, says):
     if overrides.get("source") == "MISSING":
         overrides = {"source": str(tmp_path / "no-such-repo")}
-    code, result = run_main({**args, **overrides}, capsys)
-    assert code == 1
+    failed, result = run_action({**args, **overrides})
+    assert failed
     assert result["failed"] is True
     assert says in result["msg"]
     assert result["retryable"] is retryable
@@ -291,21 +302,21 @@ USER = "deploy-bot"
 
 
 @pytest.mark.parametrize("exists", [True, False], ids=["built", "unreachable"])
-def test_main_never_shows_the_credentials_of_the_source(args, capsys, tmp_path, exists):
+def test_never_shows_the_credentials_of_the_source(args, tmp_path, exists):
     path = args["source"] if exists else str(tmp_path / "no-such-repo")
     # git takes (and ignores) userinfo in a file URL: a local stand-in for an https one.
     source = f"file://{USER}:{quote(SECRET, safe='')}@{path}"
-    code, result = run_main({**args, "source": source}, capsys)
+    failed, result = run_action({**args, "source": source})
 
-    assert code == (0 if exists else 1), result
+    assert failed is not exists, result
     clean = f"file://{path}"
     if exists:
         assert result["source"] == clean
     else:
         assert (result["field"], result["value"]) == ("source", clean)
         assert clean in result["msg"]
-    # Ansible echoes the parameters in `invocation`: the redacted URL there too.
-    assert result["invocation"]["module_args"]["source"] == clean
+    # A module's answer echoes its parameters (`invocation`); the action's echoes none.
+    assert "invocation" not in result
     shown = json.dumps(result)
     for form in (SECRET, quote(SECRET, safe=""), USER):
         assert form not in shown

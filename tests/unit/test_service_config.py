@@ -1,12 +1,17 @@
-"""Unit tests of library/service_config.py: main()'s results, failures and secrecy of env."""
+"""Unit tests of service_config, the action plugin (plugins/action/service_config.py):
+its results, failures and secrecy of env. library/service_config.py only documents it.
+"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import service_config
-from ansible.module_utils.testing import patch_module_args
+from fakes import action, load_plugin
+
+pytestmark = pytest.mark.controller
+
+service_config = load_plugin("service_config")
 
 SECRET = "s3cr3t-hunter2"
 RELEASE = "20261129T141500-3f2a9c1d0e"
@@ -25,19 +30,17 @@ def services() -> list[dict]:
     ]
 
 
-def run_main(args, capsys, check_mode=False):
-    args = {"_ansible_check_mode": check_mode, **args}
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        service_config.main()
-    out = capsys.readouterr().out
-    return exit_info.value.code, json.loads(out), out
+def run_action(args, check_mode=False):
+    """(failed, the result, the result as JSON) of the action for a task with `args`."""
+    result = action(service_config, args, check_mode=check_mode).run(task_vars={})
+    return bool(result.get("failed")), result, json.dumps(result)
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
-def test_success_returns_env_names_never_values(capsys, check_mode):
-    code, result, out = run_main({"services": services()}, capsys, check_mode)
+def test_success_returns_env_names_never_values(check_mode):
+    failed, result, out = run_action({"services": services()}, check_mode)
 
-    assert code == 0
+    assert not failed
     assert result["changed"] is False
     assert "failed" not in result
     assert isinstance(result["elapsed"], float)
@@ -56,8 +59,8 @@ def test_success_returns_env_names_never_values(capsys, check_mode):
     }
 
 
-def test_selectors_are_passed_on(capsys):
-    code, result, _ = run_main(
+def test_selectors_are_passed_on():
+    failed, result, _ = run_action(
         {
             "services": services(),
             "service": "api",
@@ -65,10 +68,9 @@ def test_selectors_are_passed_on(capsys):
             "source": "/tmp/fork.git",
             "release": RELEASE,
         },
-        capsys,
     )
 
-    assert code == 0
+    assert not failed
     assert result["names"] == ["api"]
     assert (result["services"][0]["ref"], result["services"][0]["source"]) == (
         "v2",
@@ -77,10 +79,10 @@ def test_selectors_are_passed_on(capsys):
     assert (result["release"], result["steps"]) == (RELEASE, None)
 
 
-def test_steps_as_text(capsys):
-    code, result, _ = run_main({"services": services(), "steps": "2"}, capsys)
+def test_steps_as_text():
+    failed, result, _ = run_action({"services": services(), "steps": "2"})
 
-    assert code == 0
+    assert not failed
     assert result["steps"] == 2
 
 
@@ -112,10 +114,10 @@ def test_steps_as_text(capsys):
     ],
 )
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
-def test_failure(capsys, args, problem, check_mode):
-    code, result, out = run_main({"services": services(), **args}, capsys, check_mode)
+def test_failure(args, problem, check_mode):
+    failed, result, out = run_action({"services": services(), **args}, check_mode)
 
-    assert code == 1
+    assert failed
     assert result["failed"] is True
     assert result["retryable"] is False
     assert isinstance(result["elapsed"], float)
@@ -126,12 +128,12 @@ def test_failure(capsys, args, problem, check_mode):
     assert SECRET not in out
 
 
-def test_failure_reports_every_problem(capsys):
+def test_failure_reports_every_problem():
     broken = [{**services()[0], "port": 22, "workers": 0}, {**services()[1], "user": "root"}]
 
-    code, result, _ = run_main({"services": broken, "steps": "x"}, capsys)
+    failed, result, _ = run_action({"services": broken, "steps": "x"})
 
-    assert code == 1
+    assert failed
     assert len(result["problems"]) == 4
     assert result["msg"].startswith("invalid input (4 problems)")
     for problem in result["problems"]:

@@ -347,6 +347,72 @@ lock:
   description: What became of the deploy lock.
   type: dict
   returned: prepare, stage, abandon
+changes:
+  description: Prepare, stage - what was (or would be) changed on the host (the user,
+    directories).
+  type: list
+  elements: str
+  returned: prepare, stage
+path:
+  description: Stage - the release's directory.
+  type: str
+  returned: stage
+replaces:
+  description: Stage - the release C(current) pointed at when it was staged.
+  type: str
+  returned: stage
+venv_from:
+  description: Stage - the staged release whose virtualenv was reused (hard links);
+    null when it was built.
+  type: str
+  returned: stage
+venv_tool:
+  description: Stage - what built the virtualenv (C(uv) or C(venv+pip)); null when it
+    was reused.
+  type: str
+  returned: stage
+problems:
+  description: Stage - what is wrong with the release's configuration files, when they
+    are not what its id stands for.
+  type: list
+  elements: str
+  returned: when stage refuses the configuration
+steps:
+  description: Switches - what the switch did, in order.
+  type: list
+  elements: str
+  returned: switches
+timings:
+  description: Switches - seconds each gate took.
+  type: dict
+  returned: switches, when changed
+undone:
+  description: Switches - what was undone after a failed gate.
+  type: list
+  elements: str
+  returned: when a gate failed
+diff:
+  description: The flip of C(current) (switches), the staged files (stage), in diff mode.
+  type: dict
+  returned: in diff mode
+value:
+  description: The value that was refused.
+  type: str
+  returned: when a parameter was refused
+expected:
+  description: What the refused parameter should have been.
+  type: str
+  returned: when a parameter was refused
+candidates:
+  description: Target - every previous good release, most recently active first.
+  type: list
+  elements: str
+  returned: target
+recorded:
+  description: Abandon - the history event written (the release as failed); null
+    without a note.
+  type: dict
+  returned: abandon
 elapsed:
   description: Seconds the module took.
   type: float
@@ -591,20 +657,30 @@ def switch_spec(request: Request) -> SwitchSpec:
 
 def place_artifact(path: str, *, upload: str | None, data_b64: str | None) -> None:
     """The artifact where staging reads it (root only, 0600): moved from where the action
-    plugin uploaded it, or written from the bytes sent inline."""
+    plugin uploaded it, or written from the bytes sent inline. Nothing is made on the
+    host for an artifact that is refused."""
+    data = b""
+    if not upload:
+        try:
+            data = base64.b64decode(data_b64 or "", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ReleaseError(
+                f"artifact_b64: not valid base64 ({exc}); expected the artifact's bytes",
+                field="artifact_b64",
+            ) from exc
+    elif not os.path.isfile(upload):
+        raise ReleaseError(
+            f"artifact: the upload {upload} is not on the host (an earlier try may have "
+            "used it); running the deploy again uploads it again",
+            field="artifact",
+            retryable=True,
+        )
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if upload:
         shutil.move(upload, path)
         os.chown(path, 0, 0)
         os.chmod(path, 0o600)
         return
-    try:
-        data = base64.b64decode(data_b64 or "", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ReleaseError(
-            f"artifact_b64: not valid base64 ({exc}); expected the artifact's bytes",
-            field="artifact_b64",
-        ) from exc
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         # O_CREAT's mode only applies to a new file.

@@ -279,11 +279,6 @@ ANSIBLE_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecati
 UNDOCUMENTED = {"recorded", "candidates"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release.py RETURN documents neither `recorded` (action=abandon: the history "
-    "event written) nor `candidates` (action=target: the good releases before current)",
-)
 def test_what_abandon_and_target_return_is_documented():
     assert set(yaml.safe_load(release.RETURN)) >= UNDOCUMENTED
 

@@ -576,12 +576,6 @@ def test_place_artifact_refuses_what_is_not_base64(tmp_path, data):
     assert not path.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="place_artifact makes the artifact's directory (and the service home) before "
-    "it decodes artifact_b64, so refused base64 leaves <home>/.incoming behind; "
-    "release_stage.write_inline decoded first and wrote nothing",
-)
 @pytest.mark.parametrize("data", NOT_BASE64[:1])
 def test_place_artifact_refusing_base64_makes_no_directory(tmp_path, data):
     path = tmp_path / "incoming" / f"{BUILD}.tar"
@@ -695,12 +689,6 @@ def test_an_invalid_release_writes_no_inline_artifact(tmp_path, artifact, runner
     assert not (tmp_path / "srv").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an upload that is not on the host (e.g. used up by an earlier try) makes "
-    "place_artifact's shutil.move raise FileNotFoundError, which respond() does not "
-    "catch: the module crashes with a traceback instead of failing naming the artifact",
-)
 def test_an_upload_that_is_not_there_fails_naming_it(tmp_path, rid, artifact, runner, capsys):
     args = args_for(tmp_path, artifact, upload=str(tmp_path / "gone.tar"))
 
@@ -722,11 +710,6 @@ PATH_INFO = {"uid", "gid", "owner", "group", "mode", "state", "size", "secontext
 UNDOCUMENTED = {"path", "replaces", "venv_from", "venv_tool", "problems"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release.py RETURN lost release_stage's path, replaces, venv_from, venv_tool "
-    "and problems, which action=stage still returns",
-)
 def test_what_stage_returns_is_documented():
     assert set(yaml.safe_load(release.RETURN)) >= UNDOCUMENTED
 

@@ -334,11 +334,6 @@ ANSIBLE_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecati
 UNDOCUMENTED = {"steps", "timings", "undone", "diff", "value", "expected"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release.py RETURN lost release_switch's steps, timings, undone, diff, value "
-    "and expected, which action=switch/rollback/restore still return",
-)
 def test_what_a_switch_returns_is_documented():
     assert set(yaml.safe_load(release.RETURN)) >= UNDOCUMENTED
 

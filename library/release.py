@@ -204,8 +204,9 @@ options:
     description: Stage - start the release's instance warm for the switch.
     type: bool
   lock_hold:
-    description: Prepare, stage - the lock's stale time while the whole rollout holds it
-      (instead of O(run.lock_stale_after)).
+    description: Prepare (and stage through the action plugin, which hands it to its
+      prepare) - the lock's stale time while the whole rollout holds it (instead of
+      O(run.lock_stale_after)).
     type: int
   point:
     description: Command - which commands to run.
@@ -454,7 +455,6 @@ from ansible.module_utils.flipback_runtime import instance_unit, socket_dir_of
 from ansible.module_utils.flipback_stage import Stager, StageSpec
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
-ACTIONS = ("prepare", "stage", "switch", "rollback", "restore", "command", "abandon", "target")
 # The options each action reads beyond action, service and run; any other option set is
 # a mistake in the task (e.g. point with switch), reported rather than ignored.
 ACTION_OPTIONS = {
@@ -467,7 +467,6 @@ ACTION_OPTIONS = {
         "upload",
         "artifact_b64",
         "start",
-        "lock_hold",
     ),
     "switch": ("release", "note"),
     "rollback": ("release", "note"),
@@ -486,20 +485,11 @@ REQUIRED = {
     "abandon": ("release",),
     "target": (),
 }
-OPTIONAL = (
-    "release",
-    "config",
-    "env_file",
-    "build",
-    "upload",
-    "artifact_b64",
-    "start",
-    "lock_hold",
-    "point",
-    "note",
-    "stop",
-    "steps",
-)
+ACTIONS = tuple(ACTION_OPTIONS)
+# Every option some action reads, in the order check_options looks at them.
+OPTIONAL = tuple(dict.fromkeys(name for names in ACTION_OPTIONS.values() for name in names))
+# The actions that probe the release through the public port.
+PROBING = ("prepare", "stage", "switch", "rollback", "restore")
 # What a switch is part of, for the lock and history.
 LOCK_ACTION = {
     "prepare": "deploy",
@@ -528,15 +518,12 @@ def check_options(params: dict) -> None:
                 f"{name}: missing; action={action} needs it. Retrying the same task does not help",
                 field=name,
             )
-    for name in (
-        ("port",) if action in ("prepare", "stage", "switch", "rollback", "restore") else ()
-    ):
-        if params["service"][name] is None:
-            raise ReleaseError(
-                f"service.{name}: missing; action={action} needs it (the service as "
-                "service_config checked it). Retrying the same task does not help",
-                field=f"service.{name}",
-            )
+    if action in PROBING and params["service"]["port"] is None:
+        raise ReleaseError(
+            f"service.port: missing; action={action} needs it (the service as "
+            "service_config checked it). Retrying the same task does not help",
+            field="service.port",
+        )
 
 
 class Request:

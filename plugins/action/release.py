@@ -99,7 +99,6 @@ class ActionModule(ActionBase):
             "action": "stage",
             "build": host_build(build, inline=inline),
             "start": args.get("start"),
-            "lock_hold": args.get("lock_hold"),
         }
         if inline:
             stage_args["artifact_b64"] = build["code_b64"]
@@ -108,7 +107,7 @@ class ActionModule(ActionBase):
         staged = self._module(stage_args, task_vars)
         if staged.get("failed"):
             return self._give_back(staged, args, task_vars)
-        summary.update({k: v for k, v in staged.items() if k not in summary or k == "changed"})
+        summary.update({k: v for k, v in staged.items() if k not in summary})
         summary["warmed"] = bool(prepared.get("warmed") or staged.get("warmed"))
         summary["changed"] = True
         summary["outcome"] = "staged"

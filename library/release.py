@@ -223,6 +223,13 @@ options:
   steps:
     description: Target - how many good releases back (1 - the previous good release).
     type: int
+  note_in_rollout:
+    description:
+      - Stage and switch - the action plugin notes the outcome in the host fact
+        C(flipback_rollout), under the service's name (the role's rollout state), so no
+        C(set_fact) task is needed. Read on the controller; never sent to the host.
+    type: bool
+    default: false
 author: flipback
 """
 
@@ -281,6 +288,10 @@ noop:
   description: Prepare, stage - the release is already live here (the lock was given back).
   type: bool
   returned: prepare, stage
+instance:
+  description: Stage - the release's web instance (its unit, C(<service>@<release>.service)).
+  returned: action=stage
+  type: str
 warmed:
   description: Prepare, stage - whether the release's instance runs for the switch.
   type: bool
@@ -449,9 +460,8 @@ from ansible.module_utils.flipback_request import (
     BUILD_OPTIONS,
     RUN_OPTIONS,
     SERVICE_OPTIONS,
-    service_home,
 )
-from ansible.module_utils.flipback_runtime import instance_unit, socket_dir_of
+from ansible.module_utils.flipback_runtime import instance_unit, service_home, socket_dir_of
 from ansible.module_utils.flipback_stage import Stager, StageSpec
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 

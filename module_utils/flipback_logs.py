@@ -30,7 +30,7 @@ from ansible.module_utils.flipback_release import (
     ReleaseError,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import PROCESS_NAME_RE
+from ansible.module_utils.flipback_runtime import PROCESS_NAME_RE, instance_unit, process_unit
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -227,8 +227,8 @@ def journal_argv(
     ]
     for service in services:
         # The web instances, and the processes beside them (`<service>.<process>@...`).
-        argv.append(f"--unit={service}@{release or '*'}.service")
-        argv.append(f"--unit={service}.*@{release or '*'}.service")
+        argv.append(f"--unit={instance_unit(service, release or '*')}")
+        argv.append(f"--unit={process_unit(service, '*', release or '*')}")
     if since is not None:
         argv.append(f"--since={since}")
     argv.append(f"--lines={effective_lines(lines, since)}")

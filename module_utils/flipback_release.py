@@ -38,8 +38,11 @@ from ansible.module_utils.flipback_runtime import (
     config_changes,
     env_path,
     flipback_template,
+    instance_template,
+    instance_unit,
     masked_config,
     parse_env_file,
+    process_unit,
     public_tls,
     site_text,
 )
@@ -783,12 +786,12 @@ class Releases:
                 shutil.rmtree(release_dir(self.root, release_id))
                 # The release's own units go with it, its web instance's and its
                 # processes' (never enabled: only current's are).
-                units = [f"{self.service}@{release_id}.service"]
+                units = [instance_unit(self.service, release_id)]
                 units += [
                     os.path.basename(path)
                     for path in glob.glob(
                         os.path.join(
-                            glob.escape(self.unit_dir), f"{self.service}.*@{release_id}.service"
+                            glob.escape(self.unit_dir), process_unit(self.service, "*", release_id)
                         )
                     )
                 ]
@@ -822,7 +825,7 @@ class Releases:
             if not isinstance((manifest or {}).get("config"), dict):
                 return []
         removed = []
-        template = os.path.join(self.unit_dir, f"{self.service}@.service")
+        template = os.path.join(self.unit_dir, instance_template(self.service))
         for path in (template, os.path.join(self.legacy_env_dir, f"{self.service}.env")):
             # Only flipback's template: a service named like an OS template (`user`) must
             # not take away an administrator's override of the OS's unit.

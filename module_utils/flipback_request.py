@@ -80,8 +80,3 @@ def host_build(build: Mapping[str, Any], *, inline: bool) -> dict[str, Any]:
     if inline:
         found["checksum"] = build["code_checksum"]
     return found
-
-
-def service_home(root: str, service: str) -> str:
-    """A service's directory on a host: <root>/<service> (root: flipback_root, /srv)."""
-    return f"{root.rstrip('/') or ''}/{service}"

@@ -41,6 +41,7 @@ from ansible.module_utils.flipback_runtime import (
     CONFIG_DIR,
     ENV_FILE,
     UNIT_DIR,
+    instance_unit,
     staged_files,
     static_dirs,
 )
@@ -272,7 +273,7 @@ class Stager:
 
         Only a head start: if systemd refuses, the switch starts it and reports why.
         """
-        unit = f"{self.spec.service}@{self.spec.release}.service"
+        unit = instance_unit(self.spec.service, self.spec.release)
         return self.run(["systemctl", "start", "--no-block", unit]).returncode == 0
 
     def _write_lock(self) -> None:

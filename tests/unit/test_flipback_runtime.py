@@ -99,7 +99,7 @@ def a_release(
         port=port,
         env=env,
         build_id=build_id,
-        root=root,
+        home=root,
         processes=processes,
         process_start_seconds=process_start_seconds,
     )
@@ -955,7 +955,7 @@ def resolve(**changes: Any) -> dict[str, Any]:
         "port": 8000,
         "env": {"A": "1", "B": SECRET},
         "build_id": BUILD_ID,
-        "root": HOME,
+        "home": HOME,
     }
     values.update(changes)
     return resolve_release(**values)
@@ -972,9 +972,22 @@ def test_resolve_release_gives_the_id_and_the_config():
     assert SECRET not in repr(result)
 
 
-def test_resolve_release_default_root_is_srv_service():
-    assert resolve(root="") == resolve(root="/srv/shop")
-    assert resolve(root="") != resolve(root="/opt/shop")
+def test_resolve_params_root_is_the_parent_of_the_service_home():
+    params = {
+        "service": {"name": SERVICE, "app": "app:app", "port": 8000},
+        "env": {},
+        "build_id": BUILD_ID,
+    }
+    default, srv, opt = (resolve_params({**params, "root": r}) for r in ("", "/srv/", "/opt"))
+
+    assert default == srv
+    # The home is in the unit, which the config records by its digest.
+    for result, home in ((default, "/srv/shop"), (opt, "/opt/shop")):
+        unit = unit_text(
+            service=SERVICE, home=home, user=SERVICE, app="app:app", factory=False, workers=1
+        )
+        assert result["config"]["unit_sha256"] == sha256_text(unit)
+    assert opt["release"] != default["release"]
 
 
 @pytest.mark.parametrize(
@@ -1069,7 +1082,7 @@ def test_resolve_params_of_a_checked_service_definition():
         },
         "env": {"A": "1", "B": SECRET},
         "build_id": BUILD_ID,
-        "root": HOME,
+        "root": "/srv",
     }
 
     assert resolve_params(params) == {"service": SERVICE, **resolve()}
@@ -1148,7 +1161,7 @@ def test_a_release_from_the_shared_helper_is_what_release_config_returns(staged)
             },
             "env": {"A": "1", "B": SECRET},
             "build_id": BUILD_ID,
-            "root": HOME,
+            "root": "/srv",
         }
     )
 
@@ -1338,7 +1351,7 @@ def test_staged_files_of_a_release_with_every_setting_of_its_own():
         port=8000,
         env={"A": "1"},
         build_id=BUILD_ID,
-        root=HOME,
+        home=HOME,
         nginx={**NGINX_DEFAULTS, "max_body": "20m", "server_name": ["shop.example"]},
         access_log=True,
         commands={"before_switch_once": [{"run": "migrate", "timeout": 60}]},
@@ -1408,6 +1421,7 @@ def test_bad_processes_are_refused_by_resolve_release_as_on_the_controller():
             port=8000,
             env={},
             build_id=BUILD_ID,
+            home=HOME,
             processes={"Bad Name": "x"},
             process_start_seconds=-1,
         )

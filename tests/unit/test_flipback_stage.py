@@ -1300,7 +1300,7 @@ def static_spec(root: Path, artifact: Path, tmp_path: Path) -> StageSpec:
         port=8000,
         env=ENV,
         build_id=BUILD,
-        root=str(root),
+        home=str(root),
         nginx={**NGINX_DEFAULTS, "static": static},
     )
     return make_spec(

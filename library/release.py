@@ -225,7 +225,7 @@ options:
     type: int
   note_in_rollout:
     description:
-      - Stage and switch - the action plugin notes the outcome in the host fact
+      - Stage, switch and rollback - the action plugin notes the outcome in the host fact
         C(flipback_rollout), under the service's name (the role's rollout state), so no
         C(set_fact) task is needed. Read on the controller; never sent to the host.
     type: bool

@@ -97,7 +97,7 @@ class ActionModule(ActionBase):
 
     def _rollout_note(self, args: dict, result: dict) -> dict | None:
         """What the role's rollout state (the host fact flipback_rollout, one entry per
-        service) keeps of this step: a staging, or a switch really done. Noting it here
+        service) keeps of this step: a staging, a switch really done, a rollback. Noting it here
         saves the role a set_fact task per service and host."""
         if args.get("action") == "stage":
             return {key: result.get(key) for key in ROLLOUT_OF_STAGE} | {
@@ -105,6 +105,11 @@ class ActionModule(ActionBase):
             }
         if args.get("action") == "switch" and not self._task.check_mode:
             return {"outcome": result.get("outcome"), "current": result.get("current")}
+        if args.get("action") == "rollback":
+            return {
+                "release": args.get("release"),
+                **{key: result.get(key) for key in ("previous", "current", "outcome")},
+            }
         return None
 
     def _module(self, args: dict, task_vars: dict) -> dict:

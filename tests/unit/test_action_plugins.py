@@ -1004,3 +1004,16 @@ def test_release_gives_the_lock_back_when_staging_fails():
     assert [call["action"] for call in host.calls] == ["prepare", "abandon"]
     assert result["failed"] is True and result["lock_given_back"] is True
     assert "ansible_facts" not in result
+
+
+def test_release_notes_a_rollback_with_the_release_it_went_back_to():
+    host = _ReleaseHost(
+        rollback={"outcome": "switched", "previous": "r2", "current": "r1", "changed": True}
+    )
+    args = {"action": "rollback", "service": SHOP, "release": "r1", "note_in_rollout": True}
+
+    result = _release_action(host, args).run(task_vars={})
+
+    assert result["ansible_facts"]["flipback_rollout"] == {
+        "shop": {"release": "r1", "previous": "r2", "current": "r1", "outcome": "switched"}
+    }

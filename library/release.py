@@ -461,7 +461,12 @@ from ansible.module_utils.flipback_request import (
     RUN_OPTIONS,
     SERVICE_OPTIONS,
 )
-from ansible.module_utils.flipback_runtime import instance_unit, service_home, socket_dir_of
+from ansible.module_utils.flipback_runtime import (
+    instance_unit,
+    service_home,
+    socket_dir_of,
+    stop_instance,
+)
 from ansible.module_utils.flipback_stage import Stager, StageSpec
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
@@ -768,13 +773,10 @@ def abandon(request: Request, check_mode: bool, runner=run_command) -> dict:
         result["stopped"] = unit
         result["changed"] = True
         if not check_mode:
-            stopped = runner(["systemctl", "stop", unit])
-            # 5: no such unit loaded - nothing runs to stop.
-            if stopped.returncode not in (0, 5):
+            why = stop_instance(runner, request.name, release)
+            if why is not None:
                 raise ReleaseError(
-                    f"could not stop {unit}: {stopped.stderr.strip() or stopped.returncode}; "
-                    "retrying may help",
-                    retryable=True,
+                    f"could not stop {unit}: {why}; retrying may help", retryable=True
                 )
     if request.run_id:
         result["lock"] = ServiceLock(request.name).release(

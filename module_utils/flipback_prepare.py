@@ -63,6 +63,7 @@ from ansible.module_utils.flipback_runtime import (
     processes_of,
     retire_timer,
     site_path,
+    start_instance,
 )
 from ansible.module_utils.flipback_stage import find_donor
 
@@ -252,8 +253,7 @@ class Prepare:
             # switch finds it warm. Only a head start; the switch gates it either way.
             active, _retiring = list_instances(self.run, spec.service)
             if spec.release not in active:
-                proc = self.run(["systemctl", "start", "--no-block", spec.unit(spec.release)])
-                result["warmed"] = proc.returncode == 0
+                result["warmed"] = start_instance(self.run, spec.service, spec.release)
             else:
                 # Already running: left by a run that stopped before its end (killed
                 # after warming it), so it is this switch's too and stops with it if

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError
@@ -223,6 +223,23 @@ def instance_template(service: str) -> str:
 def instance_unit(service: str, release: str) -> str:
     """The web instance of a release: <service>@<release>.service ('*': every one)."""
     return f"{service}@{release}.service"
+
+
+def start_instance(run: Callable[[list[str]], Any], service: str, release: str) -> bool:
+    """Start a release's web instance without waiting for it (a switch gates it later):
+    the warm start of staging and of a roll forward. False if systemd refused."""
+    return (
+        run(["systemctl", "start", "--no-block", instance_unit(service, release)]).returncode == 0
+    )
+
+
+def stop_instance(run: Callable[[list[str]], Any], service: str, release: str) -> str | None:
+    """Stop a release's web instance and wait for it; None when stopped (or not loaded:
+    systemctl's 5), else why not."""
+    proc = run(["systemctl", "stop", instance_unit(service, release)])
+    if proc.returncode in (0, 5):
+        return None
+    return (proc.stderr or "").strip() or f"systemctl exit {proc.returncode}"
 
 
 def retire_timer(service: str, release: str) -> str:

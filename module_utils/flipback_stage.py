@@ -41,8 +41,8 @@ from ansible.module_utils.flipback_runtime import (
     CONFIG_DIR,
     ENV_FILE,
     UNIT_DIR,
-    instance_unit,
     staged_files,
+    start_instance,
     static_dirs,
 )
 
@@ -273,8 +273,7 @@ class Stager:
 
         Only a head start: if systemd refuses, the switch starts it and reports why.
         """
-        unit = instance_unit(self.spec.service, self.spec.release)
-        return self.run(["systemctl", "start", "--no-block", unit]).returncode == 0
+        return start_instance(self.run, self.spec.service, self.spec.release)
 
     def _write_lock(self) -> None:
         with open(os.path.join(self.path, STAGING_LOCK), "w", encoding="ascii") as fh:

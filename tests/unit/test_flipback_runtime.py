@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,21 +33,27 @@ from ansible.module_utils.flipback_runtime import (
     env_file_text,
     env_path,
     env_problems,
+    instance_unit,
     masked_config,
     normalize_processes,
     parse_env_file,
+    process_unit,
     process_unit_text,
     public_tls,
     release_id_for,
     reserved_env_name,
     resolve_params,
     resolve_release,
+    retire_timer,
     run_config,
+    service_home,
     sha256_text,
     site_path,
     site_text,
     staged_files,
+    start_instance,
     static_dirs,
+    stop_instance,
     unit_path,
     unit_text,
 )
@@ -1476,3 +1483,31 @@ def test_staged_files_of_a_release_with_processes_has_a_unit_for_each():
     tampered = dict(staged.config, processes={"worker": "rm -rf /", "beat": "b"})
     with pytest.raises(ConfigInvalid):
         files_of(staged, config=tampered)
+
+
+@pytest.mark.parametrize(
+    ("rc", "stderr", "started", "why"),
+    [
+        pytest.param(0, "", True, None, id="ok"),
+        pytest.param(5, "Unit not loaded.", False, None, id="not-loaded"),
+        pytest.param(1, "Access denied", False, "Access denied", id="refused"),
+        pytest.param(3, "", False, "systemctl exit 3", id="silent"),
+    ],
+)
+def test_instances_start_and_stop_by_their_one_name(rc, stderr, started, why):
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, rc, "", stderr)
+
+    assert start_instance(run, "shop", "r1") is started
+    assert stop_instance(run, "shop", "r1") == why
+    assert calls == [
+        ["systemctl", "start", "--no-block", "shop@r1.service"],
+        ["systemctl", "stop", "shop@r1.service"],
+    ]
+    assert instance_unit("shop", "*") == "shop@*.service"
+    assert retire_timer("shop", "r1") == "flipback-retire-shop-r1"
+    assert process_unit("shop", "*", "r1") == "shop.*@r1.service"
+    assert service_home("/", "shop") == "/shop" and service_home("", "shop") == "/srv/shop"

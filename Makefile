@@ -63,8 +63,12 @@ lint: setup ## ruff, yamllint, ansible-lint (production profile)
 unit: setup ## Unit tests of modules and module_utils
 	$(BIN)/pytest tests/unit
 
-molecule: setup ## Every molecule scenario, on real sandbox machines
-	$(BIN)/molecule test --all
+# Scenarios side by side: each has its own fleet and subnet. MOLECULE_LANES=1 runs them
+# one at a time; `molecule test -s <scenario>` runs one.
+MOLECULE_LANES ?= 2
+
+molecule: setup ## Every molecule scenario, on real sandbox machines (2 at a time)
+	tests/molecule-lanes $(MOLECULE_LANES)
 
 sandbox-down: setup ## Tear the sandbox fleet down
 	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_state=absent

@@ -223,7 +223,7 @@ options:
   steps:
     description: Target - how many good releases back (1 - the previous good release).
     type: int
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

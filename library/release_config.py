@@ -38,7 +38,7 @@ options:
     description: The service's root on the host; default C(/srv/<service>).
     type: str
     default: ""
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -67,8 +67,9 @@ lint: setup ## ruff, yamllint, ansible-lint (production profile)
 unit: setup ## Unit tests of modules and module_utils
 	$(BIN)/pytest tests/unit
 
+# COLLECTION_GIT=<repository>,<branch> also commits it as that branch, for git installs.
 collection: setup ## Build the collection flipback.flipback: build/flipback-flipback-<version>.tar.gz
-	$(BIN)/python collection/build.py --out build
+	$(BIN)/python collection/build.py --out build $(if $(COLLECTION_GIT),--git $(COLLECTION_GIT))
 
 # ansible-test wants the collection at ansible_collections/<namespace>/<name>/, outside
 # this git work tree (inside it, ansible-test lists files with git, and build/ is

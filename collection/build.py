@@ -28,6 +28,9 @@ It writes the tree `<out>/collection/ansible_collections/flipback/flipback/` (wh
 ansible-test sanity runs on), lets `ansible-galaxy collection build` make the
 artifact, then repacks it with sorted entries, root ownership and every time set to
 the last commit's (SOURCE_DATE_EPOCH if set): the same sources give the same bytes.
+With `--git REPO,BRANCH` it also commits that tree as BRANCH of REPO, for
+`ansible-galaxy collection install git+<url>,<branch>` (this repository's own layout is
+not a collection's, so a git install needs that generated branch).
 """
 
 from __future__ import annotations
@@ -227,12 +230,96 @@ def build(out: Path) -> Path:
     return artifact
 
 
+def git_publish(tree: Path, repo: str, branch: str, mtime: int) -> str:
+    """Commit the staged tree (without tests/, as the tarball) as the tip of `branch` in
+    the git repository `repo` (a bare one is made if the path does not exist), so that
+    `ansible-galaxy collection install git+<url>,<branch>` installs the collection. The
+    commit is made with a temporary index, never touching a work tree; a tree equal to
+    the branch's is not committed again. Returns the commit."""
+    if not Path(repo).exists():
+        subprocess.run(["git", "init", "-q", "--bare", repo], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "flipback build",
+        "GIT_AUTHOR_EMAIL": "build@flipback.invalid",
+        "GIT_COMMITTER_NAME": "flipback build",
+        "GIT_COMMITTER_EMAIL": "build@flipback.invalid",
+        "GIT_AUTHOR_DATE": f"{mtime} +0000",
+        "GIT_COMMITTER_DATE": f"{mtime} +0000",
+    }
+
+    def git(*args: str, **kwargs) -> str:
+        return subprocess.run(
+            ["git", f"--git-dir={git_dir}", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            **kwargs,
+        ).stdout.strip()
+
+    git_dir = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "--absolute-git-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    checked_out = subprocess.run(
+        ["git", f"--git-dir={git_dir}", "symbolic-ref", "-q", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    bare = git("rev-parse", "--is-bare-repository") == "true"
+    if not bare and checked_out == f"refs/heads/{branch}":
+        raise BuildError(
+            f"--git: branch {branch!r} is checked out in {repo}; expected a branch of its "
+            "own for the built collection (it replaces the branch's files)"
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        env["GIT_INDEX_FILE"] = str(Path(scratch) / "index")
+        git(f"--work-tree={tree}", "add", "--all", "--force", ".", ":(exclude)tests")
+        tree_id = git("write-tree")
+    parent = subprocess.run(
+        ["git", f"--git-dir={git_dir}", "rev-parse", "--verify", "-q", f"refs/heads/{branch}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if parent and git("rev-parse", f"{parent}^{{tree}}") == tree_id:
+        return parent
+    message = f"flipback.flipback built from {head or 'an unversioned tree'}"
+    commit = git("commit-tree", tree_id, *(["-p", parent] if parent else []), "-m", message)
+    git("update-ref", f"refs/heads/{branch}", commit)
+    return commit
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=ROOT / "build", help="output directory")
+    parser.add_argument(
+        "--git",
+        metavar="REPO,BRANCH",
+        help="also commit the collection as BRANCH of the git repository REPO (for installs "
+        "from a git URL)",
+    )
     args = parser.parse_args()
     try:
-        artifact = build(args.out.resolve())
+        out = args.out.resolve()
+        artifact = build(out)
+        if args.git:
+            repo, _sep, branch = args.git.rpartition(",")
+            if not repo or not branch:
+                raise BuildError(f"--git: got {args.git!r}, expected REPO,BRANCH")
+            tree = out / "collection" / "ansible_collections" / NAMESPACE / NAME
+            commit = git_publish(tree, repo, branch, source_date())
+            print(f"{repo},{branch} {commit}", file=sys.stderr)
     except BuildError as exc:
         print(f"collection build: {exc}", file=sys.stderr)
         return 1

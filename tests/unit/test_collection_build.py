@@ -5,6 +5,7 @@ machines by the molecule scenario `default`)."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,24 @@ def test_galaxy_version_must_be_the_projects(monkeypatch, tmp_path):
         build.BuildError, match=r"version '9.9.9' differs from pyproject.toml's '0.1.0'"
     ):
         build.check_version()
+
+
+def test_git_publish_commits_the_tree_once_and_never_a_checked_out_branch(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "tests" / "sanity").mkdir(parents=True)
+    (tree / "galaxy.yml").write_text("name: flipback\n")
+    (tree / "tests" / "sanity" / "ignore-2.19.txt").write_text("x\n")
+    dist = str(tmp_path / "dist.git")
+    first = build.git_publish(tree, dist, "collection", 1_795_953_600)
+    assert build.git_publish(tree, dist, "collection", 1_795_953_600) == first
+    listed = subprocess.run(
+        ["git", f"--git-dir={dist}", "ls-tree", "-r", "--name-only", "collection"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert listed == ["galaxy.yml"]
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    with pytest.raises(build.BuildError, match=r"branch 'main' is checked out"):
+        build.git_publish(tree, str(work), "main", 1_795_953_600)

@@ -1,8 +1,10 @@
 """flipback as a collection, used from a project of a user's own.
 
 The module fixture builds the collection from this repository (`collection/build.py`,
-as `make collection` does), installs the tarball with `ansible-galaxy collection
-install` into a throwaway project outside the repository (its own ansible.cfg,
+as `make collection` does; the first build also commits it as a branch of a throwaway
+git repository, which the project's requirements.yml installs from, to compare), installs
+the tarball with `ansible-galaxy collection install` into a throwaway project outside
+the repository (its own ansible.cfg,
 inventory and group_vars with a service of its own, `greet` on port 8100), and runs
 from there, on both machines: `flipback.flipback.deploy` (v1), the same with
 `-e ref=v2`, `flipback.flipback.rollback`, `flipback.flipback.status`, then a playbook
@@ -136,9 +138,16 @@ def story():
     python = sys.executable
     try:
         builds = []
-        for out in ("build-1", "build-2"):
+        # The first build also commits the collection to a git repository, as a branch.
+        for out, extra in (("build-1", ["--git", f"{base}/dist.git,collection"]), ("build-2", [])):
             built = subprocess.run(
-                [python, str(lib.PROJECT / "collection" / "build.py"), "--out", str(base / out)],
+                [
+                    python,
+                    str(lib.PROJECT / "collection" / "build.py"),
+                    "--out",
+                    str(base / out),
+                    *extra,
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -160,6 +169,27 @@ def story():
             env=_project_env(),
         )
         assert install.returncode == 0, install.stdout + install.stderr
+        (project / "requirements.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "collections": [
+                        {
+                            "name": f"git+file://{base}/dist.git",
+                            "type": "git",
+                            "version": "collection",
+                        }
+                    ]
+                }
+            )
+        )
+        from_git = subprocess.run(
+            ["ansible-galaxy", "collection", "install", "-r", "requirements.yml", "-p", "from-git"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=_project_env(),
+        )
+        assert from_git.returncode == 0, from_git.stdout + from_git.stderr
         hosts = sorted(
             yaml.safe_load((project / "inventory" / "hosts.yml").read_text())["all"]["hosts"]
         )
@@ -184,6 +214,7 @@ def story():
         yield {
             "builds": builds,
             "installed": project / "collections" / "ansible_collections" / "flipback" / "flipback",
+            "from_git": project / "from-git" / "ansible_collections" / "flipback" / "flipback",
             "runs": runs,
             "states": states,
             "sha": {tag: _sha(repo, tag) for tag in ("v1", "v2")},
@@ -226,6 +257,20 @@ def test_the_installed_collection_imports_its_own_module_utils(story):
         or "module_utils.__path__" in p.read_text()
     ]
     assert not legacy, legacy
+
+
+def test_a_git_install_from_requirements_gives_the_same_collection(story):
+    def files(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.name not in ("MANIFEST.json", "FILES.json")
+        }
+
+    tarball, git = files(story["installed"]), files(story["from_git"])
+    assert "plugins/modules/release.py" in git
+    assert sorted(git) == sorted(tarball)
+    assert [n for n in git if git[n] != tarball[n]] == []
 
 
 @pytest.mark.parametrize("step", STEPS)

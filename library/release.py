@@ -230,7 +230,7 @@ options:
         C(set_fact) task is needed. Read on the controller; never sent to the host.
     type: bool
     default: false
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

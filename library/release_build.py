@@ -77,7 +77,7 @@ options:
         C(pyproject.toml)'s dependencies.
     type: str
     default: ""
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

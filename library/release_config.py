@@ -40,7 +40,7 @@ options:
       - The service's own is C(<root>/<service>).
     type: str
     default: /srv
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -59,7 +59,8 @@ RUN_OPTIONS: dict[str, dict] = {
 BUILD_OPTIONS: dict[str, dict] = {
     "id": {"type": "str", "required": True},
     "checksum": {"type": "str", "required": True},
-    "deps_key": {"type": "str", "default": ""},
+    # A digest of the release's wheels, not a secret (it names the key of a venv donor).
+    "deps_key": {"type": "str", "default": "", "no_log": False},
     "git_sha": {"type": "str"},
     "source": {"type": "str"},
 }

@@ -323,14 +323,20 @@ class Stager:
                     os.makedirs(dest, mode=0o755, exist_ok=True)
                     continue
                 os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+                # safe_members keeps regular files and directories only: never None.
                 source = tar.extractfile(member)
-                assert source is not None
                 with open(dest, "wb") as out:
                     shutil.copyfileobj(source, out)
                 os.chmod(dest, 0o755 if member.mode & 0o111 else 0o644)
             meta_member = tar.getmember("flipback.json")
             meta_file = tar.extractfile(meta_member)
-            assert meta_file is not None
+            if meta_file is None:
+                raise ReleaseError(
+                    "artifact: flipback.json is not a file; expected the build's record "
+                    "(an artifact of release_build); retrying with the same artifact does "
+                    "not help",
+                    field="artifact",
+                )
             self.meta = json.load(meta_file)
 
     def _donor(self) -> str | None:

@@ -572,8 +572,8 @@ def render_table(columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str,
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    lines = [line([title for _, title in columns]), line(["-" * w for w in widths])]
-    lines += [line([str(row.get(key, "")) for key, _ in columns]) for row in rows]
+    lines = [line([title for _key, title in columns]), line(["-" * w for w in widths])]
+    lines += [line([str(row.get(key, "")) for key, _title in columns]) for row in rows]
     return "\n".join(lines)
 
 

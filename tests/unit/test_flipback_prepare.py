@@ -1,7 +1,8 @@
 """Unit tests of module_utils/flipback_prepare.py on real files under tmp_path.
 
-The tests run as root (as the module does), so ownership is real: directories are
-chowned to the service user's ids. The host's accounts are a fake (Accounts: what
+As root (as the module runs) ownership is real: directories are chowned to the service
+user's ids; unprivileged, fakes.Ownership keeps the owners the chowns give and reports
+them, so the same checks run. The host's accounts are a fake (Accounts: what
 Prepare reads through pwd and grp, and what the fake useradd adds), so no system
 account is made or borrowed; by default the service user `shop` is there as flipback
 creates it (home <root>/shared, a group of its own) with ids no real account has.
@@ -43,7 +44,9 @@ from ansible.module_utils.flipback_runtime import site_text
 from fakes import FakeSystemd, ReleaseTree, list_units_argv
 from test_flipback_runtime import Release, a_release
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+# Files are handed to root and to the service user: as root for real, else as
+# fakes.Ownership records and reports them (the conftest's `ownership`).
+pytestmark = pytest.mark.usefixtures("ownership")
 
 SERVICE = "shop"
 USER = "shop"

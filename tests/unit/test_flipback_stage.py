@@ -174,41 +174,17 @@ def raw_artifact(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> 
 
 
 @pytest.fixture
-def chown_calls(monkeypatch) -> list[tuple[str, int, int]]:
+def chown_calls(ownership) -> list[tuple[str, int, int]]:
     """Every os.chown and os.fchown (named by the file's path), as the release's
-    configuration is written; passed on to the real ones only as root (where they work)."""
-    calls: list[tuple[str, int, int]] = []
-    real_chown, real_fchown = os.chown, os.fchown
-
-    def chown(path, uid, gid):
-        calls.append((str(path), uid, gid))
-        if os.geteuid() == 0:
-            real_chown(path, uid, gid)
-
-    def fchown(fd, uid, gid):
-        calls.append((os.readlink(f"/proc/self/fd/{fd}"), uid, gid))
-        if os.geteuid() == 0:
-            real_fchown(fd, uid, gid)
-
-    monkeypatch.setattr(os, "chown", chown)
-    monkeypatch.setattr(os, "fchown", fchown)
-    return calls
+    configuration is written (fakes.Ownership: real as root, else reported by os.stat)."""
+    return ownership.chowns
 
 
 @pytest.fixture
-def lchown_calls(monkeypatch, chown_calls) -> list[tuple[str, int, int]]:
-    """Every os.lchown; passed on to the real one only as root (where it works). Staging
-    that far writes the configuration too: chown_calls stands in for its owners."""
-    calls: list[tuple[str, int, int]] = []
-    real = os.lchown
-
-    def record(path, uid, gid):
-        calls.append((str(path), uid, gid))
-        if os.geteuid() == 0:
-            real(path, uid, gid)
-
-    monkeypatch.setattr(os, "lchown", record)
-    return calls
+def lchown_calls(ownership) -> list[tuple[str, int, int]]:
+    """Every os.lchown (fakes.Ownership). Staging that far writes the configuration too:
+    the same Ownership stands in for its owners."""
+    return ownership.lchowns
 
 
 @pytest.fixture
@@ -345,8 +321,7 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
     }
     assert on_disk - config <= owned
     assert sorted(os.listdir(path / ".flipback")) == ["env"]
-    if os.geteuid() == 0:
-        assert (path / "app.py").stat().st_uid == 0
+    assert (path / "app.py").stat().st_uid == 0
 
 
 def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
@@ -570,9 +545,8 @@ def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
         (f"{env_file}.tmp.{pid}", 0, gid),
         (f"{unit_file}.tmp.{pid}", 0, 0),
     ]
-    if os.geteuid() == 0:
-        for path, group in ((conf_dir, gid), (env_file, gid), (unit_file, 0)):
-            assert (path.stat().st_uid, path.stat().st_gid) == (0, group), path
+    for path, group in ((conf_dir, gid), (env_file, gid), (unit_file, 0)):
+        assert (path.stat().st_uid, path.stat().st_gid) == (0, group), path
     assert sorted(os.listdir(conf_dir)) == ["env"]
     assert sorted(os.listdir(unit_file.parent)) == [unit_file.name]
     # systemd hears of the unit once both files are in place, and only once.

@@ -12,7 +12,6 @@ made with test_flipback_runtime.a_release.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -29,7 +28,8 @@ from fakes import FakeSystemd, module_params, run_arg, run_module, service_arg
 from test_flipback_prepare import Accounts
 from test_flipback_runtime import a_release
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+# Files are handed to root and to the service user (see test_flipback_prepare).
+pytestmark = pytest.mark.usefixtures("ownership")
 
 SERVICE = "shop"
 USER = "shop"

@@ -61,9 +61,9 @@ class FakeRunner:
 
 
 @pytest.fixture
-def runner(monkeypatch, tmp_path) -> FakeRunner:
+def runner(monkeypatch, tmp_path, ownership) -> FakeRunner:
     """The module's Stager, with the fake runner and a tmp_path unit directory; records
-    the specs it was given."""
+    the specs it was given. Files are handed to root as fakes.Ownership says."""
     fake = FakeRunner()
 
     def stager(spec: StageSpec) -> Stager:
@@ -71,9 +71,6 @@ def runner(monkeypatch, tmp_path) -> FakeRunner:
         return Stager(dataclasses.replace(spec, unit_dir=str(tmp_path / "systemd")), run=fake)
 
     monkeypatch.setattr(release, "Stager", stager)
-    if os.geteuid() != 0:
-        for name in ("lchown", "chown", "fchown"):
-            monkeypatch.setattr(os, name, lambda *args: None)
     return fake
 
 
@@ -539,7 +536,7 @@ def test_place_artifact_makes_an_existing_file_root_only(tmp_path):
     assert path.stat().st_mode & 0o7777 == 0o600
 
 
-def test_place_artifact_moves_the_upload_root_only(tmp_path):
+def test_place_artifact_moves_the_upload_root_only(tmp_path, ownership):
     upload = tmp_path / "tmp" / "upload.tar"
     upload.parent.mkdir()
     upload.write_bytes(b"uploaded")
@@ -552,8 +549,7 @@ def test_place_artifact_moves_the_upload_root_only(tmp_path):
     assert path.read_bytes() == b"uploaded"
     assert path.stat().st_mode & 0o7777 == 0o600
     assert path.parent.stat().st_mode & 0o7777 == 0o700
-    if os.geteuid() == 0:
-        assert (path.stat().st_uid, path.stat().st_gid) == (0, 0)
+    assert (path.stat().st_uid, path.stat().st_gid) == (0, 0)
 
 
 NOT_BASE64 = [

@@ -30,8 +30,7 @@ from ansible.module_utils.flipback_exec import (
 )
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_runtime import env_file_text, unit_text
-from ansible.module_utils.testing import patch_module_args
-from fakes import load_file
+from fakes import load_file, run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "20261101T120000-aaaaaaaaaa"
@@ -501,12 +500,9 @@ def test_module_in_check_mode_finds_the_release_and_runs_nothing(tmp_path, capsy
         "cmd": "touch /tmp/flipback-must-not-exist",
         "root_parent": root_parent,
         "unit_dir": unit_dir,
-        "_ansible_check_mode": True,
     }
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        module.main()
-    assert exited.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(module, args, capsys, check_mode=True)
+    assert code == 0
     assert result["release"] == A and result["ran"] is False
     assert result["result"] == "not run (check mode)"
 
@@ -515,10 +511,8 @@ def test_module_fails_on_a_host_with_no_live_release(tmp_path, capsys):
     root_parent, unit_dir = deploy(tmp_path)
     module = _module()
     args = {"service": "hello", "cmd": "true", "root_parent": root_parent, "unit_dir": unit_dir}
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        module.main()
-    assert exited.value.code == 1
-    result = json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(module, args, capsys)
+    assert code == 1
     assert result["failed"] is True
     assert result["msg"].startswith("service: 'hello' has no live release on this host")
     assert result["field"] == "service" and result["retryable"] is False

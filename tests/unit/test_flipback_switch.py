@@ -1834,6 +1834,7 @@ def test_the_gates_ask_a_release_whose_unit_adds_the_header_as_configured(tree, 
 
     host.switch(release_in=release_in, health_host="shop.example").switch(check_mode=False)
 
+    assert host.gates_probed() == ["gate1", "gate2"]
     for target, expect, _policy in host.probes:
         assert target.host_header == "shop.example"
         if release_in == "header":

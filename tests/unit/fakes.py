@@ -10,7 +10,8 @@ and a fake systemd.
 - ReleaseTree: a service root with releases/<id>/manifest.json, history.jsonl and a
   `current` link, as release_stage and the switch leave it.
 - FakeSystemd: systemctl over sets of active and enabled units (and retire timers),
-  recording every call; each test's host fake builds on it.
+  and run(), which records every command and hands it to the fake's method for it;
+  each test's host fake builds on it.
 - Ownership: os.chown, os.fchown and os.lchown recorded; as root passed on, and
   unprivileged kept here and reported by os.stat, os.lstat and os.fstat, so the tests of
   code that hands files to root or a service user run without root too.
@@ -469,6 +470,8 @@ class FakeSystemd:
 
     description = " Shop"
     stopped_state = "inactive"
+    # A command the fake has no method for: it fails the test, unless this is set.
+    other_commands_succeed = False
 
     def __init__(
         self,
@@ -482,6 +485,23 @@ class FakeSystemd:
         self.failing_start = set(failing_start)
         self.timers: dict[str, str] = {}
         self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """A command as the code under test runs it, recorded in `calls`: systemctl goes
+        to systemctl(), another to the fake's method named after it (`systemd-run`:
+        cmd_systemd_run). One with neither fails the test, unless the fake says
+        `other_commands_succeed` (it then exits 0 and prints nothing)."""
+        argv = list(argv)
+        self.calls.append(argv)
+        name = os.path.basename(argv[0])
+        if name == "systemctl":
+            return self.systemctl(argv)
+        command = getattr(self, f"cmd_{name.replace('-', '_')}", None)
+        if command is not None:
+            return command(argv)
+        if self.other_commands_succeed:
+            return completed(argv)
+        raise AssertionError(f"unexpected command {argv}")
 
     def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         assert os.path.basename(argv[0]) == "systemctl", argv

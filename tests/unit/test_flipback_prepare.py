@@ -143,19 +143,22 @@ class Host(FakeSystemd):
         self.start_rc = 0
         self.probes: list[tuple[Target, Expect, Policy]] = []
 
+    other_commands_succeed = True
+
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
         if argv[0] in self.fail:
-            return subprocess.CompletedProcess(argv, 4, "", self.fail[argv[0]])
-        if argv[0] == "useradd" and self.accounts is not None:
+            self.calls.append(list(argv))
+            return subprocess.CompletedProcess(list(argv), 4, "", self.fail[argv[0]])
+        return super().run(argv)
+
+    def cmd_useradd(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        if self.accounts is not None:
             self.accounts.useradd(argv)
-        if argv[:2] == ["nginx", "-t"]:
-            rc, err = self.nginx_test
-            return subprocess.CompletedProcess(argv, rc, "", err)
-        if argv[0] == "systemctl":
-            return self.systemctl(argv)
         return subprocess.CompletedProcess(argv, 0, "", "")
+
+    def cmd_nginx(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        rc, err = self.nginx_test if argv[:2] == ["nginx", "-t"] else (0, "")
+        return subprocess.CompletedProcess(argv, rc, "", err)
 
     def start(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, self.start_rc, "", "")

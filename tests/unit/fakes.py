@@ -288,6 +288,22 @@ class ReleaseTree:
         with open(self.path(release_id, ".flipback", "env"), "w") as handle:
             handle.write(text)
 
+    def venv(self, release_id: str, *, pyvenv_cfg: bool = True):
+        """The release's venv/bin (and its pyvenv.cfg: a venv another release may borrow)."""
+        os.makedirs(self.path(release_id, "venv", "bin"), exist_ok=True)
+        if pyvenv_cfg:
+            with open(self.path(release_id, "venv", "pyvenv.cfg"), "w") as handle:
+                handle.write("home = /usr/bin\n")
+        return self
+
+    def unit_file(self, release_id: str, unit_dir: Path | str, text: str):
+        """The release's own unit <service>@<id>.service in `unit_dir`, as staging writes
+        it."""
+        os.makedirs(unit_dir, exist_ok=True)
+        with open(os.path.join(unit_dir, f"{self.service}@{release_id}.service"), "w") as handle:
+            handle.write(text)
+        return self
+
     def event(self, release_id: str, event: str, *, by: str = "alice", note: str = "") -> None:
         from ansible.module_utils.flipback_release import append_history, history_event
 

@@ -30,7 +30,7 @@ from ansible.module_utils.flipback_exec import (
 )
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_runtime import env_file_text, unit_text
-from fakes import load_file, run_module
+from fakes import ReleaseTree, load_file, run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "20261101T120000-aaaaaaaaaa"
@@ -51,24 +51,17 @@ def deploy(tmp_path: Path, *releases: str, current: str | None = None) -> tuple[
     unit_dir = tmp_path / "units"
     unit_dir.mkdir(exist_ok=True)
     home = root_parent / "hello"
+    tree = ReleaseTree(home, "hello")
+    unit = unit_text(
+        service="hello", home=str(home), user="hello", app="app:app", factory=False, workers=2
+    )
     for release in releases:
-        rel = home / "releases" / release
-        (rel / "venv" / "bin").mkdir(parents=True)
-        (rel / ".flipback").mkdir()
-        (rel / ".flipback" / "env").write_text(env_file_text({"HELLO_TOKEN": SECRET}))
-        (unit_dir / f"hello@{release}.service").write_text(
-            unit_text(
-                service="hello",
-                home=str(home),
-                user="hello",
-                app="app:app",
-                factory=False,
-                workers=2,
-            )
-        )
+        tree.venv(release, pyvenv_cfg=False)
+        tree.env_file(release, env_file_text({"HELLO_TOKEN": SECRET}))
+        tree.unit_file(release, unit_dir, unit)
     (home / "shared").mkdir(parents=True, exist_ok=True)
     if releases:
-        (home / "current").symlink_to(f"releases/{current or releases[-1]}")
+        tree.current(current or releases[-1])
     return str(root_parent), str(unit_dir)
 
 

@@ -232,12 +232,11 @@ class Paths:
         """A release on disk; `configured`: staged with that configuration (its manifest's
         `config` and its env file), else as an older flipback staged it (neither)."""
         tree = ReleaseTree(self.root, SERVICE)
-        path = Path(tree.write_release(release_id, None))
+        tree.write_release(release_id, None)
         manifest: dict = {"status": status}
         if deps_key:
             manifest["deps_key"] = deps_key
-            (path / "venv").mkdir(exist_ok=True)
-            (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+            tree.venv(release_id)
         if configured is not None:
             manifest["config"] = configured.config
             tree.env_file(release_id, configured.env_text, mode=0o750)

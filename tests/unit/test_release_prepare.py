@@ -24,7 +24,7 @@ from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
 from ansible.module_utils.flipback_runtime import site_text
-from fakes import FakeSystemd, module_params, run_arg, run_module, service_arg
+from fakes import FakeSystemd, ReleaseTree, module_params, run_arg, run_module, service_arg
 from test_flipback_prepare import Accounts
 from test_flipback_runtime import a_release
 
@@ -405,19 +405,16 @@ DONOR = "20261101T120000-aaaaaaaaaa"
 def stage(tmp_path: Path, release_id: str, key: str, conf=None) -> None:
     """A release staged on the host, with a virtualenv another release may borrow, and
     with its configuration if `conf` (a_release) is given."""
-    path = tmp_path / "srv" / SERVICE / "releases" / release_id
-    (path / "venv").mkdir(parents=True)
-    (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    manifest = {"id": release_id, "service": SERVICE, "status": "staged", "deps_key": key}
+    tree = ReleaseTree(tmp_path / "srv" / SERVICE, SERVICE).venv(release_id)
+    manifest: dict = {"deps_key": key}
     if conf is not None:
         manifest["config"] = conf.config
-        (path / ".flipback").mkdir()
-        (path / ".flipback" / "env").write_text(conf.env_text)
-    (path / "manifest.json").write_text(json.dumps(manifest))
+        tree.env_file(release_id, conf.env_text)
+    tree.release(release_id, **manifest)
 
 
 def go_live(tmp_path: Path, release_id: str) -> None:
-    (tmp_path / "srv" / SERVICE / "current").symlink_to(f"releases/{release_id}")
+    ReleaseTree(tmp_path / "srv" / SERVICE, SERVICE).current(release_id)
 
 
 @pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])

@@ -940,7 +940,7 @@ def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lc
     older = "20261127T120000-9999999999"
     staged_elsewhere(root, older, key=KEY)
     staged_elsewhere(root, OLD, key=KEY)
-    (root / "current").symlink_to(f"releases/{OLD}")
+    ReleaseTree(root, SERVICE).current(OLD)
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(
         False
@@ -1243,7 +1243,7 @@ def test_find_donor_prefers_the_current_release(root):
     older = "20261127T120000-9999999999"
     staged_elsewhere(root, older, key=KEY)
     staged_elsewhere(root, OLD, key=KEY)
-    (root / "current").symlink_to(f"releases/{older}")
+    ReleaseTree(root, SERVICE).current(older)
     assert find_donor(str(root), NEW, KEY) == older
 
 

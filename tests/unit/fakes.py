@@ -16,6 +16,7 @@ and a fake systemd.
   unprivileged kept here and reported by os.stat, os.lstat and os.fstat, so the tests of
   code that hands files to root or a service user run without root too.
 - GitOverHttp: git's dumb HTTP protocol over a directory, behind basic auth.
+- DummyHost: the sandbox's Host where a module only hands it over.
 - service_arg, run_arg, run_module, module_params: the release module's `service` and
   `run` arguments, and its main() run on a parameter dict (or only validating one).
   run_module runs any module's main() (a library module of the deploy or the sandbox).
@@ -574,6 +575,17 @@ class FakeSystemd:
 
     def reset_failed(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return completed(argv)
+
+
+# =========================================================================== the sandbox
+
+
+class DummyHost:
+    """Stands in for the sandbox's Host where a module must only hand it over, never use
+    it: any use of it fails the test."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the dummy host was used: .{name}")
 
 
 # =========================================================================== the release module

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 import sandbox_fleet
 from ansible.module_utils.flipback_sandbox import SandboxError
-from fakes import run_module
+from fakes import DummyHost, run_module
 
 TOOLS = ("systemd-nspawn", "ip", "ssh", "ssh-keygen")
 
@@ -24,10 +24,6 @@ def image_dir(tmp_path):
     path = tmp_path / "images" / "0123456789ab"
     path.mkdir(parents=True)
     return str(path)
-
-
-class DummyHost:
-    """Stands in for Host: it must only be handed over, never used, by the module itself."""
 
 
 class FakeFleet:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 import sandbox_image
 from ansible.module_utils.flipback_sandbox import ImageSpec, SandboxError
-from fakes import run_module
+from fakes import DummyHost, run_module
 
 PACKAGES = ["openssh-server", "systemd"]
 
@@ -17,10 +17,6 @@ PACKAGES = ["openssh-server", "systemd"]
 def as_root(monkeypatch):
     monkeypatch.setattr(sandbox_image.os, "geteuid", lambda: 0)
     monkeypatch.setattr(sandbox_image.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
-
-
-class DummyHost:
-    """Stands in for Host: it must only be handed over, never used, by the module itself."""
 
 
 class FakeImage:

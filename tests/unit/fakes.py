@@ -16,6 +16,7 @@ and a fake systemd.
   unprivileged kept here and reported by os.stat, os.lstat and os.fstat, so the tests of
   code that hands files to root or a service user run without root too.
 - GitOverHttp: git's dumb HTTP protocol over a directory, behind basic auth.
+- StageRunner: the commands staging runs (venv, pip, compileall, systemctl).
 - DummyHost: the sandbox's Host where a module only hands it over.
 - service_arg, run_arg, run_module, module_params: the release module's `service` and
   `run` arguments, and its main() run on a parameter dict (or only validating one).
@@ -575,6 +576,40 @@ class FakeSystemd:
 
     def reset_failed(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return completed(argv)
+
+
+# =========================================================================== staging
+
+
+class StageRunner:
+    """The commands staging runs, recorded in `calls`: `python -m venv` makes
+    venv/bin/python (and pip, which python -m venv seeds); the step named `fail` (the
+    module after -m, or systemctl's verb) exits 1 saying "<step> exploded"."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        step = stage_step(argv)
+        if step == "venv":
+            python = Path(argv[3], "bin", "python")
+            python.parent.mkdir(parents=True)
+            python.write_text("#!/bin/sh\n")
+            Path(argv[3], "bin", "pip").write_text("#!/bin/sh\n")
+        if step == self.fail:
+            return completed(argv, 1, "", f"{step} exploded")
+        return completed(argv)
+
+    @property
+    def steps(self) -> list[str]:
+        return [stage_step(argv) for argv in self.calls]
+
+
+def stage_step(argv: Sequence[str]) -> str:
+    return argv[1] if argv[0] == "systemctl" else argv[2]
 
 
 # =========================================================================== the sandbox

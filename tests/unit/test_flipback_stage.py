@@ -44,7 +44,7 @@ from ansible.module_utils.flipback_stage import (
     safe_members,
     sha256_file,
 )
-from fakes import ReleaseTree
+from fakes import ReleaseTree, StageRunner
 from test_flipback_runtime import Release, a_release
 
 SERVICE = "shop"
@@ -64,37 +64,6 @@ def configured(root: Path) -> Release:
     """The release BUILD becomes with the shop's configuration on a host rooted at `root`:
     the id covers the root (the unit names its paths), so each test's root has its own."""
     return a_release(SERVICE, str(root), env=ENV, build_id=BUILD, user=USER, workers=2)
-
-
-class FakeRunner:
-    """Records every argv; `-m venv` makes venv/bin/python; fails where told to (a
-    module's step, or systemctl's verb)."""
-
-    def __init__(self, fail: str = "") -> None:
-        self.calls: list[list[str]] = []
-        self.fail = fail
-
-    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
-        step = step_of(argv)
-        if step == "venv":
-            python = Path(argv[3], "bin", "python")
-            python.parent.mkdir(parents=True)
-            python.write_text("#!/bin/sh\n")
-            # python -m venv seeds pip (a uv venv has none).
-            Path(argv[3], "bin", "pip").write_text("#!/bin/sh\n")
-        if step == self.fail:
-            return subprocess.CompletedProcess(argv, 1, "", f"{step} exploded")
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-    @property
-    def steps(self) -> list[str]:
-        return [step_of(argv) for argv in self.calls]
-
-
-def step_of(argv: Sequence[str]) -> str:
-    return argv[1] if argv[0] == "systemctl" else argv[2]
 
 
 def source_tar(extra: Sequence[tuple[str, bytes | None]] = ()) -> bytes:
@@ -250,7 +219,7 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
     if previous:
         go_live(root, previous)
     spec = make_spec(root, artifact, tmp_path)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(spec, run=runner).stage(check_mode=False)
 
@@ -326,7 +295,7 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
 
 def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, deps=[])
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
 
@@ -335,10 +304,10 @@ def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
 def test_already_staged_is_left_alone(root, rid, artifact, tmp_path, lchown_calls, check_mode):
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
     before = (release(root, "manifest.json")).read_text()
     events = len(read_history(str(root)))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
 
@@ -349,7 +318,7 @@ def test_already_staged_is_left_alone(root, rid, artifact, tmp_path, lchown_call
 
 
 def test_check_mode_writes_nothing(root, rid, artifact, tmp_path):
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=True)
 
@@ -360,7 +329,7 @@ def test_check_mode_writes_nothing(root, rid, artifact, tmp_path):
 
 
 def test_checksum_mismatch(root, artifact, tmp_path):
-    runner = FakeRunner()
+    runner = StageRunner()
     spec = make_spec(root, artifact, tmp_path, checksum="0" * 64)
 
     with pytest.raises(ReleaseError) as info:
@@ -379,7 +348,7 @@ def test_checksum_mismatch(root, artifact, tmp_path):
 
 def test_artifact_missing(root, tmp_path):
     missing = tmp_path / "incoming" / "nothing.tar"
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, missing, tmp_path), run=runner).stage(check_mode=False)
@@ -397,7 +366,7 @@ def test_live_staging_lock_is_refused(root, rid, artifact, tmp_path, check_mode)
     (path / ".staging-lock").write_text(f"{os.getpid()}\n")
     (path / "manifest.json").write_text(json.dumps({"id": rid, "status": "staging"}))
     (path / "app.py").write_text("half")
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
@@ -425,7 +394,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
     (path / "manifest.json").write_text(json.dumps({"id": rid, "status": "staging"}))
     (path / "leftover.py").write_text("from the killed run")
 
-    result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
+    result = Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(False)
 
     assert result["changed"] is True
     assert not (path / "leftover.py").exists()
@@ -446,7 +415,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
 def test_command_failure_leaves_the_release_unusable(
     root, rid, artifact, tmp_path, lchown_calls, fail, what
 ):
-    runner = FakeRunner(fail=fail)
+    runner = StageRunner(fail=fail)
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
@@ -472,7 +441,7 @@ def test_disk_failure_is_retryable(root, rid, artifact, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "symlink", no_symlink)
 
     with pytest.raises(ReleaseError) as info:
-        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+        Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     assert info.value.retryable is True
     assert "No space left on device" in info.value.msg
@@ -493,7 +462,7 @@ def test_disk_failure_is_retryable(root, rid, artifact, tmp_path, monkeypatch):
 def test_invalid_input_is_rejected_before_any_write(
     root, artifact, tmp_path, changes, field, value, check_mode
 ):
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path, **changes), run=runner).stage(check_mode)
@@ -517,7 +486,7 @@ def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
     conf_dir = release(root, ".flipback")
     env_file = conf_dir / "env"
     unit_file = tmp_path / "systemd" / f"{SERVICE}@{rid}.service"
-    runner = FakeRunner()
+    runner = StageRunner()
     on_reload: list[tuple[bool, bool]] = []
 
     def run(argv):
@@ -557,7 +526,7 @@ def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
 def test_the_manifest_records_the_build_and_the_config_never_env_values(
     root, rid, artifact, tmp_path, lchown_calls
 ):
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     manifest = read_manifest(str(root), rid)
     assert manifest["build"] == BUILD
@@ -588,7 +557,7 @@ def test_the_manifest_records_every_pin_where_it_came_from_and_what_was_added(
     }
     write_artifact(str(artifact), source_tar(()), [str(wheel)], 1_795_953_600, meta, [])
 
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     manifest = read_manifest(str(root), rid)
     assert manifest["status"] == "staged"
@@ -621,7 +590,7 @@ def test_a_flipback_file_or_dir_shipped_in_the_code_is_replaced(
 ):
     artifact = build_artifact(tmp_path, extra=shipped)
 
-    result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
+    result = Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(False)
 
     assert result["changed"] is True
     conf_dir = release(root, ".flipback")
@@ -668,7 +637,7 @@ def tampered(root: Path, what: str) -> dict:
 def test_a_config_the_release_id_does_not_stand_for_is_refused_before_any_write(
     root, artifact, tmp_path, what, says, check_mode
 ):
-    runner = FakeRunner()
+    runner = StageRunner()
     spec = make_spec(root, artifact, tmp_path, **tampered(root, what))
 
     with pytest.raises(ConfigInvalid) as failed:
@@ -686,10 +655,10 @@ def test_a_config_the_release_id_does_not_stand_for_is_refused_before_any_write(
 
 
 def test_a_staged_release_is_checked_again_and_left_alone(root, artifact, tmp_path, lchown_calls):
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
     env_file = release(root, ".flipback", "env")
     before = env_file.read_text()
-    runner = FakeRunner()
+    runner = StageRunner()
     spec = make_spec(root, artifact, tmp_path, **tampered(root, "env-value"))
 
     with pytest.raises(ConfigInvalid):
@@ -703,7 +672,7 @@ def test_a_unit_that_cannot_be_written_is_retryable(root, rid, artifact, tmp_pat
     (tmp_path / "systemd").write_text("a file where the unit directory should be")
 
     with pytest.raises(ReleaseError) as failed:
-        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+        Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     assert failed.value.retryable is True
     assert failed.value.msg.startswith(f"staging {rid} failed: ")
@@ -720,7 +689,7 @@ def test_a_user_the_host_lacks_fails_as_a_release_error(
     monkeypatch.setattr(pwd, "getpwnam", no_such_user)
 
     with pytest.raises(ReleaseError):
-        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+        Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -794,7 +763,7 @@ def test_safe_members_keeps_src_wheels_project_and_metadata(tmp_path):
 
 def test_hostile_artifact_is_refused_while_staging(root, rid, tmp_path):
     artifact = raw_artifact(tmp_path, member("src/link", tarfile.SYMTYPE, "/etc/shadow"))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
@@ -887,7 +856,7 @@ def test_a_release_with_the_same_deps_key_lends_its_venv(
 ):
     donor = staged_elsewhere(root, OLD, key=KEY)
     before = files(donor / "venv")
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -916,7 +885,7 @@ def test_no_donor_builds_the_venv(root, artifact, tmp_path, lchown_calls, key, s
     donor = staged_elsewhere(root, OLD, key=key, status=status)
     if not pyvenv:
         (donor / "venv" / "pyvenv.cfg").unlink()
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -927,7 +896,7 @@ def test_no_donor_builds_the_venv(root, artifact, tmp_path, lchown_calls, key, s
 
 def test_without_a_deps_key_no_venv_is_borrowed(root, rid, artifact, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key="")
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
 
@@ -942,7 +911,7 @@ def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lc
     staged_elsewhere(root, OLD, key=KEY)
     ReleaseTree(root, SERVICE).current(OLD)
 
-    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(
         False
     )
 
@@ -952,7 +921,7 @@ def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lc
 def test_a_code_only_artifact_stages_with_a_donor(root, rid, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
     artifact = build_artifact(tmp_path, code_only=True)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -971,7 +940,7 @@ def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(
 ):
     staged_elsewhere(root, OLD, key="ffffffffffffffff")
     artifact = build_artifact(tmp_path, code_only=True)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as failed:
         Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
@@ -990,7 +959,7 @@ def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(
 
 def test_a_code_only_artifact_without_dependencies_needs_no_donor(root, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, deps=[], code_only=True)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1001,7 +970,7 @@ def test_a_code_only_artifact_without_dependencies_needs_no_donor(root, tmp_path
 def test_a_borrowed_venv_is_not_walked_again(root, artifact, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
 
-    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
 
     path = release(root)
     venv = str(path / "venv")
@@ -1020,7 +989,7 @@ def test_a_borrowed_venv_is_not_walked_again(root, artifact, tmp_path, lchown_ca
 
 
 def test_a_built_venv_is_still_walked(root, artifact, tmp_path, lchown_calls):
-    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
 
     python = str(release(root, "venv", "bin", "python"))
     assert python in {p for p, _uid, _gid in lchown_calls}
@@ -1033,7 +1002,7 @@ def test_a_borrowed_venv_is_readable_whatever_the_umask(
     staged_elsewhere(root, OLD, key=KEY)
     before = os.umask(umask)
     try:
-        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
     finally:
         os.umask(before)
 
@@ -1090,7 +1059,7 @@ def project_install(path: Path) -> list[str]:
 def test_the_project_is_installed_over_a_borrowed_venv(root, rid, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
     artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1106,7 +1075,7 @@ def test_the_project_is_installed_over_a_borrowed_venv(root, rid, tmp_path, lcho
 
 def test_the_project_is_installed_after_the_dependencies(root, rid, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1118,7 +1087,7 @@ def test_the_project_is_installed_after_the_dependencies(root, rid, tmp_path, lc
 
 
 def test_a_release_without_a_project_installs_none(root, rid, artifact, tmp_path, lchown_calls):
-    runner = FakeRunner()
+    runner = StageRunner()
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
     assert not [argv for argv in runner.calls if "--force-reinstall" in argv]
 
@@ -1140,7 +1109,7 @@ def test_a_project_the_artifact_does_not_carry_fails(
     write_artifact(
         str(artifact), source_tar(), [], 1_795_953_600, meta, [str(project_wheel(tmp_path))]
     )
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
@@ -1293,7 +1262,7 @@ def test_the_release_s_static_directories_belong_to_its_user(
     artifact = build_artifact(tmp_path)
     spec = static_spec(root, artifact, tmp_path)
 
-    Stager(spec, run=FakeRunner()).stage(check_mode=False)
+    Stager(spec, run=StageRunner()).stage(check_mode=False)
 
     account = pwd.getpwnam(USER)
     here = root / "releases" / spec.release
@@ -1309,7 +1278,7 @@ def test_a_static_directory_that_is_a_file_in_the_code_is_refused(root, tmp_path
     spec = static_spec(root, artifact, tmp_path)
 
     with pytest.raises(ReleaseError, match=r"nginx\.static: 'static' is a symlink or a file"):
-        Stager(spec, run=FakeRunner()).stage(check_mode=False)
+        Stager(spec, run=StageRunner()).stage(check_mode=False)
 
 
 # --------------------------------------------------------------------------- uv on the host
@@ -1317,7 +1286,7 @@ def test_a_static_directory_that_is_a_file_in_the_code_is_refused(root, tmp_path
 
 def test_a_full_artifact_with_uv_makes_the_venv_with_uv(root, rid, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, uv=True, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
 
@@ -1348,7 +1317,7 @@ def test_a_cached_uv_is_used_for_a_project_over_a_borrowed_uv_venv(
     uv.write_text("#!/bin/sh\n")
     uv.chmod(0o755)
     artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1364,7 +1333,7 @@ def test_a_borrowed_uv_venv_without_uv_on_the_host_asks_for_the_full_artifact(
     artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
 
     with pytest.raises(ReleaseError) as info:
-        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
 
     assert "has no pip, and uv is not on this host" in info.value.msg
     assert info.value.retryable is True

@@ -15,9 +15,7 @@ import base64
 import dataclasses
 import io
 import os
-import subprocess
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ import yaml
 from ansible.module_utils.flipback_build import write_artifact
 from ansible.module_utils.flipback_release import ReleaseError, read_manifest
 from ansible.module_utils.flipback_stage import Stager, StageSpec, sha256_file
-from fakes import run_arg, run_module, service_arg
+from fakes import StageRunner, run_arg, run_module, service_arg
 from test_flipback_runtime import Release, a_release
 
 SERVICE = "shop"
@@ -40,31 +38,19 @@ def configured(root: Path | str) -> Release:
     return a_release(SERVICE, str(root), env=ENV, build_id=BUILD, user="nobody")
 
 
-class FakeRunner:
-    """Fails the command whose third word (or last, for `systemctl daemon-reload`) is
-    `fail`."""
+class Runner(StageRunner):
+    """fakes.StageRunner, and the specs main() gave the Stager."""
 
-    def __init__(self, fail: str = "") -> None:
-        self.calls: list[list[str]] = []
+    def __init__(self) -> None:
+        super().__init__()
         self.specs: list[StageSpec] = []
-        self.fail = fail
-
-    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
-        step = argv[2] if len(argv) > 2 else argv[-1]
-        if step == "venv":
-            Path(argv[3], "bin").mkdir(parents=True)
-            Path(argv[3], "bin", "python").write_text("#!/bin/sh\n")
-        rc = 1 if step == self.fail else 0
-        return subprocess.CompletedProcess(argv, rc, "", f"{step} rc {rc}")
 
 
 @pytest.fixture
-def runner(monkeypatch, tmp_path, ownership) -> FakeRunner:
+def runner(monkeypatch, tmp_path, ownership) -> Runner:
     """The module's Stager, with the fake runner and a tmp_path unit directory; records
     the specs it was given. Files are handed to root as fakes.Ownership says."""
-    fake = FakeRunner()
+    fake = Runner()
 
     def stager(spec: StageSpec) -> Stager:
         fake.specs.append(spec)
@@ -335,7 +321,7 @@ INVALID = "invalid configuration (1 problem), nothing was changed on any host"
         pytest.param(
             {},
             "venv",
-            "could not create the virtualenv for {rid} (exit 1): venv rc 1",
+            "could not create the virtualenv for {rid} (exit 1): venv exploded",
             False,
             {},
             id="venv",
@@ -463,7 +449,7 @@ def test_deps_key_reaches_the_spec(tmp_path, rid, artifact, runner, capsys):
     ("start", "fail", "warmed"),
     [
         pytest.param(True, "", True, id="started"),
-        pytest.param(True, "--no-block", False, id="refused"),
+        pytest.param(True, "start", False, id="refused"),
         pytest.param(False, "", False, id="not-asked"),
     ],
 )

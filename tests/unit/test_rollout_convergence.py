@@ -36,7 +36,7 @@ from ansible.module_utils.flipback_release import (
     utc_iso,
 )
 from ansible.module_utils.flipback_stage import Stager
-from fakes import load_plugin
+from fakes import StageRunner, load_plugin
 
 load = load_plugin
 
@@ -441,7 +441,7 @@ def test_the_staged_event_names_the_run_that_staged(tmp_path):
     artifact = stage_tests.build_artifact(tmp_path)
     spec = stage_tests.make_spec(root, artifact, tmp_path, run_id=THIS_RUN)
 
-    Stager(spec, run=stage_tests.FakeRunner()).stage(check_mode=False)
+    Stager(spec, run=StageRunner()).stage(check_mode=False)
 
     last = read_history(str(root))[-1]
     assert (last["release"], last["event"], last["run"]) == (spec.release, "staged", THIS_RUN)

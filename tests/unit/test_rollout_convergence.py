@@ -36,7 +36,7 @@ from ansible.module_utils.flipback_release import (
     utc_iso,
 )
 from ansible.module_utils.flipback_stage import Stager
-from fakes import load_plugin
+from fakes import StageRunner, load_plugin
 
 load = load_plugin
 
@@ -44,7 +44,8 @@ rollout_report = load("rollout_report")
 filters = load("flipback", "filter")
 
 controller = pytest.mark.controller
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+# Prepare hands files to root and the service user: fakes.Ownership unless run as root.
+owned = pytest.mark.usefixtures("ownership")
 
 # What the fleet ran before, and the release of the rollout that stopped.
 BEFORE = "20261101T120000-aaaaaaaaaa"
@@ -434,13 +435,13 @@ def test_the_run_is_kept_in_history_as_written(tree):
     assert (line["event"], line["run"]) == ("active", EARLIER)
 
 
-@as_root
+@owned
 def test_the_staged_event_names_the_run_that_staged(tmp_path):
     root = tmp_path / "srv" / stage_tests.SERVICE
     artifact = stage_tests.build_artifact(tmp_path)
     spec = stage_tests.make_spec(root, artifact, tmp_path, run_id=THIS_RUN)
 
-    Stager(spec, run=stage_tests.FakeRunner()).stage(check_mode=False)
+    Stager(spec, run=StageRunner()).stage(check_mode=False)
 
     last = read_history(str(root))[-1]
     assert (last["release"], last["event"], last["run"]) == (spec.release, "staged", THIS_RUN)
@@ -529,7 +530,7 @@ def prepared(paths: prepare_tests.Paths, release: str) -> dict:
 A, B, C = prepare_tests.A, prepare_tests.B, prepare_tests.C
 
 
-@as_root
+@owned
 def test_release_runs_are_the_runs_with_events_of_the_release_here(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -545,7 +546,7 @@ def test_release_runs_are_the_runs_with_events_of_the_release_here(paths):
     assert result["live"] is None
 
 
-@as_root
+@owned
 def test_release_runs_of_a_release_never_seen_here_are_none(paths):
     prepare_tests.ready(paths)
     event(paths, B, "active", run=EARLIER)
@@ -553,7 +554,7 @@ def test_release_runs_of_a_release_never_seen_here_are_none(paths):
     assert (result["release_runs"], result["live"]) == ([], None)
 
 
-@as_root
+@owned
 def test_live_names_the_run_of_the_last_active_event_and_what_it_replaced(paths):
     prepare_tests.ready(paths)  # A then B went live, with no run recorded
     paths.release(C)
@@ -570,7 +571,7 @@ def test_live_names_the_run_of_the_last_active_event_and_what_it_replaced(paths)
     assert result["release_runs"] == sorted([EARLIER, UNRELATED, THIS_RUN])
 
 
-@as_root
+@owned
 def test_live_of_a_release_put_live_before_runs_were_recorded_names_no_run(paths):
     prepare_tests.ready(paths)  # B went live from A by a flipback that named no run
 
@@ -581,7 +582,7 @@ def test_live_of_a_release_put_live_before_runs_were_recorded_names_no_run(paths
     assert result["release_runs"] == []
 
 
-@as_root
+@owned
 def test_live_names_the_release_it_replaced(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -601,7 +602,7 @@ def test_live_names_the_release_it_replaced(paths):
     assert filters.flipback_restore_target(rollouts, "h1", "web", THIS_RUN) == B
 
 
-@as_root
+@owned
 def test_live_is_none_when_the_current_release_has_no_active_event(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -631,7 +632,7 @@ def stale_lock(paths: prepare_tests.Paths, **owner: str) -> None:
     (paths.lock / ".lock").write_text(json.dumps(holder))
 
 
-@as_root
+@owned
 def test_release_runs_name_the_deploy_whose_lock_was_taken_over(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -644,7 +645,7 @@ def test_release_runs_name_the_deploy_whose_lock_was_taken_over(paths):
     assert result["release_runs"] == sorted([EARLIER, UNRELATED])
 
 
-@as_root
+@owned
 @pytest.mark.parametrize(
     "owner",
     [
@@ -663,7 +664,7 @@ def test_release_runs_leave_out_a_lock_taken_over_from_what_is_no_deploy(paths, 
     assert result["release_runs"] == []
 
 
-@as_root
+@owned
 def test_release_runs_without_a_lock(paths):
     prepare_tests.ready(paths)
     paths.release(C)

@@ -2,7 +2,9 @@
 
 `make demo` ends with `status.yml -e status_json=FILE`; this reads FILE and prints the
 commands to run next, with a release id that every host has and that a rollback by id
-accepts (not current, not failed, complete), so that each command works as printed.
+accepts (not current, not failed, complete), so that each command works as printed, in
+the order printed. (A rollback by id marks the release it leaves rolled back, not
+good: the way back is by id too.)
 
     python sandbox/demo_next.py /var/tmp/flipback-demo-status.json [--service hello]
 """
@@ -45,6 +47,20 @@ def rollback_choices(status: Any, service: str) -> list[tuple[str, str]]:
     return [(rid, per_host[0][rid]) for rid in sorted(common, reverse=True)]
 
 
+def live(status: Any, service: str) -> tuple[str | None, str | None]:
+    """(current, previous good) of `service` when every host agrees; else None each."""
+    reports = [
+        next((s for s in (r or {}).get("services") or [] if s.get("name") == service), {})
+        for r in status["hosts"].values()
+    ]
+    currents = {r.get("current") for r in reports}
+    previous = {r.get("previous_good") for r in reports}
+    return (
+        currents.pop() if len(currents) == 1 else None,
+        previous.pop() if len(previous) == 1 else None,
+    )
+
+
 def next_steps(status: Any, service: str, venv: str = ".venv") -> str:
     playbook = f"{venv}/bin/ansible-playbook playbooks"
     choices = rollback_choices(status, service)
@@ -53,19 +69,20 @@ def next_steps(status: Any, service: str, venv: str = ".venv") -> str:
         f"  {playbook}/status.yml",
         "      every service on every host: current and previous good release, health",
     ]
-    if choices:
+    current, previous = live(status, service)
+    if choices and current:
         release, state = choices[0]
         lines += [
             f"  {playbook}/rollback.yml -e service={service} -e release={release}",
             f"      {service} to a release named by its id (its status now: {state})",
-            f"  {playbook}/rollback.yml -e service={service}",
-            "      then back to the previous good release",
+            f"  {playbook}/rollback.yml -e service={service} -e release={current}",
+            "      and back to the release live now",
         ]
+    lines += [f"  {playbook}/rollback.yml -e service={service}"]
+    if previous:
+        lines += [f"      {service} back to its previous good release, {previous}"]
     else:
-        lines += [
-            f"  {playbook}/rollback.yml -e service={service}",
-            f"      {service} back to its previous good release, or why it cannot go back",
-        ]
+        lines += ["      refused here (no previous good release): it says why, and what to run"]
     lines += [
         f"  {playbook}/history.yml -e service={service}",
         f"      what {service} ran, and when",

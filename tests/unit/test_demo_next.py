@@ -21,12 +21,18 @@ OLD = "20261001T100000-0000000000"
 BAD = "20261201T100000-ffffffffff"
 
 
-def host(current: str | None, *releases: tuple[str, str], service: str = "hello") -> dict:
+def host(
+    current: str | None,
+    *releases: tuple[str, str],
+    service: str = "hello",
+    previous_good: str | None = None,
+) -> dict:
     return {
         "services": [
             {
                 "name": service,
                 "current": current,
+                "previous_good": previous_good,
                 "releases": [{"id": rid, "status": status} for rid, status in releases],
             }
         ]
@@ -76,7 +82,9 @@ def test_next_steps_of_the_demo_name_the_release_and_every_command():
     for command in (
         f"{playbook}/status.yml",
         f"{playbook}/rollback.yml -e service=hello -e release={V2}",
-        f"{playbook}/rollback.yml -e service=hello\n",
+        # A rollback by id leaves V1 rolled back, not good: the way back is by id too.
+        f"{playbook}/rollback.yml -e service=hello -e release={V1}\n      and back",
+        f"{playbook}/rollback.yml -e service=hello\n      refused here",
         f"{playbook}/history.yml -e service=hello",
         f"{playbook}/logs.yml -e service=hello -e since=15m",
         f"{playbook}/verify.yml",
@@ -88,7 +96,18 @@ def test_next_steps_of_the_demo_name_the_release_and_every_command():
 def test_next_steps_without_a_release_to_name_offer_the_plain_rollback():
     text = demo_next.next_steps(status(a=host(V1, (V1, "active"))), "hello")
     assert "-e release=" not in text
-    assert "rollback.yml -e service=hello\n" in text
+    assert "rollback.yml -e service=hello\n      refused here" in text
+
+
+def test_next_steps_name_the_previous_good_release_when_every_host_has_it():
+    doc = status(
+        a=host(V1, (OLD, "good"), previous_good=OLD), b=host(V1, (OLD, "good"), previous_good=OLD)
+    )
+    text = demo_next.next_steps(doc, "hello")
+    assert (
+        f"rollback.yml -e service=hello\n      hello back to its previous good release, {OLD}"
+        in (text)
+    )
 
 
 @pytest.mark.parametrize(

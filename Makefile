@@ -10,7 +10,7 @@ APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client python3-ve
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 
-.PHONY: help setup os-packages demo test lint unit sanity molecule collection sandbox-down clean
+.PHONY: help setup setup-bench os-packages demo test lint unit sanity molecule collection sandbox-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -30,14 +30,25 @@ os-packages:
 
 $(VENV)/.installed: pyproject.toml | os-packages
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@echo "setup: installing the pinned packages of pyproject.toml into $(VENV)" \
+	  "(the first time 2-3 minutes, from PyPI; later runs only what changed)"
 	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/requirements.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	@touch $@
+
+setup-bench: setup $(VENV)/.installed-bench ## `make setup`, then the bench extra (matplotlib) for bench/ and its unit tests
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))' > $(VENV)/requirements-bench.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements-bench.txt
 	@touch $@
 
 # The demo's second source: a throwaway repository of hello with tags v1, v2, broken.
 DEMO_REPO ?= /var/tmp/flipback-demo-repo
+# The demo's last status, from which it prints the commands to try next.
+DEMO_STATUS ?= /var/tmp/flipback-demo-status.json
 
-demo: setup ## Sandbox up, deploy hello and greeter, hello v2, show health, roll back, status
+demo: setup ## Sandbox up, deploy hello and greeter, hello v2, roll back, status; what to try next
 	$(BIN)/ansible-playbook playbooks/sandbox.yml
 	$(BIN)/ansible all -m ansible.builtin.ping
 	@echo "== deploy every service from this repository's HEAD"
@@ -49,7 +60,8 @@ demo: setup ## Sandbox up, deploy hello and greeter, hello v2, show health, roll
 	@echo "== roll hello back to its previous good release"
 	$(BIN)/ansible-playbook playbooks/rollback.yml -e service=hello
 	$(BIN)/ansible-playbook playbooks/health.yml
-	$(BIN)/ansible-playbook playbooks/status.yml
+	$(BIN)/ansible-playbook playbooks/status.yml -e status_json=$(DEMO_STATUS)
+	@$(BIN)/python sandbox/demo_next.py $(DEMO_STATUS)
 
 # Linters, unit tests and sanity two at a time (each mostly uses one core; the output of
 # each is printed when it ends), before the scenarios, whose load tests need the cores.
@@ -64,7 +76,7 @@ lint: setup ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --nocolor
 
-unit: setup ## Unit tests of modules and module_utils
+unit: setup-bench ## Unit tests of modules, module_utils and bench/
 	$(BIN)/pytest tests/unit
 
 # COLLECTION_GIT=<repository>,<branch> also commits it as that branch, for git installs.

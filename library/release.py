@@ -420,6 +420,12 @@ candidates:
   type: list
   elements: str
   returned: target
+named_targets:
+  description: Target - every release that O(release) may name here (complete, not
+    failed, not current), newest id first; what a refused rollback suggests instead.
+  type: list
+  elements: str
+  returned: target
 recorded:
   description: Abandon - the history event written (the release as failed); null
     without a note.

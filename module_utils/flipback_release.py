@@ -724,6 +724,16 @@ class Releases:
             "changed": False,
             "current": state.current,
             "candidates": candidates,
+            # What a refused rollback can suggest as release=<id>: what _require and the
+            # failed check below accept, newest first.
+            "named_targets": sorted(
+                (
+                    r.id
+                    for r in state.releases.values()
+                    if r.problem is None and r.status != "failed" and r.id != state.current
+                ),
+                reverse=True,
+            ),
             "target": None,
         }
         if release_id is not None:

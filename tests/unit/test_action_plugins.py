@@ -419,6 +419,8 @@ def test_filters_are_registered():
         "flipback_restore_target": filters.flipback_restore_target,
         "flipback_failed_on": filters.flipback_failed_on,
         "flipback_target_disagreement": filters.flipback_target_disagreement,
+        "flipback_rollback_refusal": filters.flipback_rollback_refusal,
+        "flipback_verify_report": filters.flipback_verify_report,
         "flipback_lock_hold": filters.flipback_lock_hold,
     }
 

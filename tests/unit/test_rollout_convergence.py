@@ -304,6 +304,209 @@ def test_disagreement_refuses_what_is_not_a_dict(targets, kind):
     assert f"flipback_target_disagreement: got {kind}, expected a dict" in str(raised.value)
 
 
+# =========================================================================== refusal
+
+
+def target_found(service: str, chosen: str | None, named: tuple = (), **result: object) -> dict:
+    """A result of `release: action=target`: a target (or None, with the reason)."""
+    return {
+        "item": {"name": service},
+        "target": chosen,
+        "build": chosen,
+        "current": NEW,
+        "named_targets": list(named),
+        **result,
+    }
+
+
+def target_refused(service: str, msg: str) -> dict:
+    """The module's refusal, kept as data (failed_when: false): no `target` key."""
+    return {"item": {"name": service}, "failed": False, "msg": msg}
+
+
+NO_PREVIOUS = "no previous good release: history has only " + NEW
+
+
+@controller
+def test_no_refusal_when_every_host_has_one_target_build():
+    targets = {"h1": [target_found("web", BEFORE)], "h2": [target_found("web", BEFORE)], "h3": None}
+    assert filters.flipback_rollback_refusal(targets, ["web"]) == ""
+
+
+@controller
+def test_no_target_anywhere_is_said_once_with_the_release_to_name():
+    both = (BEFORE, OLDER)
+    targets = {
+        "h2": [target_found("web", None, both, reason=NO_PREVIOUS)],
+        "h1": [
+            target_found(
+                "web", None, (OLDER, BEFORE, "20261103T120000-cccccccccc"), reason=NO_PREVIOUS
+            )
+        ],
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert text.splitlines() == [
+        "rollback refused; nothing was changed on any host.",
+        f"- rollback of web refused on h1, h2: no release to roll back to ({NO_PREVIOUS}); "
+        f"{NEW} stays current",
+        "What to do next:",
+        f"- name the release of web to go back to, one every host has (or {OLDER}): "
+        f"ansible-playbook playbooks/rollback.yml -e service=web -e release={BEFORE}",
+        "- what web ran, and when: ansible-playbook playbooks/history.yml -e service=web",
+    ]
+
+
+@controller
+def test_a_host_refusing_a_named_release_is_named_and_no_release_is_guessed():
+    msg = f"release: got {BEFORE!r}, expected a release directory"
+    targets = {
+        "h1": [target_found("web", BEFORE, (BEFORE,))],
+        "h2": [target_refused("web", msg)],
+        "h3": [target_found("api", None, reason="x")],  # another service: not asked
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert text.count(msg) == 1
+    assert f"- rollback refused on h2: {msg}" in text
+    assert "-e release=" not in text
+    assert "playbooks/status.yml -e service=web" in text
+    assert "playbooks/history.yml -e service=web" in text
+
+
+@controller
+def test_no_common_release_says_to_deploy_one():
+    targets = {
+        "h1": [target_found("web", None, (BEFORE,), reason=NO_PREVIOUS)],
+        "h2": [target_found("web", None, (OLDER,), reason=NO_PREVIOUS)],
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert "-e release=" not in text
+    assert "deploy the one you want (playbooks/deploy.yml -e service=web -e ref=<git ref>)" in text
+
+
+@controller
+def test_targets_of_different_builds_are_refused_with_each_host_named():
+    targets = {
+        "h1": [target_found("web", BEFORE, (BEFORE, OLDER))],
+        "h2": [target_found("web", OLDER, (BEFORE, OLDER))],
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert (
+        f"- rollback of web refused: the hosts would go back to different builds (build "
+        f"{OLDER}: h2 -> {OLDER}; build {BEFORE}: h1 -> {BEFORE}), which would split the fleet"
+    ) in text
+    assert f"-e service=web -e release={BEFORE}" in text
+    assert text.endswith("- or roll the hosts back apart, each group with --limit")
+
+
+@controller
+@pytest.mark.parametrize(("targets", "services"), [([], ["web"]), ({}, "web")], ids=["list", "str"])
+def test_refusal_refuses_input_of_another_shape(targets, services):
+    with pytest.raises(AnsibleFilterError, match="expected a dict of hosts and a list"):
+        filters.flipback_rollback_refusal(targets, services)
+
+
+# =========================================================================== verify
+
+
+def service_status(
+    current: str | None = NEW,
+    answered: str | None = NEW,
+    build: str | None = "build-a",
+    **report: object,
+) -> dict:
+    """One service of a service_status result, as verify.yml reads it."""
+    health = {"ok": answered is not None, "release": answered, "error": None}
+    if answered is None:
+        health["error"] = "status 502, expected one of [200]"
+    return {"name": "web", "current": current, "build": build, "health": health, **report}
+
+
+def statuses_of(**hosts: list) -> dict:
+    return {host: {"services": services} for host, services in hosts.items()}
+
+
+@controller
+def test_verify_passes_in_one_line_per_outcome():
+    report = filters.flipback_verify_report(
+        statuses_of(h2=[service_status()], h1=[service_status()]), ["web"]
+    )
+    assert report == {
+        "text": "verify passed: every service answers with its current release, one build "
+        f"each\n- web on h1, h2: {NEW} answers",
+        "failed_hosts": [],
+    }
+
+
+@controller
+@pytest.mark.parametrize(
+    ("h2", "outcome", "next_step"),
+    [
+        pytest.param(
+            service_status(current=None, answered=None, build=None),
+            "FAILED web on h2: NO RELEASE IS LIVE; expected a deployed release",
+            "- web: deploy it: ansible-playbook playbooks/deploy.yml -e service=web",
+            id="nothing-live",
+        ),
+        pytest.param(
+            service_status(answered=None, previous_good=BEFORE),
+            f"FAILED web on h2: current {NEW}, the public port answered nothing (status 502, "
+            "expected one of [200]); expected the current release to answer",
+            f"- web: go back to the previous good release ({BEFORE}): "
+            "ansible-playbook playbooks/rollback.yml -e service=web",
+            id="not-answering",
+        ),
+        pytest.param(
+            service_status(answered=BEFORE),
+            f"FAILED web on h2: current {NEW}, the public port answered {BEFORE}; expected the "
+            "current release to answer",
+            "- web: no previous good release here; deploy one that works: "
+            "ansible-playbook playbooks/deploy.yml -e service=web -e ref=<git ref>",
+            id="another-release-answers",
+        ),
+        pytest.param(
+            service_status(error="history line 3 is not JSON"),
+            "FAILED web on h2: could not be read: history line 3 is not JSON",
+            "- web: deploy it",
+            id="unreadable",
+        ),
+    ],
+)
+def test_verify_failure_names_the_host_and_the_next_step(h2, outcome, next_step):
+    report = filters.flipback_verify_report(statuses_of(h1=[service_status()], h2=[h2]), ["web"])
+    lines = report["text"].splitlines()
+    assert lines[0] == "verify FAILED for web:"
+    assert lines[1] == f"- {outcome}"
+    assert lines[2] == f"- web on h1: {NEW} answers"
+    assert "What to do next:" in lines
+    assert any(line.startswith(next_step) for line in lines), lines
+    assert "ansible-playbook playbooks/status.yml -e service=web" in report["text"]
+    assert report["failed_hosts"] == ["h2"]
+
+
+@controller
+def test_verify_fails_every_host_of_a_split_fleet():
+    statuses = statuses_of(
+        h1=[service_status(build="build-a")], h2=[service_status(build="build-b")], h3=None
+    )
+    report = filters.flipback_verify_report(statuses, ["web"])
+    assert (
+        "- FAILED web: the hosts run different builds: h1 on build build-a; h2 on "
+        in (report["text"])
+    )
+    assert "- FAILED web on h3: not read (the host gave no status)" in report["text"]
+    assert report["failed_hosts"] == ["h1", "h2", "h3"]
+    assert "-e service=web -e ref=<git ref>, or playbooks/rollback.yml" in report["text"]
+
+
+@controller
+@pytest.mark.parametrize(
+    ("statuses", "services"), [([], ["web"]), ({}, "web")], ids=["list", "str"]
+)
+def test_verify_report_refuses_input_of_another_shape(statuses, services):
+    with pytest.raises(AnsibleFilterError, match="expected a dict of hosts and a list"):
+        filters.flipback_verify_report(statuses, services)
+
+
 # =========================================================================== report
 
 

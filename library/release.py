@@ -229,7 +229,6 @@ options:
         C(flipback_rollout), under the service's name (the role's rollout state), so no
         C(set_fact) task is needed. Read on the controller; never sent to the host.
     type: bool
-    default: false
 author: flipback (!UNKNOWN)
 """
 
@@ -830,6 +829,8 @@ def main() -> None:
             "note": {"type": "str"},
             "stop": {"type": "bool"},
             "steps": {"type": "int"},
+            # Read (and removed) by the action plugin on the controller: never set here.
+            "note_in_rollout": {"type": "bool"},
         },
         mutually_exclusive=[("release", "steps"), ("upload", "artifact_b64")],
         supports_check_mode=True,

@@ -39,9 +39,6 @@ PREPARED = (
     "changes",
 )
 
-# Options read here on the controller, never sent to the host (the module documents them).
-CONTROLLER_OPTIONS = {"note_in_rollout": {"type": "bool", "default": False}}
-
 # What the rollout state keeps of a staging (`previous` is the prepare's `current`).
 ROLLOUT_OF_STAGE = (
     "release",

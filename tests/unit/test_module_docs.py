@@ -110,12 +110,7 @@ def _argument_spec(path: Path, monkeypatch) -> dict:
     monkeypatch.setattr(module, "AnsibleModule", capture)
     with pytest.raises(_Captured) as captured:
         module.main()
-    # Options its action plugin reads on the controller and never sends to the host.
-    plugin = ACTIONS / f"{path.stem}.py"
-    controller = (
-        getattr(load_plugin(path.stem), "CONTROLLER_OPTIONS", {}) if plugin.exists() else {}
-    )
-    return {**captured.value.spec, **controller}
+    return captured.value.spec
 
 
 def _action_argument_spec(name: str, monkeypatch) -> dict:

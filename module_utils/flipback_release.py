@@ -26,8 +26,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError
 from ansible.module_utils.flipback_runtime import (
@@ -157,6 +158,18 @@ def read_manifest(root: str, release_id: str) -> dict | None:
             path=path,
         )
     return manifest
+
+
+def fleet_build(manifest: Mapping[str, Any] | None, release_id: str) -> str:
+    """The build a release is compared by across a fleet: the source build every
+    platform's build of its commit shares (hosts of another Python or libc run their own
+    wheels of it), else its build, else the release itself (staged before either was
+    recorded)."""
+    manifest = manifest or {}
+    for key in ("source_build", "build"):
+        if isinstance(manifest.get(key), str) and manifest[key]:
+            return manifest[key]
+    return release_id
 
 
 def release_in_of(root: str, release_id: str, wanted: str) -> str:
@@ -709,9 +722,10 @@ class Releases:
         result = self._target(release_id, steps)
         chosen = result["target"]
         # The build the target is made of: hosts with their own configuration run their
-        # own release ids of one build, so a fleet-wide rollback compares builds.
+        # own release ids of one build, and hosts of another platform (Python, libc)
+        # their own build of the same source, so a fleet-wide rollback compares builds.
         manifest = self.scan().releases[chosen].manifest if chosen else None
-        result["build"] = ((manifest or {}).get("build") or chosen) if chosen else None
+        result["build"] = fleet_build(manifest, chosen) if chosen else None
         return result
 
     def _target(self, release_id: str | None, steps: int | None) -> dict:

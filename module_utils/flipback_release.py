@@ -42,6 +42,7 @@ from ansible.module_utils.flipback_runtime import (
     masked_config,
     parse_env_file,
     public_tls,
+    release_id_for,
     site_text,
 )
 
@@ -739,7 +740,11 @@ class Releases:
         }
         if release_id is not None:
             release_id = validate_release_id(release_id)
+            named = release_id
+            release_id = self._sibling(state, release_id) or release_id
             release = self._require(state, release_id)
+            if release_id != named:
+                result["named"] = named
             if release_id == state.current:
                 # Already there: a re-run of the same rollback has nothing to do.
                 result.update(target=release_id, reason=f"{release_id} is already current")
@@ -867,6 +872,29 @@ class Releases:
             at=self.clock(),
             run=self.run_id,
         )
+
+    @staticmethod
+    def _sibling(state: State, release_id: str) -> str | None:
+        """The release here that `release_id`, a release of another target (hosts of
+        another Python or libc), stands for: the same source build and configuration,
+        built for this host's platform. Each manifest records the build of every target
+        made in its run (`builds`), so the id this host's configuration gives on each is
+        known here. None when `release_id` is a release here, or stands for none."""
+        if release_id in state.releases:
+            return None
+        for release in state.releases.values():
+            manifest = release.manifest or {}
+            builds = manifest.get("builds")
+            config = manifest.get("config")
+            if not isinstance(builds, dict) or not isinstance(config, dict):
+                continue
+            for build_id in builds.values():
+                try:
+                    if release_id_for(str(build_id), config) == release_id:
+                        return release.id
+                except ValueError:
+                    continue
+        return None
 
     def _require(self, state: State, release_id: str) -> Release:
         """The release, if it is on disk and complete; otherwise say what was found."""

@@ -56,6 +56,11 @@ def build_targets(spec: BuildSpec, probes: dict) -> dict:
         built = Builder(dataclasses.replace(spec, target=target, sync=index == 0)).build()
         built["code_b64"] = inline_code(built["code_artifact"])
         builds[key] = built
+    # Each target's build names every target's, for the manifests (see flipback_release
+    # Releases._sibling: a rollback may name the release another target's hosts run).
+    every = {key: built["id"] for key, built in builds.items()}
+    for built in builds.values():
+        built["builds"] = every
     first = next(iter(builds.values()))
     return {
         **{key: first[key] for key in SHARED},

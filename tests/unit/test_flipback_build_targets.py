@@ -336,6 +336,8 @@ def test_the_action_builds_once_per_target_and_maps_each_host(tmp_path, pip):
     assert builds[0]["id"] != builds[1]["id"]
     assert result["source_build"] == builds[0]["source_build"] == builds[1]["source_build"]
     assert all(b["code_b64"] for b in builds)
+    # Each records every target's build (for a rollback naming another target's id).
+    assert all(b["builds"] == {k: t["id"] for k, t in result["targets"].items()} for b in builds)
     assert result["changed"] is True
     # The source is fetched once for both targets.
     again = release_build.build_targets(base, probes)

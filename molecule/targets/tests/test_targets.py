@@ -81,14 +81,18 @@ def test_targets_get_their_own_ids_of_one_source_build(host):
 
 @pytest.fixture(scope="module")
 def story():
-    """v2 everywhere, the fleet rolled back to v1, then forward to v2 again: what each
-    run printed and where each host was after it."""
+    """v2 everywhere, the fleet rolled back to v1, forward to v2 again, then back to v1
+    by the bookworm host's id: what each run printed and where each host was after it."""
     runs = {}
+    # The bookworm host's id of v1, named to the whole fleet: the trixie host goes to
+    # its own release of it.
+    named = ("-e", "service=hello", "-e", f"release={release_of('mtargets-1', 'v1')}")
     for step, playbook, extra in (
         ("deploy v2", "deploy.yml", ("-e", "ref=v2")),
         ("rollback", "rollback.yml", ()),
         ("verify", "verify.yml", ()),
         ("forward", "deploy.yml", ("-e", "ref=v2")),
+        ("named", "rollback.yml", named),
         ("status", "status.yml", ()),
     ):
         run = lib.run_fleet_playbook(playbook, *extra)
@@ -118,11 +122,16 @@ def test_the_fleet_rolls_back_across_targets(host, story):
     assert "on every host" in _ok(story["verify"][0])
 
 
-def test_the_fleet_rolls_forward_and_reports_one_build(host, story):
+def test_the_fleet_rolls_forward(host, story):
     name = host.backend.get_hostname()
     _ok(story["forward"][0])
     assert story["forward"][1][name] == release_of(name, "v2")
-    assert lib.public_health(host)["release"] == release_of(name, "v2")
-    status = _ok(story["status"][0])
-    assert "HOSTS DISAGREE" not in status
+
+
+def test_a_rollback_naming_one_targets_id_takes_each_host_to_its_own(host, story):
+    name = host.backend.get_hostname()
+    _ok(story["named"][0])
+    assert story["named"][1][name] == release_of(name, "v1")
+    assert lib.public_health(host)["release"] == release_of(name, "v1")
+    assert "HOSTS DISAGREE" not in _ok(story["status"][0])
     assert platform(host)["python"] == PYTHON[name]

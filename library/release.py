@@ -626,7 +626,8 @@ def stage_spec(request: Request) -> StageSpec:
             "ref": request.service["ref"],
             "source": build["source"],
             "health": request.health,
-            "builds": build.get("builds"),
+            # Every target's build of the run (a rollback may name another target's id).
+            **({"builds": build["builds"]} if build.get("builds") else {}),
         },
         by=request.run["by"],
         run_id=request.run_id,

@@ -10,7 +10,7 @@ APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client python3-ve
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 
-.PHONY: help setup os-packages demo test lint unit molecule sandbox-down clean
+.PHONY: help setup setup-bench os-packages demo test lint unit sanity molecule collection sandbox-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -30,14 +30,25 @@ os-packages:
 
 $(VENV)/.installed: pyproject.toml | os-packages
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@echo "setup: installing the pinned packages of pyproject.toml into $(VENV)" \
+	  "(the first time 2-3 minutes, from PyPI; later runs only what changed)"
 	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/requirements.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	@touch $@
+
+setup-bench: setup $(VENV)/.installed-bench ## `make setup`, then the bench extra (matplotlib) for bench/ and its unit tests
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))' > $(VENV)/requirements-bench.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements-bench.txt
 	@touch $@
 
 # The demo's second source: a throwaway repository of hello with tags v1, v2, broken.
 DEMO_REPO ?= /var/tmp/flipback-demo-repo
+# The demo's last status, from which it prints the commands to try next.
+DEMO_STATUS ?= /var/tmp/flipback-demo-status.json
 
-demo: setup ## Sandbox up, deploy hello and greeter, hello v2, show health, roll back, status
+demo: setup ## Sandbox up, deploy hello and greeter, hello v2, roll back, status; what to try next
 	$(BIN)/ansible-playbook playbooks/sandbox.yml
 	$(BIN)/ansible all -m ansible.builtin.ping
 	@echo "== deploy every service from this repository's HEAD"
@@ -49,10 +60,15 @@ demo: setup ## Sandbox up, deploy hello and greeter, hello v2, show health, roll
 	@echo "== roll hello back to its previous good release"
 	$(BIN)/ansible-playbook playbooks/rollback.yml -e service=hello
 	$(BIN)/ansible-playbook playbooks/health.yml
-	$(BIN)/ansible-playbook playbooks/status.yml
+	$(BIN)/ansible-playbook playbooks/status.yml -e status_json=$(DEMO_STATUS)
+	@$(BIN)/python sandbox/demo_next.py $(DEMO_STATUS)
 
-test: setup lint unit molecule ## Run every check: linters, unit tests, molecule scenarios
-	@echo "make test: PASSED (linters, unit tests, every molecule scenario on real machines)"
+# Linters, unit tests and sanity two at a time (each mostly uses one core; the output of
+# each is printed when it ends), before the scenarios, whose load tests need the cores.
+test: setup ## Run every check: linters, unit tests, ansible-test sanity, molecule
+	$(MAKE) --no-print-directory -j2 --output-sync=target sanity lint unit
+	$(MAKE) --no-print-directory molecule
+	@echo "make test: PASSED (linters, unit tests, ansible-test sanity, every molecule scenario on real machines)"
 
 lint: setup ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff check .
@@ -60,14 +76,37 @@ lint: setup ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --nocolor
 
-unit: setup ## Unit tests of modules and module_utils
+unit: setup-bench ## Unit tests of modules, module_utils and bench/
 	$(BIN)/pytest tests/unit
 
-molecule: setup ## Every molecule scenario, on real sandbox machines
-	$(BIN)/molecule test --all
+# COLLECTION_GIT=<repository>,<branch> also commits it as that branch, for git installs.
+collection: setup ## Build the collection flipback.flipback: build/flipback-flipback-<version>.tar.gz
+	$(BIN)/python collection/build.py --out build $(if $(COLLECTION_GIT),--git $(COLLECTION_GIT))
+
+# ansible-test wants the collection at ansible_collections/<namespace>/<name>/, outside
+# this git work tree (inside it, ansible-test lists files with git, and build/ is
+# ignored). It makes its virtualenvs with a pip bootstrap script from a host this
+# network may not reach: collection/get_pip.py stands in for it unless one is cached.
+ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
+SANITY_OUT ?= $(or $(TMPDIR),/tmp)/flipback-sanity
+SANITY_TREE := $(SANITY_OUT)/collection/ansible_collections/flipback/flipback
+
+sanity: setup ## ansible-test sanity on the built collection (no containers; requirements from PyPI)
+	@mkdir -p $(ANSIBLE_TEST_CACHE)
+	@test -e $(ANSIBLE_TEST_CACHE)/get_pip_24_2.py || cp collection/get_pip.py $(ANSIBLE_TEST_CACHE)/get_pip_24_2.py
+	$(BIN)/python collection/build.py --out $(SANITY_OUT) >/dev/null
+	cd $(SANITY_TREE) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --requirements --color no
+
+
+# Scenarios side by side: each has its own fleet and subnet. MOLECULE_LANES=1 runs them
+# one at a time; `molecule test -s <scenario>` runs one.
+MOLECULE_LANES ?= 2
+
+molecule: setup ## Every molecule scenario, on real sandbox machines (2 at a time)
+	tests/molecule-lanes $(MOLECULE_LANES)
 
 sandbox-down: setup ## Tear the sandbox fleet down
 	$(BIN)/ansible-playbook playbooks/sandbox.yml -e sandbox_state=absent
 
-clean: ## Remove the virtualenv and caches (not the sandbox; see sandbox-down)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+clean: ## Remove the virtualenv, caches and build/ (not the sandbox; see sandbox-down)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build

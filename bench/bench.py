@@ -50,6 +50,7 @@ from typing import Any, TextIO
 
 import load
 import plot
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -113,7 +114,6 @@ RELEASE_ID = re.compile(r"\b\d{8}T\d{6}-[0-9a-f]{10}\b")
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
 TIMING_HEAD = re.compile(r"^TIMING: ([\d.]+)s in all, (\d+) tasks; slowest:$")
 TIMING_LINE = re.compile(r"^\s*([\d.]+)s  (.*)$")
-ANSIBLE_HOST = re.compile(r"^\s+ansible_host:\s*(\S+)\s*$", re.MULTILINE)
 
 
 class BenchError(Exception):
@@ -124,11 +124,27 @@ class BenchError(Exception):
 
 
 def percentile(values: Iterable[float], fraction: float) -> float | None:
-    """Nearest-rank percentile (as bench/load.py computes it); None for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+    """Nearest-rank percentile of values in any order; None for no values."""
+    return load.nearest_rank(sorted(values), fraction)
+
+
+def inventory_addresses(text: str) -> list[str]:
+    """The ansible_host of every host in an inventory file (YAML, as the sandbox role
+    writes it), in file order; [] for an empty or missing file."""
+    found: list[str] = []
+
+    def walk(group: Any) -> None:
+        if not isinstance(group, dict):
+            return
+        for host in (group.get("hosts") or {}).values():
+            if isinstance(host, dict) and host.get("ansible_host"):
+                found.append(str(host["ansible_host"]))
+        for child in (group.get("children") or {}).values():
+            walk(child)
+
+    for group in (yaml.safe_load(text) or {}).values():
+        walk(group)
+    return found
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
@@ -661,7 +677,10 @@ def machine_facts() -> dict[str, Any]:
     cpuinfo = _read("/proc/cpuinfo")
     model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
-    os_name = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', _read("/etc/os-release"), re.MULTILINE)
+    try:
+        os_name = platform.freedesktop_os_release().get("PRETTY_NAME")
+    except OSError:
+        os_name = None
     ansible = _output([str(BIN / "ansible-playbook"), "--version"]).splitlines()
     dirty = _output(["git", "status", "--porcelain"]).splitlines()
     return {
@@ -670,7 +689,7 @@ def machine_facts() -> dict[str, Any]:
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": model.group(1).strip() if model else None,
         "mem_total_mib": int(mem.group(1)) // 1024 if mem else None,
-        "os": os_name.group(1) if os_name else None,
+        "os": os_name,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "ansible": ansible[0] if ansible else None,
@@ -941,7 +960,7 @@ class Bench:
         ]
 
     def addresses(self) -> list[str]:
-        return ANSIBLE_HOST.findall(_read(str(self.inventory / "hosts.yml")))
+        return inventory_addresses(_read(str(self.inventory / "hosts.yml")))
 
     # -- commands -------------------------------------------------------------------------
 

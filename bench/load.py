@@ -174,8 +174,9 @@ class Pacer:
         return slot
 
 
-def _percentile(ordered: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of an ascending sequence."""
+def nearest_rank(ordered: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of an ascending sequence (bench.py's percentile too).
+    statistics.quantiles() interpolates, which would change the published figures."""
     if not ordered:
         return None
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
@@ -231,7 +232,7 @@ def timeline(records: Iterable[Record], elapsed: float) -> list[dict[str, Any]]:
         if record.release is not None:
             bucket["releases"][record.release] = bucket["releases"].get(record.release, 0) + 1
     for bucket, bucket_latencies in zip(buckets, latencies, strict=True):
-        bucket["p99_ms"] = _ms(_percentile(sorted(bucket_latencies), 0.99))
+        bucket["p99_ms"] = _ms(nearest_rank(sorted(bucket_latencies), 0.99))
     return buckets
 
 
@@ -262,8 +263,8 @@ def summarize(records: Sequence[Record], elapsed: float) -> dict[str, Any]:
         "client_errors": sum(client.values()),
         "client_errors_by_kind": dict(client.most_common()),
         "latency_ms": {
-            "p50": _ms(_percentile(latencies, 0.50)),
-            "p99": _ms(_percentile(latencies, 0.99)),
+            "p50": _ms(nearest_rank(latencies, 0.50)),
+            "p99": _ms(nearest_rank(latencies, 0.99)),
             "max": _ms(latencies[-1] if latencies else None),
         },
         "releases": releases,

@@ -181,7 +181,7 @@ def draw_timeline(
         counts = [b.get("releases", {}).get(release, 0) for b in buckets]
         color = RELEASE_COLORS[n % len(RELEASE_COLORS)]
         # See-through, so that the operations' bands show behind the bars.
-        stack(counts, f"release {_short(release)}", color=color, alpha=0.75)
+        stack(counts, _short(release), color=color, alpha=0.75)
     unnamed = [max(0, b["ok"] - sum(b.get("releases", {}).values())) for b in buckets]
     if any(unnamed):
         stack(unnamed, "ok, no release field", color=NO_RELEASE, alpha=0.75)
@@ -249,7 +249,7 @@ def draw_timeline(
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize=8,
-        title="requests",
+        title="requests, by release",
         title_fontsize=9,
         frameon=False,
     )

@@ -84,7 +84,7 @@ options:
     default: 1
 notes:
   - Supports check mode - the probe only reads, so it runs unchanged.
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

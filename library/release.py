@@ -230,7 +230,14 @@ options:
   steps:
     description: Target - how many good releases back (1 - the previous good release).
     type: int
-author: flipback
+  note_in_rollout:
+    description:
+      - Stage, switch and rollback - the action plugin notes the outcome in the host fact
+        C(flipback_rollout), under the service's name (the role's rollout state), so no
+        C(set_fact) task is needed. Read on the controller; never sent to the host.
+    type: bool
+    default: false
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -288,6 +295,10 @@ noop:
   description: Prepare, stage - the release is already live here (the lock was given back).
   type: bool
   returned: prepare, stage
+instance:
+  description: Stage - the release's web instance (its unit, C(<service>@<release>.service)).
+  returned: action=stage
+  type: str
 warmed:
   description: Prepare, stage - whether the release's instance runs for the switch.
   type: bool
@@ -423,6 +434,12 @@ candidates:
   type: list
   elements: str
   returned: target
+named_targets:
+  description: Target - every release that O(release) may name here (complete, not
+    failed, not current), newest id first; what a refused rollback suggests instead.
+  type: list
+  elements: str
+  returned: target
 recorded:
   description: Abandon - the history event written (the release as failed); null
     without a note.
@@ -463,9 +480,13 @@ from ansible.module_utils.flipback_request import (
     BUILD_OPTIONS,
     RUN_OPTIONS,
     SERVICE_OPTIONS,
-    service_home,
 )
-from ansible.module_utils.flipback_runtime import instance_unit, socket_dir_of
+from ansible.module_utils.flipback_runtime import (
+    instance_unit,
+    service_home,
+    socket_dir_of,
+    stop_instance,
+)
 from ansible.module_utils.flipback_stage import Stager, StageSpec
 from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 
@@ -774,13 +795,10 @@ def abandon(request: Request, check_mode: bool, runner=run_command) -> dict:
         result["stopped"] = unit
         result["changed"] = True
         if not check_mode:
-            stopped = runner(["systemctl", "stop", unit])
-            # 5: no such unit loaded - nothing runs to stop.
-            if stopped.returncode not in (0, 5):
+            why = stop_instance(runner, request.name, release)
+            if why is not None:
                 raise ReleaseError(
-                    f"could not stop {unit}: {stopped.stderr.strip() or stopped.returncode}; "
-                    "retrying may help",
-                    retryable=True,
+                    f"could not stop {unit}: {why}; retrying may help", retryable=True
                 )
     if request.run_id:
         result["lock"] = ServiceLock(request.name).release(

@@ -94,7 +94,7 @@ options:
         level (no RV(targets), RV(hosts)).
     type: dict
     default: {}
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -35,10 +35,12 @@ options:
     type: str
     required: true
   root:
-    description: The service's root on the host; default C(/srv/<service>).
+    description:
+      - The parent of every service's directory on the host (C(flipback_root)).
+      - The service's own is C(<root>/<service>).
     type: str
-    default: ""
-author: flipback
+    default: /srv
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

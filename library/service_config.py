@@ -50,7 +50,7 @@ options:
     description: Seconds a run waits for the deploy lock (C(-e lock_wait=)), 0-3600,
       fractions allowed; default 0.
     type: raw
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

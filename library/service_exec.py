@@ -58,7 +58,7 @@ notes:
   - Supports check mode - nothing runs in it.
   - The command runs with C(MemoryDenyWriteExecute=) and the unit's system call filter,
     as the app does; a tool that needs more (a JIT, a debugger) fails the same way there.
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

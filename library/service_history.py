@@ -11,13 +11,13 @@ description:
   - Reads C(<root_parent>/<name>/history.jsonl) of every service in O(services) and
     returns its last O(last) events, newest last.
   - A service that is not on the host yet has no events and no error; a history that
-    cannot be read is reported with RV(services[].error), and the other services are
-    still reported.
+    cannot be read is reported in the C(error) of its entry of RV(services), and the
+    other services are still reported.
   - Read-only - never reports a change, and runs in check mode.
   - Runs on the host; Python standard library only.
 options:
   services:
-    description: Names of the services (the RV(names) returned by module C(service_config)).
+    description: Names of the services (the C(names) returned by module C(service_config)).
     type: list
     elements: str
     required: true
@@ -31,7 +31,7 @@ options:
     default: /srv
 notes:
   - Supports check mode - it only reads.
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

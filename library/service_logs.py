@@ -45,7 +45,7 @@ options:
 notes:
   - Supports check mode - it only reads.
   - C(--grep) needs journalctl built with PCRE2 (Debian's is).
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -76,13 +76,13 @@ entries:
   returned: success
   contains:
     ts: {description: Microseconds since the epoch (the entry's realtime stamp)., type: int}
-    at: {description: The same time in UTC, C(2026-12-01T10:00:01.123456Z)., type: str}
+    at: {description: "The same time in UTC, C(2026-12-01T10:00:01.123456Z).", type: str}
     service: {description: The service the entry belongs to; null if unknown., type: str}
     release: {description: The release whose instance it is about; null if unknown., type: str}
     unit: {description: The instance's unit; null if unknown., type: str}
     pid: {description: The process that logged it; null if not recorded., type: int}
     priority: {description: Its syslog priority (0 emerg to 7 debug); null if none., type: int}
-    identifier: {description: Its SYSLOG_IDENTIFIER (C(python), C(systemd))., type: str}
+    identifier: {description: "Its SYSLOG_IDENTIFIER (C(python), C(systemd)).", type: str}
     message: {description: The message (cut at 16384 characters)., type: str}
   sample:
     - ts: 1764583201123456

@@ -46,7 +46,7 @@ options:
     default: 3
 notes:
   - Supports check mode - it only reads.
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -44,7 +44,7 @@ options:
     type: path
 notes:
   - Supports check mode - the report is rendered; O(json_path) is not written.
-author: flipback
+author: flipback (!UNKNOWN)
 """
 
 EXAMPLES = r"""

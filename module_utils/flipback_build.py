@@ -434,8 +434,8 @@ def write_artifact(
                     info.mode, info.mtime, info.uid, info.gid = 0o755, mtime, 0, 0
                     out.addfile(info)
                     continue
+                # A regular file (checked above): extractfile gives its content, never None.
                 fh = src.extractfile(member)
-                assert fh is not None
                 mode = 0o755 if member.mode & 0o111 else 0o644
                 _add_bytes(out, name, fh.read(), mtime, mode)
         for wheel in sorted(wheels, key=os.path.basename):
@@ -1041,7 +1041,13 @@ class Builder:
         if os.path.exists(artifact) and os.path.exists(code_artifact):
             with tarfile.open(code_artifact) as tar:
                 meta_file = tar.extractfile("flipback.json")
-                assert meta_file is not None
+                if meta_file is None:
+                    raise BuildError(
+                        f"artifact {code_artifact}: flipback.json is not a file; expected "
+                        "the build's record. Remove the artifact and deploy again",
+                        field="artifact",
+                        value=code_artifact,
+                    )
                 built = json.load(meta_file)
         # An artifact of an older flipback may lack the project's wheel or its source
         # build: built again.

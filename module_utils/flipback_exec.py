@@ -47,6 +47,7 @@ from ansible.module_utils.flipback_release import (
     current_release,
     validate_service,
 )
+from ansible.module_utils.flipback_runtime import DEFAULT_ROOT, instance_unit, service_home
 
 DEFAULT_TIMEOUT = 300
 MAX_TIMEOUT = 86400
@@ -55,7 +56,6 @@ MAX_CMD = 16 * 1024
 # What one host's output may bring back through Ansible, per stream.
 MAX_OUTPUT = 1024 * 1024
 HOSTS_CHOICES = ("first", "all")
-DEFAULT_ROOT_PARENT = "/srv"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 # Seconds systemd gives the command between SIGTERM and SIGKILL at the timeout.
 STOP_GRACE = 10
@@ -319,14 +319,14 @@ def resolve(
     service: str,
     *,
     release: str | None = None,
-    root_parent: str = DEFAULT_ROOT_PARENT,
+    root_parent: str = DEFAULT_ROOT,
     unit_dir: str = DEFAULT_UNIT_DIR,
 ) -> dict[str, Any]:
     """What the live release of `service` (or the staged `release`) runs as, read from
     its files: release, home, user, group, cwd, env file, venv, the unit's environment
     settings and sandboxing."""
     service = validate_service(service)
-    home = os.path.join(root_parent, service)
+    home = service_home(root_parent, service)
     if not os.path.isdir(home):
         raise ReleaseError(
             f"service: got {service!r}, which is not on this host ({home} does not exist); "
@@ -344,7 +344,7 @@ def resolve(
             value=service,
         )
     release_dir = os.path.join(home, "releases", release)
-    unit_path = os.path.join(unit_dir, f"{service}@{release}.service")
+    unit_path = os.path.join(unit_dir, instance_unit(service, release))
     try:
         with open(unit_path, encoding="utf-8") as handle:
             unit = parse_unit(handle.read())
@@ -523,7 +523,7 @@ def execute(
     runner: Runner = run_with_timeout,
     systemd_run: str = "systemd-run",
     systemctl: str = "systemctl",
-    root_parent: str = DEFAULT_ROOT_PARENT,
+    root_parent: str = DEFAULT_ROOT,
     unit_dir: str = DEFAULT_UNIT_DIR,
     token: str | None = None,
 ) -> dict[str, Any]:

@@ -410,7 +410,7 @@ class ServiceLock:
     def _busy_error(
         self, holder: dict, wait: float, waited: float, ttl: float, stale_after: float | None
     ) -> LockError:
-        expires, refresh_by, _ = deadlines(holder, ttl, stale_after)
+        expires, refresh_by, _stale_at = deadlines(holder, ttl, stale_after)
         goes_stale = []
         if expires is not None:
             goes_stale.append(f"at {utc_iso(expires)} (ttl)")
@@ -536,7 +536,7 @@ def _stamp(now: float) -> str:
 
 def _stale_order(name: str) -> tuple[str, int]:
     """Oldest first: by time stamp, then by the -<n> added when two share a second."""
-    stamp, _, n = name[len(STALE_PREFIX) :].partition("-")
+    stamp, _dash, n = name[len(STALE_PREFIX) :].partition("-")
     return stamp, int(n) if n.isdigit() else 0
 
 

@@ -30,7 +30,7 @@ from ansible.module_utils.flipback_release import (
     ReleaseError,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import PROCESS_NAME_RE
+from ansible.module_utils.flipback_runtime import PROCESS_NAME_RE, instance_unit, process_unit
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -227,8 +227,8 @@ def journal_argv(
     ]
     for service in services:
         # The web instances, and the processes beside them (`<service>.<process>@...`).
-        argv.append(f"--unit={service}@{release or '*'}.service")
-        argv.append(f"--unit={service}.*@{release or '*'}.service")
+        argv.append(f"--unit={instance_unit(service, release or '*')}")
+        argv.append(f"--unit={process_unit(service, '*', release or '*')}")
     if since is not None:
         argv.append(f"--since={since}")
     argv.append(f"--lines={effective_lines(lines, since)}")
@@ -259,8 +259,8 @@ def _instance(unit: str | None, services: Sequence[str]) -> tuple[str, str, str 
     process) or of a process unit `<service>.<process>@<release>.service`."""
     if not unit or not unit.endswith(".service") or "@" not in unit:
         return None
-    name, _, instance = unit[: -len(".service")].partition("@")
-    name, _, process = name.partition(".")
+    name, _at, instance = unit[: -len(".service")].partition("@")
+    name, _dot, process = name.partition(".")
     if process and not PROCESS_NAME_RE.fullmatch(process):
         return None
     if name in services and RELEASE_ID_RE.fullmatch(instance):
@@ -435,7 +435,7 @@ def merge(hosts: object, lines: int | None = None) -> dict[str, Any]:
     merged.sort(key=lambda item: item[:3])
     if lines is not None:
         merged = merged[-lines:]
-    entries = [{"host": host, **entry} for _, _, _, host, entry in merged]
+    entries = [{"host": host, **entry} for _ts, _order, _seq, host, entry in merged]
     width = max((len(str(h)) for h in hosts), default=0)
     with_service = len(services) > 1
     text = []

@@ -57,9 +57,13 @@ from ansible.module_utils.flipback_runtime import (
     PROCESS_NAME_RE,
     SITE_DIR,
     flipback_template,
+    instance_template,
+    instance_unit,
     process_unit,
     processes_of,
+    retire_timer,
     site_path,
+    start_instance,
 )
 from ansible.module_utils.flipback_stage import find_donor
 
@@ -104,7 +108,7 @@ class PrepareSpec:
     unit_search_path: tuple[str, ...] = UNIT_SEARCH_PATH
 
     def unit(self, release: str) -> str:
-        return f"{self.service}@{release}.service"
+        return instance_unit(self.service, release)
 
 
 EXPECTED_USER = (
@@ -128,7 +132,7 @@ class Instances:
 def scan_instances(run: Runner, service: str) -> Instances:
     """The service's instances, retire timers and processes that systemd has active or
     starting (`<service>@<id>`, `flipback-retire-<service>-<id>`, `<service>.<p>@<id>`)."""
-    timer_prefix = f"flipback-retire-{service}-"
+    timer_prefix = retire_timer(service, "")
     proc = run(
         [
             "systemctl",
@@ -136,9 +140,9 @@ def scan_instances(run: Runner, service: str) -> Instances:
             "--plain",
             "--no-legend",
             "--state=active,activating,reloading",
-            f"{service}@*.service",
-            f"{timer_prefix}*.timer",
-            f"{service}.*@*.service",
+            instance_unit(service, "*"),
+            f"{retire_timer(service, '*')}.timer",
+            process_unit(service, "*", "*"),
         ]
     )
     prefix = f"{service}@"
@@ -249,8 +253,7 @@ class Prepare:
             # switch finds it warm. Only a head start; the switch gates it either way.
             active, _retiring = list_instances(self.run, spec.service)
             if spec.release not in active:
-                proc = self.run(["systemctl", "start", "--no-block", spec.unit(spec.release)])
-                result["warmed"] = proc.returncode == 0
+                result["warmed"] = start_instance(self.run, spec.service, spec.release)
             else:
                 # Already running: left by a run that stopped before its end (killed
                 # after warming it), so it is this switch's too and stops with it if
@@ -303,7 +306,7 @@ class Prepare:
         `<service>@<release>`, and flipback's names must never touch the OS's. Only reads."""
         service = self.spec.service
         for directory in self.spec.unit_search_path:
-            template = os.path.join(directory, f"{service}@.service")
+            template = os.path.join(directory, instance_template(service))
             dropins = f"{template}.d"
             found = None
             if os.path.isdir(dropins):

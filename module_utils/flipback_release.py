@@ -39,8 +39,11 @@ from ansible.module_utils.flipback_runtime import (
     config_changes,
     env_path,
     flipback_template,
+    instance_template,
+    instance_unit,
     masked_config,
     parse_env_file,
+    process_unit,
     public_tls,
     release_id_for,
     site_text,
@@ -736,6 +739,16 @@ class Releases:
             "changed": False,
             "current": state.current,
             "candidates": candidates,
+            # What a refused rollback can suggest as release=<id>: what _require and the
+            # failed check below accept, newest first.
+            "named_targets": sorted(
+                (
+                    r.id
+                    for r in state.releases.values()
+                    if r.problem is None and r.status != "failed" and r.id != state.current
+                ),
+                reverse=True,
+            ),
             "target": None,
         }
         if release_id is not None:
@@ -802,12 +815,12 @@ class Releases:
                 shutil.rmtree(release_dir(self.root, release_id))
                 # The release's own units go with it, its web instance's and its
                 # processes' (never enabled: only current's are).
-                units = [f"{self.service}@{release_id}.service"]
+                units = [instance_unit(self.service, release_id)]
                 units += [
                     os.path.basename(path)
                     for path in glob.glob(
                         os.path.join(
-                            glob.escape(self.unit_dir), f"{self.service}.*@{release_id}.service"
+                            glob.escape(self.unit_dir), process_unit(self.service, "*", release_id)
                         )
                     )
                 ]
@@ -841,7 +854,7 @@ class Releases:
             if not isinstance((manifest or {}).get("config"), dict):
                 return []
         removed = []
-        template = os.path.join(self.unit_dir, f"{self.service}@.service")
+        template = os.path.join(self.unit_dir, instance_template(self.service))
         for path in (template, os.path.join(self.legacy_env_dir, f"{self.service}.env")):
             # Only flipback's template: a service named like an OS template (`user`) must
             # not take away an administrator's override of the OS's unit.

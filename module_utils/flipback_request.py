@@ -59,7 +59,8 @@ RUN_OPTIONS: dict[str, dict] = {
 BUILD_OPTIONS: dict[str, dict] = {
     "id": {"type": "str", "required": True},
     "checksum": {"type": "str", "required": True},
-    "deps_key": {"type": "str", "default": ""},
+    # A digest of the release's wheels, not a secret (it names the key of a venv donor).
+    "deps_key": {"type": "str", "default": "", "no_log": False},
     "git_sha": {"type": "str"},
     "source": {"type": "str"},
     # The build of every target (platform) made in the run, by target: recorded in the
@@ -83,8 +84,3 @@ def host_build(build: Mapping[str, Any], *, inline: bool) -> dict[str, Any]:
     if inline:
         found["checksum"] = build["code_checksum"]
     return found
-
-
-def service_home(root: str, service: str) -> str:
-    """A service's directory on a host: <root>/<service> (root: flipback_root, /srv)."""
-    return f"{root.rstrip('/') or ''}/{service}"

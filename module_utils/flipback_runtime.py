@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError
@@ -203,13 +203,49 @@ def app_and_factory(app: str, factory: bool) -> tuple[str, bool]:
     return app, bool(factory)
 
 
-def home_of(root: str, service: str) -> str:
-    return root if root else f"/srv/{service}"
+# Names and places of a service on a host, known here only: every module, module_utils
+# file and template takes them from these functions.
+
+# The parent of every service's home (flipback_root).
+DEFAULT_ROOT = "/srv"
+
+
+def service_home(root: str, service: str) -> str:
+    """A service's directory on a host: <root>/<service> (root: flipback_root, /srv)."""
+    return f"{(root or DEFAULT_ROOT).rstrip('/')}/{service}"
+
+
+def instance_template(service: str) -> str:
+    """The unit template every web instance of the service is made from."""
+    return f"{service}@.service"
 
 
 def instance_unit(service: str, release: str) -> str:
-    """The web instance of a release: the unit template <service>@.service, per release."""
+    """The web instance of a release: <service>@<release>.service ('*': every one)."""
     return f"{service}@{release}.service"
+
+
+def start_instance(run: Callable[[list[str]], Any], service: str, release: str) -> bool:
+    """Start a release's web instance without waiting for it (a switch gates it later):
+    the warm start of staging and of a roll forward. False if systemd refused."""
+    return (
+        run(["systemctl", "start", "--no-block", instance_unit(service, release)]).returncode == 0
+    )
+
+
+def stop_instance(run: Callable[[list[str]], Any], service: str, release: str) -> str | None:
+    """Stop a release's web instance and wait for it; None when stopped (or not loaded:
+    systemctl's 5), else why not."""
+    proc = run(["systemctl", "stop", instance_unit(service, release)])
+    if proc.returncode in (0, 5):
+        return None
+    return (proc.stderr or "").strip() or f"systemctl exit {proc.returncode}"
+
+
+def retire_timer(service: str, release: str) -> str:
+    """The transient timer (and service) that stops a retired instance after its drain;
+    without a suffix: `.timer` and `.service` share it ('*': every one)."""
+    return f"flipback-retire-{service}-{release}"
 
 
 def socket_dir_of(service: str) -> str:
@@ -316,7 +352,7 @@ server {{
 
 
 def unit_path(service: str, release: str) -> str:
-    return f"{UNIT_DIR}/{service}@{release}.service"
+    return f"{UNIT_DIR}/{instance_unit(service, release)}"
 
 
 def env_path(home: str, release: str) -> str:
@@ -440,6 +476,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def process_unit(service: str, process: str, release: str) -> str:
+    """A process of a release: <service>.<process>@<release>.service ('*': every one)."""
     return f"{service}.{process}@{release}.service"
 
 
@@ -550,7 +587,7 @@ def release_unit_texts(
 ) -> dict[str, str]:
     """unit name -> text of every unit of a release: its web instance and its processes."""
     units = {
-        f"{service}@{release}.service": unit_text(
+        instance_unit(service, release): unit_text(
             service=service,
             home=home,
             user=config["user"],
@@ -727,7 +764,7 @@ def resolve_release(
     port: int,
     env: Any,
     build_id: str,
-    root: str = "",
+    home: str,
     nginx: Mapping[str, Any] | None = None,
     access_log: bool = False,
     commands: Mapping[str, Any] | None = None,
@@ -752,7 +789,7 @@ def resolve_release(
         raise ConfigInvalid(problems)
     config = run_config(
         service=service,
-        home=home_of(root, service),
+        home=home,
         user=user,
         app=app,
         factory=factory,
@@ -797,7 +834,7 @@ def staged_files(
         port=int(config.get("port") or 0),
         env=clean,
         build_id=build_id,
-        root=home,
+        home=home,
         nginx=config.get("nginx") if isinstance(config.get("nginx"), Mapping) else None,
         access_log=bool(config.get("access_log")),
         commands=config.get("commands") if isinstance(config.get("commands"), Mapping) else None,
@@ -823,7 +860,7 @@ CONFIG_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "service": {"type": "dict", "required": True},
     "env": {"type": "raw", "default": {}, "no_log": True},
     "build_id": {"type": "str", "required": True},
-    "root": {"type": "str", "default": ""},
+    "root": {"type": "str", "default": DEFAULT_ROOT},
 }
 
 
@@ -840,7 +877,7 @@ def resolve_params(params: Mapping[str, Any]) -> dict[str, Any]:
         port=int(svc.get("port", 0)),
         env=params["env"],
         build_id=params["build_id"],
-        root=params["root"],
+        home=service_home(params["root"], name),
         nginx=svc.get("nginx") or None,
         access_log=bool(svc.get("access_log", False)),
         commands=svc.get("commands") or None,

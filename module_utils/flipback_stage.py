@@ -42,6 +42,7 @@ from ansible.module_utils.flipback_runtime import (
     ENV_FILE,
     UNIT_DIR,
     staged_files,
+    start_instance,
     static_dirs,
 )
 
@@ -274,8 +275,7 @@ class Stager:
 
         Only a head start: if systemd refuses, the switch starts it and reports why.
         """
-        unit = f"{self.spec.service}@{self.spec.release}.service"
-        return self.run(["systemctl", "start", "--no-block", unit]).returncode == 0
+        return start_instance(self.run, self.spec.service, self.spec.release)
 
     def _write_lock(self) -> None:
         with open(os.path.join(self.path, STAGING_LOCK), "w", encoding="ascii") as fh:
@@ -325,14 +325,20 @@ class Stager:
                     os.makedirs(dest, mode=0o755, exist_ok=True)
                     continue
                 os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+                # safe_members keeps regular files and directories only: never None.
                 source = tar.extractfile(member)
-                assert source is not None
                 with open(dest, "wb") as out:
                     shutil.copyfileobj(source, out)
                 os.chmod(dest, 0o755 if member.mode & 0o111 else 0o644)
             meta_member = tar.getmember("flipback.json")
             meta_file = tar.extractfile(meta_member)
-            assert meta_file is not None
+            if meta_file is None:
+                raise ReleaseError(
+                    "artifact: flipback.json is not a file; expected the build's record "
+                    "(an artifact of release_build); retrying with the same artifact does "
+                    "not help",
+                    field="artifact",
+                )
             self.meta = json.load(meta_file)
 
     def _donor(self) -> str | None:

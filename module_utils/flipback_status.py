@@ -46,17 +46,19 @@ from ansible.module_utils.flipback_release import (
     validate_service,
 )
 from ansible.module_utils.flipback_runtime import (
+    DEFAULT_ROOT,
     config_changes,
+    instance_unit,
     process_unit,
     processes_of,
     public_tls,
+    service_home,
 )
 
 # (argv) -> (rc, stdout, stderr), as AnsibleModule.run_command returns them.
 Runner = Callable[[list[str]], tuple[int, str, str]]
 Probe = Callable[[int, Mapping[str, Any], float, bool], dict]
 
-DEFAULT_ROOT_PARENT = "/srv"
 DEFAULT_PROBE_TIMEOUT = 3.0
 DEFAULT_LAST = 20
 UNIT_PROPERTIES = ("Id", "ActiveState", "SubState", "UnitFileState")
@@ -178,10 +180,6 @@ def validate_timeout(value: object) -> float:
 # =========================================================================== host: status
 
 
-def unit_name(service: str, release_id: str) -> str:
-    return f"{service}@{release_id}.service"
-
-
 def parse_systemctl_show(text: str) -> dict[str, dict[str, str]]:
     """`systemctl show` output of several units (blocks split by blank lines), by Id."""
     units: dict[str, dict[str, str]] = {}
@@ -262,7 +260,7 @@ def _instance(
     """The state of a release's web instance, and of each of its processes."""
     return {
         "release": release["id"],
-        **_unit_state(unit_name(service, release["id"]), units),
+        **_unit_state(instance_unit(service, release["id"]), units),
         "processes": [
             {"name": name, **_unit_state(process_unit(service, name, release["id"]), units)}
             for name in release.get("processes") or []
@@ -275,7 +273,7 @@ def host_status(
     *,
     run: Runner,
     systemctl: str | None,
-    root_parent: str = DEFAULT_ROOT_PARENT,
+    root_parent: str = DEFAULT_ROOT,
     lock_dir: str = DEFAULT_LOCK_DIR,
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
     now: float | None = None,
@@ -288,7 +286,7 @@ def host_status(
     reports = []
     for svc in services:
         name = svc["name"]
-        root = os.path.join(root_parent, name)
+        root = service_home(root_parent, name)
         report: dict[str, Any] = {
             "name": name,
             "port": svc["port"],
@@ -343,7 +341,7 @@ def host_status(
         for r in reports
         for rel in r["releases"]
         for unit in (
-            unit_name(r["name"], rel["id"]),
+            instance_unit(r["name"], rel["id"]),
             *(process_unit(r["name"], p, rel["id"]) for p in rel["processes"]),
         )
     ]
@@ -405,7 +403,7 @@ def _config(root: str, state: Any) -> tuple[dict | None, list[str] | None]:
 
 
 def host_history(
-    names: Sequence[str], *, last: int = DEFAULT_LAST, root_parent: str = DEFAULT_ROOT_PARENT
+    names: Sequence[str], *, last: int = DEFAULT_LAST, root_parent: str = DEFAULT_ROOT
 ) -> list[dict]:
     """The last `last` events of each service's history on this host, newest last."""
     names = validate_names(list(names))
@@ -414,7 +412,7 @@ def host_history(
     for name in names:
         report: dict[str, Any] = {"name": name, "events": [], "total": 0, "error": None}
         try:
-            events = read_history(os.path.join(root_parent, name))
+            events = read_history(service_home(root_parent, name))
         except ReleaseError as exc:
             report["error"] = exc.msg
         else:
@@ -577,8 +575,8 @@ def render_table(columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str,
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    lines = [line([title for _, title in columns]), line(["-" * w for w in widths])]
-    lines += [line([str(row.get(key, "")) for key, _ in columns]) for row in rows]
+    lines = [line([title for _key, title in columns]), line(["-" * w for w in widths])]
+    lines += [line([str(row.get(key, "")) for key, _title in columns]) for row in rows]
     return "\n".join(lines)
 
 

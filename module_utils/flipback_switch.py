@@ -82,9 +82,11 @@ from ansible.module_utils.flipback_release import (
 from ansible.module_utils.flipback_runtime import (
     SITE_DIR,
     UNIT_DIR,
+    instance_unit,
     process_start_seconds,
     process_unit,
     processes_of,
+    retire_timer,
     site_path,
 )
 
@@ -165,10 +167,7 @@ class SwitchSpec:
     legacy_env_dir: str = LEGACY_ENV_DIR
 
     def unit(self, release: str) -> str:
-        return f"{self.service}@{release}.service"
-
-    def retire_timer(self, release: str) -> str:
-        return f"flipback-retire-{self.service}-{release}"
+        return instance_unit(self.service, release)
 
     def process_units(self, release: str, processes: list[str]) -> list[str]:
         return [process_unit(self.service, p, release) for p in processes]
@@ -568,7 +567,7 @@ class Switch:
     def _cancel_retire(self, release: str) -> None:
         """Cancel a pending retire of the release's instance: its timer, and the stop the
         timer may have begun to run (a stop job already queued still runs)."""
-        timer = self.spec.retire_timer(release)
+        timer = retire_timer(self.spec.service, release)
         self._systemctl("stop", "--quiet", f"{timer}.timer", f"{timer}.service", check=False)
 
     def _retire(self, release: str) -> None:
@@ -579,7 +578,7 @@ class Switch:
             self._systemctl("stop", "--no-block", unit)
             self.steps.append(f"stopping {unit}")
             return
-        timer = spec.retire_timer(release)
+        timer = retire_timer(spec.service, release)
         argv = [
             "systemd-run",
             "--quiet",

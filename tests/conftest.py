@@ -36,7 +36,7 @@ if str(ROOT / "bench") not in sys.path:
 if str(ROOT / "tests" / "unit") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
-from fakes import load_file  # noqa: E402 (the paths above first)
+from fakes import Ownership, load_file  # noqa: E402 (the paths above first)
 
 # Each library module that runs under its own name, from its directory: the harness's,
 # the deploy's (tests/unit/test_module_docs.py checks every module's kind).
@@ -77,3 +77,11 @@ def _module_side(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(warnings, "_global_deprecations", {})
     if request.node.get_closest_marker("controller") is None:
         monkeypatch.setattr(ansible.module_utils._internal, "is_controller", False)
+
+
+@pytest.fixture
+def ownership(monkeypatch: pytest.MonkeyPatch):
+    """fakes.Ownership for one test: file owners as root sees them, root or not."""
+    owners = Ownership().install(monkeypatch)
+    yield owners
+    owners.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,17 +17,18 @@ PORT = 8000
 REPO = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "hello-repo"
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[2]))
 
+# What the unit tests share (tests/unit/fakes.py): its file loader and git server too.
+if str(PROJECT / "tests" / "unit") not in sys.path:
+    sys.path.insert(0, str(PROJECT / "tests" / "unit"))
+
+from fakes import load_file  # noqa: E402 (the path above first)
+
 
 def bench_load():
     """bench/load.py, the load generator (bench/ is no package), loaded once from its
     file as `flipback_load`."""
     if "flipback_load" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "flipback_load", PROJECT / "bench" / "load.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["flipback_load"] = module
-        spec.loader.exec_module(module)
+        load_file("flipback_load", PROJECT / "bench" / "load.py", register=True)
     return sys.modules["flipback_load"]
 
 

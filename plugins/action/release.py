@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ansible.module_utils
 from ansible import constants as C
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 for _path in C.DEFAULT_MODULE_UTILS_PATH:
@@ -22,6 +23,7 @@ for _path in C.DEFAULT_MODULE_UTILS_PATH:
         ansible.module_utils.__path__.append(_path)
 
 from ansible.module_utils.flipback_request import host_build, host_service
+from ansible.module_utils.flipback_runtime import instance_unit
 
 # What `action: stage` reports of its prepare step, beside the stage's own result.
 PREPARED = (
@@ -37,6 +39,22 @@ PREPARED = (
     "changes",
 )
 
+# Options read here on the controller, never sent to the host (the module documents them).
+CONTROLLER_OPTIONS = {"note_in_rollout": {"type": "bool", "default": False}}
+
+# What the rollout state keeps of a staging (`previous` is the prepare's `current`).
+ROLLOUT_OF_STAGE = (
+    "release",
+    "staged",
+    "noop",
+    "warmed",
+    "config_changes",
+    "release_runs",
+    "live",
+    "outcome",
+    "instance",
+)
+
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = True
@@ -44,6 +62,18 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
+        note_in_rollout = args.pop("note_in_rollout", False)
+        try:
+            note_in_rollout = boolean(note_in_rollout, strict=True)
+        except TypeError:
+            result.update(
+                failed=True,
+                field="note_in_rollout",
+                msg=f"note_in_rollout: got {note_in_rollout!r}, expected a boolean; retrying "
+                "the same task does not help",
+                retryable=False,
+            )
+            return result
         args["service"] = host_service(args.get("service"))
         try:
             if args.get("action") == "stage":
@@ -55,7 +85,32 @@ class ActionModule(ActionBase):
         finally:
             if self._connection._shell.tmpdir:
                 self._remove_tmp_path(self._connection._shell.tmpdir)
+        if note_in_rollout and not result.get("failed"):
+            noted = self._rollout_note(args, result)
+            if noted is not None:
+                known = (task_vars or {}).get("flipback_rollout") or {}
+                rollout = dict(self._templar.template(known))
+                name = args["service"].get("name")
+                rollout[name] = {**(rollout.get(name) or {}), **noted}
+                result["ansible_facts"] = {"flipback_rollout": rollout}
         return result
+
+    def _rollout_note(self, args: dict, result: dict) -> dict | None:
+        """What the role's rollout state (the host fact flipback_rollout, one entry per
+        service) keeps of this step: a staging, a switch really done, a rollback. Noting it here
+        saves the role a set_fact task per service and host."""
+        if args.get("action") == "stage":
+            return {key: result.get(key) for key in ROLLOUT_OF_STAGE} | {
+                "previous": result.get("current")
+            }
+        if args.get("action") == "switch" and not self._task.check_mode:
+            return {"outcome": result.get("outcome"), "current": result.get("current")}
+        if args.get("action") == "rollback":
+            return {
+                "release": args.get("release"),
+                **{key: result.get(key) for key in ("previous", "current", "outcome")},
+            }
+        return None
 
     def _module(self, args: dict, task_vars: dict) -> dict:
         return self._execute_module(module_name="release", module_args=args, task_vars=task_vars)
@@ -87,6 +142,7 @@ class ActionModule(ActionBase):
             return self._give_back(prepared, args, task_vars)
         summary = {key: prepared.get(key) for key in PREPARED}
         summary["release"] = args.get("release")
+        summary["instance"] = instance_unit(args["service"]["name"], args.get("release"))
         if prepared.get("staged"):
             summary.update(
                 changed=prepared.get("changed", False),

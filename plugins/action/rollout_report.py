@@ -10,6 +10,8 @@ id), and fails the run when the rollout stopped.
 
 from __future__ import annotations
 
+import time
+
 import ansible.module_utils
 from ansible import constants as C
 from ansible.plugins.action import ActionBase
@@ -109,6 +111,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
+        started = time.monotonic()
         validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
         rows, problems = [], []
@@ -132,6 +135,7 @@ class ActionModule(ActionBase):
         if problems and not stopped:
             verdict = "rollout finished with problems"
         result.update(changed=False, report=rows, problems=problems, lines=lines)
+        result["elapsed"] = round(time.monotonic() - started, 3)
         result["msg"] = f"{params['action']}: {verdict}\n" + "\n".join(lines)
         if problems:
             result["failed"] = True

@@ -9,6 +9,13 @@ stopped: the release it ran before, for a host switched in this run, or for a ho
 that a run which did not finish put live (a deploy killed after its canary switched);
 nothing for the others.
 
+flipback_rollback_refusal words why a rollback is refused before any host switches (a
+host without a target, hosts whose targets are different builds) once for the fleet,
+with the releases that a named rollback could go back to instead.
+
+flipback_verify_report is what verify.yml says: each service's outcome on the hosts
+(hosts alike on one line), the hosts that fail, and what to run next.
+
 flipback_lock_hold is the `stale_after` a deploy's staging declares in each host's lock:
 long enough that no host's lock turns stale while it waits for its batch (see
 flipback_config.lock_hold), never less than the configured one.
@@ -114,6 +121,171 @@ def flipback_target_disagreement(targets: object, service: str) -> str:
     )
 
 
+def flipback_rollback_refusal(targets: object, services: object) -> str:
+    """'' when every host has a rollback target for every service in `services` (names)
+    and the hosts agree on its build; otherwise why the rollback is refused and what to
+    run instead, said once for the whole fleet (hosts with the same reason on one line).
+    `targets` maps each host to its results of `release: action=target` (one per
+    service); a result without `target` is the module's refusal (a named release
+    missing or failed there)."""
+    if not isinstance(targets, dict) or not isinstance(services, list):
+        raise AnsibleFilterError(
+            f"flipback_rollback_refusal: got {type(targets).__name__} and "
+            f"{type(services).__name__}, expected a dict of hosts and a list of service names"
+        )
+    # (what was refused, why) -> the hosts; per service, each host's releases that
+    # release=<id> may name there (None: that host refused, so unknown).
+    problems: dict[tuple[str, str], list[str]] = {}
+    named: dict[str, list[set[str] | None]] = {name: [] for name in services}
+    refused: set[str] = set()
+    for host in sorted(targets):
+        for result in targets[host] or []:
+            name = (result.get("item") or {}).get("name")
+            if name not in named:
+                continue
+            if "target" not in result:
+                why = ("rollback refused", str(result.get("msg") or "no message"))
+                named[name].append(None)
+            else:
+                named[name].append(set(result.get("named_targets") or []))
+                if result["target"] is not None:
+                    continue
+                why = (
+                    f"rollback of {name} refused",
+                    f"no release to roll back to ({result.get('reason') or 'no reason given'}); "
+                    f"{result.get('current') or 'nothing'} stays current",
+                )
+            refused.add(name)
+            problems.setdefault(why, []).append(host)
+    lines = [f"{what} on {', '.join(hosts)}: {why}" for (what, why), hosts in problems.items()]
+    split = {name: flipback_target_disagreement(targets, name) for name in services}
+    for name in services:
+        if split[name]:
+            refused.add(name)
+            lines.append(
+                f"rollback of {name} refused: the hosts would go back to different builds "
+                f"({split[name]}), which would split the fleet"
+            )
+    if not lines:
+        return ""
+    out = ["rollback refused; nothing was changed on any host.", *(f"- {x}" for x in lines)]
+    out.append("What to do next:")
+    for name in (n for n in services if n in refused):
+        known = named[name]
+        common = []
+        if known and None not in known:
+            common = sorted(set.intersection(*known), reverse=True)
+        if common:
+            also = f" (or {', '.join(common[1:4])})" if len(common) > 1 else ""
+            out.append(
+                f"- name the release of {name} to go back to, one every host has{also}: "
+                f"ansible-playbook playbooks/rollback.yml -e service={name} -e release={common[0]}"
+            )
+        elif None in known:
+            out.append(
+                f"- {name}: name a release every host has; each host's releases: "
+                f"ansible-playbook playbooks/status.yml -e service={name}"
+            )
+        else:
+            out.append(
+                f"- {name}: no release other than the current one is on every host: deploy "
+                f"the one you want (playbooks/deploy.yml -e service={name} -e ref=<git ref>)"
+            )
+        out.append(
+            f"- what {name} ran, and when: ansible-playbook playbooks/history.yml -e service={name}"
+        )
+    if any(split.values()):
+        out.append("- or roll the hosts back apart, each group with --limit")
+    return "\n".join(out)
+
+
+def flipback_verify_report(statuses: object, services: object) -> dict:
+    """What verify.yml says, once for the fleet: {'text': ..., 'failed_hosts': [...]}.
+
+    `statuses` maps each host to its service_status result; a service passes on a host
+    when a release is live there and the public port answers with it, and passes on the
+    fleet when every host runs one build of it. Hosts with the same outcome share a line;
+    on failure the text ends with what to run next."""
+    if not isinstance(statuses, dict) or not isinstance(services, list):
+        raise AnsibleFilterError(
+            f"flipback_verify_report: got {type(statuses).__name__} and "
+            f"{type(services).__name__}, expected a dict of hosts and a list of service names"
+        )
+    lines: list[str] = []
+    problems: dict[str, set[str]] = {}  # service -> kinds: live, answer, build
+    failed: set[str] = set()
+    previous: dict[str, set[str]] = {}  # where the live release fails: its previous good
+    for name in services:
+        groups: dict[tuple[bool, str], list[str]] = {}
+        builds: dict[str, list[str]] = {}
+        for host in sorted(statuses):
+            found = [
+                s for s in (statuses[host] or {}).get("services") or [] if s.get("name") == name
+            ]
+            report = found[0] if found else {}
+            current, health = report.get("current"), report.get("health") or {}
+            if not found:
+                outcome, kind = "not read (the host gave no status)", "live"
+            elif report.get("error"):
+                outcome, kind = f"could not be read: {report['error']}", "live"
+            elif current is None:
+                outcome, kind = "NO RELEASE IS LIVE; expected a deployed release", "live"
+            elif health.get("ok") and health.get("release") == current:
+                outcome, kind = f"{current} answers", ""
+            else:
+                answered = health.get("release") or "nothing"
+                error = f" ({health['error']})" if health.get("error") else ""
+                outcome = f"current {current}, the public port answered {answered}{error}; "
+                outcome += "expected the current release to answer"
+                kind = "answer"
+                if report.get("previous_good"):
+                    previous.setdefault(name, set()).add(report["previous_good"])
+            if kind:
+                problems.setdefault(name, set()).add(kind)
+                failed.add(host)
+            groups.setdefault((not kind, outcome), []).append(host)
+            if current is not None:
+                builds.setdefault(str(build_of(report)), []).append(host)
+        for (ok, outcome), hosts in sorted(groups.items()):
+            lines.append(f"{'' if ok else 'FAILED '}{name} on {', '.join(hosts)}: {outcome}")
+        if len(builds) > 1:
+            problems.setdefault(name, set()).add("build")
+            failed.update(h for hosts in builds.values() for h in hosts)
+            split = "; ".join(f"{', '.join(h)} on build {b}" for b, h in sorted(builds.items()))
+            lines.append(f"FAILED {name}: the hosts run different builds: {split}")
+    if not problems:
+        head = "verify passed: every service answers with its current release, one build each"
+        return {"text": "\n".join([head, *(f"- {x}" for x in lines)]), "failed_hosts": []}
+    out = [f"verify FAILED for {', '.join(n for n in services if n in problems)}:"]
+    out += [f"- {x}" for x in lines]
+    out.append("What to do next:")
+    for name in (n for n in services if n in problems):
+        kinds, e = problems[name], f"-e service={name}"
+        out.append(
+            f"- {name}: see each host and its instance: ansible-playbook playbooks/status.yml {e}"
+            f"; the journal: ansible-playbook playbooks/logs.yml {e} -e since=15m"
+        )
+        if "live" in kinds:
+            out.append(f"- {name}: deploy it: ansible-playbook playbooks/deploy.yml {e}")
+        if "answer" in kinds and previous.get(name):
+            out.append(
+                f"- {name}: go back to the previous good release ("
+                + ", ".join(sorted(previous[name]))
+                + f"): ansible-playbook playbooks/rollback.yml {e}"
+            )
+        elif "answer" in kinds:
+            out.append(
+                f"- {name}: no previous good release here; deploy one that works: "
+                f"ansible-playbook playbooks/deploy.yml {e} -e ref=<git ref>"
+            )
+        if "build" in kinds:
+            out.append(
+                f"- {name}: put every host on one build: ansible-playbook playbooks/deploy.yml "
+                f"{e} -e ref=<git ref>, or playbooks/rollback.yml {e} -e release=<id>"
+            )
+    return {"text": "\n".join(out), "failed_hosts": sorted(failed)}
+
+
 def flipback_lock_hold(
     services: object, hosts: int, canary: int, batch: str, stale_after: int, drain: float
 ) -> int:
@@ -144,5 +316,7 @@ class FilterModule:
             "flipback_restore_target": flipback_restore_target,
             "flipback_failed_on": flipback_failed_on,
             "flipback_target_disagreement": flipback_target_disagreement,
+            "flipback_rollback_refusal": flipback_rollback_refusal,
+            "flipback_verify_report": flipback_verify_report,
             "flipback_lock_hold": flipback_lock_hold,
         }

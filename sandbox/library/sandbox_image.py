@@ -76,6 +76,7 @@ retryable:
   returned: failure
 """
 
+import fcntl
 import os
 import shutil
 
@@ -110,7 +111,14 @@ def run(module: AnsibleModule, host: Host) -> dict:
         images_dir=params["images_dir"],
         cache_dir=params["cache_dir"],
     )
-    return Image(spec, host).ensure(module.check_mode)
+    if module.check_mode:
+        return Image(spec, host).ensure(True)
+    # Scenarios run side by side: the first builds the image, the others wait for it
+    # here and then find it built.
+    os.makedirs(spec.images_dir, mode=0o755, exist_ok=True)
+    with open(os.path.join(spec.images_dir, ".build.lock"), "w", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return Image(spec, host).ensure(False)
 
 
 def main() -> None:

@@ -10,14 +10,24 @@ and a fake systemd.
 - ReleaseTree: a service root with releases/<id>/manifest.json, history.jsonl and a
   `current` link, as release_stage and the switch leave it.
 - FakeSystemd: systemctl over sets of active and enabled units (and retire timers),
-  recording every call; each test's host fake builds on it.
+  and run(), which records every command and hands it to the fake's method for it;
+  each test's host fake builds on it.
+- Ownership: os.chown, os.fchown and os.lchown recorded; as root passed on, and
+  unprivileged kept here and reported by os.stat, os.lstat and os.fstat, so the tests of
+  code that hands files to root or a service user run without root too.
+- GitOverHttp: git's dumb HTTP protocol over a directory, behind basic auth.
+- StageRunner: the commands staging runs (venv, pip, compileall, systemctl).
+- DummyHost: the sandbox's Host where a module only hands it over.
 - service_arg, run_arg, run_module, module_params: the release module's `service` and
   `run` arguments, and its main() run on a parameter dict (or only validating one).
+  run_module runs any module's main() (a library module of the deploy or the sandbox).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import http.server
 import importlib.util
 import json
 import os
@@ -33,9 +43,10 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from unittest import mock
 
-from ansible.module_utils.flipback_health import Target
-from ansible.module_utils.flipback_release import append_history, history_event, read_history
 from ansible.module_utils.testing import patch_module_args
+
+# What comes from the project's module_utils is imported where it is used, so that this
+# file loads without tests/conftest.py too (the scenarios' tests import it).
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,11 +178,59 @@ class ScriptedServer:
             self.requests.append({"path": path, "host": host})
             return self.script[min(len(self.requests), len(self.script)) - 1]
 
-    def target(self, **kwargs: object) -> Target:
+    def target(self, **kwargs: object):
+        """A flipback_health.Target at this server."""
+        from ansible.module_utils.flipback_health import Target
+
         return Target(**self.args, **kwargs)
 
     def stop(self) -> None:
         stop(self.server)
+
+
+class GitOverHttp(http.server.SimpleHTTPRequestHandler):
+    """git's dumb HTTP protocol over `directory` (a repository after `git
+    update-server-info`), behind basic auth as `user`:`password`. `seen` records the
+    Authorization header (None: none) and path of every request, answered or refused.
+
+    `GitOverHttp.serve(directory, user, password)` starts one on 127.0.0.1 in a thread and
+    returns its server: `.server_address[1]` is its port, `.handler.seen` its requests;
+    stop() it when done.
+    """
+
+    directory_served: str
+    expected: str
+    seen: list[tuple[str | None, str]]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, directory=self.directory_served, **kwargs)
+
+    @classmethod
+    def serve(cls, directory: Path | str, user: str, password: str) -> ThreadingHTTPServer:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        handler = type(
+            "GitOverHttpHandler",
+            (cls,),
+            {"directory_served": str(directory), "expected": f"Basic {token}", "seen": []},
+        )
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.handler = handler  # type: ignore[attr-defined]
+        serve(server)
+        return server
+
+    def do_GET(self) -> None:
+        sent = self.headers.get("Authorization")
+        self.seen.append((sent, self.path))
+        if sent != self.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="flipback"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def closed_port() -> int:
@@ -231,7 +290,25 @@ class ReleaseTree:
         with open(self.path(release_id, ".flipback", "env"), "w") as handle:
             handle.write(text)
 
+    def venv(self, release_id: str, *, pyvenv_cfg: bool = True):
+        """The release's venv/bin (and its pyvenv.cfg: a venv another release may borrow)."""
+        os.makedirs(self.path(release_id, "venv", "bin"), exist_ok=True)
+        if pyvenv_cfg:
+            with open(self.path(release_id, "venv", "pyvenv.cfg"), "w") as handle:
+                handle.write("home = /usr/bin\n")
+        return self
+
+    def unit_file(self, release_id: str, unit_dir: Path | str, text: str):
+        """The release's own unit <service>@<id>.service in `unit_dir`, as staging writes
+        it."""
+        os.makedirs(unit_dir, exist_ok=True)
+        with open(os.path.join(unit_dir, f"{self.service}@{release_id}.service"), "w") as handle:
+            handle.write(text)
+        return self
+
     def event(self, release_id: str, event: str, *, by: str = "alice", note: str = "") -> None:
+        from ansible.module_utils.flipback_release import append_history, history_event
+
         at = None
         if self.at is not None:
             self.clock += 60
@@ -259,6 +336,8 @@ class ReleaseTree:
             return None
 
     def history(self) -> list[dict]:
+        from ansible.module_utils.flipback_release import read_history
+
         return read_history(str(self.root))
 
     def deployed(self, *release_ids: str):
@@ -266,6 +345,115 @@ class ReleaseTree:
         for release_id in release_ids:
             self.release(release_id).events((release_id, "staged"), (release_id, "active"))
         return self.current(release_ids[-1])
+
+
+# =========================================================================== file owners
+
+
+class Ownership:
+    """os.chown, os.fchown and os.lchown, recorded as (path, uid, gid) in call order:
+    `chowns` those of os.chown and os.fchown (the file named by its path), `lchowns`
+    those of os.lchown.
+
+    As root each is passed on to the real call. Unprivileged (where giving a file to root
+    or to another account fails) the owner it gives is kept here instead, and os.stat,
+    os.lstat and os.fstat report it for that file: the code under test and the test's
+    own checks (Path.stat()) read the owners as they would be as root. A file is known by
+    its inode, held open (O_PATH) until the test ends so that no new file reuses it; a
+    rename keeps its owner, as on disk. install() puts it in place for one test.
+    """
+
+    def __init__(self) -> None:
+        self.chowns: list[tuple[str, int, int]] = []
+        self.lchowns: list[tuple[str, int, int]] = []
+        self.privileged = os.geteuid() == 0
+        self.owners: dict[tuple[int, int], tuple[int, int]] = {}
+        self._held: list[int] = []
+
+    def install(self, monkeypatch) -> Ownership:
+        real = {
+            name: getattr(os, name)
+            for name in ("chown", "fchown", "lchown", "stat", "lstat", "fstat")
+        }
+
+        def record(call: str, path: str, uid: int, gid: int, st: os.stat_result, fd=None) -> None:
+            (self.lchowns if call == "lchown" else self.chowns).append((path, uid, gid))
+            if self.privileged:
+                return
+            key = (st.st_dev, st.st_ino)
+            old_uid, old_gid = self.owners.get(key, (st.st_uid, st.st_gid))
+            self.owners[key] = (old_uid if uid == -1 else uid, old_gid if gid == -1 else gid)
+            if fd is None:
+                flags = os.O_PATH | (os.O_NOFOLLOW if call == "lchown" else 0)
+                fd = os.open(path, flags)
+            else:
+                fd = os.dup(fd)
+            self._held.append(fd)
+
+        def chown(path, uid, gid, *, dir_fd=None, follow_symlinks=True):
+            assert dir_fd is None, "Ownership knows files by path"
+            if self.privileged:
+                real["chown"](path, uid, gid, follow_symlinks=follow_symlinks)
+            call = "chown" if follow_symlinks else "lchown"
+            stat_of = real["stat"] if follow_symlinks else real["lstat"]
+            record(call, os.fspath(path), uid, gid, stat_of(path))
+
+        def lchown(path, uid, gid):
+            if self.privileged:
+                real["lchown"](path, uid, gid)
+            record("lchown", os.fspath(path), uid, gid, real["lstat"](path))
+
+        def fchown(fd, uid, gid):
+            if self.privileged:
+                real["fchown"](fd, uid, gid)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            record("fchown", path, uid, gid, real["fstat"](fd), fd=fd)
+
+        def owned(st: os.stat_result) -> os.stat_result:
+            owner = self.owners.get((st.st_dev, st.st_ino))
+            if owner is None:
+                return st
+            fields = list(st)
+            fields[4:6] = owner
+            extra = {name: getattr(st, name) for name in _STAT_EXTRA}
+            return os.stat_result(fields, extra)
+
+        def stat(path, *, dir_fd=None, follow_symlinks=True):
+            return owned(real["stat"](path, dir_fd=dir_fd, follow_symlinks=follow_symlinks))
+
+        def lstat(path, *, dir_fd=None):
+            return owned(real["lstat"](path, dir_fd=dir_fd))
+
+        def fstat(fd):
+            return owned(real["fstat"](fd))
+
+        monkeypatch.setattr(os, "chown", chown)
+        monkeypatch.setattr(os, "lchown", lchown)
+        monkeypatch.setattr(os, "fchown", fchown)
+        if not self.privileged:
+            monkeypatch.setattr(os, "stat", stat)
+            monkeypatch.setattr(os, "lstat", lstat)
+            monkeypatch.setattr(os, "fstat", fstat)
+        return self
+
+    def close(self) -> None:
+        for fd in self._held:
+            os.close(fd)
+        self._held.clear()
+
+
+# What os.stat_result holds beyond its ten sequence fields, on Linux.
+_STAT_EXTRA = (
+    "st_atime",
+    "st_mtime",
+    "st_ctime",
+    "st_atime_ns",
+    "st_mtime_ns",
+    "st_ctime_ns",
+    "st_blksize",
+    "st_blocks",
+    "st_rdev",
+)
 
 
 # =========================================================================== systemd
@@ -300,6 +488,8 @@ class FakeSystemd:
 
     description = " Shop"
     stopped_state = "inactive"
+    # A command the fake has no method for: it fails the test, unless this is set.
+    other_commands_succeed = False
 
     def __init__(
         self,
@@ -313,6 +503,23 @@ class FakeSystemd:
         self.failing_start = set(failing_start)
         self.timers: dict[str, str] = {}
         self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """A command as the code under test runs it, recorded in `calls`: systemctl goes
+        to systemctl(), another to the fake's method named after it (`systemd-run`:
+        cmd_systemd_run). One with neither fails the test, unless the fake says
+        `other_commands_succeed` (it then exits 0 and prints nothing)."""
+        argv = list(argv)
+        self.calls.append(argv)
+        name = os.path.basename(argv[0])
+        if name == "systemctl":
+            return self.systemctl(argv)
+        command = getattr(self, f"cmd_{name.replace('-', '_')}", None)
+        if command is not None:
+            return command(argv)
+        if self.other_commands_succeed:
+            return completed(argv)
+        raise AssertionError(f"unexpected command {argv}")
 
     def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         assert os.path.basename(argv[0]) == "systemctl", argv
@@ -369,6 +576,51 @@ class FakeSystemd:
 
     def reset_failed(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return completed(argv)
+
+
+# =========================================================================== staging
+
+
+class StageRunner:
+    """The commands staging runs, recorded in `calls`: `python -m venv` makes
+    venv/bin/python (and pip, which python -m venv seeds); the step named `fail` (the
+    module after -m, or systemctl's verb) exits 1 saying "<step> exploded"."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        step = stage_step(argv)
+        if step == "venv":
+            python = Path(argv[3], "bin", "python")
+            python.parent.mkdir(parents=True)
+            python.write_text("#!/bin/sh\n")
+            Path(argv[3], "bin", "pip").write_text("#!/bin/sh\n")
+        if step == self.fail:
+            return completed(argv, 1, "", f"{step} exploded")
+        return completed(argv)
+
+    @property
+    def steps(self) -> list[str]:
+        return [stage_step(argv) for argv in self.calls]
+
+
+def stage_step(argv: Sequence[str]) -> str:
+    return argv[1] if argv[0] == "systemctl" else argv[2]
+
+
+# =========================================================================== the sandbox
+
+
+class DummyHost:
+    """Stands in for the sandbox's Host where a module must only hand it over, never use
+    it: any use of it fails the test."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the dummy host was used: .{name}")
 
 
 # =========================================================================== the release module

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
@@ -307,7 +308,7 @@ WEB_ENV = {"DATABASE_URL": f"postgres://web:{SECRET}@db/web", "DEBUG": "0"}
 
 
 def test_release_config_works_out_the_release_of_this_host():
-    args = {"service": web(), "env": WEB_ENV, "build_id": BUILD_ID, "root": "/srv/web"}
+    args = {"service": web(), "env": WEB_ENV, "build_id": BUILD_ID, "root": "/srv"}
 
     result = action(release_config, args).run(task_vars={})
 
@@ -321,7 +322,7 @@ def test_release_config_works_out_the_release_of_this_host():
         port=8000,
         env=WEB_ENV,
         build_id=BUILD_ID,
-        root="/srv/web",
+        home="/srv/web",
     )
     assert result["changed"] is False
     assert (result["service"], result["build_id"]) == ("web", BUILD_ID)
@@ -340,7 +341,7 @@ def test_release_config_works_out_the_release_of_this_host():
         pytest.param({"service": web(workers=4)}, False, id="other-workers"),
         pytest.param({"service": web(port=8001)}, False, id="other-port"),
         pytest.param({"service": web(app="app:make()")}, False, id="factory"),
-        pytest.param({"root": "/opt/web"}, False, id="other-root"),
+        pytest.param({"root": "/opt"}, False, id="other-root"),
         pytest.param({"build_id": "20261130T090000-aaaaaaaaaa"}, False, id="other-build"),
     ],
 )
@@ -369,7 +370,7 @@ def test_release_config_defaults():
             port=8000,
             env={},
             build_id=BUILD_ID,
-            root="/srv/web",
+            home="/srv/web",
         )["release"]
     )
 
@@ -418,6 +419,8 @@ def test_filters_are_registered():
         "flipback_restore_target": filters.flipback_restore_target,
         "flipback_failed_on": filters.flipback_failed_on,
         "flipback_target_disagreement": filters.flipback_target_disagreement,
+        "flipback_rollback_refusal": filters.flipback_rollback_refusal,
+        "flipback_verify_report": filters.flipback_verify_report,
         "flipback_lock_hold": filters.flipback_lock_hold,
     }
 
@@ -863,3 +866,156 @@ def test_report_of_a_failed_restore_fails():
 def test_report_needs_the_hosts():
     with pytest.raises(AnsibleActionFail):
         action(rollout_report, {"rollout": {}}).run(task_vars={})
+
+
+# =========================================================================== release
+
+
+class _ReleaseHost:
+    """The release module as the host would answer it, per action, recording each call."""
+
+    def __init__(self, **answers: dict) -> None:
+        self.answers = answers
+        self.calls: list[dict] = []
+
+    def __call__(self, module_name, module_args, task_vars):
+        assert module_name == "release"
+        self.calls.append(module_args)
+        return dict(self.answers[module_args["action"]])
+
+
+def _release_action(host: _ReleaseHost, args: dict, *, check_mode: bool = False):
+    plugin = action(load("release"), args, check_mode=check_mode)
+    plugin._execute_module = host
+    plugin._remove_tmp_path = lambda path: None
+    plugin._templar = SimpleNamespace(template=lambda value: value)
+    return plugin
+
+
+SHOP = {"name": "shop", "port": 8000, "source": "https://user:token@git.example/shop.git"}
+PREPARED_STAGED = {"staged": True, "noop": False, "current": "r1", "warmed": True, "live": []}
+
+
+def test_release_sends_the_host_only_the_service_keys_it_reads():
+    host = _ReleaseHost(switch={"outcome": "switched", "current": "r2", "changed": True})
+    args = {"action": "switch", "service": SHOP, "run": {"run_id": "x"}, "release": "r2"}
+
+    result = _release_action(host, args).run(task_vars={})
+
+    assert result["outcome"] == "switched"
+    assert "source" not in host.calls[0]["service"]
+    assert "token" not in json.dumps(host.calls)
+    assert "ansible_facts" not in result
+
+
+def test_release_notes_a_staging_in_the_rollout_state():
+    host = _ReleaseHost(prepare=PREPARED_STAGED)
+    args = {
+        "action": "stage",
+        "service": SHOP,
+        "run": {"run_id": "x"},
+        "release": "r2",
+        "build": {"artifact": "/nonexistent.tar", "id": "b"},
+        "note_in_rollout": True,
+    }
+    known = {"other": {"outcome": "switched"}}
+
+    result = _release_action(host, args).run(task_vars={"flipback_rollout": known})
+
+    assert [call["action"] for call in host.calls] == ["prepare"]
+    assert all("note_in_rollout" not in call for call in host.calls)
+    noted = result["ansible_facts"]["flipback_rollout"]
+    assert noted["other"] == {"outcome": "switched"}
+    assert noted["shop"] == {
+        "release": "r2",
+        "previous": "r1",
+        "staged": True,
+        "noop": False,
+        "warmed": True,
+        "config_changes": None,
+        "release_runs": None,
+        "live": [],
+        "outcome": "staged",
+        "instance": "shop@r2.service",
+    }
+    assert known == {"other": {"outcome": "switched"}}
+
+
+def test_release_notes_a_switch_over_what_the_staging_noted():
+    host = _ReleaseHost(switch={"outcome": "switched", "current": "r2", "changed": True})
+    args = {
+        "action": "switch",
+        "service": SHOP,
+        "run": {"run_id": "x"},
+        "release": "r2",
+        "note_in_rollout": "yes",
+    }
+    known = {"shop": {"release": "r2", "outcome": "staged", "previous": "r1"}}
+
+    result = _release_action(host, args).run(task_vars={"flipback_rollout": known})
+
+    assert result["ansible_facts"]["flipback_rollout"] == {
+        "shop": {"release": "r2", "outcome": "switched", "previous": "r1", "current": "r2"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("answer", "check_mode"),
+    [
+        pytest.param({"failed": True, "msg": "gate 1 failed"}, False, id="failed"),
+        pytest.param({"outcome": "switched", "current": "r1"}, True, id="check-mode"),
+    ],
+)
+def test_release_notes_nothing_for_a_failed_or_pretended_switch(answer, check_mode):
+    host = _ReleaseHost(switch=answer)
+    args = {"action": "switch", "service": SHOP, "release": "r2", "note_in_rollout": True}
+
+    result = _release_action(host, args, check_mode=check_mode).run(task_vars={})
+
+    assert "ansible_facts" not in result
+
+
+def test_release_refuses_a_note_in_rollout_that_is_not_a_boolean():
+    args = {"action": "switch", "service": SHOP, "release": "r2", "note_in_rollout": "maybe"}
+
+    host = _ReleaseHost()
+
+    result = _release_action(host, args).run(task_vars={})
+
+    assert result["failed"] is True and result["field"] == "note_in_rollout"
+    assert "'maybe'" in result["msg"] and result["retryable"] is False
+    assert host.calls == []
+
+
+def test_release_gives_the_lock_back_when_staging_fails():
+    host = _ReleaseHost(
+        prepare={"failed": True, "msg": "disk full", "field": "root"},
+        abandon={"outcome": "abandoned"},
+    )
+    args = {
+        "action": "stage",
+        "service": SHOP,
+        "run": {"run_id": "x"},
+        "release": "r2",
+        "build": {"artifact": "/nonexistent.tar"},
+        "note_in_rollout": True,
+    }
+
+    result = _release_action(host, args).run(task_vars={})
+
+    assert [call["action"] for call in host.calls] == ["prepare", "abandon"]
+    assert result["failed"] is True and result["lock_given_back"] is True
+    assert "ansible_facts" not in result
+
+
+def test_release_notes_a_rollback_with_the_release_it_went_back_to():
+    host = _ReleaseHost(
+        rollback={"outcome": "switched", "previous": "r2", "current": "r1", "changed": True}
+    )
+    args = {"action": "rollback", "service": SHOP, "release": "r1", "note_in_rollout": True}
+
+    result = _release_action(host, args).run(task_vars={})
+
+    assert result["ansible_facts"]["flipback_rollout"] == {
+        "shop": {"release": "r1", "previous": "r2", "current": "r1", "outcome": "switched"}
+    }

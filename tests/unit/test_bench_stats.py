@@ -36,6 +36,36 @@ def test_percentile(values, fraction, expected):
     assert bench.percentile(values, fraction) == expected
 
 
+INVENTORY = """\
+---
+# as the sandbox role writes it
+all:
+  children:
+    bench:
+      hosts:
+        bench-1:
+          ansible_host: 10.213.40.11
+        bench-2: {ansible_host: 10.213.40.12}
+        local: {ansible_connection: local}
+      vars:
+        ansible_user: root
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (INVENTORY, ["10.213.40.11", "10.213.40.12"]),
+        ("", []),
+        ("---\nall: {}\n", []),
+        ("all:\n  hosts:\n    a: {ansible_host: 10.0.0.1}\n", ["10.0.0.1"]),
+    ],
+    ids=["sandbox-role", "missing-file", "empty-placeholder", "top-level-hosts"],
+)
+def test_inventory_addresses(text, expected):
+    assert bench.inventory_addresses(text) == expected
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import http.server
 import io
 import json
 import os
@@ -40,7 +39,7 @@ from ansible.module_utils.flipback_build import (
     validate_subdir,
     write_artifact,
 )
-from fakes import serve, stop
+from fakes import GitOverHttp, stop
 
 ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{10}$")
 
@@ -1153,28 +1152,9 @@ def served(services, tmp_path, monkeypatch):
         check=True,
     )
     subprocess.run(["git", "-C", str(www / "services.git"), "update-server-info"], check=True)
-    seen: list[str | None] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(www), **kwargs)
-
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            if self.headers.get("Authorization") != AUTH:
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="flipback"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    serve(server)
-    yield f"127.0.0.1:{server.server_address[1]}/services.git", seen
+    server = GitOverHttp.serve(www, USER, SECRET)
+    # The Authorization header of every request (None: none sent), answered or refused.
+    yield f"127.0.0.1:{server.server_address[1]}/services.git", server.handler.seen
     stop(server)
 
 
@@ -1210,7 +1190,7 @@ def test_over_http_with_basic_auth(served, services, pip, tmp_path, userinfo, wo
         for form in [*spellings(SECRET), USER, "wrong"]:
             assert form not in info.value.msg
     # Git asked without credentials first, then with those of the URL, from the helper.
-    assert set(seen) == sent
+    assert {auth for auth, _path in seen} == sent
     assert not store.exists()
     assert_no_secret_under(tmp_path / "cache")
 

@@ -18,7 +18,8 @@ from ansible.module_utils.flipback_command import (
 )
 from ansible.module_utils.flipback_exec import SYSTEM_PATH, CommandTimeout
 from ansible.module_utils.flipback_release import Releases, read_history, read_manifest
-from ansible.module_utils.flipback_runtime import unit_path, unit_text
+from ansible.module_utils.flipback_runtime import unit_text
+from fakes import ReleaseTree
 
 SERVICE = "shop"
 R1 = "20261202T100000-aaaaaaaaaa"
@@ -37,23 +38,16 @@ def staged(
         point: [c if isinstance(c, dict) else {"run": c, "timeout": DEFAULT_TIMEOUT} for c in cs]
         for point, cs in commands.items()
     }
-    path = root / "releases" / release
-    (path / "venv" / "bin").mkdir(parents=True)
-    (path / ".flipback").mkdir()
-    (path / ".flipback" / "env").write_text('DB="x"\n')
-    manifest = {
-        "id": release,
-        "service": SERVICE,
-        "status": "staged",
-        "config": {"user": user, "commands": commands, "nginx": {"static": static or {}}},
-    }
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    units = root.parent / "units"
-    units.mkdir(exist_ok=True)
+    tree = ReleaseTree(root, SERVICE).venv(release, pyvenv_cfg=False)
+    tree.env_file(release, 'DB="x"\n')
+    tree.release(
+        release,
+        config={"user": user, "commands": commands, "nginx": {"static": static or {}}},
+    )
     unit = unit_text(
         service=SERVICE, home=str(root), user=user, app="app:app", factory=False, workers=1
     )
-    (units / unit_path(SERVICE, release).rsplit("/", 1)[1]).write_text(unit)
+    tree.unit_file(release, root.parent / "units", unit)
 
 
 def ended(rc: int) -> str:

@@ -30,8 +30,7 @@ from ansible.module_utils.flipback_exec import (
 )
 from ansible.module_utils.flipback_release import ReleaseError
 from ansible.module_utils.flipback_runtime import env_file_text, unit_text
-from ansible.module_utils.testing import patch_module_args
-from fakes import load_file
+from fakes import ReleaseTree, load_file, run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "20261101T120000-aaaaaaaaaa"
@@ -52,24 +51,17 @@ def deploy(tmp_path: Path, *releases: str, current: str | None = None) -> tuple[
     unit_dir = tmp_path / "units"
     unit_dir.mkdir(exist_ok=True)
     home = root_parent / "hello"
+    tree = ReleaseTree(home, "hello")
+    unit = unit_text(
+        service="hello", home=str(home), user="hello", app="app:app", factory=False, workers=2
+    )
     for release in releases:
-        rel = home / "releases" / release
-        (rel / "venv" / "bin").mkdir(parents=True)
-        (rel / ".flipback").mkdir()
-        (rel / ".flipback" / "env").write_text(env_file_text({"HELLO_TOKEN": SECRET}))
-        (unit_dir / f"hello@{release}.service").write_text(
-            unit_text(
-                service="hello",
-                home=str(home),
-                user="hello",
-                app="app:app",
-                factory=False,
-                workers=2,
-            )
-        )
+        tree.venv(release, pyvenv_cfg=False)
+        tree.env_file(release, env_file_text({"HELLO_TOKEN": SECRET}))
+        tree.unit_file(release, unit_dir, unit)
     (home / "shared").mkdir(parents=True, exist_ok=True)
     if releases:
-        (home / "current").symlink_to(f"releases/{current or releases[-1]}")
+        tree.current(current or releases[-1])
     return str(root_parent), str(unit_dir)
 
 
@@ -501,12 +493,9 @@ def test_module_in_check_mode_finds_the_release_and_runs_nothing(tmp_path, capsy
         "cmd": "touch /tmp/flipback-must-not-exist",
         "root_parent": root_parent,
         "unit_dir": unit_dir,
-        "_ansible_check_mode": True,
     }
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        module.main()
-    assert exited.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(module, args, capsys, check_mode=True)
+    assert code == 0
     assert result["release"] == A and result["ran"] is False
     assert result["result"] == "not run (check mode)"
 
@@ -515,10 +504,8 @@ def test_module_fails_on_a_host_with_no_live_release(tmp_path, capsys):
     root_parent, unit_dir = deploy(tmp_path)
     module = _module()
     args = {"service": "hello", "cmd": "true", "root_parent": root_parent, "unit_dir": unit_dir}
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        module.main()
-    assert exited.value.code == 1
-    result = json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(module, args, capsys)
+    assert code == 1
     assert result["failed"] is True
     assert result["msg"].startswith("service: 'hello' has no live release on this host")
     assert result["field"] == "service" and result["retryable"] is False

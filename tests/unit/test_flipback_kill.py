@@ -217,9 +217,14 @@ def _argv(tmp_path: Path) -> list[str]:
     ]
 
 
-def _env(**env: str) -> dict[str, str]:
+def _env(tmp_path: Path, **env: str) -> dict[str, str]:
+    # Ansible's temporary directories under tmp_path: the default (~/.ansible/tmp, where
+    # ~ is the account's home as the password database has it) need not be writable,
+    # e.g. for nobody (/nonexistent).
     return {
         **os.environ,
+        "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-remote"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
         "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
         "ANSIBLE_CALLBACKS_ENABLED": "flipback_kill",
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
@@ -231,7 +236,12 @@ def _env(**env: str) -> dict[str, str]:
 def _ansible_playbook(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     # Deliberately in the test's own process group: the kill must not reach us.
     return subprocess.run(
-        _argv(tmp_path), capture_output=True, text=True, check=False, timeout=120, env=_env(**env)
+        _argv(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=_env(tmp_path, **env),
     )
 
 
@@ -264,7 +274,10 @@ def test_real_run_paused_after_a_named_task_goes_on_after_sigcont(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=_env(
-            FLIPBACK_KILL_AFTER_TASK="Two", FLIPBACK_KILL_SIGNAL="STOP", FLIPBACK_TASK_LOG=str(log)
+            tmp_path,
+            FLIPBACK_KILL_AFTER_TASK="Two",
+            FLIPBACK_KILL_SIGNAL="STOP",
+            FLIPBACK_TASK_LOG=str(log),
         ),
     )
     try:

@@ -23,8 +23,7 @@ from ansible.module_utils.flipback_logs import (
     validate_since,
 )
 from ansible.module_utils.flipback_release import ReleaseError
-from ansible.module_utils.testing import patch_module_args
-from fakes import load_file
+from fakes import load_file, run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "20261201T095500-3f2a9c1d0e"
@@ -463,11 +462,9 @@ def test_module_reads_the_journal_through_journalctl(tmp_path, capsys, monkeypat
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     module = load_file("service_logs", ROOT / "library" / "service_logs.py")
-    args = {"services": ["hello"], "since": "2h", "release": A, "_ansible_check_mode": True}
-    with patch_module_args(args), pytest.raises(SystemExit) as exited:
-        module.main()
-    assert exited.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    args = {"services": ["hello"], "since": "2h", "release": A}
+    code, result, _out = run_module(module, args, capsys, check_mode=True)
+    assert code == 0
     assert [e["release"] for e in result["entries"]] == [A, A]
     assert result["changed"] is False
     argv = (tmp_path / "argv").read_text()

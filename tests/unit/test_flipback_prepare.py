@@ -1,7 +1,8 @@
 """Unit tests of module_utils/flipback_prepare.py on real files under tmp_path.
 
-The tests run as root (as the module does), so ownership is real: directories are
-chowned to the service user's ids. The host's accounts are a fake (Accounts: what
+As root (as the module runs) ownership is real: directories are chowned to the service
+user's ids; unprivileged, fakes.Ownership keeps the owners the chowns give and reports
+them, so the same checks run. The host's accounts are a fake (Accounts: what
 Prepare reads through pwd and grp, and what the fake useradd adds), so no system
 account is made or borrowed; by default the service user `shop` is there as flipback
 creates it (home <root>/shared, a group of its own) with ids no real account has.
@@ -43,7 +44,9 @@ from ansible.module_utils.flipback_runtime import site_text
 from fakes import FakeSystemd, ReleaseTree, list_units_argv
 from test_flipback_runtime import Release, a_release
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+# Files are handed to root and to the service user: as root for real, else as
+# fakes.Ownership records and reports them (the conftest's `ownership`).
+pytestmark = pytest.mark.usefixtures("ownership")
 
 SERVICE = "shop"
 USER = "shop"
@@ -140,19 +143,22 @@ class Host(FakeSystemd):
         self.start_rc = 0
         self.probes: list[tuple[Target, Expect, Policy]] = []
 
+    other_commands_succeed = True
+
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
         if argv[0] in self.fail:
-            return subprocess.CompletedProcess(argv, 4, "", self.fail[argv[0]])
-        if argv[0] == "useradd" and self.accounts is not None:
+            self.calls.append(list(argv))
+            return subprocess.CompletedProcess(list(argv), 4, "", self.fail[argv[0]])
+        return super().run(argv)
+
+    def cmd_useradd(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        if self.accounts is not None:
             self.accounts.useradd(argv)
-        if argv[:2] == ["nginx", "-t"]:
-            rc, err = self.nginx_test
-            return subprocess.CompletedProcess(argv, rc, "", err)
-        if argv[0] == "systemctl":
-            return self.systemctl(argv)
         return subprocess.CompletedProcess(argv, 0, "", "")
+
+    def cmd_nginx(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        rc, err = self.nginx_test if argv[:2] == ["nginx", "-t"] else (0, "")
+        return subprocess.CompletedProcess(argv, rc, "", err)
 
     def start(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, self.start_rc, "", "")
@@ -226,12 +232,11 @@ class Paths:
         """A release on disk; `configured`: staged with that configuration (its manifest's
         `config` and its env file), else as an older flipback staged it (neither)."""
         tree = ReleaseTree(self.root, SERVICE)
-        path = Path(tree.write_release(release_id, None))
+        tree.write_release(release_id, None)
         manifest: dict = {"status": status}
         if deps_key:
             manifest["deps_key"] = deps_key
-            (path / "venv").mkdir(exist_ok=True)
-            (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+            tree.venv(release_id)
         if configured is not None:
             manifest["config"] = configured.config
             tree.env_file(release_id, configured.env_text, mode=0o750)

@@ -1337,6 +1337,22 @@ def test_target_named_failed_by_manifest(tree):
     assert "incomplete: manifest status is 'failed'" in err.value.msg
 
 
+def test_target_names_every_release_a_named_rollback_accepts(tree):
+    # What a refused rollback suggests: good, staged and rolled back; newest id first.
+    tree.deployed(A, B, C)
+    tree.release(D).events((B, "rolled_back"))
+    result = tree.releases().target(None, None)
+    assert result["named_targets"] == sorted([A, B, D], reverse=True)
+    for named in result["named_targets"]:
+        assert tree.releases().target(named, None)["target"] == named
+
+
+def test_target_names_neither_current_nor_failed_nor_incomplete(tree):
+    tree.deployed(A, B, C).events((B, "failed"))
+    tree.release(D, status="staging")
+    assert tree.releases().target(None, None)["named_targets"] == [A]
+
+
 def test_target_rejects_zero_steps(tree):
     tree.deployed(A, B)
     with pytest.raises(ReleaseError) as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,21 +33,27 @@ from ansible.module_utils.flipback_runtime import (
     env_file_text,
     env_path,
     env_problems,
+    instance_unit,
     masked_config,
     normalize_processes,
     parse_env_file,
+    process_unit,
     process_unit_text,
     public_tls,
     release_id_for,
     reserved_env_name,
     resolve_params,
     resolve_release,
+    retire_timer,
     run_config,
+    service_home,
     sha256_text,
     site_path,
     site_text,
     staged_files,
+    start_instance,
     static_dirs,
+    stop_instance,
     unit_path,
     unit_text,
 )
@@ -99,7 +106,7 @@ def a_release(
         port=port,
         env=env,
         build_id=build_id,
-        root=root,
+        home=root,
         processes=processes,
         process_start_seconds=process_start_seconds,
     )
@@ -955,7 +962,7 @@ def resolve(**changes: Any) -> dict[str, Any]:
         "port": 8000,
         "env": {"A": "1", "B": SECRET},
         "build_id": BUILD_ID,
-        "root": HOME,
+        "home": HOME,
     }
     values.update(changes)
     return resolve_release(**values)
@@ -972,9 +979,22 @@ def test_resolve_release_gives_the_id_and_the_config():
     assert SECRET not in repr(result)
 
 
-def test_resolve_release_default_root_is_srv_service():
-    assert resolve(root="") == resolve(root="/srv/shop")
-    assert resolve(root="") != resolve(root="/opt/shop")
+def test_resolve_params_root_is_the_parent_of_the_service_home():
+    params = {
+        "service": {"name": SERVICE, "app": "app:app", "port": 8000},
+        "env": {},
+        "build_id": BUILD_ID,
+    }
+    default, srv, opt = (resolve_params({**params, "root": r}) for r in ("", "/srv/", "/opt"))
+
+    assert default == srv
+    # The home is in the unit, which the config records by its digest.
+    for result, home in ((default, "/srv/shop"), (opt, "/opt/shop")):
+        unit = unit_text(
+            service=SERVICE, home=home, user=SERVICE, app="app:app", factory=False, workers=1
+        )
+        assert result["config"]["unit_sha256"] == sha256_text(unit)
+    assert opt["release"] != default["release"]
 
 
 @pytest.mark.parametrize(
@@ -1069,7 +1089,7 @@ def test_resolve_params_of_a_checked_service_definition():
         },
         "env": {"A": "1", "B": SECRET},
         "build_id": BUILD_ID,
-        "root": HOME,
+        "root": "/srv",
     }
 
     assert resolve_params(params) == {"service": SERVICE, **resolve()}
@@ -1148,7 +1168,7 @@ def test_a_release_from_the_shared_helper_is_what_release_config_returns(staged)
             },
             "env": {"A": "1", "B": SECRET},
             "build_id": BUILD_ID,
-            "root": HOME,
+            "root": "/srv",
         }
     )
 
@@ -1338,7 +1358,7 @@ def test_staged_files_of_a_release_with_every_setting_of_its_own():
         port=8000,
         env={"A": "1"},
         build_id=BUILD_ID,
-        root=HOME,
+        home=HOME,
         nginx={**NGINX_DEFAULTS, "max_body": "20m", "server_name": ["shop.example"]},
         access_log=True,
         commands={"before_switch_once": [{"run": "migrate", "timeout": 60}]},
@@ -1408,6 +1428,7 @@ def test_bad_processes_are_refused_by_resolve_release_as_on_the_controller():
             port=8000,
             env={},
             build_id=BUILD_ID,
+            home=HOME,
             processes={"Bad Name": "x"},
             process_start_seconds=-1,
         )
@@ -1462,3 +1483,31 @@ def test_staged_files_of_a_release_with_processes_has_a_unit_for_each():
     tampered = dict(staged.config, processes={"worker": "rm -rf /", "beat": "b"})
     with pytest.raises(ConfigInvalid):
         files_of(staged, config=tampered)
+
+
+@pytest.mark.parametrize(
+    ("rc", "stderr", "started", "why"),
+    [
+        pytest.param(0, "", True, None, id="ok"),
+        pytest.param(5, "Unit not loaded.", False, None, id="not-loaded"),
+        pytest.param(1, "Access denied", False, "Access denied", id="refused"),
+        pytest.param(3, "", False, "systemctl exit 3", id="silent"),
+    ],
+)
+def test_instances_start_and_stop_by_their_one_name(rc, stderr, started, why):
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, rc, "", stderr)
+
+    assert start_instance(run, "shop", "r1") is started
+    assert stop_instance(run, "shop", "r1") == why
+    assert calls == [
+        ["systemctl", "start", "--no-block", "shop@r1.service"],
+        ["systemctl", "stop", "shop@r1.service"],
+    ]
+    assert instance_unit("shop", "*") == "shop@*.service"
+    assert retire_timer("shop", "r1") == "flipback-retire-shop-r1"
+    assert process_unit("shop", "*", "r1") == "shop.*@r1.service"
+    assert service_home("/", "shop") == "/shop" and service_home("", "shop") == "/srv/shop"

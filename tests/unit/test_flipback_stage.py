@@ -44,7 +44,7 @@ from ansible.module_utils.flipback_stage import (
     safe_members,
     sha256_file,
 )
-from fakes import ReleaseTree
+from fakes import ReleaseTree, StageRunner
 from test_flipback_runtime import Release, a_release
 
 SERVICE = "shop"
@@ -64,37 +64,6 @@ def configured(root: Path) -> Release:
     """The release BUILD becomes with the shop's configuration on a host rooted at `root`:
     the id covers the root (the unit names its paths), so each test's root has its own."""
     return a_release(SERVICE, str(root), env=ENV, build_id=BUILD, user=USER, workers=2)
-
-
-class FakeRunner:
-    """Records every argv; `-m venv` makes venv/bin/python; fails where told to (a
-    module's step, or systemctl's verb)."""
-
-    def __init__(self, fail: str = "") -> None:
-        self.calls: list[list[str]] = []
-        self.fail = fail
-
-    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
-        step = step_of(argv)
-        if step == "venv":
-            python = Path(argv[3], "bin", "python")
-            python.parent.mkdir(parents=True)
-            python.write_text("#!/bin/sh\n")
-            # python -m venv seeds pip (a uv venv has none).
-            Path(argv[3], "bin", "pip").write_text("#!/bin/sh\n")
-        if step == self.fail:
-            return subprocess.CompletedProcess(argv, 1, "", f"{step} exploded")
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-    @property
-    def steps(self) -> list[str]:
-        return [step_of(argv) for argv in self.calls]
-
-
-def step_of(argv: Sequence[str]) -> str:
-    return argv[1] if argv[0] == "systemctl" else argv[2]
 
 
 def source_tar(extra: Sequence[tuple[str, bytes | None]] = ()) -> bytes:
@@ -174,41 +143,17 @@ def raw_artifact(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> 
 
 
 @pytest.fixture
-def chown_calls(monkeypatch) -> list[tuple[str, int, int]]:
+def chown_calls(ownership) -> list[tuple[str, int, int]]:
     """Every os.chown and os.fchown (named by the file's path), as the release's
-    configuration is written; passed on to the real ones only as root (where they work)."""
-    calls: list[tuple[str, int, int]] = []
-    real_chown, real_fchown = os.chown, os.fchown
-
-    def chown(path, uid, gid):
-        calls.append((str(path), uid, gid))
-        if os.geteuid() == 0:
-            real_chown(path, uid, gid)
-
-    def fchown(fd, uid, gid):
-        calls.append((os.readlink(f"/proc/self/fd/{fd}"), uid, gid))
-        if os.geteuid() == 0:
-            real_fchown(fd, uid, gid)
-
-    monkeypatch.setattr(os, "chown", chown)
-    monkeypatch.setattr(os, "fchown", fchown)
-    return calls
+    configuration is written (fakes.Ownership: real as root, else reported by os.stat)."""
+    return ownership.chowns
 
 
 @pytest.fixture
-def lchown_calls(monkeypatch, chown_calls) -> list[tuple[str, int, int]]:
-    """Every os.lchown; passed on to the real one only as root (where it works). Staging
-    that far writes the configuration too: chown_calls stands in for its owners."""
-    calls: list[tuple[str, int, int]] = []
-    real = os.lchown
-
-    def record(path, uid, gid):
-        calls.append((str(path), uid, gid))
-        if os.geteuid() == 0:
-            real(path, uid, gid)
-
-    monkeypatch.setattr(os, "lchown", record)
-    return calls
+def lchown_calls(ownership) -> list[tuple[str, int, int]]:
+    """Every os.lchown (fakes.Ownership). Staging that far writes the configuration too:
+    the same Ownership stands in for its owners."""
+    return ownership.lchowns
 
 
 @pytest.fixture
@@ -274,7 +219,7 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
     if previous:
         go_live(root, previous)
     spec = make_spec(root, artifact, tmp_path)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(spec, run=runner).stage(check_mode=False)
 
@@ -345,13 +290,12 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
     }
     assert on_disk - config <= owned
     assert sorted(os.listdir(path / ".flipback")) == ["env"]
-    if os.geteuid() == 0:
-        assert (path / "app.py").stat().st_uid == 0
+    assert (path / "app.py").stat().st_uid == 0
 
 
 def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, deps=[])
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
 
@@ -360,10 +304,10 @@ def test_no_dependencies_skips_pip(root, tmp_path, lchown_calls):
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
 def test_already_staged_is_left_alone(root, rid, artifact, tmp_path, lchown_calls, check_mode):
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
     before = (release(root, "manifest.json")).read_text()
     events = len(read_history(str(root)))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
 
@@ -374,7 +318,7 @@ def test_already_staged_is_left_alone(root, rid, artifact, tmp_path, lchown_call
 
 
 def test_check_mode_writes_nothing(root, rid, artifact, tmp_path):
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=True)
 
@@ -385,7 +329,7 @@ def test_check_mode_writes_nothing(root, rid, artifact, tmp_path):
 
 
 def test_checksum_mismatch(root, artifact, tmp_path):
-    runner = FakeRunner()
+    runner = StageRunner()
     spec = make_spec(root, artifact, tmp_path, checksum="0" * 64)
 
     with pytest.raises(ReleaseError) as info:
@@ -404,7 +348,7 @@ def test_checksum_mismatch(root, artifact, tmp_path):
 
 def test_artifact_missing(root, tmp_path):
     missing = tmp_path / "incoming" / "nothing.tar"
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, missing, tmp_path), run=runner).stage(check_mode=False)
@@ -422,7 +366,7 @@ def test_live_staging_lock_is_refused(root, rid, artifact, tmp_path, check_mode)
     (path / ".staging-lock").write_text(f"{os.getpid()}\n")
     (path / "manifest.json").write_text(json.dumps({"id": rid, "status": "staging"}))
     (path / "app.py").write_text("half")
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode)
@@ -450,7 +394,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
     (path / "manifest.json").write_text(json.dumps({"id": rid, "status": "staging"}))
     (path / "leftover.py").write_text("from the killed run")
 
-    result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
+    result = Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(False)
 
     assert result["changed"] is True
     assert not (path / "leftover.py").exists()
@@ -471,7 +415,7 @@ def test_half_finished_release_is_wiped_and_staged_again(
 def test_command_failure_leaves_the_release_unusable(
     root, rid, artifact, tmp_path, lchown_calls, fail, what
 ):
-    runner = FakeRunner(fail=fail)
+    runner = StageRunner(fail=fail)
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
@@ -497,7 +441,7 @@ def test_disk_failure_is_retryable(root, rid, artifact, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "symlink", no_symlink)
 
     with pytest.raises(ReleaseError) as info:
-        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+        Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     assert info.value.retryable is True
     assert "No space left on device" in info.value.msg
@@ -518,7 +462,7 @@ def test_disk_failure_is_retryable(root, rid, artifact, tmp_path, monkeypatch):
 def test_invalid_input_is_rejected_before_any_write(
     root, artifact, tmp_path, changes, field, value, check_mode
 ):
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path, **changes), run=runner).stage(check_mode)
@@ -542,7 +486,7 @@ def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
     conf_dir = release(root, ".flipback")
     env_file = conf_dir / "env"
     unit_file = tmp_path / "systemd" / f"{SERVICE}@{rid}.service"
-    runner = FakeRunner()
+    runner = StageRunner()
     on_reload: list[tuple[bool, bool]] = []
 
     def run(argv):
@@ -570,9 +514,8 @@ def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
         (f"{env_file}.tmp.{pid}", 0, gid),
         (f"{unit_file}.tmp.{pid}", 0, 0),
     ]
-    if os.geteuid() == 0:
-        for path, group in ((conf_dir, gid), (env_file, gid), (unit_file, 0)):
-            assert (path.stat().st_uid, path.stat().st_gid) == (0, group), path
+    for path, group in ((conf_dir, gid), (env_file, gid), (unit_file, 0)):
+        assert (path.stat().st_uid, path.stat().st_gid) == (0, group), path
     assert sorted(os.listdir(conf_dir)) == ["env"]
     assert sorted(os.listdir(unit_file.parent)) == [unit_file.name]
     # systemd hears of the unit once both files are in place, and only once.
@@ -583,7 +526,7 @@ def test_configure_writes_the_env_file_and_the_unit_then_reloads_systemd(
 def test_the_manifest_records_the_build_and_the_config_never_env_values(
     root, rid, artifact, tmp_path, lchown_calls
 ):
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     manifest = read_manifest(str(root), rid)
     assert manifest["build"] == BUILD
@@ -614,7 +557,7 @@ def test_the_manifest_records_every_pin_where_it_came_from_and_what_was_added(
     }
     write_artifact(str(artifact), source_tar(()), [str(wheel)], 1_795_953_600, meta, [])
 
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     manifest = read_manifest(str(root), rid)
     assert manifest["status"] == "staged"
@@ -647,7 +590,7 @@ def test_a_flipback_file_or_dir_shipped_in_the_code_is_replaced(
 ):
     artifact = build_artifact(tmp_path, extra=shipped)
 
-    result = Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(False)
+    result = Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(False)
 
     assert result["changed"] is True
     conf_dir = release(root, ".flipback")
@@ -694,7 +637,7 @@ def tampered(root: Path, what: str) -> dict:
 def test_a_config_the_release_id_does_not_stand_for_is_refused_before_any_write(
     root, artifact, tmp_path, what, says, check_mode
 ):
-    runner = FakeRunner()
+    runner = StageRunner()
     spec = make_spec(root, artifact, tmp_path, **tampered(root, what))
 
     with pytest.raises(ConfigInvalid) as failed:
@@ -712,10 +655,10 @@ def test_a_config_the_release_id_does_not_stand_for_is_refused_before_any_write(
 
 
 def test_a_staged_release_is_checked_again_and_left_alone(root, artifact, tmp_path, lchown_calls):
-    Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+    Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
     env_file = release(root, ".flipback", "env")
     before = env_file.read_text()
-    runner = FakeRunner()
+    runner = StageRunner()
     spec = make_spec(root, artifact, tmp_path, **tampered(root, "env-value"))
 
     with pytest.raises(ConfigInvalid):
@@ -729,7 +672,7 @@ def test_a_unit_that_cannot_be_written_is_retryable(root, rid, artifact, tmp_pat
     (tmp_path / "systemd").write_text("a file where the unit directory should be")
 
     with pytest.raises(ReleaseError) as failed:
-        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+        Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
     assert failed.value.retryable is True
     assert failed.value.msg.startswith(f"staging {rid} failed: ")
@@ -746,7 +689,7 @@ def test_a_user_the_host_lacks_fails_as_a_release_error(
     monkeypatch.setattr(pwd, "getpwnam", no_such_user)
 
     with pytest.raises(ReleaseError):
-        Stager(make_spec(root, artifact, tmp_path), run=FakeRunner()).stage(check_mode=False)
+        Stager(make_spec(root, artifact, tmp_path), run=StageRunner()).stage(check_mode=False)
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -820,7 +763,7 @@ def test_safe_members_keeps_src_wheels_project_and_metadata(tmp_path):
 
 def test_hostile_artifact_is_refused_while_staging(root, rid, tmp_path):
     artifact = raw_artifact(tmp_path, member("src/link", tarfile.SYMTYPE, "/etc/shadow"))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(check_mode=False)
@@ -913,7 +856,7 @@ def test_a_release_with_the_same_deps_key_lends_its_venv(
 ):
     donor = staged_elsewhere(root, OLD, key=KEY)
     before = files(donor / "venv")
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -942,7 +885,7 @@ def test_no_donor_builds_the_venv(root, artifact, tmp_path, lchown_calls, key, s
     donor = staged_elsewhere(root, OLD, key=key, status=status)
     if not pyvenv:
         (donor / "venv" / "pyvenv.cfg").unlink()
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -953,7 +896,7 @@ def test_no_donor_builds_the_venv(root, artifact, tmp_path, lchown_calls, key, s
 
 def test_without_a_deps_key_no_venv_is_borrowed(root, rid, artifact, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key="")
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
 
@@ -966,9 +909,9 @@ def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lc
     older = "20261127T120000-9999999999"
     staged_elsewhere(root, older, key=KEY)
     staged_elsewhere(root, OLD, key=KEY)
-    (root / "current").symlink_to(f"releases/{OLD}")
+    ReleaseTree(root, SERVICE).current(OLD)
 
-    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(
         False
     )
 
@@ -978,7 +921,7 @@ def test_the_current_release_is_the_preferred_donor(root, artifact, tmp_path, lc
 def test_a_code_only_artifact_stages_with_a_donor(root, rid, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
     artifact = build_artifact(tmp_path, code_only=True)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -997,7 +940,7 @@ def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(
 ):
     staged_elsewhere(root, OLD, key="ffffffffffffffff")
     artifact = build_artifact(tmp_path, code_only=True)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as failed:
         Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
@@ -1016,7 +959,7 @@ def test_a_code_only_artifact_without_a_donor_asks_for_the_full_one(
 
 def test_a_code_only_artifact_without_dependencies_needs_no_donor(root, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, deps=[], code_only=True)
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1027,7 +970,7 @@ def test_a_code_only_artifact_without_dependencies_needs_no_donor(root, tmp_path
 def test_a_borrowed_venv_is_not_walked_again(root, artifact, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
 
-    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
 
     path = release(root)
     venv = str(path / "venv")
@@ -1046,7 +989,7 @@ def test_a_borrowed_venv_is_not_walked_again(root, artifact, tmp_path, lchown_ca
 
 
 def test_a_built_venv_is_still_walked(root, artifact, tmp_path, lchown_calls):
-    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+    Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
 
     python = str(release(root, "venv", "bin", "python"))
     assert python in {p for p, _uid, _gid in lchown_calls}
@@ -1059,7 +1002,7 @@ def test_a_borrowed_venv_is_readable_whatever_the_umask(
     staged_elsewhere(root, OLD, key=KEY)
     before = os.umask(umask)
     try:
-        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
     finally:
         os.umask(before)
 
@@ -1116,7 +1059,7 @@ def project_install(path: Path) -> list[str]:
 def test_the_project_is_installed_over_a_borrowed_venv(root, rid, tmp_path, lchown_calls):
     staged_elsewhere(root, OLD, key=KEY)
     artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1132,7 +1075,7 @@ def test_the_project_is_installed_over_a_borrowed_venv(root, rid, tmp_path, lcho
 
 def test_the_project_is_installed_after_the_dependencies(root, rid, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1144,7 +1087,7 @@ def test_the_project_is_installed_after_the_dependencies(root, rid, tmp_path, lc
 
 
 def test_a_release_without_a_project_installs_none(root, rid, artifact, tmp_path, lchown_calls):
-    runner = FakeRunner()
+    runner = StageRunner()
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
     assert not [argv for argv in runner.calls if "--force-reinstall" in argv]
 
@@ -1166,7 +1109,7 @@ def test_a_project_the_artifact_does_not_carry_fails(
     write_artifact(
         str(artifact), source_tar(), [], 1_795_953_600, meta, [str(project_wheel(tmp_path))]
     )
-    runner = FakeRunner()
+    runner = StageRunner()
 
     with pytest.raises(ReleaseError) as info:
         Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
@@ -1269,7 +1212,7 @@ def test_find_donor_prefers_the_current_release(root):
     older = "20261127T120000-9999999999"
     staged_elsewhere(root, older, key=KEY)
     staged_elsewhere(root, OLD, key=KEY)
-    (root / "current").symlink_to(f"releases/{older}")
+    ReleaseTree(root, SERVICE).current(older)
     assert find_donor(str(root), NEW, KEY) == older
 
 
@@ -1300,7 +1243,7 @@ def static_spec(root: Path, artifact: Path, tmp_path: Path) -> StageSpec:
         port=8000,
         env=ENV,
         build_id=BUILD,
-        root=str(root),
+        home=str(root),
         nginx={**NGINX_DEFAULTS, "static": static},
     )
     return make_spec(
@@ -1319,7 +1262,7 @@ def test_the_release_s_static_directories_belong_to_its_user(
     artifact = build_artifact(tmp_path)
     spec = static_spec(root, artifact, tmp_path)
 
-    Stager(spec, run=FakeRunner()).stage(check_mode=False)
+    Stager(spec, run=StageRunner()).stage(check_mode=False)
 
     account = pwd.getpwnam(USER)
     here = root / "releases" / spec.release
@@ -1335,7 +1278,7 @@ def test_a_static_directory_that_is_a_file_in_the_code_is_refused(root, tmp_path
     spec = static_spec(root, artifact, tmp_path)
 
     with pytest.raises(ReleaseError, match=r"nginx\.static: 'static' is a symlink or a file"):
-        Stager(spec, run=FakeRunner()).stage(check_mode=False)
+        Stager(spec, run=StageRunner()).stage(check_mode=False)
 
 
 # --------------------------------------------------------------------------- uv on the host
@@ -1343,7 +1286,7 @@ def test_a_static_directory_that_is_a_file_in_the_code_is_refused(root, tmp_path
 
 def test_a_full_artifact_with_uv_makes_the_venv_with_uv(root, rid, tmp_path, lchown_calls):
     artifact = build_artifact(tmp_path, uv=True, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path), run=runner).stage(False)
 
@@ -1374,7 +1317,7 @@ def test_a_cached_uv_is_used_for_a_project_over_a_borrowed_uv_venv(
     uv.write_text("#!/bin/sh\n")
     uv.chmod(0o755)
     artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
-    runner = FakeRunner()
+    runner = StageRunner()
 
     Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
 
@@ -1390,7 +1333,7 @@ def test_a_borrowed_uv_venv_without_uv_on_the_host_asks_for_the_full_artifact(
     artifact = build_artifact(tmp_path, code_only=True, project=project_wheel(tmp_path))
 
     with pytest.raises(ReleaseError) as info:
-        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=FakeRunner()).stage(False)
+        Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=StageRunner()).stage(False)
 
     assert "has no pip, and uv is not on this host" in info.value.msg
     assert info.value.retryable is True

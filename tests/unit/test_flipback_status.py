@@ -91,10 +91,10 @@ class FakeSystemctl(FakeSystemd):
         self.rc = rc
 
     def __call__(self, argv: list[str]) -> tuple[int, str, str]:
-        self.calls.append(argv)
         if self.rc:
+            self.calls.append(argv)
             return self.rc, "", "Failed to connect to bus"
-        proc = self.systemctl(argv)
+        proc = self.run(argv)
         return proc.returncode, proc.stdout, proc.stderr
 
     def show_block(self, unit: str) -> str:

@@ -203,22 +203,17 @@ class Host(FakeSystemd):
         self.restarts: dict[str, int] = {}
         self.shows: list[list[str]] = []
 
-    def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
-        if argv[0] == "journalctl":
-            self.log.append(f"journal {argv[-1]}")
-            return subprocess.CompletedProcess(argv, 0, "\n".join(JOURNAL) + "\n", "")
-        if argv[0] == "systemd-run":
-            return self._systemd_run(argv)
-        if argv[0] == "nginx":
-            assert argv == ["nginx", "-t", "-q"], argv
-            self.log.append("nginx -t")
-            self.nginx_saw.append((self.tree.site(), self.tree.readlink()))
-            rc = self.nginx_test.pop(0) if self.nginx_test else 0
-            stderr = 'nginx: [emerg] unknown directive "lissen"' if rc else ""
-            return subprocess.CompletedProcess(argv, rc, "", stderr)
-        return self.systemctl(argv)
+    def cmd_journalctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        self.log.append(f"journal {argv[-1]}")
+        return subprocess.CompletedProcess(argv, 0, "\n".join(JOURNAL) + "\n", "")
+
+    def cmd_nginx(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        assert argv == ["nginx", "-t", "-q"], argv
+        self.log.append("nginx -t")
+        self.nginx_saw.append((self.tree.site(), self.tree.readlink()))
+        rc = self.nginx_test.pop(0) if self.nginx_test else 0
+        stderr = 'nginx: [emerg] unknown directive "lissen"' if rc else ""
+        return subprocess.CompletedProcess(argv, rc, "", stderr)
 
     def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         if argv[1:2] not in (["list-units"], ["show"], ["is-active"]):
@@ -268,7 +263,7 @@ class Host(FakeSystemd):
             return subprocess.CompletedProcess(argv, 1, "", "nginx.service is not active.")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    def _systemd_run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    def cmd_systemd_run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         timer = next(a for a in argv if a.startswith("--unit="))[len("--unit=") :]
         delay = next(a for a in argv if a.startswith("--on-active="))[len("--on-active=") :]
         self.log.append(f"retire {argv[-1]} in {delay}")
@@ -1834,6 +1829,7 @@ def test_the_gates_ask_a_release_whose_unit_adds_the_header_as_configured(tree, 
 
     host.switch(release_in=release_in, health_host="shop.example").switch(check_mode=False)
 
+    assert host.gates_probed() == ["gate1", "gate2"]
     for target, expect, _policy in host.probes:
         assert target.host_header == "shop.example"
         if release_in == "header":

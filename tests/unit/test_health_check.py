@@ -7,8 +7,7 @@ import json
 import health_check
 import pytest
 from ansible.module_utils.flipback_health import Expect, Policy, Target
-from ansible.module_utils.testing import patch_module_args
-from fakes import OK, Reply, ScriptedServer, closed_port
+from fakes import OK, Reply, ScriptedServer, closed_port, run_module
 
 # Short enough that failure cases take a fraction of a second in real time.
 FAST = {"timeout": 0.3, "delay": 0.05, "max_delay": 0.1, "attempt_timeout": 0.2}
@@ -30,9 +29,8 @@ def serve(request, tmp_path):
 
 
 def run_main(args, capsys):
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        health_check.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(health_check, args, capsys)
+    return code, result
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check-mode"])

@@ -12,7 +12,6 @@ made with test_flipback_runtime.a_release.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -25,11 +24,12 @@ from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
 from ansible.module_utils.flipback_runtime import site_text
-from fakes import FakeSystemd, module_params, run_arg, run_module, service_arg
+from fakes import FakeSystemd, ReleaseTree, module_params, run_arg, run_module, service_arg
 from test_flipback_prepare import Accounts
 from test_flipback_runtime import a_release
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+# Files are handed to root and to the service user (see test_flipback_prepare).
+pytestmark = pytest.mark.usefixtures("ownership")
 
 SERVICE = "shop"
 USER = "shop"
@@ -50,14 +50,12 @@ class Host(FakeSystemd):
         super().__init__()
         self.specs: list[PrepareSpec] = []
 
+    other_commands_succeed = True
+
     def run(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
         # The site is the switch's: prepare neither tests nor reloads nginx.
         assert "nginx" not in argv, argv
-        if argv[0] == "systemctl":
-            return self.systemctl(argv)
-        return subprocess.CompletedProcess(argv, 0, "", "")
+        return super().run(argv)
 
     def is_enabled(self, argv: list[str], units: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 0, "enabled\n" * len(units), "")
@@ -407,19 +405,16 @@ DONOR = "20261101T120000-aaaaaaaaaa"
 def stage(tmp_path: Path, release_id: str, key: str, conf=None) -> None:
     """A release staged on the host, with a virtualenv another release may borrow, and
     with its configuration if `conf` (a_release) is given."""
-    path = tmp_path / "srv" / SERVICE / "releases" / release_id
-    (path / "venv").mkdir(parents=True)
-    (path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    manifest = {"id": release_id, "service": SERVICE, "status": "staged", "deps_key": key}
+    tree = ReleaseTree(tmp_path / "srv" / SERVICE, SERVICE).venv(release_id)
+    manifest: dict = {"deps_key": key}
     if conf is not None:
         manifest["config"] = conf.config
-        (path / ".flipback").mkdir()
-        (path / ".flipback" / "env").write_text(conf.env_text)
-    (path / "manifest.json").write_text(json.dumps(manifest))
+        tree.env_file(release_id, conf.env_text)
+    tree.release(release_id, **manifest)
 
 
 def go_live(tmp_path: Path, release_id: str) -> None:
-    (tmp_path / "srv" / SERVICE / "current").symlink_to(f"releases/{release_id}")
+    ReleaseTree(tmp_path / "srv" / SERVICE, SERVICE).current(release_id)
 
 
 @pytest.mark.parametrize("diff", [False, True], ids=["no-diff", "diff"])

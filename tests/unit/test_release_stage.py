@@ -15,9 +15,7 @@ import base64
 import dataclasses
 import io
 import os
-import subprocess
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ import yaml
 from ansible.module_utils.flipback_build import write_artifact
 from ansible.module_utils.flipback_release import ReleaseError, read_manifest
 from ansible.module_utils.flipback_stage import Stager, StageSpec, sha256_file
-from fakes import run_arg, run_module, service_arg
+from fakes import StageRunner, run_arg, run_module, service_arg
 from test_flipback_runtime import Release, a_release
 
 SERVICE = "shop"
@@ -40,40 +38,25 @@ def configured(root: Path | str) -> Release:
     return a_release(SERVICE, str(root), env=ENV, build_id=BUILD, user="nobody")
 
 
-class FakeRunner:
-    """Fails the command whose third word (or last, for `systemctl daemon-reload`) is
-    `fail`."""
+class Runner(StageRunner):
+    """fakes.StageRunner, and the specs main() gave the Stager."""
 
-    def __init__(self, fail: str = "") -> None:
-        self.calls: list[list[str]] = []
+    def __init__(self) -> None:
+        super().__init__()
         self.specs: list[StageSpec] = []
-        self.fail = fail
-
-    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = list(argv)
-        self.calls.append(argv)
-        step = argv[2] if len(argv) > 2 else argv[-1]
-        if step == "venv":
-            Path(argv[3], "bin").mkdir(parents=True)
-            Path(argv[3], "bin", "python").write_text("#!/bin/sh\n")
-        rc = 1 if step == self.fail else 0
-        return subprocess.CompletedProcess(argv, rc, "", f"{step} rc {rc}")
 
 
 @pytest.fixture
-def runner(monkeypatch, tmp_path) -> FakeRunner:
+def runner(monkeypatch, tmp_path, ownership) -> Runner:
     """The module's Stager, with the fake runner and a tmp_path unit directory; records
-    the specs it was given."""
-    fake = FakeRunner()
+    the specs it was given. Files are handed to root as fakes.Ownership says."""
+    fake = Runner()
 
     def stager(spec: StageSpec) -> Stager:
         fake.specs.append(spec)
         return Stager(dataclasses.replace(spec, unit_dir=str(tmp_path / "systemd")), run=fake)
 
     monkeypatch.setattr(release, "Stager", stager)
-    if os.geteuid() != 0:
-        for name in ("lchown", "chown", "fchown"):
-            monkeypatch.setattr(os, name, lambda *args: None)
     return fake
 
 
@@ -338,7 +321,7 @@ INVALID = "invalid configuration (1 problem), nothing was changed on any host"
         pytest.param(
             {},
             "venv",
-            "could not create the virtualenv for {rid} (exit 1): venv rc 1",
+            "could not create the virtualenv for {rid} (exit 1): venv exploded",
             False,
             {},
             id="venv",
@@ -466,7 +449,7 @@ def test_deps_key_reaches_the_spec(tmp_path, rid, artifact, runner, capsys):
     ("start", "fail", "warmed"),
     [
         pytest.param(True, "", True, id="started"),
-        pytest.param(True, "--no-block", False, id="refused"),
+        pytest.param(True, "start", False, id="refused"),
         pytest.param(False, "", False, id="not-asked"),
     ],
 )
@@ -539,7 +522,7 @@ def test_place_artifact_makes_an_existing_file_root_only(tmp_path):
     assert path.stat().st_mode & 0o7777 == 0o600
 
 
-def test_place_artifact_moves_the_upload_root_only(tmp_path):
+def test_place_artifact_moves_the_upload_root_only(tmp_path, ownership):
     upload = tmp_path / "tmp" / "upload.tar"
     upload.parent.mkdir()
     upload.write_bytes(b"uploaded")
@@ -552,8 +535,7 @@ def test_place_artifact_moves_the_upload_root_only(tmp_path):
     assert path.read_bytes() == b"uploaded"
     assert path.stat().st_mode & 0o7777 == 0o600
     assert path.parent.stat().st_mode & 0o7777 == 0o700
-    if os.geteuid() == 0:
-        assert (path.stat().st_uid, path.stat().st_gid) == (0, 0)
+    assert (path.stat().st_uid, path.stat().st_gid) == (0, 0)
 
 
 NOT_BASE64 = [

@@ -36,7 +36,7 @@ from ansible.module_utils.flipback_release import (
     utc_iso,
 )
 from ansible.module_utils.flipback_stage import Stager
-from fakes import load_plugin
+from fakes import StageRunner, load_plugin
 
 load = load_plugin
 
@@ -44,7 +44,8 @@ rollout_report = load("rollout_report")
 filters = load("flipback", "filter")
 
 controller = pytest.mark.controller
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+# Prepare hands files to root and the service user: fakes.Ownership unless run as root.
+owned = pytest.mark.usefixtures("ownership")
 
 # What the fleet ran before, and the release of the rollout that stopped.
 BEFORE = "20261101T120000-aaaaaaaaaa"
@@ -303,6 +304,209 @@ def test_disagreement_refuses_what_is_not_a_dict(targets, kind):
     assert f"flipback_target_disagreement: got {kind}, expected a dict" in str(raised.value)
 
 
+# =========================================================================== refusal
+
+
+def target_found(service: str, chosen: str | None, named: tuple = (), **result: object) -> dict:
+    """A result of `release: action=target`: a target (or None, with the reason)."""
+    return {
+        "item": {"name": service},
+        "target": chosen,
+        "build": chosen,
+        "current": NEW,
+        "named_targets": list(named),
+        **result,
+    }
+
+
+def target_refused(service: str, msg: str) -> dict:
+    """The module's refusal, kept as data (failed_when: false): no `target` key."""
+    return {"item": {"name": service}, "failed": False, "msg": msg}
+
+
+NO_PREVIOUS = "no previous good release: history has only " + NEW
+
+
+@controller
+def test_no_refusal_when_every_host_has_one_target_build():
+    targets = {"h1": [target_found("web", BEFORE)], "h2": [target_found("web", BEFORE)], "h3": None}
+    assert filters.flipback_rollback_refusal(targets, ["web"]) == ""
+
+
+@controller
+def test_no_target_anywhere_is_said_once_with_the_release_to_name():
+    both = (BEFORE, OLDER)
+    targets = {
+        "h2": [target_found("web", None, both, reason=NO_PREVIOUS)],
+        "h1": [
+            target_found(
+                "web", None, (OLDER, BEFORE, "20261103T120000-cccccccccc"), reason=NO_PREVIOUS
+            )
+        ],
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert text.splitlines() == [
+        "rollback refused; nothing was changed on any host.",
+        f"- rollback of web refused on h1, h2: no release to roll back to ({NO_PREVIOUS}); "
+        f"{NEW} stays current",
+        "What to do next:",
+        f"- name the release of web to go back to, one every host has (or {OLDER}): "
+        f"ansible-playbook playbooks/rollback.yml -e service=web -e release={BEFORE}",
+        "- what web ran, and when: ansible-playbook playbooks/history.yml -e service=web",
+    ]
+
+
+@controller
+def test_a_host_refusing_a_named_release_is_named_and_no_release_is_guessed():
+    msg = f"release: got {BEFORE!r}, expected a release directory"
+    targets = {
+        "h1": [target_found("web", BEFORE, (BEFORE,))],
+        "h2": [target_refused("web", msg)],
+        "h3": [target_found("api", None, reason="x")],  # another service: not asked
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert text.count(msg) == 1
+    assert f"- rollback refused on h2: {msg}" in text
+    assert "-e release=" not in text
+    assert "playbooks/status.yml -e service=web" in text
+    assert "playbooks/history.yml -e service=web" in text
+
+
+@controller
+def test_no_common_release_says_to_deploy_one():
+    targets = {
+        "h1": [target_found("web", None, (BEFORE,), reason=NO_PREVIOUS)],
+        "h2": [target_found("web", None, (OLDER,), reason=NO_PREVIOUS)],
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert "-e release=" not in text
+    assert "deploy the one you want (playbooks/deploy.yml -e service=web -e ref=<git ref>)" in text
+
+
+@controller
+def test_targets_of_different_builds_are_refused_with_each_host_named():
+    targets = {
+        "h1": [target_found("web", BEFORE, (BEFORE, OLDER))],
+        "h2": [target_found("web", OLDER, (BEFORE, OLDER))],
+    }
+    text = filters.flipback_rollback_refusal(targets, ["web"])
+    assert (
+        f"- rollback of web refused: the hosts would go back to different builds (build "
+        f"{OLDER}: h2 -> {OLDER}; build {BEFORE}: h1 -> {BEFORE}), which would split the fleet"
+    ) in text
+    assert f"-e service=web -e release={BEFORE}" in text
+    assert text.endswith("- or roll the hosts back apart, each group with --limit")
+
+
+@controller
+@pytest.mark.parametrize(("targets", "services"), [([], ["web"]), ({}, "web")], ids=["list", "str"])
+def test_refusal_refuses_input_of_another_shape(targets, services):
+    with pytest.raises(AnsibleFilterError, match="expected a dict of hosts and a list"):
+        filters.flipback_rollback_refusal(targets, services)
+
+
+# =========================================================================== verify
+
+
+def service_status(
+    current: str | None = NEW,
+    answered: str | None = NEW,
+    build: str | None = "build-a",
+    **report: object,
+) -> dict:
+    """One service of a service_status result, as verify.yml reads it."""
+    health = {"ok": answered is not None, "release": answered, "error": None}
+    if answered is None:
+        health["error"] = "status 502, expected one of [200]"
+    return {"name": "web", "current": current, "build": build, "health": health, **report}
+
+
+def statuses_of(**hosts: list) -> dict:
+    return {host: {"services": services} for host, services in hosts.items()}
+
+
+@controller
+def test_verify_passes_in_one_line_per_outcome():
+    report = filters.flipback_verify_report(
+        statuses_of(h2=[service_status()], h1=[service_status()]), ["web"]
+    )
+    assert report == {
+        "text": "verify passed: every service answers with its current release, one build "
+        f"each\n- web on h1, h2: {NEW} answers",
+        "failed_hosts": [],
+    }
+
+
+@controller
+@pytest.mark.parametrize(
+    ("h2", "outcome", "next_step"),
+    [
+        pytest.param(
+            service_status(current=None, answered=None, build=None),
+            "FAILED web on h2: NO RELEASE IS LIVE; expected a deployed release",
+            "- web: deploy it: ansible-playbook playbooks/deploy.yml -e service=web",
+            id="nothing-live",
+        ),
+        pytest.param(
+            service_status(answered=None, previous_good=BEFORE),
+            f"FAILED web on h2: current {NEW}, the public port answered nothing (status 502, "
+            "expected one of [200]); expected the current release to answer",
+            f"- web: go back to the previous good release ({BEFORE}): "
+            "ansible-playbook playbooks/rollback.yml -e service=web",
+            id="not-answering",
+        ),
+        pytest.param(
+            service_status(answered=BEFORE),
+            f"FAILED web on h2: current {NEW}, the public port answered {BEFORE}; expected the "
+            "current release to answer",
+            "- web: no previous good release here; deploy one that works: "
+            "ansible-playbook playbooks/deploy.yml -e service=web -e ref=<git ref>",
+            id="another-release-answers",
+        ),
+        pytest.param(
+            service_status(error="history line 3 is not JSON"),
+            "FAILED web on h2: could not be read: history line 3 is not JSON",
+            "- web: deploy it",
+            id="unreadable",
+        ),
+    ],
+)
+def test_verify_failure_names_the_host_and_the_next_step(h2, outcome, next_step):
+    report = filters.flipback_verify_report(statuses_of(h1=[service_status()], h2=[h2]), ["web"])
+    lines = report["text"].splitlines()
+    assert lines[0] == "verify FAILED for web:"
+    assert lines[1] == f"- {outcome}"
+    assert lines[2] == f"- web on h1: {NEW} answers"
+    assert "What to do next:" in lines
+    assert any(line.startswith(next_step) for line in lines), lines
+    assert "ansible-playbook playbooks/status.yml -e service=web" in report["text"]
+    assert report["failed_hosts"] == ["h2"]
+
+
+@controller
+def test_verify_fails_every_host_of_a_split_fleet():
+    statuses = statuses_of(
+        h1=[service_status(build="build-a")], h2=[service_status(build="build-b")], h3=None
+    )
+    report = filters.flipback_verify_report(statuses, ["web"])
+    assert (
+        "- FAILED web: the hosts run different builds: h1 on build build-a; h2 on "
+        in (report["text"])
+    )
+    assert "- FAILED web on h3: not read (the host gave no status)" in report["text"]
+    assert report["failed_hosts"] == ["h1", "h2", "h3"]
+    assert "-e service=web -e ref=<git ref>, or playbooks/rollback.yml" in report["text"]
+
+
+@controller
+@pytest.mark.parametrize(
+    ("statuses", "services"), [([], ["web"]), ({}, "web")], ids=["list", "str"]
+)
+def test_verify_report_refuses_input_of_another_shape(statuses, services):
+    with pytest.raises(AnsibleFilterError, match="expected a dict of hosts and a list"):
+        filters.flipback_verify_report(statuses, services)
+
+
 # =========================================================================== report
 
 
@@ -434,13 +638,13 @@ def test_the_run_is_kept_in_history_as_written(tree):
     assert (line["event"], line["run"]) == ("active", EARLIER)
 
 
-@as_root
+@owned
 def test_the_staged_event_names_the_run_that_staged(tmp_path):
     root = tmp_path / "srv" / stage_tests.SERVICE
     artifact = stage_tests.build_artifact(tmp_path)
     spec = stage_tests.make_spec(root, artifact, tmp_path, run_id=THIS_RUN)
 
-    Stager(spec, run=stage_tests.FakeRunner()).stage(check_mode=False)
+    Stager(spec, run=StageRunner()).stage(check_mode=False)
 
     last = read_history(str(root))[-1]
     assert (last["release"], last["event"], last["run"]) == (spec.release, "staged", THIS_RUN)
@@ -529,7 +733,7 @@ def prepared(paths: prepare_tests.Paths, release: str) -> dict:
 A, B, C = prepare_tests.A, prepare_tests.B, prepare_tests.C
 
 
-@as_root
+@owned
 def test_release_runs_are_the_runs_with_events_of_the_release_here(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -545,7 +749,7 @@ def test_release_runs_are_the_runs_with_events_of_the_release_here(paths):
     assert result["live"] is None
 
 
-@as_root
+@owned
 def test_release_runs_of_a_release_never_seen_here_are_none(paths):
     prepare_tests.ready(paths)
     event(paths, B, "active", run=EARLIER)
@@ -553,7 +757,7 @@ def test_release_runs_of_a_release_never_seen_here_are_none(paths):
     assert (result["release_runs"], result["live"]) == ([], None)
 
 
-@as_root
+@owned
 def test_live_names_the_run_of_the_last_active_event_and_what_it_replaced(paths):
     prepare_tests.ready(paths)  # A then B went live, with no run recorded
     paths.release(C)
@@ -570,7 +774,7 @@ def test_live_names_the_run_of_the_last_active_event_and_what_it_replaced(paths)
     assert result["release_runs"] == sorted([EARLIER, UNRELATED, THIS_RUN])
 
 
-@as_root
+@owned
 def test_live_of_a_release_put_live_before_runs_were_recorded_names_no_run(paths):
     prepare_tests.ready(paths)  # B went live from A by a flipback that named no run
 
@@ -581,7 +785,7 @@ def test_live_of_a_release_put_live_before_runs_were_recorded_names_no_run(paths
     assert result["release_runs"] == []
 
 
-@as_root
+@owned
 def test_live_names_the_release_it_replaced(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -601,7 +805,7 @@ def test_live_names_the_release_it_replaced(paths):
     assert filters.flipback_restore_target(rollouts, "h1", "web", THIS_RUN) == B
 
 
-@as_root
+@owned
 def test_live_is_none_when_the_current_release_has_no_active_event(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -631,7 +835,7 @@ def stale_lock(paths: prepare_tests.Paths, **owner: str) -> None:
     (paths.lock / ".lock").write_text(json.dumps(holder))
 
 
-@as_root
+@owned
 def test_release_runs_name_the_deploy_whose_lock_was_taken_over(paths):
     prepare_tests.ready(paths)
     paths.release(C)
@@ -644,7 +848,7 @@ def test_release_runs_name_the_deploy_whose_lock_was_taken_over(paths):
     assert result["release_runs"] == sorted([EARLIER, UNRELATED])
 
 
-@as_root
+@owned
 @pytest.mark.parametrize(
     "owner",
     [
@@ -663,7 +867,7 @@ def test_release_runs_leave_out_a_lock_taken_over_from_what_is_no_deploy(paths, 
     assert result["release_runs"] == []
 
 
-@as_root
+@owned
 def test_release_runs_without_a_lock(paths):
     prepare_tests.ready(paths)
     paths.release(C)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from typing import ClassVar
 
 import pytest
 import sandbox_fleet
 from ansible.module_utils.flipback_sandbox import SandboxError
-from ansible.module_utils.testing import patch_module_args
+from fakes import DummyHost, run_module
 
 TOOLS = ("systemd-nspawn", "ip", "ssh", "ssh-keygen")
 
@@ -25,10 +24,6 @@ def image_dir(tmp_path):
     path = tmp_path / "images" / "0123456789ab"
     path.mkdir(parents=True)
     return str(path)
-
-
-class DummyHost:
-    """Stands in for Host: it must only be handed over, never used, by the module itself."""
 
 
 class FakeFleet:
@@ -96,9 +91,8 @@ def params(**overrides):
 
 
 def run_main(args, capsys):
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        sandbox_fleet.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(sandbox_fleet, args, capsys)
+    return code, result
 
 
 # --------------------------------------------------------------------------- preflight

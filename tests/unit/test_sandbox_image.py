@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
 import sandbox_image
 from ansible.module_utils.flipback_sandbox import ImageSpec, SandboxError
-from ansible.module_utils.testing import patch_module_args
+from fakes import DummyHost, run_module
 
 PACKAGES = ["openssh-server", "systemd"]
 
@@ -18,10 +17,6 @@ PACKAGES = ["openssh-server", "systemd"]
 def as_root(monkeypatch):
     monkeypatch.setattr(sandbox_image.os, "geteuid", lambda: 0)
     monkeypatch.setattr(sandbox_image.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
-
-
-class DummyHost:
-    """Stands in for Host: it must only be handed over, never used, by the module itself."""
 
 
 class FakeImage:
@@ -70,9 +65,8 @@ def module(check_mode=False, **overrides):
 
 
 def run_main(args, capsys):
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        sandbox_image.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(sandbox_image, args, capsys)
+    return code, result
 
 
 # --------------------------------------------------------------------------- run

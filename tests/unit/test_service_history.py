@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import service_history
 from ansible.module_utils.flipback_release import append_history, history_event
-from ansible.module_utils.testing import patch_module_args
+from fakes import run_module
 
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
@@ -24,10 +23,8 @@ def log(root: Path, *events: tuple[str, str]) -> None:
 
 
 def run_main(args, capsys, check_mode=False):
-    args = {"_ansible_check_mode": check_mode, **args}
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        service_history.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(service_history, args, capsys, check_mode=check_mode)
+    return code, result
 
 
 @pytest.mark.parametrize(

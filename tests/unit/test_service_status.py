@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import service_status
 import yaml
-from ansible.module_utils.testing import patch_module_args
-from fakes import ReleaseTree, Reply, ScriptedServer
+from fakes import ReleaseTree, Reply, ScriptedServer, run_module
 
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
@@ -58,10 +57,8 @@ def systemctl(tmp_path, monkeypatch) -> Path:
 
 
 def run_main(args, capsys, check_mode=False):
-    args = {"_ansible_check_mode": check_mode, **args}
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        service_status.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(service_status, args, capsys, check_mode=check_mode)
+    return code, result
 
 
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import status_report
-from ansible.module_utils.testing import patch_module_args
+from fakes import run_module
 
 A = "20261101T120000-aaaaaaaaaa"
 B = "20261102T120000-bbbbbbbbbb"
@@ -46,10 +46,8 @@ HISTORY = {
 
 
 def run_main(args, capsys, check_mode=False):
-    args = {"_ansible_check_mode": check_mode, **args}
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        status_report.main()
-    return exit_info.value.code, json.loads(capsys.readouterr().out)
+    code, result, _out = run_module(status_report, args, capsys, check_mode=check_mode)
+    return code, result
 
 
 def test_main_renders_the_status_table(capsys):

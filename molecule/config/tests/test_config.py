@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import flipback_testlib as lib
+from fakes import GitOverHttp, stop  # flipback_testlib put tests/unit on the path
 
 CLIENTS = 4
 RATE = 100
@@ -38,38 +36,14 @@ AS_ROTATED = json.dumps({"hello_greeting": ROTATED})
 USERNAME = "deployer"
 
 
-class _GitOverHttp(http.server.SimpleHTTPRequestHandler):
-    """git's dumb HTTP protocol over the test repository, behind basic auth."""
-
-    seen: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        expected = base64.b64encode(f"{USERNAME}:{TOKEN}".encode()).decode()
-        if self.headers.get("Authorization") != f"Basic {expected}":
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="flipback test"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        type(self).seen.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args) -> None:  # keep pytest's output readable
-        pass
-
-
 @pytest.fixture(scope="module")
 def git_server():
+    """The test repository over git's dumb HTTP protocol, behind basic auth
+    (fakes.GitOverHttp)."""
     subprocess.run(["git", "-C", str(lib.REPO), "update-server-info"], check=True)
-    directory = str(lib.REPO / ".git")
-    handler = type("Handler", (_GitOverHttp,), {"seen": []})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a: handler(*a, directory=directory)
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{USERNAME}:{TOKEN}@127.0.0.1:{server.server_address[1]}/", handler
-    server.shutdown()
+    server = GitOverHttp.serve(lib.REPO / ".git", USERNAME, TOKEN)
+    yield f"http://{USERNAME}:{TOKEN}@127.0.0.1:{server.server_address[1]}/", server.handler
+    stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +63,9 @@ def story(git_server):
         ("roll forward", ("deploy.yml", "-e", AS_ROTATED), True),
     ]
     story = lib.story_under_load(plan, clients=CLIENTS, rate=RATE, pause=1)
-    return {**story, "git_requests": list(handler.seen)}
+    # The paths of the requests that carried the right credentials.
+    served = [path for auth, path in handler.seen if auth == handler.expected]
+    return {**story, "git_requests": served}
 
 
 def _releases(host) -> dict[str, dict]:

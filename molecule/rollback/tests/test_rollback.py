@@ -1,4 +1,5 @@
-"""v1 -> v2 -> rollback: v1 answers; named rollbacks; no target fails and changes nothing."""
+"""v1 -> v2 -> rollback: v1 answers; named rollbacks; no target fails and changes nothing,
+saying so once with the next step; verify.yml is short and says what to do on failure."""
 
 from __future__ import annotations
 
@@ -56,14 +57,65 @@ def test_named_rollback_and_its_rerun(host):
 
 def test_rollback_without_target_fails_and_changes_nothing(host):
     # v1 is current and v2 was rolled back from: there is no previous good release.
-    v1, _ = _releases(host)
+    v1, v2 = _releases(host)
     before = lib.snapshot(host)
     run = lib.run_playbook(host, "rollback.yml", "-e", "service=hello")
     assert run.returncode != 0
     out = lib.output(run)
-    assert "no release to roll back to" in out, out[-2000:]
-    assert "nothing was changed" in out
+    # Said once (not once per host and again by a rescue), with the next step: the
+    # release that a named rollback can go back to, and where to read the history.
+    assert out.count("no release to roll back to") == 1, out[-3000:]
+    assert "nothing was changed on any host" in out
+    assert f"playbooks/rollback.yml -e service=hello -e release={v2}" in out, out[-3000:]
+    assert "playbooks/history.yml -e service=hello" in out
+    assert "Lock, start, gate, flip" not in run.stdout
     assert lib.snapshot(host) == before
+    assert lib.public_health(host)["release"] == v1
+
+
+def test_a_named_release_missing_here_is_refused_once(host):
+    v1, _ = _releases(host)
+    missing = "20200101T000000-0123456789"
+    before = lib.snapshot(host)
+    run = lib.run_playbook(host, "rollback.yml", "-e", "service=hello", "-e", f"release={missing}")
+    assert run.returncode != 0
+    out = lib.output(run)
+    name = host.backend.get_hostname()
+    assert out.count(f"release: got '{missing}'") == 1, out[-3000:]
+    assert f"rollback refused on {name}: release: got '{missing}'" in out, out[-3000:]
+    assert "playbooks/history.yml -e service=hello" in out
+    assert lib.snapshot(host) == before
+    assert lib.public_health(host)["release"] == v1
+
+
+def test_verify_is_short_and_on_failure_says_what_to_do(host):
+    v1, _ = _releases(host)
+    name = host.backend.get_hostname()
+    ok = lib.run_playbook(host, "verify.yml")
+    out = lib.output(ok)
+    assert ok.returncode == 0, out[-3000:]
+    # (One message: line breaks show as \n where the output is JSON, as under molecule.)
+    assert "verify passed: every service answers with its current release" in out, out[-3000:]
+    assert f"hello on {name}: {v1} answers" in out, out[-3000:]
+    assert len(ok.stdout.splitlines()) < 40, ok.stdout  # no result dumps
+    # The live instance stops: the public port answers 502 until it is started again.
+    host.run_expect([0], f"systemctl stop hello@{v1}.service")
+    try:
+        run = lib.run_playbook(host, "verify.yml")
+    finally:
+        host.run_expect([0], f"systemctl start hello@{v1}.service")
+    out = lib.output(run)
+    assert run.returncode != 0, out[-3000:]
+    assert out.count("the public port answered nothing") == 1, out[-3000:]
+    assert f"FAILED hello on {name}: current {v1}, the public port answered nothing" in out
+    assert "What to do next:" in out
+    assert "ansible-playbook playbooks/logs.yml -e service=hello -e since=15m" in out
+    assert f"verify failed on {name}" in out
+    # Started again, v1 answers (the rehearsal below starts from here).
+    url = f"http://127.0.0.1:{lib.PORT}/health"
+    host.run_expect(
+        [0], f"for i in $(seq 100); do curl -sf {url} && exit 0; sleep 0.2; done; exit 1"
+    )
     assert lib.public_health(host)["release"] == v1
 
 

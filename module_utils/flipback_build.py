@@ -68,6 +68,9 @@ ARGUMENT_SPEC: dict[str, dict] = {
     "cache_dir": {"type": "path", "default": "~/.cache/flipback"},
     "pip": {"type": "list", "elements": "str", "default": []},
     "requirements": {"type": "str", "default": ""},
+    # Each target host's platform probe (PROBE's output), by host; empty: build for the
+    # controller's own platform.
+    "targets": {"type": "dict", "default": {}},
 }
 
 # Added to the wheelhouse when none of the service's dependencies brings uvicorn (a
@@ -104,6 +107,33 @@ NETWORK_RE = re.compile(
 )
 # Enough for every reason pip gives; a bound only for a pathological output.
 REASON_LIMIT = 8000
+# The package pip found no wheel for (the first one it names).
+NO_WHEEL_RE = re.compile(r"No matching distribution found for (\S+)")
+# Dependencies built from source into pure wheels, at most, before the build gives up.
+PURE_BUILDS_MAX = 8
+
+# Run by the hosts' /usr/bin/python3 (the interpreter every release venv is made from),
+# once per host and run: what its wheels must be built for, as one line of JSON.
+PROBE = " ".join(
+    (
+        "import json,os,platform,sys;",
+        "libc=os.confstr('CS_GNU_LIBC_VERSION') if 'CS_GNU_LIBC_VERSION' in os.confstr_names",
+        "else '';",
+        "print(json.dumps({'implementation':sys.implementation.name,",
+        "'python':'%d.%d'%sys.version_info[:2],'machine':platform.machine(),",
+        "'libc':libc or ' '.join(platform.libc_ver()).strip()}))",
+    )
+)
+# As the role's task runs it (its folded lines joined by single spaces, as here).
+PROBE_COMMAND = f'/usr/bin/python3 -c "{PROBE}"'
+# The oldest manylinux glibc for an architecture (PEP 600): x86 wheels go back to 2.5.
+MANYLINUX_FLOOR = {"x86_64": 5, "i686": 5}
+MANYLINUX_DEFAULT_FLOOR = 17
+# PEP 600's names for the glibc versions the older manylinux tags stand for.
+MANYLINUX_LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+MACHINE_RE = re.compile(r"^[a-z0-9_]{1,20}$")
+PYTHON_RE_VERSION = re.compile(r"^3\.(\d{1,2})$")
+GLIBC_RE = re.compile(r"^glibc (2)\.(\d{1,3})$")
 
 
 class BuildError(FlipbackError):
@@ -144,6 +174,129 @@ def validate_requirements(path: str) -> str:
             retryable=False,
         )
     return path
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a host's wheels are built for: CPython X.Y on a glibc of some version, on one
+    architecture. Hosts that report the same are one target and get the same wheels."""
+
+    python: str  # "3.13"
+    machine: str  # "x86_64"
+    glibc: str  # "2.41"
+
+    @property
+    def nodot(self) -> str:
+        return self.python.replace(".", "")
+
+    @property
+    def key(self) -> str:
+        """`cp313-glibc2.41-x86_64`: names the target in results, caches and messages."""
+        return f"cp{self.nodot}-glibc{self.glibc}-{self.machine}"
+
+    def describe(self) -> str:
+        return f"CPython {self.python}, glibc {self.glibc}, {self.machine}"
+
+    def platforms(self) -> list[str]:
+        """The platform tags its wheels may carry, most specific first, as pip on such a
+        host would prefer them: manylinux_2_N down to the architecture's floor (with the
+        older names of 2.17, 2.12 and 2.5 after theirs), then the bare linux tag."""
+        minor = int(self.glibc.split(".")[1])
+        floor = MANYLINUX_FLOOR.get(self.machine, MANYLINUX_DEFAULT_FLOOR)
+        tags: list[str] = []
+        for glibc_minor in range(minor, floor - 1, -1):
+            tags.append(f"manylinux_2_{glibc_minor}_{self.machine}")
+            if glibc_minor in MANYLINUX_LEGACY:
+                tags.append(f"{MANYLINUX_LEGACY[glibc_minor]}_{self.machine}")
+        return [*tags, f"linux_{self.machine}"]
+
+    def pip_args(self) -> list[str]:
+        """`pip download` options that pick this target's wheels whatever the controller
+        runs (pip then takes wheels only: --only-binary=:all:, added by the download)."""
+        args = [
+            "--implementation",
+            "cp",
+            "--python-version",
+            self.nodot,
+            "--abi",
+            f"cp{self.nodot}",
+        ]
+        for platform in self.platforms():
+            args += ["--platform", platform]
+        return args
+
+    def accepts(self, wheel: str) -> bool:
+        """Whether a wheel (its file name) installs on this target: one of its tags is
+        the target's (pure wheels, py3-none-any, always do)."""
+        tags = os.path.basename(wheel)[: -len(".whl")].split("-")[-3:]
+        pythons, abis, platforms = (part.split(".") for part in tags)
+        if not set(platforms) & {"any", *self.platforms()}:
+            return False
+        if not set(abis) & {"none", "abi3", f"cp{self.nodot}"}:
+            return False
+        minor = int(self.nodot[1:])
+        fits = {f"cp{self.nodot}", "py3", f"py{self.nodot}"}
+        if set(abis) & {"abi3"}:  # abi3 wheels name the oldest CPython they run on
+            fits |= {f"cp3{m}" for m in range(2, minor + 1)}
+        return bool(set(pythons) & fits)
+
+
+def target_of(host: str, probe: object) -> Target:
+    """The target a host's probe (PROBE's output, or its parsed dict) describes; refused
+    naming the host, what it reported and what flipback builds for."""
+    data = probe
+    if isinstance(probe, str):
+        lines = [line.strip() for line in probe.splitlines() if line.strip()]
+        try:
+            data = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            data = None
+    if not isinstance(data, dict):
+        raise BuildError(
+            f"targets: host {host} answered the platform probe with {str(probe)[-300:]!r}, "
+            "expected one line of JSON from /usr/bin/python3 (is python3 installed there?). "
+            "Nothing was changed; retrying helps only once the host answers",
+            field="targets",
+            value=host,
+            retryable=False,
+        )
+    impl = data.get("implementation")
+    python = str(data.get("python") or "")
+    machine = str(data.get("machine") or "")
+    libc = str(data.get("libc") or "")
+    glibc = GLIBC_RE.fullmatch(libc)
+    problems = []
+    if impl != "cpython":
+        problems.append(f"implementation {impl!r} (expected cpython)")
+    if not PYTHON_RE_VERSION.fullmatch(python):
+        problems.append(f"python {python!r} (expected 3.N)")
+    if not MACHINE_RE.fullmatch(machine):
+        problems.append(f"machine {machine!r} (expected an architecture such as x86_64)")
+    if glibc is None:
+        problems.append(
+            f"libc {libc!r} (expected glibc 2.N: musl hosts, Alpine say, are not supported)"
+        )
+    if problems:
+        raise BuildError(
+            f"targets: host {host} runs {', '.join(problems)}; flipback builds wheels for "
+            "CPython 3 on glibc Linux. Nothing was changed; retrying does not change this",
+            field="targets",
+            value={
+                "host": host,
+                **{k: data.get(k) for k in ("implementation", "python", "machine", "libc")},
+            },
+            retryable=False,
+        )
+    return Target(python=python, machine=machine, glibc=f"2.{glibc.group(2)}")  # type: ignore[union-attr]
+
+
+def group_targets(probes: dict[str, object]) -> dict[str, tuple[Target, list[str]]]:
+    """Hosts grouped by target: {target key: (target, sorted hosts)}, in key order."""
+    groups: dict[str, tuple[Target, list[str]]] = {}
+    for host in sorted(probes):
+        target = target_of(host, probes[host])
+        groups.setdefault(target.key, (target, []))[1].append(host)
+    return dict(sorted(groups.items()))
 
 
 def pip_failure(stderr: str) -> tuple[str, bool]:
@@ -308,6 +461,11 @@ class BuildSpec:
     # uv.lock, then requirements.txt, then takes pyproject.toml's dependencies.
     requirements: str = ""
     uv: Sequence[str] = field(default_factory=uv_command)
+    # The hosts' platform the wheels are for; None: the controller's own (pip's default).
+    target: Target | None = None
+    # False when the same run built this source for another target a moment ago: the
+    # mirror is current, no second fetch.
+    sync: bool = True
 
     @classmethod
     def from_params(cls, params: dict) -> BuildSpec:
@@ -461,32 +619,116 @@ class Builder:
             )
         return proc.stdout.strip()
 
+    def _target_args(self) -> list[str]:
+        return self.spec.target.pip_args() if self.spec.target else []
+
+    def _for(self) -> str:
+        target = self.spec.target
+        return f"target {target.key} ({target.describe()})" if target else "the hosts' Python"
+
     def _download(self, what: str, source: str, args: Sequence[str], value: object) -> None:
-        proc = self.run(
+        proc = self._pip_download(args)
+        if proc.returncode != 0:
+            self._download_failed(what, source, proc, value)
+
+    def _pip_download(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return self.run(
             [
                 *self.spec.pip,
                 "download",
                 "--quiet",
                 "--disable-pip-version-check",
                 "--only-binary=:all:",
+                *self._target_args(),
                 *args,
             ]
         )
-        if proc.returncode != 0:
-            reason, retryable = pip_failure(self.scrub(proc.stderr or proc.stdout))
-            raise BuildError(
-                f"dependencies ({source}): could not download {what} as wheels for the "
-                f"hosts' Python; pip says:\n{reason}\n"
-                + (
-                    "A network failure: retrying may succeed."
-                    if retryable
-                    else "Retrying does not change this: fix the dependencies (or the "
-                    "hosts' Python) and build again."
-                ),
-                field=source,
-                value=value,
-                retryable=retryable,
+
+    def _download_failed(
+        self, what: str, source: str, proc: subprocess.CompletedProcess[str], value: object
+    ) -> None:
+        reason, retryable = pip_failure(self.scrub(proc.stderr or proc.stdout))
+        raise BuildError(
+            f"dependencies ({source}): could not download {what} as wheels for "
+            f"{self._for()}; pip says:\n{reason}\n"
+            + (
+                "A network failure: retrying may succeed."
+                if retryable
+                else "Retrying does not change this: fix the dependencies (or the "
+                "hosts' Python) and build again."
+            ),
+            field=source,
+            value=value,
+            retryable=retryable,
+        )
+
+    def _download_building_pure(
+        self, what: str, source: str, args: Sequence[str], value: object, built: str
+    ) -> None:
+        """Download as wheels for the target; a dependency published as source only is
+        built here into a wheel (`pip wheel`, this controller's Python) and offered to the
+        next try, if the wheel is pure Python (it runs on every target). One that builds a
+        platform wheel is refused, naming it and the target."""
+        tried: list[str] = []
+        while True:
+            extra = ["--find-links", built] if tried else []
+            proc = self._pip_download([*extra, *args])
+            if proc.returncode == 0:
+                return
+            missing = NO_WHEEL_RE.search(proc.stderr or proc.stdout or "")
+            if missing is None or len(tried) >= PURE_BUILDS_MAX:
+                return self._download_failed(what, source, proc, value)
+            requirement = missing.group(1)
+            if requirement in tried:  # built, and still not taken: say why pip refuses
+                self._download_failed(what, source, proc, value)
+            tried.append(requirement)
+            self._build_pure(requirement, source, built)
+
+    def _build_pure(self, requirement: str, source: str, built: str) -> None:
+        target = self.spec.target or Target("?", "?", "?")  # only called with a target
+        out = tempfile.mkdtemp(prefix="sdist.", dir=self.spec.cache_dir)
+        try:
+            proc = self.run(
+                [
+                    *self.spec.pip,
+                    "wheel",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                    "--no-binary=:all:",
+                    "--wheel-dir",
+                    out,
+                    requirement,
+                ]
             )
+            wheels = self._wheels(out)
+            pure = [w for w in wheels if w.endswith("-none-any.whl")]
+            if proc.returncode != 0 or len(wheels) != 1 or not pure:
+                reason, retryable = pip_failure(self.scrub(proc.stderr or proc.stdout))
+                got = (
+                    f"builds {os.path.basename(wheels[0])}, a wheel for this controller only"
+                    if len(wheels) == 1
+                    else f"could not be built here (pip wheel exited {proc.returncode}):\n{reason}"
+                )
+                raise BuildError(
+                    f"dependencies ({source}): {requirement} has no wheel for target "
+                    f"{target.key} ({target.describe()}), and its source {got}. Expected a "
+                    f"wheel of it for {target.key} on the index: pin a version that has one, "
+                    "publish one (built on a host of that target) to your index, or deploy "
+                    "the service to hosts of another target. "
+                    + (
+                        "A network failure: retrying may succeed."
+                        if len(wheels) != 1 and retryable
+                        else "Retrying does not change this."
+                    ),
+                    field=source,
+                    value={"package": requirement, "target": target.key},
+                    retryable=len(wheels) != 1 and retryable,
+                )
+            os.makedirs(built, exist_ok=True)
+            os.replace(pure[0], os.path.join(built, os.path.basename(pure[0])))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     def wheelhouse(
         self, source: str, args: Sequence[str], key_text: str
@@ -494,7 +736,10 @@ class Builder:
         """Every dependency as a wheel, downloaded once per requirement text (kept under
         cache_dir/wheels/<key>); uvicorn added when none of them is uvicorn. Returns the
         wheels and what was added."""
-        key = hashlib.sha256(f"{source}\n{key_text}\n{UVICORN}".encode()).hexdigest()[:16]
+        target = self.spec.target
+        # A target's wheelhouse is its own; the controller's (no target) keeps its old key.
+        salt = f"\n{target.key}" if target else ""
+        key = hashlib.sha256(f"{source}\n{key_text}\n{UVICORN}{salt}".encode()).hexdigest()[:16]
         dest = os.path.join(self.spec.cache_dir, "wheels", key)
         done = os.path.join(dest, ".complete")
         added: list[str] = []
@@ -508,7 +753,13 @@ class Builder:
                     what, value = str(list(args)), list(args)
                 else:
                     what, value = f"the requirements of {source}", source
-                self._download(what, source, ["--dest", dest, *args], value)
+                if target is None:
+                    self._download(what, source, ["--dest", dest, *args], value)
+                else:
+                    built = os.path.join(dest, ".built")
+                    self._download_building_pure(
+                        what, source, ["--dest", dest, *args], value, built
+                    )
             pins = [wheel_pin(w) for w in self._wheels(dest)]
             if not any(pin.split("==")[0] == "uvicorn" for pin in pins):
                 # Resolved against what is there already: the service's pins hold.
@@ -530,6 +781,9 @@ class Builder:
         """uv's wheel for the hosts (downloaded once, kept under cache_dir/tools): staging
         builds the venv with it, far faster than venv + pip. Not part of the release."""
         dest = os.path.join(self.spec.cache_dir, "tools", HOST_UV.replace("==", "-"))
+        if self.spec.target is not None:
+            # uv's wheel is per architecture and libc (not per Python).
+            dest = os.path.join(dest, f"glibc{self.spec.target.glibc}-{self.spec.target.machine}")
         done = os.path.join(dest, ".complete")
         if not os.path.exists(done):
             os.makedirs(dest, exist_ok=True)
@@ -699,6 +953,17 @@ class Builder:
                 field="pyproject.toml",
                 retryable=retryable,
             )
+        target = self.spec.target
+        if target is not None and not target.accepts(built[0]):
+            raise BuildError(
+                f"pyproject.toml: the service's own wheel, {os.path.basename(built[0])}, is "
+                f"built on the controller and does not install on target {target.key} "
+                f"({target.describe()}); expected a pure-Python project (its wheel tagged "
+                "py3-none-any). Retrying does not change this",
+                field="pyproject.toml",
+                value={"wheel": os.path.basename(built[0]), "target": target.key},
+                retryable=False,
+            )
         return built[0]
 
     def build(self) -> dict:
@@ -719,7 +984,8 @@ class Builder:
     def _build(self, work: str) -> dict:
         spec = self.spec
         self._archived = None
-        self.sync_mirror()
+        if spec.sync or not os.path.isdir(self.mirror):
+            self.sync_mirror()
         sha = self.resolve()
         treeish = f"{sha}:{spec.subdir}" if spec.subdir else f"{sha}^{{tree}}"
         proc = self.run(["git", "-C", self.mirror, "cat-file", "-t", treeish])
@@ -754,6 +1020,10 @@ class Builder:
         # The project's own wheel stays out of both: the tree covers its source, and a
         # code change must keep reusing the venv.
         rid = release_id(commit_time, tree, wheel_hashes)
+        # What every target of this commit shares (the code and the dependencies asked
+        # for, not the wheels chosen for one platform): what fleet-wide checks compare.
+        source_build = release_id(commit_time, tree, [source, key_text, UVICORN])
+        target = spec.target.key if spec.target else None
         # Same wheels, same virtualenv: a host may reuse a staged release's venv.
         deps_key = hashlib.sha256("\n".join([*deps, *sorted(wheel_hashes)]).encode()).hexdigest()[
             :16
@@ -776,8 +1046,13 @@ class Builder:
                         value=code_artifact,
                     )
                 built = json.load(meta_file)
-        # An artifact of an older flipback may lack the project's wheel: built again.
-        changed = built is None or (package and not built.get("project"))
+        # An artifact of an older flipback may lack the project's wheel or its source
+        # build: built again.
+        changed = (
+            built is None
+            or (package and not built.get("project"))
+            or built.get("source_build") != source_build
+        )
         meta = {
             "service": spec.service,
             "id": rid,
@@ -788,6 +1063,8 @@ class Builder:
             "added": added,
             "deps_key": deps_key,
             "project": None,
+            "source_build": source_build,
+            "target": target,
         }
         if changed:
             source_tar = self._archive(treeish)
@@ -815,4 +1092,6 @@ class Builder:
             "deps_key": deps_key,
             "wheels": [os.path.basename(w) for w in wheels],
             "project": meta["project"],
+            "source_build": source_build,
+            "target": target,
         }

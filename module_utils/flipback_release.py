@@ -26,8 +26,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError
 from ansible.module_utils.flipback_runtime import (
@@ -44,6 +45,7 @@ from ansible.module_utils.flipback_runtime import (
     parse_env_file,
     process_unit,
     public_tls,
+    release_id_for,
     site_text,
 )
 
@@ -160,6 +162,18 @@ def read_manifest(root: str, release_id: str) -> dict | None:
             path=path,
         )
     return manifest
+
+
+def fleet_build(manifest: Mapping[str, Any] | None, release_id: str) -> str:
+    """The build a release is compared by across a fleet: the source build every
+    platform's build of its commit shares (hosts of another Python or libc run their own
+    wheels of it), else its build, else the release itself (staged before either was
+    recorded)."""
+    manifest = manifest or {}
+    for key in ("source_build", "build"):
+        if isinstance(manifest.get(key), str) and manifest[key]:
+            return manifest[key]
+    return release_id
 
 
 def release_in_of(root: str, release_id: str, wanted: str) -> str:
@@ -712,9 +726,10 @@ class Releases:
         result = self._target(release_id, steps)
         chosen = result["target"]
         # The build the target is made of: hosts with their own configuration run their
-        # own release ids of one build, so a fleet-wide rollback compares builds.
+        # own release ids of one build, and hosts of another platform (Python, libc)
+        # their own build of the same source, so a fleet-wide rollback compares builds.
         manifest = self.scan().releases[chosen].manifest if chosen else None
-        result["build"] = ((manifest or {}).get("build") or chosen) if chosen else None
+        result["build"] = fleet_build(manifest, chosen) if chosen else None
         return result
 
     def _target(self, release_id: str | None, steps: int | None) -> dict:
@@ -738,7 +753,11 @@ class Releases:
         }
         if release_id is not None:
             release_id = validate_release_id(release_id)
+            named = release_id
+            release_id = self._sibling(state, release_id) or release_id
             release = self._require(state, release_id)
+            if release_id != named:
+                result["named"] = named
             if release_id == state.current:
                 # Already there: a re-run of the same rollback has nothing to do.
                 result.update(target=release_id, reason=f"{release_id} is already current")
@@ -866,6 +885,29 @@ class Releases:
             at=self.clock(),
             run=self.run_id,
         )
+
+    @staticmethod
+    def _sibling(state: State, release_id: str) -> str | None:
+        """The release here that `release_id`, a release of another target (hosts of
+        another Python or libc), stands for: the same source build and configuration,
+        built for this host's platform. Each manifest records the build of every target
+        made in its run (`builds`), so the id this host's configuration gives on each is
+        known here. None when `release_id` is a release here, or stands for none."""
+        if release_id in state.releases:
+            return None
+        for release in state.releases.values():
+            manifest = release.manifest or {}
+            builds = manifest.get("builds")
+            config = manifest.get("config")
+            if not isinstance(builds, dict) or not isinstance(config, dict):
+                continue
+            for build_id in builds.values():
+                try:
+                    if release_id_for(str(build_id), config) == release_id:
+                        return release.id
+                except ValueError:
+                    continue
+        return None
 
     def _require(self, state: State, release_id: str) -> Release:
         """The release, if it is on disk and complete; otherwise say what was found."""

@@ -63,6 +63,9 @@ BUILD_OPTIONS: dict[str, dict] = {
     "deps_key": {"type": "str", "default": "", "no_log": False},
     "git_sha": {"type": "str"},
     "source": {"type": "str"},
+    # The build of every target (platform) made in the run, by target: recorded in the
+    # manifest, so that a rollback can name the release of another target's hosts.
+    "builds": {"type": "dict"},
 }
 HOST_BUILD_KEYS = tuple(BUILD_OPTIONS)
 

@@ -55,7 +55,9 @@ TOOLS_DIR = ".tools"
 # directory per wheel; the next artifacts need not carry it again to be fast).
 TOOL_CACHE = "/var/lib/flipback/tools"
 # What the manifest keeps of the build's record (flipback.json in the artifact).
-BUILD_RECORD = ("dependencies", "dependency_source", "added", "project")
+# `source_build` and `target`: what every platform's build of the commit shares, and the
+# platform these wheels are for (see flipback_build.Target).
+BUILD_RECORD = ("dependencies", "dependency_source", "added", "project", "source_build", "target")
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:

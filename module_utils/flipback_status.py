@@ -37,6 +37,7 @@ from ansible.module_utils.flipback_health import (
 from ansible.module_utils.flipback_lock import DEFAULT_LOCK_DIR, LOCK, read_holder
 from ansible.module_utils.flipback_release import (
     ReleaseError,
+    fleet_build,
     read_history,
     read_manifest,
     recorded_config,
@@ -370,15 +371,17 @@ def build_of(report: Mapping[str, Any]) -> str | None:
 
 
 def _build(root: str, current: str | None) -> str | None:
-    """The build (code and wheels) the live release is made of; None when nothing is live
-    or the release was staged before releases recorded it."""
+    """The build the live release is compared by across the fleet (fleet_build: its
+    source build, shared by every platform's wheels of it); None when nothing is live or
+    the release was staged before releases recorded it."""
     if not current:
         return None
     try:
-        build = (read_manifest(root, current) or {}).get("build")
+        manifest = read_manifest(root, current) or {}
     except ReleaseError:
         return None
-    return build if isinstance(build, str) else None
+    build = fleet_build(manifest, "")
+    return build or None
 
 
 def _config(root: str, state: Any) -> tuple[dict | None, list[str] | None]:

@@ -11,6 +11,7 @@ Credentials in `source` never reach the result: the Builder reports the redacted
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import time
 
@@ -27,7 +28,11 @@ from ansible.module_utils.flipback_build import (
     Builder,
     BuildError,
     BuildSpec,
+    group_targets,
 )
+
+# What every target's build of one commit shares; the rest is per target.
+SHARED = ("source", "git_sha", "ref", "tree", "commit_time", "source_build", "project")
 
 # Code-only artifacts up to this size are returned inline, for hosts that stage them
 # without an upload (they reuse a venv with the same wheels).
@@ -42,6 +47,29 @@ def inline_code(path: str, limit: int = INLINE_LIMIT) -> str | None:
         return base64.b64encode(handle.read()).decode("ascii")
 
 
+def build_targets(spec: BuildSpec, probes: dict) -> dict:
+    """One build per distinct target of the hosts (the source fetched once): what they
+    share, `targets` (each target's build, by key) and `hosts` (each host's target)."""
+    groups = group_targets(probes)
+    builds: dict[str, dict] = {}
+    for index, (key, (target, _hosts)) in enumerate(groups.items()):
+        built = Builder(dataclasses.replace(spec, target=target, sync=index == 0)).build()
+        built["code_b64"] = inline_code(built["code_artifact"])
+        builds[key] = built
+    # Each target's build names every target's, for the manifests (see flipback_release
+    # Releases._sibling: a rollback may name the release another target's hosts run).
+    every = {key: built["id"] for key, built in builds.items()}
+    for built in builds.values():
+        built["builds"] = every
+    first = next(iter(builds.values()))
+    return {
+        **{key: first[key] for key in SHARED},
+        "changed": any(b["changed"] for b in builds.values()),
+        "targets": builds,
+        "hosts": {host: key for key, (_t, hosts) in groups.items() for host in hosts},
+    }
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -53,8 +81,11 @@ class ActionModule(ActionBase):
         params = validation.validated_parameters
         spec = BuildSpec.from_params(params)
         try:
-            result.update(Builder(spec).build())
-            result["code_b64"] = inline_code(result["code_artifact"])
+            if params["targets"]:
+                result.update(build_targets(spec, params["targets"]))
+            else:
+                result.update(Builder(spec).build())
+                result["code_b64"] = inline_code(result["code_artifact"])
         except BuildError as exc:
             result.update(failed=True, msg=exc.msg, retryable=exc.retryable, **exc.details)
         result["elapsed"] = round(time.monotonic() - started, 3)

@@ -1293,13 +1293,20 @@ class Image:
         return self.host.read_json(os.path.join(self.spec.path, IMAGE_MARKER)) is not None
 
     def unused_images(self, building: str) -> list[str]:
-        """Other cached images, and builds left by killed runs, that no overlay mount uses."""
+        """Other cached images of this suite, and builds left by killed runs, that no
+        overlay mount uses. Another suite's image is kept: fleets of two suites (a
+        bookworm and a trixie scenario) take turns on one controller, and each would
+        otherwise throw the other's image away."""
         in_use = self.host.overlay_lowerdirs()
         stale = []
         for entry in sorted(self.host.listdir(self.spec.images_dir)):
             path = os.path.join(self.spec.images_dir, entry)
-            if entry != self.spec.key and path != building and path not in in_use:
-                stale.append(path)
+            if entry == self.spec.key or path == building or path in in_use:
+                continue
+            marker = self.host.read_json(os.path.join(path, IMAGE_MARKER)) or {}
+            if marker.get("suite", self.spec.suite) != self.spec.suite:
+                continue
+            stale.append(path)
         return stale
 
     def ensure(self, check_mode: bool) -> dict:

@@ -565,6 +565,8 @@ def test_first_build_writes_the_artifact(services, pip, tmp_path):
         "added": [],
         "deps_key": result["deps_key"],
         "project": None,
+        "source_build": result["source_build"],
+        "target": None,
     }
     # hello lists uvicorn: nothing is added, one download.
     assert (result["dependency_source"], result["added"], result["project"]) == (

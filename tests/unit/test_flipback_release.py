@@ -28,7 +28,7 @@ from ansible.module_utils.flipback_release import (
     validate_release_id,
     validate_service,
 )
-from ansible.module_utils.flipback_runtime import UNIT_DIR
+from ansible.module_utils.flipback_runtime import UNIT_DIR, release_id_for
 from fakes import ReleaseTree
 from test_flipback_runtime import a_release
 
@@ -1626,3 +1626,43 @@ def test_plan_prune_never_touches_current_or_previous_good(tree, monkeypatch):
         remove = plan_prune(state, keep)
         assert E not in remove
         assert D not in remove
+
+
+# =========================================================================== targets
+
+
+def with_builds(tree: Tree, release_id: str, builds: dict[str, str]) -> dict:
+    """Record the builds of every target made in the release's run, as a deploy to a
+    mixed fleet does, and the release's configuration; returns that configuration."""
+    path = tree.path(release_id, "manifest.json")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    config = {"app": "app:app", "port": 8000, "env_names": []}
+    manifest.update(builds=builds, config=config, source_build="20261101T120000-5555555555")
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+    return config
+
+
+def test_a_named_release_of_another_target_goes_to_this_hosts_own(tree):
+    # A is this host's (trixie) release; the bookworm hosts run the same source build
+    # and configuration under another id, which the rollback names.
+    tree.deployed(A, B)
+    other_build = "20261101T120000-0123456789"
+    config = with_builds(tree, A, {"cp313": "20261101T120000-9876543210", "cp311": other_build})
+    theirs = release_id_for(other_build, config)
+
+    result = tree.releases().target(theirs, None)
+
+    assert (result["target"], result["named"]) == (A, theirs)
+    assert result["build"] == "20261101T120000-5555555555"
+    assert result["reason"].startswith(f"named release {A}")
+
+
+def test_a_named_release_no_target_made_is_still_refused(tree):
+    tree.deployed(A, B)
+    with_builds(tree, A, {"cp313": "not a build id", "cp311": "20261101T120000-0123456789"})
+    with pytest.raises(ReleaseError) as err:
+        tree.releases().target(F, None)
+    assert err.value.details["field"] == "release"
+    assert f"got {F!r}" in err.value.msg

@@ -1412,6 +1412,21 @@ def test_image_build_customizes_marks_and_prunes(host):
     assert debootstrap == spec.debootstrap_argv(build_dir(spec))
 
 
+def test_image_build_keeps_the_images_of_other_suites(host):
+    # A trixie scenario and the bookworm ones take turns on one controller: a build of
+    # one suite never throws the other's image away, only older images of its own.
+    spec = image_spec()
+    trixie = f"{IMAGES_DIR}/dddddddddddd"
+    older_bookworm = f"{IMAGES_DIR}/eeeeeeeeeeee"
+    host.add_file(f"{trixie}/{IMAGE_MARKER}", json.dumps({"suite": "trixie"}))
+    host.add_file(f"{older_bookworm}/{IMAGE_MARKER}", json.dumps({"suite": "bookworm"}))
+
+    result = Image(spec, host).ensure(check_mode=False)
+
+    assert result["pruned"] == [older_bookworm]
+    assert sorted(host.listdir(IMAGES_DIR)) == sorted(["dddddddddddd", spec.key])
+
+
 def test_image_build_marker_is_written_before_the_rename(host):
     spec = image_spec()
     Image(spec, host).ensure(check_mode=False)

@@ -114,9 +114,12 @@ def run(module: AnsibleModule, host: Host) -> dict:
     if module.check_mode:
         return Image(spec, host).ensure(True)
     # Scenarios run side by side: the first builds the image, the others wait for it
-    # here and then find it built.
-    os.makedirs(spec.images_dir, mode=0o755, exist_ok=True)
-    with open(os.path.join(spec.images_dir, ".build.lock"), "w", encoding="ascii") as lock:
+    # here and then find it built. The lock sits beside the images, never among them
+    # (their pruning would take it for an image).
+    parent = os.path.dirname(spec.images_dir.rstrip("/")) or "/"
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    lock_path = os.path.join(parent, f".{os.path.basename(spec.images_dir.rstrip('/'))}.lock")
+    with open(lock_path, "w", encoding="ascii") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return Image(spec, host).ensure(False)
 

@@ -121,6 +121,10 @@ def flipback_target_disagreement(targets: object, service: str) -> str:
     )
 
 
+# A refusal that the same command, run again, meets again.
+NO_RETRY = "retrying the same command does not help"
+
+
 def flipback_rollback_refusal(targets: object, services: object) -> str:
     """'' when every host has a rollback target for every service in `services` (names)
     and the hosts agree on its build; otherwise why the rollback is refused and what to
@@ -144,7 +148,9 @@ def flipback_rollback_refusal(targets: object, services: object) -> str:
             if name not in named:
                 continue
             if "target" not in result:
-                why = ("rollback refused", str(result.get("msg") or "no message"))
+                # Whether a retry helps, as the host's module said it.
+                retry = "a retry may help" if result.get("retryable") else NO_RETRY
+                why = ("rollback refused", f"{result.get('msg') or 'no message'} ({retry})")
                 named[name].append(None)
             else:
                 named[name].append(set(result.get("named_targets") or []))
@@ -153,7 +159,7 @@ def flipback_rollback_refusal(targets: object, services: object) -> str:
                 why = (
                     f"rollback of {name} refused",
                     f"no release to roll back to ({result.get('reason') or 'no reason given'}); "
-                    f"{result.get('current') or 'nothing'} stays current",
+                    f"{result.get('current') or 'nothing'} stays current ({NO_RETRY})",
                 )
             refused.add(name)
             problems.setdefault(why, []).append(host)
@@ -164,7 +170,7 @@ def flipback_rollback_refusal(targets: object, services: object) -> str:
             refused.add(name)
             lines.append(
                 f"rollback of {name} refused: the hosts would go back to different builds "
-                f"({split[name]}), which would split the fleet"
+                f"({split[name]}), which would split the fleet ({NO_RETRY})"
             )
     if not lines:
         return ""

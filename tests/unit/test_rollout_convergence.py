@@ -348,7 +348,7 @@ def test_no_target_anywhere_is_said_once_with_the_release_to_name():
     assert text.splitlines() == [
         "rollback refused; nothing was changed on any host.",
         f"- rollback of web refused on h1, h2: no release to roll back to ({NO_PREVIOUS}); "
-        f"{NEW} stays current",
+        f"{NEW} stays current (retrying the same command does not help)",
         "What to do next:",
         f"- name the release of web to go back to, one every host has (or {OLDER}): "
         f"ansible-playbook playbooks/rollback.yml -e service=web -e release={BEFORE}",
@@ -366,7 +366,9 @@ def test_a_host_refusing_a_named_release_is_named_and_no_release_is_guessed():
     }
     text = filters.flipback_rollback_refusal(targets, ["web"])
     assert text.count(msg) == 1
-    assert f"- rollback refused on h2: {msg}" in text
+    assert f"- rollback refused on h2: {msg} (retrying the same command does not help)" in text
+    retryable = {**targets, "h2": [{**target_refused("web", msg), "retryable": True}]}
+    assert f"{msg} (a retry may help)" in filters.flipback_rollback_refusal(retryable, ["web"])
     assert "-e release=" not in text
     assert "playbooks/status.yml -e service=web" in text
     assert "playbooks/history.yml -e service=web" in text

@@ -475,16 +475,21 @@ class Switch:
 
     def _settle(self, previous: str | None, retire: list[str]) -> None:
         """Only the live release starts at boot; the standby runs; the rest retire;
-        the processes of every other release stop."""
+        the processes of every other release stop.
+
+        Enabling and disabling only change the boot-time links (`--no-reload`): systemd
+        already knows every unit (staging reloaded it), and a reload per switch costs
+        systemd about 0.2 s each time, on the switch's path."""
         spec = self.spec
         processes = spec.process_units(spec.release, self.process_names)
-        self._systemctl("enable", "--quiet", spec.unit(spec.release), *processes)
+        self._systemctl("enable", "--quiet", "--no-reload", spec.unit(spec.release), *processes)
         others = sorted({*retire, *([previous] if previous else [])} - {spec.release})
         old_processes = sorted({*self.other_processes, *self.previous_processes})
         if others or old_processes:
             self._systemctl(
                 "disable",
                 "--quiet",
+                "--no-reload",
                 *(spec.unit(r) for r in others),
                 *old_processes,
                 check=False,
@@ -623,18 +628,24 @@ class Switch:
         if self.other_processes:
             changed = True
             if not check_mode:
-                self._systemctl("disable", "--quiet", *self.other_processes, check=False)
+                self._systemctl(
+                    "disable", "--quiet", "--no-reload", *self.other_processes, check=False
+                )
                 self._stop_processes(self.other_processes)
         processes = spec.process_units(spec.release, self.process_names)
         if not all_enabled(self.run, [unit, *processes]):
             changed = True
             if not check_mode:
-                self._systemctl("enable", "--quiet", unit, *processes)
+                self._systemctl("enable", "--quiet", "--no-reload", unit, *processes)
         if plan["retire"]:
             changed = True
             if not check_mode:
                 self._systemctl(
-                    "disable", "--quiet", *(spec.unit(r) for r in plan["retire"]), check=False
+                    "disable",
+                    "--quiet",
+                    "--no-reload",
+                    *(spec.unit(r) for r in plan["retire"]),
+                    check=False,
                 )
                 for release in plan["retire"]:
                     self._retire(release)
@@ -740,7 +751,7 @@ class Switch:
         processes = spec.process_units(spec.release, self.process_names)
         # Stopped even if it was already running (warmed up by staging, or the standby):
         # an instance that failed a gate must not linger as anyone's standby.
-        self._systemctl("disable", "--quiet", web, *processes, check=False)
+        self._systemctl("disable", "--quiet", "--no-reload", web, *processes, check=False)
         self._systemctl("stop", web, *processes, check=False)
         undone.append(f"stopped {web}" + (" (it was already running)" if was_running else ""))
         if processes:

@@ -54,7 +54,10 @@ ROLLOUT_OF_STAGE = (
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    # No temporary directory up front: ansible-core would make one on the host (a round
+    # trip) and remove it (another) for every task. Modules are pipelined; only an
+    # upload needs one, and `_upload` makes it.
+    TRANSFERS_FILES = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -1019,3 +1019,95 @@ def test_release_notes_a_rollback_with_the_release_it_went_back_to():
     assert result["ansible_facts"]["flipback_rollout"] == {
         "shop": {"release": "r1", "previous": "r2", "current": "r1", "outcome": "switched"}
     }
+
+
+class _TmpDirs:
+    """The host's temporary directories as ansible-core's ActionBase makes and removes
+    them: each is a round trip to the host, which only an upload needs."""
+
+    def __init__(self, plugin) -> None:
+        self.made: list[str] = []
+        self.removed: list[str] = []
+        self.plugin = plugin
+        plugin._connection._shell = SimpleNamespace(
+            tmpdir=None, join_path=lambda *parts: "/".join(parts)
+        )
+        plugin._make_tmp_path = self.make
+        plugin._remove_tmp_path = self.remove
+        plugin._transfer_file = lambda local, remote: remote
+        plugin._fixup_perms2 = lambda paths, execute=False: None
+
+    def make(self, *args, **kwargs) -> str:
+        path = f"/tmp/ansible-tmp-{len(self.made)}"
+        self.made.append(path)
+        self.plugin._connection._shell.tmpdir = path
+        return path
+
+    def remove(self, path: str) -> None:
+        self.removed.append(path)
+        self.plugin._connection._shell.tmpdir = None
+
+
+@pytest.mark.parametrize(
+    ("args", "answers"),
+    [
+        pytest.param(
+            {"action": "switch", "release": "r2"},
+            {"switch": {"outcome": "switched", "current": "r2"}},
+            id="switch",
+        ),
+        pytest.param(
+            {"action": "target", "steps": 1},
+            {"target": {"target": "r1"}},
+            id="target",
+        ),
+        pytest.param(
+            {"action": "stage", "release": "r2", "build": {"artifact": "/a.tar"}},
+            {"prepare": PREPARED_STAGED},
+            id="stage-already-staged",
+        ),
+        pytest.param(
+            {
+                "action": "stage",
+                "release": "r2",
+                "build": {"artifact": "/a.tar", "code_b64": "eA==", "code_checksum": "c"},
+            },
+            {
+                "prepare": {**PREPARED_STAGED, "staged": False, "venv_donor": "r1"},
+                "stage": {"changed": True},
+            },
+            id="stage-inline",
+        ),
+    ],
+)
+def test_release_makes_no_temporary_directory_on_the_host_without_an_upload(args, answers):
+    host = _ReleaseHost(**answers)
+    plugin = _release_action(host, {"service": SHOP, "run": {"run_id": "x"}, **args})
+    dirs = _TmpDirs(plugin)
+
+    result = plugin.run(task_vars={})
+
+    assert not result.get("failed"), result
+    assert (dirs.made, dirs.removed) == ([], [])
+
+
+def test_release_upload_makes_one_temporary_directory_and_removes_it():
+    host = _ReleaseHost(
+        prepare={**PREPARED_STAGED, "staged": False, "venv_donor": None},
+        stage={"changed": True},
+    )
+    args = {
+        "action": "stage",
+        "service": SHOP,
+        "run": {"run_id": "x"},
+        "release": "r2",
+        "build": {"artifact": "/a.tar"},
+    }
+    plugin = _release_action(host, args)
+    dirs = _TmpDirs(plugin)
+
+    result = plugin.run(task_vars={})
+
+    assert result["outcome"] == "staged"
+    assert host.calls[-1]["upload"] == "/tmp/ansible-tmp-0/r2.tar"
+    assert (dirs.made, dirs.removed) == (["/tmp/ansible-tmp-0"], ["/tmp/ansible-tmp-0"])

@@ -217,8 +217,11 @@ class Host(FakeSystemd):
 
     def systemctl(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         if argv[1:2] not in (["list-units"], ["show"], ["is-active"]):
-            # What happened: in the log (queries are not), --quiet left out.
-            words = [a for a in argv[2:] if a.startswith("--") and a != "--quiet"]
+            # What happened: in the log (queries are not), --quiet and --no-reload left out
+            # (the fake refuses an enable or disable without --no-reload).
+            words = [
+                a for a in argv[2:] if a.startswith("--") and a not in ("--quiet", "--no-reload")
+            ]
             words += [a for a in argv[2:] if not a.startswith("--")]
             self.log.append(" ".join([argv[1], *words]))
         return super().systemctl(argv)

@@ -205,10 +205,13 @@ options:
     type: path
   artifact_b64:
     description: Stage - the code-only artifact, inline, when a staged release lends
-      its virtualenv.
+      its virtualenv. Prepare - the same, sent ahead; when the release is not staged
+      and a staged release lends its virtualenv, it is staged in the same call (the
+      result's RV(staging)); otherwise it is not used.
     type: str
   start:
-    description: Stage - start the release's instance warm for the switch.
+    description: Stage (and prepare when it stages) - start the release's instance warm
+      for the switch.
     type: bool
   lock_hold:
     description: Prepare (and stage through the action plugin, which hands it to its
@@ -306,6 +309,11 @@ venv_donor:
   description: Prepare - a staged release whose virtualenv has the same wheels.
   type: str
   returned: prepare
+staging:
+  description: Prepare - the stage's own result, when the code came along in
+    O(artifact_b64) and the release was staged in the same call.
+  type: dict
+  returned: prepare, when it staged
 config_changes:
   description: Prepare, stage - how the configuration differs from the live release's
     (env values never shown).
@@ -492,7 +500,7 @@ from ansible.module_utils.flipback_switch import Switch, SwitchSpec
 # The options each action reads beyond action, service and run; any other option set is
 # a mistake in the task (e.g. point with switch), reported rather than ignored.
 ACTION_OPTIONS = {
-    "prepare": ("release", "config", "env_file", "build", "lock_hold"),
+    "prepare": ("release", "config", "env_file", "build", "lock_hold", "artifact_b64", "start"),
     "stage": (
         "release",
         "config",
@@ -816,7 +824,12 @@ def run(params: dict, check_mode: bool, diff_mode: bool, warn) -> dict:
         releases = Releases(request.name, request.home, run_id=request.run_id)
         return releases.target(params["release"], params["steps"])
     if action == "prepare":
-        return prepare(request, check_mode)
+        prepared = prepare(request, check_mode)
+        if params["artifact_b64"] is None or prepared["staged"] or not prepared["venv_donor"]:
+            return prepared
+        # The code came along and a staged release lends its virtualenv: staged in this
+        # same call, saving the task a second trip to the host.
+        return {**prepared, "staging": stage(request, check_mode, diff_mode)}
     if action == "stage":
         return stage(request, check_mode, diff_mode)
     if action == "command":

@@ -7,7 +7,9 @@ given (it may carry credentials) never reaches a host or a result.
 `action: stage` is a deploy's whole first phase on a host, in one task: the module's
 prepare (lock, user, directories; is the release staged or live already?), then the
 artifact - uploaded only when the release is not staged here, and sent inline, code
-only, when a staged release lends its virtualenv - then the module's stage. If staging
+only, when a staged release lends its virtualenv - then the module's stage. Small code
+goes along with the prepare, so a host that can stage it from the code alone does both
+in one call. If staging
 fails after the lock was taken, the lock is given back before the task fails.
 """
 
@@ -38,6 +40,11 @@ PREPARED = (
     "lock",
     "changes",
 )
+
+# Code-only artifacts up to this size (base64) go along with the prepare, on the chance
+# that the host can stage them in the same call. The cost when it cannot (the release is
+# staged already, or no staged release has its wheels): these bytes sent for nothing.
+SEND_AHEAD = 512 * 1024
 
 # What the rollout state keeps of a staging (`previous` is the prepare's `current`).
 ROLLOUT_OF_STAGE = (
@@ -129,15 +136,20 @@ class ActionModule(ActionBase):
             for key in ("service", "run", "release", "config", "env_file")
             if key in args
         }
-        prepared = self._module(
-            {
-                **common,
-                "action": "prepare",
-                "build": host_build(build, inline=False),
-                "lock_hold": args.get("lock_hold"),
-            },
-            task_vars,
+        # Small code goes along with the prepare: a host where a staged release lends its
+        # virtualenv stages it in that same call (one trip to the host, not two).
+        ahead = (
+            (build.get("code_b64") or "") if len(build.get("code_b64") or "") <= SEND_AHEAD else ""
         )
+        prepare_args = {
+            **common,
+            "action": "prepare",
+            "build": host_build(build, inline=bool(ahead)),
+            "lock_hold": args.get("lock_hold"),
+        }
+        if ahead:
+            prepare_args.update(artifact_b64=ahead, start=args.get("start"))
+        prepared = self._module(prepare_args, task_vars)
         if prepared.get("failed"):
             return self._give_back(prepared, args, task_vars)
         summary = {key: prepared.get(key) for key in PREPARED}
@@ -149,18 +161,20 @@ class ActionModule(ActionBase):
                 outcome="already live" if prepared.get("noop") else "staged",
             )
             return summary
-        inline = bool(prepared.get("venv_donor") and build.get("code_b64"))
-        stage_args = {
-            **common,
-            "action": "stage",
-            "build": host_build(build, inline=inline),
-            "start": args.get("start"),
-        }
-        if inline:
-            stage_args["artifact_b64"] = build["code_b64"]
-        elif not self._task.check_mode:
-            stage_args["upload"] = self._upload(build["artifact"], args.get("release"))
-        staged = self._module(stage_args, task_vars)
+        staged = prepared.get("staging")
+        if staged is None:
+            inline = bool(prepared.get("venv_donor") and build.get("code_b64"))
+            stage_args = {
+                **common,
+                "action": "stage",
+                "build": host_build(build, inline=inline),
+                "start": args.get("start"),
+            }
+            if inline:
+                stage_args["artifact_b64"] = build["code_b64"]
+            elif not self._task.check_mode:
+                stage_args["upload"] = self._upload(build["artifact"], args.get("release"))
+            staged = self._module(stage_args, task_vars)
         if staged.get("failed"):
             return self._give_back(staged, args, task_vars)
         summary.update({k: v for k, v in staged.items() if k not in summary})

@@ -884,8 +884,10 @@ class _ReleaseHost:
         return dict(self.answers[module_args["action"]])
 
 
-def _release_action(host: _ReleaseHost, args: dict, *, check_mode: bool = False):
-    plugin = action(load("release"), args, check_mode=check_mode)
+def _release_action(
+    host: _ReleaseHost, args: dict, *, check_mode: bool = False, plugin_module=None
+):
+    plugin = action(plugin_module or load("release"), args, check_mode=check_mode)
     plugin._execute_module = host
     plugin._remove_tmp_path = lambda path: None
     plugin._templar = SimpleNamespace(template=lambda value: value)
@@ -1111,3 +1113,79 @@ def test_release_upload_makes_one_temporary_directory_and_removes_it():
     assert result["outcome"] == "staged"
     assert host.calls[-1]["upload"] == "/tmp/ansible-tmp-0/r2.tar"
     assert (dirs.made, dirs.removed) == (["/tmp/ansible-tmp-0"], ["/tmp/ansible-tmp-0"])
+
+
+CODE = {
+    "artifact": "/a.tar",
+    "id": "b",
+    "checksum": "tar-sum",
+    "code_b64": "eA==",
+    "code_checksum": "code-sum",
+}
+
+
+def _stage_args(build: dict) -> dict:
+    return {
+        "action": "stage",
+        "service": SHOP,
+        "run": {"run_id": "x"},
+        "release": "r2",
+        "build": build,
+        "start": True,
+    }
+
+
+def test_release_stages_small_code_in_the_prepare_call_when_a_donor_lends_its_venv():
+    host = _ReleaseHost(
+        prepare={
+            **PREPARED_STAGED,
+            "staged": False,
+            "venv_donor": "r1",
+            "staging": {"changed": True, "warmed": True, "venv": "reused from r1"},
+        }
+    )
+
+    result = _release_action(host, _stage_args(CODE)).run(task_vars={})
+
+    (call,) = host.calls
+    assert (call["action"], call["artifact_b64"], call["start"]) == ("prepare", "eA==", True)
+    # The code's own checksum: the host checks what it received.
+    assert call["build"]["checksum"] == "code-sum"
+    assert (result["outcome"], result["warmed"], result["venv"]) == (
+        "staged",
+        True,
+        "reused from r1",
+    )
+    assert "staging" not in result
+
+
+def test_release_uploads_after_a_prepare_that_could_not_use_the_code_sent_ahead():
+    host = _ReleaseHost(
+        prepare={**PREPARED_STAGED, "staged": False, "venv_donor": None},
+        stage={"changed": True, "warmed": True},
+    )
+    plugin = _release_action(host, _stage_args(CODE))
+    _TmpDirs(plugin)
+
+    result = plugin.run(task_vars={})
+
+    assert [call["action"] for call in host.calls] == ["prepare", "stage"]
+    assert "artifact_b64" not in host.calls[1] and host.calls[1]["upload"].endswith("/r2.tar")
+    assert result["outcome"] == "staged"
+
+
+def test_release_sends_big_code_only_once_it_is_known_to_be_needed():
+    plugin_module = load("release")
+    # "eA==" is 4 characters: bigger than what goes ahead.
+    plugin_module.SEND_AHEAD = 3
+    host = _ReleaseHost(
+        prepare={**PREPARED_STAGED, "staged": False, "venv_donor": "r1"},
+        stage={"changed": True, "warmed": True},
+    )
+
+    result = _release_action(host, _stage_args(CODE), plugin_module=plugin_module).run(task_vars={})
+
+    prepare_call, stage_call = host.calls
+    assert "artifact_b64" not in prepare_call and prepare_call["build"]["checksum"] == "tar-sum"
+    assert (stage_call["artifact_b64"], stage_call["build"]["checksum"]) == ("eA==", "code-sum")
+    assert result["outcome"] == "staged"

@@ -447,7 +447,7 @@ def test_which_actions_need_the_port(action, needs_port):
                 "start": True,
             },
             "start: got a value, but action=switch does not use it; expected it only with "
-            "action=stage",
+            "action=prepare or stage",
             id="start-with-switch",
         ),
         pytest.param(

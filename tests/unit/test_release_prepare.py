@@ -582,3 +582,42 @@ def test_a_lock_taken_over_is_a_warning(host, tmp_path, capsys):
     assert result["lock"]["outcome"] == "took_over"
     [warning] = result["warnings"]
     assert "its ansible-playbook process no longer exists" in json.dumps(warning)
+
+
+# --------------------------------------------------------------------------- code sent ahead
+
+
+@pytest.mark.parametrize(
+    ("donor_key", "staged_before", "ahead", "stages"),
+    [
+        pytest.param(KEY, False, True, True, id="donor-and-code"),
+        pytest.param(KEY, False, False, False, id="donor-no-code"),
+        pytest.param("ffffffffffffffff", False, True, False, id="no-donor"),
+        pytest.param(KEY, True, True, False, id="staged-already"),
+    ],
+)
+def test_code_sent_ahead_is_staged_in_the_same_call_only_from_a_donor(
+    host, tmp_path, capsys, monkeypatch, donor_key, staged_before, ahead, stages
+):
+    stage(tmp_path, DONOR, donor_key)
+    if staged_before:
+        stage(tmp_path, B, KEY)
+    staged_by: list[dict] = []
+
+    def fake_stage(request, check_mode, diff_mode):
+        staged_by.append(dict(request.params))
+        return {"changed": True, "warmed": True, "outcome": "staged", "venv": "reused"}
+
+    monkeypatch.setattr(release, "stage", fake_stage)
+    extra = {"artifact_b64": "eA==", "start": True} if ahead else {}
+
+    code, result, _out = run_main(args(tmp_path, build={"deps_key": KEY}, **extra), capsys)
+
+    assert code == 0, result
+    assert result["staged"] is staged_before
+    if stages:
+        (params,) = staged_by
+        assert (params["artifact_b64"], params["start"], params["upload"]) == ("eA==", True, None)
+        assert result["staging"]["venv"] == "reused"
+    else:
+        assert (staged_by, "staging" in result) == ([], False)

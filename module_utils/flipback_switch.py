@@ -90,6 +90,11 @@ from ansible.module_utils.flipback_runtime import (
     site_path,
 )
 
+# The longest wait between two probes of a gate. A starting instance is asked again
+# within this long of being ready, and `health.unhealthy_answers` answers in a row take
+# about that many times this long (a 2 s cap made 10 answers last 9 s). Each attempt is
+# one connect to a local socket, plus one `systemctl show` while it fails.
+GATE_MAX_DELAY = 0.25
 # How far back the journal is read when a gate fails, to find the error behind it.
 JOURNAL_SCAN = 300
 # The last line of a Python traceback (`RuntimeError: ...`), also inside the `| `
@@ -267,6 +272,7 @@ class Switch:
             Policy(
                 timeout=self.spec.health_timeout,
                 delay=0.1,
+                max_delay=GATE_MAX_DELAY,
                 unhealthy_answers=self.spec.unhealthy_answers,
                 abort=self._exited,
             ),
@@ -285,6 +291,7 @@ class Switch:
             Policy(
                 timeout=self.spec.health_timeout,
                 delay=0.05,
+                max_delay=GATE_MAX_DELAY,
                 successes=self.spec.public_successes,
                 unhealthy_answers=self.spec.unhealthy_answers,
                 abort=self._exited,

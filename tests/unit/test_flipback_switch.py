@@ -389,6 +389,9 @@ def test_deploy_keeps_the_previous_release_as_the_warm_standby(tree):
         assert expect == Expect(status=(200,), json={"ok": True, "release": B})
     assert (policy_1.timeout, policy_1.successes) == (12.0, 1)
     assert (policy_2.timeout, policy_2.successes) == (12.0, 4)
+    # Asked again soon: an instance that just became ready (or 10 unhealthy answers in a
+    # row) is seen within a quarter second, not after a backoff grown to seconds.
+    assert policy_1.max_delay == policy_2.max_delay == 0.25
 
     active = tree.history()[-1]
     assert (active["release"], active["event"], active["from"]) == (B, "active", A)

@@ -399,6 +399,13 @@ venv_from:
     null when it was built.
   type: str
   returned: stage
+venv_base:
+  description: Stage - the staged release (the live one first) whose virtualenv,
+    copied by hard links and synced by uv to exactly this release's wheels, this
+    release's virtualenv started from; only changed packages were unpacked and
+    compiled. Null when it was built from nothing or reused whole.
+  type: str
+  returned: stage
 venv_tool:
   description: Stage - what built the virtualenv (C(uv) or C(venv+pip)); null when it
     was reused.

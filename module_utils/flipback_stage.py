@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -112,6 +113,8 @@ class Stager:
         self.run = run
         self.path = release_dir(spec.root, spec.release)
         self.venv_from: str | None = None
+        # A staged release whose venv, synced to this one's wheels, this one started from.
+        self.venv_base: str | None = None
         # uv's binary on this host ("" once looked for and not found), what made the venv.
         self.uv_path: str | None = None
         self.tool_cache = spec.tool_cache
@@ -214,6 +217,7 @@ class Stager:
             "changed": True,
             "replaces": previous,
             "venv_from": self.venv_from,
+            "venv_base": self.venv_base,
             "venv_tool": None if self.venv_from else self.venv_tool,
         }
 
@@ -363,6 +367,8 @@ class Stager:
             )
         deps = self.meta.get("dependencies", [])
         uv = self._uv()
+        if uv is not None and deps and self._venv_from_base(uv, venv, deps):
+            return
         if uv is not None:
             self.venv_tool = "uv"
             self._check(
@@ -428,6 +434,40 @@ class Stager:
             )
         self._install_project(venv)
         self._compile(self.path, exclude_venv=False)
+
+    def _venv_from_base(self, uv: str, venv: str, deps: list[str]) -> bool:
+        """The venv as a hard-linked copy of a staged release's (the live one first) that
+        uv then syncs to exactly this release's wheels: the packages both have keep their
+        files and bytecode, so only what changed is unpacked and compiled. The same
+        wheels as a fresh venv: uv resolves `deps` from the wheelhouse for this
+        interpreter, then makes the copy hold exactly that set. False (nothing left
+        behind) when no base fits or a step fails; the fresh venv is made then."""
+        base = venv_base(self.spec.root, self.spec.release, self.spec.python)
+        if base is None:
+            return False
+        requested = os.path.join(self.path, WHEELS_DIR, "requested.txt")
+        resolved = os.path.join(self.path, WHEELS_DIR, "resolved.txt")
+        wheels = ["--find-links", os.path.join(self.path, WHEELS_DIR)]
+        common = ["--quiet", "--no-config", "--offline", "--no-cache", "--no-index"]
+        python = ["--python", os.path.join(venv, "bin", "python")]
+        try:
+            with open(requested, "w", encoding="utf-8") as fh:
+                fh.write("".join(f"{dep}\n" for dep in deps))
+            link_venv(os.path.join(self.spec.root, "releases", base, "venv"), venv)
+            for argv in (
+                [uv, "pip", "compile", *common, *python, *wheels, "-o", resolved, requested],
+                [uv, "pip", "sync", *common, *python, *wheels, resolved],
+            ):
+                if self.run(argv).returncode != 0:
+                    raise ReleaseError(f"uv {argv[1:3]} failed")
+        except (OSError, ReleaseError):
+            shutil.rmtree(venv, ignore_errors=True)
+            return False
+        self.venv_tool = "uv"
+        self.venv_base = base
+        self._install_project(venv)
+        self._compile(self.path, exclude_venv=False)
+        return True
 
     def _install_project(self, venv: str) -> None:
         """The service's own wheel, if it is a package, into the release's venv.
@@ -612,6 +652,37 @@ def find_donor(root: str, release: str, deps_key: str) -> str | None:
             and manifest.get("status") == "staged"
             and manifest.get("deps_key") == deps_key
             and os.path.isfile(os.path.join(releases, name, "venv", "pyvenv.cfg"))
+        ):
+            return name
+    return None
+
+
+def venv_base(root: str, release: str, python: str) -> str | None:
+    """A complete release here whose venv uv made for this very interpreter (the live
+    release first): a start for a venv with other wheels (Stager._venv_from_base)."""
+    current = current_release(root)
+    releases = os.path.join(root, "releases")
+    version = ".".join(str(n) for n in sys.version_info[:3])
+    try:
+        names = sorted(os.listdir(releases), key=lambda name: (name != current, name))
+    except FileNotFoundError:
+        return None
+    for name in names:
+        if name == release:
+            continue
+        try:
+            manifest = read_manifest(root, name)
+            with open(os.path.join(releases, name, "venv", "pyvenv.cfg"), encoding="utf-8") as fh:
+                cfg = dict(line.split(" = ", 1) for line in fh.read().splitlines() if " = " in line)
+        except (ReleaseError, OSError, ValueError):
+            continue
+        if (
+            manifest
+            and manifest.get("status") == "staged"
+            and "uv" in cfg
+            and cfg.get("version_info") == version
+            and os.path.realpath(os.path.join(cfg.get("home", ""), "python3"))
+            == os.path.realpath(python)
         ):
             return name
     return None

@@ -230,6 +230,7 @@ def test_fresh_stage(root, rid, artifact, tmp_path, lchown_calls, previous):
         "changed": True,
         "replaces": previous,
         "venv_from": None,
+        "venv_base": None,
         # No uv in this artifact (an older build's): venv and pip made the venv.
         "venv_tool": "venv+pip",
     }
@@ -1337,3 +1338,87 @@ def test_a_borrowed_uv_venv_without_uv_on_the_host_asks_for_the_full_artifact(
 
     assert "has no pip, and uv is not on this host" in info.value.msg
     assert info.value.retryable is True
+
+
+# --------------------------------------------------------------------------- a base venv
+
+
+def uv_base(root: Path, release_id: str, *, version: str | None = None) -> Path:
+    """A staged release with other wheels (key "other") whose venv uv made for this
+    interpreter (`version`: another one's)."""
+    path = staged_elsewhere(root, release_id, key="other")
+    cfg = path / "venv" / "pyvenv.cfg"
+    here = ".".join(str(n) for n in sys.version_info[:3])
+    cfg.write_text(
+        f"home = {os.path.dirname(sys.executable)}\nimplementation = CPython\nuv = 0.13.9\n"
+        f"version_info = {version or here}\ninclude-system-site-packages = false\n"
+    )
+    return path
+
+
+def set_status(root: Path, release_id: str, status: str) -> None:
+    manifest = root / "releases" / release_id / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": status}))
+
+
+def test_a_venv_with_other_wheels_starts_from_a_staged_uv_venv(root, rid, tmp_path, lchown_calls):
+    base = uv_base(root, OLD)
+    before = files(base / "venv")
+    artifact = build_artifact(tmp_path, uv=True)
+    runner = StageRunner()
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    path = release(root)
+    assert (result["venv_base"], result["venv_from"], result["venv_tool"]) == (OLD, None, "uv")
+    compile_, sync = runner.calls[:2]
+    uv = str(tmp_path / "tool-cache" / "uv-0.13.9-py3-none-manylinux_2_17_x86_64" / "uv")
+    wheels = str(path / ".wheels")
+    assert compile_[:3] == [uv, "pip", "compile"] and compile_[-1] == f"{wheels}/requested.txt"
+    assert sync[:3] == [uv, "pip", "sync"] and sync[-1] == f"{wheels}/resolved.txt"
+    for argv in (compile_, sync):
+        assert {"--offline", "--no-index", wheels, f"{path}/venv/bin/python"} <= set(argv)
+    # The whole venv is compiled: what the base had is up to date, and skipped.
+    assert runner.calls[2] == [
+        f"{path}/venv/bin/python",
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "0",
+        str(path),
+    ]
+    assert runner.steps[3:] == ["daemon-reload"]
+    # The base's files are shared, never changed; the copy names its own path.
+    assert files(base / "venv") == before
+    assert (path / "venv" / "lib").is_dir() and not (path / ".wheels").exists()
+    assert f"{path / 'venv'}" not in (base / "venv" / "bin" / "uvicorn").read_text()
+
+
+@pytest.mark.parametrize(
+    ("make_base", "fail"),
+    [
+        pytest.param(lambda root: uv_base(root, OLD), "sync", id="sync-fails"),
+        pytest.param(lambda root: uv_base(root, OLD), "compile", id="compile-fails"),
+        pytest.param(lambda root: uv_base(root, OLD, version="3.10.1"), "", id="other-python"),
+        pytest.param(lambda root: staged_elsewhere(root, OLD, key="other"), "", id="pip-venv"),
+        pytest.param(
+            lambda root: (uv_base(root, OLD), set_status(root, OLD, "staging")), "", id="incomplete"
+        ),
+    ],
+)
+def test_without_a_base_that_fits_the_venv_is_made_from_nothing(
+    root, rid, tmp_path, lchown_calls, make_base, fail
+):
+    make_base(root)
+    artifact = build_artifact(tmp_path, uv=True)
+    runner = StageRunner(fail=fail)
+
+    result = Stager(make_spec(root, artifact, tmp_path, deps_key=KEY), run=runner).stage(False)
+
+    assert (result["venv_base"], result["venv_tool"]) == (None, "uv")
+    if fail:
+        # Tried from the base first; what it left was removed before the fresh venv.
+        assert ["pip", fail] in [argv[1:3] for argv in runner.calls]
+    made = [argv[1:3] for argv in runner.calls if argv[1:2] in (["venv"], ["pip"])]
+    assert made[-2:] == [["venv", "--quiet"], ["pip", "install"]]

@@ -64,6 +64,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ansible_facts:
+  description: C(flipback_rollout), empty - every run starts its rollout state afresh
+    (the flipback role notes each host's steps in it with rollout_note and the release
+    action).
+  type: dict
+  returned: success
 services:
   description: Selected services, defaults filled in, overrides applied; C(env) is
     replaced by C(env_names) (values may be secrets).

@@ -4,7 +4,8 @@ The checks are those of the service_config module (module_utils/flipback_config.
 run inside the controller's worker instead of as a module: no interpreter to start,
 no payload to build, so the first task of every run costs milliseconds. The action
 also names the run for the deploy locks (controller, ansible-playbook pid, start)
-and the deployer, which used to take pipe lookups.
+and the deployer, which used to take pipe lookups, and starts the run's rollout state
+(the host fact flipback_rollout) empty.
 """
 
 from __future__ import annotations
@@ -83,5 +84,8 @@ class ActionModule(ActionBase):
             )
             return result
         result.update(checked, changed=False, live_runs=live_runs(), **run_identity())
+        # A run starts with no rollout state (rollout_note): a persistent fact cache must
+        # not hand the last run's to this one.
+        result["ansible_facts"] = {"flipback_rollout": {}}
         result["elapsed"] = round(time.monotonic() - started, 3)
         return result

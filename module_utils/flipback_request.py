@@ -21,6 +21,16 @@ from ansible.module_utils.flipback_health import DEFAULT_UNHEALTHY_ANSWERS, RELE
 # stopped before this host's batch).
 OUTCOMES = ("staged", "already live", "switched", "not switched", "failed", "staging failed")
 
+
+def noted_rollout(known: Mapping[str, Any], service: str, state: Mapping[str, Any]) -> dict:
+    """This host's rollout state (the host fact flipback_rollout, one entry per service)
+    with `state` merged into `service`'s entry; `known` is not changed. The release
+    action (note_in_rollout) and rollout_note both note through here."""
+    rollout = dict(known)
+    rollout[service] = {**(rollout.get(service) or {}), **state}
+    return rollout
+
+
 HEALTH_OPTIONS: dict[str, dict] = {
     "path": {"type": "str", "default": "/health"},
     "expect_status": {"type": "list", "elements": "int", "default": [200]},

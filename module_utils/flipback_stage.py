@@ -454,13 +454,16 @@ class Stager:
             with open(requested, "w", encoding="utf-8") as fh:
                 fh.write("".join(f"{dep}\n" for dep in deps))
             link_venv(os.path.join(self.spec.root, "releases", base, "venv"), venv)
-            for argv in (
-                [uv, "pip", "compile", *common, *python, *wheels, "-o", resolved, requested],
-                [uv, "pip", "sync", *common, *python, *wheels, resolved],
-            ):
-                if self.run(argv).returncode != 0:
-                    raise ReleaseError(f"uv {argv[1:3]} failed")
-        except (OSError, ReleaseError):
+            synced = all(
+                self.run(argv).returncode == 0
+                for argv in (
+                    [uv, "pip", "compile", *common, *python, *wheels, "-o", resolved, requested],
+                    [uv, "pip", "sync", *common, *python, *wheels, resolved],
+                )
+            )
+        except OSError:
+            synced = False
+        if not synced:
             shutil.rmtree(venv, ignore_errors=True)
             return False
         self.venv_tool = "uv"
@@ -630,17 +633,16 @@ def extract_uv(wheel: str, binary: str) -> str:
     return binary
 
 
-def find_donor(root: str, release: str, deps_key: str) -> str | None:
-    """A complete release on this host whose virtualenv has exactly these wheels."""
-    if not deps_key:
-        return None
+def staged_venvs(root: str, release: str):
+    """(name, manifest) of each complete release on this host other than `release` that
+    has a virtualenv: the live release first, then by name."""
     current = current_release(root)
     releases = os.path.join(root, "releases")
     try:
-        names = os.listdir(releases)
+        names = sorted(os.listdir(releases), key=lambda name: (name != current, name))
     except FileNotFoundError:
-        return None
-    for name in sorted(names, key=lambda name: name != current):
+        return
+    for name in names:
         if name == release:
             continue
         try:
@@ -650,9 +652,17 @@ def find_donor(root: str, release: str, deps_key: str) -> str | None:
         if (
             manifest
             and manifest.get("status") == "staged"
-            and manifest.get("deps_key") == deps_key
             and os.path.isfile(os.path.join(releases, name, "venv", "pyvenv.cfg"))
         ):
+            yield name, manifest
+
+
+def find_donor(root: str, release: str, deps_key: str) -> str | None:
+    """A complete release on this host whose virtualenv has exactly these wheels."""
+    if not deps_key:
+        return None
+    for name, manifest in staged_venvs(root, release):
+        if manifest.get("deps_key") == deps_key:
             return name
     return None
 
@@ -660,26 +670,16 @@ def find_donor(root: str, release: str, deps_key: str) -> str | None:
 def venv_base(root: str, release: str, python: str) -> str | None:
     """A complete release here whose venv uv made for this very interpreter (the live
     release first): a start for a venv with other wheels (Stager._venv_from_base)."""
-    current = current_release(root)
-    releases = os.path.join(root, "releases")
     version = ".".join(str(n) for n in sys.version_info[:3])
-    try:
-        names = sorted(os.listdir(releases), key=lambda name: (name != current, name))
-    except FileNotFoundError:
-        return None
-    for name in names:
-        if name == release:
-            continue
+    for name, _manifest in staged_venvs(root, release):
+        cfg_path = os.path.join(root, "releases", name, "venv", "pyvenv.cfg")
         try:
-            manifest = read_manifest(root, name)
-            with open(os.path.join(releases, name, "venv", "pyvenv.cfg"), encoding="utf-8") as fh:
+            with open(cfg_path, encoding="utf-8") as fh:
                 cfg = dict(line.split(" = ", 1) for line in fh.read().splitlines() if " = " in line)
-        except (ReleaseError, OSError, ValueError):
+        except OSError:
             continue
         if (
-            manifest
-            and manifest.get("status") == "staged"
-            and "uv" in cfg
+            "uv" in cfg
             and cfg.get("version_info") == version
             and os.path.realpath(os.path.join(cfg.get("home", ""), "python3"))
             == os.path.realpath(python)

@@ -237,6 +237,12 @@ class Switch:
             )
         return proc
 
+    def _boot(self, verb: str, *units: str, check: bool = True) -> None:
+        """`enable` or `disable` units at boot. Only the boot-time links change
+        (`--no-reload`): systemd already knows every unit (staging reloaded it), and a
+        reload costs systemd about 0.2 s each time, on the switch's path."""
+        self._systemctl(verb, "--quiet", "--no-reload", *units, check=check)
+
     def _active(self, unit: str) -> bool:
         return self._systemctl("is-active", "--quiet", unit, check=False).returncode == 0
 
@@ -482,25 +488,14 @@ class Switch:
 
     def _settle(self, previous: str | None, retire: list[str]) -> None:
         """Only the live release starts at boot; the standby runs; the rest retire;
-        the processes of every other release stop.
-
-        Enabling and disabling only change the boot-time links (`--no-reload`): systemd
-        already knows every unit (staging reloaded it), and a reload per switch costs
-        systemd about 0.2 s each time, on the switch's path."""
+        the processes of every other release stop."""
         spec = self.spec
         processes = spec.process_units(spec.release, self.process_names)
-        self._systemctl("enable", "--quiet", "--no-reload", spec.unit(spec.release), *processes)
+        self._boot("enable", spec.unit(spec.release), *processes)
         others = sorted({*retire, *([previous] if previous else [])} - {spec.release})
         old_processes = sorted({*self.other_processes, *self.previous_processes})
         if others or old_processes:
-            self._systemctl(
-                "disable",
-                "--quiet",
-                "--no-reload",
-                *(spec.unit(r) for r in others),
-                *old_processes,
-                check=False,
-            )
+            self._boot("disable", *(spec.unit(r) for r in others), *old_processes, check=False)
         self._stop_processes(self.other_processes)
         for release in retire:
             self._retire(release)
@@ -635,25 +630,17 @@ class Switch:
         if self.other_processes:
             changed = True
             if not check_mode:
-                self._systemctl(
-                    "disable", "--quiet", "--no-reload", *self.other_processes, check=False
-                )
+                self._boot("disable", *self.other_processes, check=False)
                 self._stop_processes(self.other_processes)
         processes = spec.process_units(spec.release, self.process_names)
         if not all_enabled(self.run, [unit, *processes]):
             changed = True
             if not check_mode:
-                self._systemctl("enable", "--quiet", "--no-reload", unit, *processes)
+                self._boot("enable", unit, *processes)
         if plan["retire"]:
             changed = True
             if not check_mode:
-                self._systemctl(
-                    "disable",
-                    "--quiet",
-                    "--no-reload",
-                    *(spec.unit(r) for r in plan["retire"]),
-                    check=False,
-                )
+                self._boot("disable", *(spec.unit(r) for r in plan["retire"]), check=False)
                 for release in plan["retire"]:
                     self._retire(release)
         site = self._site_of(spec.release)
@@ -758,7 +745,7 @@ class Switch:
         processes = spec.process_units(spec.release, self.process_names)
         # Stopped even if it was already running (warmed up by staging, or the standby):
         # an instance that failed a gate must not linger as anyone's standby.
-        self._systemctl("disable", "--quiet", "--no-reload", web, *processes, check=False)
+        self._boot("disable", web, *processes, check=False)
         self._systemctl("stop", web, *processes, check=False)
         undone.append(f"stopped {web}" + (" (it was already running)" if was_running else ""))
         if processes:

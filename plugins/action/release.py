@@ -24,7 +24,7 @@ for _path in C.DEFAULT_MODULE_UTILS_PATH:
     if _path not in ansible.module_utils.__path__:
         ansible.module_utils.__path__.append(_path)
 
-from ansible.module_utils.flipback_request import host_build, host_service
+from ansible.module_utils.flipback_request import host_build, host_service, noted_rollout
 from ansible.module_utils.flipback_runtime import instance_unit
 
 # What `action: stage` reports of its prepare step, beside the stage's own result.
@@ -95,10 +95,8 @@ class ActionModule(ActionBase):
         if note_in_rollout and not result.get("failed"):
             noted = self._rollout_note(args, result)
             if noted is not None:
-                known = (task_vars or {}).get("flipback_rollout") or {}
-                rollout = dict(self._templar.template(known))
-                name = args["service"].get("name")
-                rollout[name] = {**(rollout.get(name) or {}), **noted}
+                known = self._templar.template((task_vars or {}).get("flipback_rollout") or {})
+                rollout = noted_rollout(known, args["service"].get("name"), noted)
                 result["ansible_facts"] = {"flipback_rollout": rollout}
         return result
 
@@ -138,9 +136,8 @@ class ActionModule(ActionBase):
         }
         # Small code goes along with the prepare: a host where a staged release lends its
         # virtualenv stages it in that same call (one trip to the host, not two).
-        ahead = (
-            (build.get("code_b64") or "") if len(build.get("code_b64") or "") <= SEND_AHEAD else ""
-        )
+        code = build.get("code_b64") or ""
+        ahead = code if len(code) <= SEND_AHEAD else ""
         prepare_args = {
             **common,
             "action": "prepare",

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import time
 
+import ansible.module_utils
+from ansible import constants as C
 from ansible.plugins.action import ActionBase
+
+for _path in C.DEFAULT_MODULE_UTILS_PATH:
+    if _path not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(_path)
+
+from ansible.module_utils.flipback_request import noted_rollout
 
 ARGUMENT_SPEC = {
     "service": {"type": "str", "required": True},
@@ -32,10 +40,8 @@ class ActionModule(ActionBase):
         started = time.monotonic()
         validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         params = validation.validated_parameters
-        known = (task_vars or {}).get("flipback_rollout") or {}
-        rollout = dict(self._templar.template(known))
-        name = params["service"]
-        rollout[name] = {**(rollout.get(name) or {}), **params["state"]}
+        known = self._templar.template((task_vars or {}).get("flipback_rollout") or {})
+        rollout = noted_rollout(known, params["service"], params["state"])
         result.update(changed=False, ansible_facts={"flipback_rollout": rollout})
         result["elapsed"] = round(time.monotonic() - started, 3)
         return result

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ SERVICES = [{"name": "web", "source": "/srv/git/web.git", "app": "app:app", "por
 def test_rollout_note_merges_into_the_service_entry_and_keeps_the_others():
     known = {"web": {"release": "r2", "outcome": "staged"}, "api": {"outcome": "switched"}}
     plugin = action(rollout_note, {"service": "web", "state": {"outcome": "failed", "error": "e"}})
-    plugin._templar = type("T", (), {"template": staticmethod(lambda value: value)})()
+    plugin._templar = SimpleNamespace(template=lambda value: value)
 
     result = plugin.run(task_vars={"flipback_rollout": known})
 

@@ -46,9 +46,10 @@ from ansible.module_utils.flipback_release import (
     read_manifest,
     release_dir,
 )
+from ansible.module_utils.flipback_request import COMMAND_POINTS
 from ansible.module_utils.flipback_runtime import static_dirs
 
-POINTS = ("before_switch_once", "before_switch", "after_switch")
+POINTS = COMMAND_POINTS
 DEFAULT_TIMEOUT = 300
 MAX_TIMEOUT = 86400
 # What is kept of a command's output: in the manifest and history, and in an error.

@@ -94,3 +94,43 @@ def host_build(build: Mapping[str, Any], *, inline: bool) -> dict[str, Any]:
     if inline:
         found["checksum"] = build["code_checksum"]
     return found
+
+
+# The release module's steps, and the points a release's commands run at; the argument
+# spec below names them (a unit test holds flipback_actions' tables to them).
+RELEASE_ACTIONS = (
+    "prepare",
+    "stage",
+    "switch",
+    "rollback",
+    "restore",
+    "command",
+    "abandon",
+    "target",
+)
+COMMAND_POINTS = ("before_switch_once", "before_switch", "after_switch")
+
+# The release module's arguments. The module validates them with AnsibleModule; the
+# release action, when it runs the host side directly (no module payload), validates
+# them with the same spec and ansible-core's ArgumentSpecValidator before the call.
+RELEASE_SPEC: dict[str, dict] = {
+    "action": {"type": "str", "required": True, "choices": list(RELEASE_ACTIONS)},
+    "service": {"type": "dict", "required": True, "options": SERVICE_OPTIONS},
+    "run": {"type": "dict", "default": {}, "options": RUN_OPTIONS},
+    "release": {"type": "str"},
+    "config": {"type": "dict"},
+    "env_file": {"type": "str", "no_log": True},
+    "build": {"type": "dict", "options": BUILD_OPTIONS},
+    "upload": {"type": "path"},
+    # Not a secret, but up to 2.7 MB that would be echoed back in every result.
+    "artifact_b64": {"type": "str", "no_log": True},
+    "start": {"type": "bool"},
+    "lock_hold": {"type": "int"},
+    "point": {"type": "str", "choices": list(COMMAND_POINTS)},
+    "note": {"type": "str"},
+    "stop": {"type": "bool"},
+    "steps": {"type": "int"},
+    # Read (and removed) by the action plugin on the controller: never set here.
+    "note_in_rollout": {"type": "bool"},
+}
+RELEASE_MUTUALLY_EXCLUSIVE = [("release", "steps"), ("upload", "artifact_b64")]

@@ -15,16 +15,37 @@ fails after the lock was taken, the lock is given back before the task fails.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
+import json
+import os
+import shlex
+import sys
+import zipfile
+
 import ansible.module_utils
 from ansible import constants as C
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.common.json import Direction, get_module_encoder
+from ansible.module_utils.common.parameters import remove_values
+from ansible.module_utils.errors import UnsupportedError
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
+from ansible.vars.clean import remove_internal_keys
 
 for _path in C.DEFAULT_MODULE_UTILS_PATH:
     if _path not in ansible.module_utils.__path__:
         ansible.module_utils.__path__.append(_path)
 
-from ansible.module_utils.flipback_request import host_build, host_service, noted_rollout
+from ansible.module_utils.flipback_hostcall import BOOT, INSTALL, RUNNER_HOME, RUNNER_KEEP
+from ansible.module_utils.flipback_request import (
+    RELEASE_MUTUALLY_EXCLUSIVE,
+    RELEASE_SPEC,
+    host_build,
+    host_service,
+    noted_rollout,
+)
 from ansible.module_utils.flipback_runtime import instance_unit
 
 # What `action: stage` reports of its prepare step, beside the stage's own result.
@@ -58,6 +79,39 @@ ROLLOUT_OF_STAGE = (
     "outcome",
     "instance",
 )
+
+
+@functools.lru_cache(maxsize=1)
+def host_code() -> tuple[str, str, tuple[str, ...]]:
+    """flipback's host code as this controller has it: the package its module_utils are
+    imported as (ansible.module_utils here, the collection's in a collection), a digest
+    of that package name and every file's name and bytes, and the files' paths."""
+    module = sys.modules[host_service.__module__]
+    directory = os.path.dirname(os.path.abspath(module.__file__))
+    package = module.__name__.rpartition(".")[0]
+    paths = tuple(
+        os.path.join(directory, name)
+        for name in sorted(os.listdir(directory))
+        if name.startswith("flipback_") and name.endswith(".py")
+    )
+    digest = hashlib.sha256(f"flipback runner 1\0{package}\0".encode())
+    for path in paths:
+        with open(path, "rb") as handle:
+            digest.update(f"{os.path.basename(path)}\0".encode() + handle.read() + b"\0")
+    return package, digest.hexdigest()[:32], paths
+
+
+def host_code_zip(package: str, paths: tuple[str, ...]) -> bytes:
+    """The zip INSTALL unpacks: the module_utils under their package's path, with an
+    empty __init__.py for the package and each one above it."""
+    buffer = io.BytesIO()
+    parts = package.split(".")
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for depth in range(1, len(parts) + 1):
+            archive.writestr("/".join(parts[:depth]) + "/__init__.py", "")
+        for path in paths:
+            archive.write(path, "/".join(parts) + "/" + os.path.basename(path))
+    return buffer.getvalue()
 
 
 class ActionModule(ActionBase):
@@ -118,7 +172,99 @@ class ActionModule(ActionBase):
         return None
 
     def _module(self, args: dict, task_vars: dict) -> dict:
+        direct = self._direct(args, task_vars)
+        if direct is not None:
+            return direct
         return self._execute_module(module_name="release", module_args=args, task_vars=task_vars)
+
+    def _host_python(self, task_vars: dict) -> str | None:
+        """The host's Python when it is known without discovery: the host's
+        ansible_python_interpreter, the one discovered earlier in the run, or an absolute
+        interpreter_python setting. None: the module path runs (and discovers it)."""
+        task_vars = task_vars or {}
+        found = task_vars.get("ansible_python_interpreter")
+        if not found:
+            found = (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
+        if not found:
+            found = C.config.get_config_value("INTERPRETER_PYTHON", variables=task_vars)
+        found = self._templar.template(found) if isinstance(found, str) else None
+        return found if found and found.startswith("/") else None
+
+    def _direct(self, args: dict, task_vars: dict) -> dict | None:
+        """The call run by flipback's host code installed on the host (flipback_hostcall),
+        with the arguments checked here against the module's own spec; None where that
+        cannot be done (no known interpreter, no pipelining, or the code cannot be
+        installed or trusted) and nothing was run - the module path then runs the call.
+        (The action does not support async: ActionBase refuses it before this.)"""
+        interpreter = self._host_python(task_vars)
+        if interpreter is None or not self._is_pipelining_enabled("new"):
+            return None
+        checked = ArgumentSpecValidator(
+            RELEASE_SPEC, mutually_exclusive=RELEASE_MUTUALLY_EXCLUSIVE
+        ).validate(args)
+        if checked.error_messages:
+            msg = checked.errors.msg
+            if isinstance(checked.errors[0], UnsupportedError):
+                msg = f"Unsupported parameters for (release) module: {msg}"
+            return {"failed": True, "msg": msg, "retryable": False}
+        request = {
+            "params": checked.validated_parameters,
+            "check_mode": bool(self._task.check_mode),
+            "diff": bool(self._task.diff),
+        }
+        encoder = get_module_encoder("legacy", Direction.CONTROLLER_TO_MODULE)
+        data = json.dumps(request, cls=encoder)
+        package, digest, paths = host_code()
+        environment = self._compute_environment_string()
+        call = " ".join(
+            part
+            for part in (
+                environment,
+                interpreter,
+                "-I -c",
+                shlex.quote(BOOT),
+                shlex.quote(f"{RUNNER_HOME}/{digest}"),
+                shlex.quote(package),
+            )
+            if part
+        )
+        self._used_interpreter = f"#!{interpreter}"
+        result = self._parse_returned_data(
+            self._low_level_execute_command(call, sudoable=True, in_data=data), "legacy"
+        )
+        if result.get("flipback_runner") == "absent":
+            install = " ".join(
+                part
+                for part in (
+                    environment,
+                    interpreter,
+                    "-I -c",
+                    shlex.quote(INSTALL),
+                    shlex.quote(RUNNER_HOME),
+                    digest,
+                    str(RUNNER_KEEP),
+                )
+                if part
+            )
+            installed = self._parse_returned_data(
+                self._low_level_execute_command(
+                    install, sudoable=True, in_data=host_code_zip(package, paths)
+                ),
+                "legacy",
+            )
+            if installed.get("flipback_runner") != "installed":
+                return None
+            result = self._parse_returned_data(
+                self._low_level_execute_command(call, sudoable=True, in_data=data), "legacy"
+            )
+            if result.get("flipback_runner") == "absent":
+                # Installed, yet not trusted here (another user's directory): nothing ran.
+                return None
+        remove_internal_keys(result)
+        for name in ("stdout", "stderr"):
+            if name in result and f"{name}_lines" not in result:
+                result[f"{name}_lines"] = (result[name] or "").splitlines()
+        return remove_values(result, checked._no_log_values)
 
     def _stage(self, args: dict, task_vars: dict) -> dict:
         build = args.get("build")

@@ -889,6 +889,9 @@ def _release_action(
 ):
     plugin = action(plugin_module or load("release"), args, check_mode=check_mode)
     plugin._execute_module = host
+    # The module path: the direct path (no module payload) has its own tests,
+    # test_release_direct.py.
+    plugin._direct = lambda args, task_vars: None
     plugin._remove_tmp_path = lambda path: None
     plugin._templar = SimpleNamespace(template=lambda value: value)
     return plugin

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import release
 import yaml
+from ansible.module_utils import flipback_actions as actions
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
     ReleaseError,
@@ -120,13 +121,13 @@ def test_target_needs_no_port(root, capsys):
 
 def test_target_defaults_root_to_srv(capsys, monkeypatch):
     seen = []
-    real = release.Releases
+    real = actions.Releases
 
     def spy(service, root, run_id=None):
         seen.append((service, root))
         return real(service, str(Path("/nonexistent") / service))
 
-    monkeypatch.setattr(release, "Releases", spy)
+    monkeypatch.setattr(actions, "Releases", spy)
     code, result = run_main({"action": "target", "service": {"name": SERVICE}}, capsys)
     assert code == 0
     assert seen == [(SERVICE, f"/srv/{SERVICE}")]
@@ -152,7 +153,7 @@ class Runner:
 @pytest.fixture
 def runner(monkeypatch) -> Runner:
     fake = Runner()
-    monkeypatch.setattr(release, "abandon", functools.partial(release.abandon, runner=fake))
+    monkeypatch.setattr(actions, "abandon", functools.partial(actions.abandon, runner=fake))
     return fake
 
 
@@ -160,7 +161,7 @@ def runner(monkeypatch) -> Runner:
 def lock_root(tmp_path, monkeypatch) -> Path:
     """The module's deploy locks live here instead of /run/lock/flipback."""
     path = tmp_path / "lock" / SERVICE
-    monkeypatch.setattr(release, "ServiceLock", lambda service: ServiceLock(service, str(path)))
+    monkeypatch.setattr(actions, "ServiceLock", lambda service: ServiceLock(service, str(path)))
     return path
 
 
@@ -324,7 +325,7 @@ def params(action: str, service: dict | None = None, **options: object) -> dict:
     return {
         "action": action,
         "service": {"name": SERVICE, "port": 8000, **(service or {})},
-        **dict.fromkeys(release.OPTIONAL),
+        **dict.fromkeys(actions.OPTIONAL),
         **options,
     }
 
@@ -333,27 +334,27 @@ def test_every_option_is_known_to_check_options():
     documented = yaml.safe_load(release.DOCUMENTATION)["options"]
     # note_in_rollout is read by the action plugin on the controller, never sent here.
     controller = {"note_in_rollout"}
-    assert set(release.OPTIONAL) == set(documented) - {"action", "service", "run"} - controller
-    assert set(ALL_OPTIONS) == set(release.OPTIONAL)
-    assert set(release.ACTION_OPTIONS) == set(release.REQUIRED) == set(release.ACTIONS)
-    for action, required in release.REQUIRED.items():
-        assert set(required) <= set(release.ACTION_OPTIONS[action]), action
+    assert set(actions.OPTIONAL) == set(documented) - {"action", "service", "run"} - controller
+    assert set(ALL_OPTIONS) == set(actions.OPTIONAL)
+    assert set(actions.ACTION_OPTIONS) == set(actions.REQUIRED) == set(actions.ACTIONS)
+    for action, required in actions.REQUIRED.items():
+        assert set(required) <= set(actions.ACTION_OPTIONS[action]), action
 
 
 @pytest.mark.parametrize(
     ("action", "option"),
     [
         pytest.param(action, option, id=f"{action}-{option}")
-        for action in release.ACTIONS
-        for option in release.OPTIONAL
-        if option not in release.ACTION_OPTIONS[action]
+        for action in actions.ACTIONS
+        for option in actions.OPTIONAL
+        if option not in actions.ACTION_OPTIONS[action]
     ],
 )
 def test_an_option_an_action_does_not_use_is_refused(action, option):
-    users = [a for a, options in release.ACTION_OPTIONS.items() if option in options]
+    users = [a for a, options in actions.ACTION_OPTIONS.items() if option in options]
 
     with pytest.raises(ReleaseError) as refused:
-        release.check_options(params(action, **{option: ALL_OPTIONS[option]}))
+        actions.check_options(params(action, **{option: ALL_OPTIONS[option]}))
 
     assert refused.value.msg == (
         f"{option}: got a value, but action={action} does not use it; expected it only "
@@ -366,48 +367,48 @@ def test_an_option_an_action_does_not_use_is_refused(action, option):
     ("action", "option"),
     [
         pytest.param(action, option, id=f"{action}-{option}")
-        for action in release.ACTIONS
-        for option in release.REQUIRED[action]
+        for action in actions.ACTIONS
+        for option in actions.REQUIRED[action]
     ],
 )
 def test_a_missing_required_option_is_refused(action, option):
-    given = {name: ALL_OPTIONS[name] for name in release.REQUIRED[action] if name != option}
+    given = {name: ALL_OPTIONS[name] for name in actions.REQUIRED[action] if name != option}
 
     with pytest.raises(ReleaseError) as refused:
-        release.check_options(params(action, **given))
+        actions.check_options(params(action, **given))
 
     assert refused.value.msg.startswith(f"{option}: missing; action={action} needs it")
     assert refused.value.details["field"] == option
 
 
-@pytest.mark.parametrize("action", release.ACTIONS)
+@pytest.mark.parametrize("action", actions.ACTIONS)
 def test_each_action_takes_its_options(action):
-    options = {name: ALL_OPTIONS[name] for name in release.ACTION_OPTIONS[action]}
+    options = {name: ALL_OPTIONS[name] for name in actions.ACTION_OPTIONS[action]}
     if action == "stage":
         del options["artifact_b64"]
     if action == "target":
         del options["steps"]
     # Every option of the action at once is accepted ...
-    assert release.check_options(params(action, **options)) is None
+    assert actions.check_options(params(action, **options)) is None
     # ... and the same with one more, of another action, is not: the check looked.
-    other = next(name for name in release.OPTIONAL if name not in release.ACTION_OPTIONS[action])
+    other = next(name for name in actions.OPTIONAL if name not in actions.ACTION_OPTIONS[action])
     with pytest.raises(ReleaseError) as refused:
-        release.check_options(params(action, **options, **{other: ALL_OPTIONS[other]}))
+        actions.check_options(params(action, **options, **{other: ALL_OPTIONS[other]}))
     assert refused.value.details["field"] == other
 
 
 @pytest.mark.parametrize(
     ("action", "needs_port"),
-    [(action, action not in ("command", "abandon", "target")) for action in release.ACTIONS],
+    [(action, action not in ("command", "abandon", "target")) for action in actions.ACTIONS],
 )
 def test_which_actions_need_the_port(action, needs_port):
-    required = {name: ALL_OPTIONS[name] for name in release.REQUIRED[action]}
+    required = {name: ALL_OPTIONS[name] for name in actions.REQUIRED[action]}
     checked = params(action, service={"port": None}, **required)
     if not needs_port:
-        assert release.check_options(checked) is None
+        assert actions.check_options(checked) is None
         return
     with pytest.raises(ReleaseError) as refused:
-        release.check_options(checked)
+        actions.check_options(checked)
     assert refused.value.msg.startswith(f"service.port: missing; action={action} needs it")
     assert refused.value.details["field"] == "service.port"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import release
 import yaml
+from ansible.module_utils import flipback_actions as actions
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_prepare import Prepare, PrepareSpec
 from ansible.module_utils.flipback_release import utc_iso
@@ -84,7 +85,7 @@ def host(monkeypatch, tmp_path, accounts) -> Host:
         lock = ServiceLock(spec.service, str(tmp_path / "lock" / spec.service))
         return Prepare(spec, run=fake.run, prober=fake.prober, lock=lock)
 
-    monkeypatch.setattr(release, "Prepare", factory)
+    monkeypatch.setattr(actions, "Prepare", factory)
     return fake
 
 
@@ -158,7 +159,7 @@ def test_spec_from_the_parameters(capsys):
         capsys,
     )
 
-    spec = release.prepare_spec(release.Request(params))
+    spec = actions.prepare_spec(actions.Request(params))
 
     assert spec == PrepareSpec(
         service=SERVICE,
@@ -204,7 +205,7 @@ def test_lock_hold_is_the_lock_s_stale_time(capsys):
         capsys,
     )
 
-    spec = release.prepare_spec(release.Request(params))
+    spec = actions.prepare_spec(actions.Request(params))
 
     assert spec.lock == {
         "owner": {
@@ -608,7 +609,7 @@ def test_code_sent_ahead_is_staged_in_the_same_call_only_from_a_donor(
         staged_by.append(dict(request.params))
         return {"changed": True, "warmed": True, "outcome": "staged", "venv": "reused"}
 
-    monkeypatch.setattr(release, "stage", fake_stage)
+    monkeypatch.setattr(actions, "stage", fake_stage)
     extra = {"artifact_b64": "eA==", "start": True} if ahead else {}
 
     code, result, _out = run_main(args(tmp_path, build={"deps_key": KEY}, **extra), capsys)

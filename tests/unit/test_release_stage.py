@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import release
 import yaml
+from ansible.module_utils import flipback_actions as actions
 from ansible.module_utils.flipback_build import write_artifact
 from ansible.module_utils.flipback_release import ReleaseError, read_manifest
 from ansible.module_utils.flipback_stage import Stager, StageSpec, sha256_file
@@ -56,7 +57,7 @@ def runner(monkeypatch, tmp_path, ownership) -> Runner:
         fake.specs.append(spec)
         return Stager(dataclasses.replace(spec, unit_dir=str(tmp_path / "systemd")), run=fake)
 
-    monkeypatch.setattr(release, "Stager", stager)
+    monkeypatch.setattr(actions, "Stager", stager)
     return fake
 
 
@@ -490,7 +491,7 @@ def b64(path: Path) -> str:
 
 
 def place(path: Path, data: str) -> None:
-    release.place_artifact(str(path), upload=None, data_b64=data)
+    actions.place_artifact(str(path), upload=None, data_b64=data)
 
 
 def test_place_artifact_writes_the_inline_bytes_root_only(tmp_path):
@@ -529,7 +530,7 @@ def test_place_artifact_moves_the_upload_root_only(tmp_path, ownership):
     upload.chmod(0o644)
     path = incoming(tmp_path, BUILD)
 
-    release.place_artifact(str(path), upload=str(upload), data_b64=None)
+    actions.place_artifact(str(path), upload=str(upload), data_b64=None)
 
     assert not upload.exists()
     assert path.read_bytes() == b"uploaded"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import release
 import yaml
+from ansible.module_utils import flipback_actions as actions
 from ansible.module_utils.flipback_health import Expect, HealthError, Policy, Target
 from ansible.module_utils.flipback_lock import ServiceLock
 from ansible.module_utils.flipback_release import (
@@ -86,7 +87,7 @@ class Host(FakeSystemd):
 @pytest.fixture
 def host(monkeypatch) -> Host:
     fake = Host()
-    monkeypatch.setattr(release, "Switch", fake.switch)
+    monkeypatch.setattr(actions, "Switch", fake.switch)
     return fake
 
 
@@ -114,7 +115,7 @@ def lock_root(tmp_path, monkeypatch, locks_made) -> Path:
         locks_made.append(service)
         return ServiceLock(service, str(path))
 
-    monkeypatch.setattr(release, "ServiceLock", service_lock)
+    monkeypatch.setattr(actions, "ServiceLock", service_lock)
     return path
 
 
@@ -241,7 +242,7 @@ def test_defaults_name_the_service(host, capsys, monkeypatch):
         def switch(self, check_mode: bool) -> dict:
             return {"changed": False, "release": B, "diff": {"before": "", "after": ""}}
 
-    monkeypatch.setattr(release, "Switch", Stub)
+    monkeypatch.setattr(actions, "Switch", Stub)
     code, result = run_main(
         {"action": "switch", "service": {"name": SERVICE, "port": 8000}, "release": B}, capsys
     )

@@ -168,6 +168,12 @@ class ActionModule(ActionBase):
             return {
                 "release": args.get("release"),
                 **{key: result.get(key) for key in ("previous", "current", "outcome")},
+                # For the report's line (there is no per-host "what it did" task).
+                "rollback": {
+                    "started": result.get("started"),
+                    "stopped": result.get("stopped"),
+                    "check_mode": bool(self._task.check_mode),
+                },
             }
         return None
 

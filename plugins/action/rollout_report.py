@@ -68,6 +68,16 @@ def host_lines(host: str, states: dict, restores: list) -> tuple[list[dict], lis
         elif outcome == "switched":
             current = state.get("current")
             text = f"switched to {current}"
+            rollback = state.get("rollback")
+            if rollback and previous and previous != current:
+                would = rollback.get("check_mode")
+                text += (
+                    f" (rolled back from {previous} to {current}; "
+                    f"{'would start' if would else 'started'} "
+                    f"{rollback.get('started') or 'nothing (standby)'}; "
+                    f"{'would stop' if would else 'stopping'} "
+                    f"{rollback.get('stopped') or 'nothing'})"
+                )
             if release and current != release:
                 problems.append(
                     f"{host} {service}: runs {current}, expected {release} (its build with "

@@ -1022,8 +1022,39 @@ def test_release_notes_a_rollback_with_the_release_it_went_back_to():
     result = _release_action(host, args).run(task_vars={})
 
     assert result["ansible_facts"]["flipback_rollout"] == {
-        "shop": {"release": "r1", "previous": "r2", "current": "r1", "outcome": "switched"}
+        "shop": {
+            "release": "r1",
+            "previous": "r2",
+            "current": "r1",
+            "outcome": "switched",
+            "rollback": {"started": None, "stopped": None, "check_mode": False},
+        }
     }
+
+
+@pytest.mark.parametrize(
+    ("rollback", "words"),
+    [
+        pytest.param(
+            {"started": None, "stopped": "web@r2.service", "check_mode": False},
+            "switched to r1 (rolled back from r2 to r1; started nothing (standby); "
+            "stopping web@r2.service)",
+            id="standby",
+        ),
+        pytest.param(
+            {"started": "web@r1.service", "stopped": None, "check_mode": True},
+            "switched to r1 (rolled back from r2 to r1; would start web@r1.service; "
+            "would stop nothing)",
+            id="check-mode",
+        ),
+    ],
+)
+def test_the_report_says_what_a_rollback_did_on_each_host(rollback, words):
+    """The rollback's per-host sentence lives in the report: no task per host says it."""
+    state = {"release": "r1", "previous": "r2", "current": "r1", "outcome": "switched"}
+    rows, problems = rollout_report.host_lines("h1", {"web": {**state, "rollback": rollback}}, [])
+
+    assert [row["outcome"] for row in rows] == [words] and problems == []
 
 
 class _TmpDirs:

@@ -41,6 +41,11 @@ description:
     the good release O(steps) back.
   - Switches, staging and commands run under the service's deploy lock, owned by
     the run (O(run.run_id)). Check mode reports what would change.
+  - Through the action plugin, the arguments are checked on the controller against this
+    module's spec, and the call runs from flipback's host code installed once per
+    version under C(/var/lib/flipback/tools/runner/<digest>) (compiled, root's, code
+    only; arguments travel on stdin), so no module payload is built or unpacked per
+    call. Without a known interpreter or pipelining, the module itself runs.
 options:
   action:
     description: The step to take.

@@ -84,6 +84,8 @@ def host_lines(host: str, states: dict, restores: list) -> tuple[list[dict], lis
                     "this host's configuration)"
                 )
                 ok = False
+        elif outcome == "already live" and state.get("rollback"):
+            text = f"{release} is already current; nothing to do"
         elif outcome == "already live":
             text = f"already live on {release}"
         elif outcome in ("failed", "staging failed"):

@@ -1057,6 +1057,15 @@ def test_the_report_says_what_a_rollback_did_on_each_host(rollback, words):
     assert [row["outcome"] for row in rows] == [words] and problems == []
 
 
+def test_the_report_says_a_rollback_to_the_current_release_did_nothing():
+    state = {"release": "r1", "previous": "r1", "current": "r1", "outcome": "already live"}
+    rollback = {"started": None, "stopped": None, "check_mode": False}
+    rows, problems = rollout_report.host_lines("h1", {"web": {**state, "rollback": rollback}}, [])
+
+    assert [row["outcome"] for row in rows] == ["r1 is already current; nothing to do"]
+    assert problems == []
+
+
 class _TmpDirs:
     """The host's temporary directories as ansible-core's ActionBase makes and removes
     them: each is a round trip to the host, which only an upload needs."""

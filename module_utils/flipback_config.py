@@ -13,12 +13,8 @@ from typing import Any
 
 from ansible.module_utils.flipback_command import normalize_commands
 from ansible.module_utils.flipback_common import redact_url
-from ansible.module_utils.flipback_health import (
-    DEFAULT_UNHEALTHY_ANSWERS,
-    HEALTH_PATH_EXPECTED,
-    RELEASE_IN,
-    valid_health_path,
-)
+from ansible.module_utils.flipback_health import HEALTH_PATH_EXPECTED, valid_health_path
+from ansible.module_utils.flipback_request import DEFAULT_UNHEALTHY_ANSWERS, RELEASE_IN
 from ansible.module_utils.flipback_runtime import (
     APP_RE,
     DEFAULT_PROCESS_START_SECONDS,

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ansible.module_utils.flipback_common import FlipbackError
+from ansible.module_utils.flipback_request import RELEASE_HEADER
 
 BODY_LIMIT = 2000
 # A health answer is small; reading more than this is a sign of the wrong endpoint.
@@ -37,12 +38,10 @@ READ_LIMIT = 1 << 20
 # that says it is still starting: the same probe may succeed later.
 STARTING_STATUSES = frozenset({502, 503, 504})
 
-# The response header naming the release that answered, added by the instance's uvicorn.
-RELEASE_HEADER = "X-Flipback-Release"
-# How a gate tells which release answered: the header (any app), or the JSON field
-# `release` (an app that echoes FLIPBACK_RELEASE).
-RELEASE_IN = ("header", "json")
-
+# RELEASE_HEADER, RELEASE_IN (how a gate tells which release answered: the header, or
+# the JSON field `release`) and DEFAULT_UNHEALTHY_ANSWERS are defined with the release
+# module's arguments in flipback_request, which stays light: the controller imports it
+# for every host of every release task.
 
 # One rule for a health path, on the controller (service_config) and the hosts: '/' and
 # printable ASCII, no spaces (percent-encode anything else), as a request line needs it.
@@ -153,11 +152,6 @@ def expect_release(status, json_fields: dict, release: str, release_in: str = "h
     if release_in == "json":
         return Expect(status=tuple(status), json={**json_fields, "release": release})
     return Expect(status=tuple(status), json=dict(json_fields), headers={RELEASE_HEADER: release})
-
-
-# Answers in a row that are not healthy (and not 502/503/504, which say "starting")
-# after which a probe stops waiting: the app is up and answers, just not as expected.
-DEFAULT_UNHEALTHY_ANSWERS = 10
 
 
 @dataclass(frozen=True)

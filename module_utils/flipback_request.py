@@ -13,7 +13,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ansible.module_utils.flipback_health import DEFAULT_UNHEALTHY_ANSWERS, RELEASE_IN
+# This file imports nothing heavy: the release action (plugins/action/release.py) imports
+# it in every worker process, once per host and task.
+
+# The response header naming the release that answered, added by the instance's uvicorn.
+RELEASE_HEADER = "X-Flipback-Release"
+# How a gate tells which release answered: the header (any app), or the JSON field
+# `release` (an app that echoes FLIPBACK_RELEASE). flipback_health reads these from here.
+RELEASE_IN = ("header", "json")
+# Answers in a row that are not healthy (and not 502/503/504, which say "starting")
+# after which a probe stops waiting: the app is up and answers, just not as expected.
+DEFAULT_UNHEALTHY_ANSWERS = 10
+
+
+def instance_unit(service: str, release: str) -> str:
+    """The web instance of a release: <service>@<release>.service ('*': every one)."""
+    return f"{service}@{release}.service"
+
 
 # What became of a service on a host in a run, as the role notes it and the report
 # reads it: the release module's own outcomes (staged, already live, switched) and the

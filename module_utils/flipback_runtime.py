@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.flipback_common import FlipbackError
-from ansible.module_utils.flipback_health import RELEASE_HEADER
+from ansible.module_utils.flipback_request import RELEASE_HEADER, instance_unit
 
 # A service's name, on the controller and on the hosts alike: it names a unit, a user's
 # default, a directory and an nginx site.
@@ -218,11 +218,6 @@ def service_home(root: str, service: str) -> str:
 def instance_template(service: str) -> str:
     """The unit template every web instance of the service is made from."""
     return f"{service}@.service"
-
-
-def instance_unit(service: str, release: str) -> str:
-    """The web instance of a release: <service>@<release>.service ('*': every one)."""
-    return f"{service}@{release}.service"
 
 
 def start_instance(run: Callable[[list[str]], Any], service: str, release: str) -> bool:

@@ -56,7 +56,6 @@ from ansible.module_utils.flipback_common import (
     write_atomic,
 )
 from ansible.module_utils.flipback_health import (
-    DEFAULT_UNHEALTHY_ANSWERS,
     Expect,
     HealthError,
     Policy,
@@ -79,6 +78,7 @@ from ansible.module_utils.flipback_release import (
     validate_positive,
     validate_release_id,
 )
+from ansible.module_utils.flipback_request import DEFAULT_UNHEALTHY_ANSWERS
 from ansible.module_utils.flipback_runtime import (
     SITE_DIR,
     UNIT_DIR,

@@ -44,9 +44,9 @@ from ansible.module_utils.flipback_request import (
     RELEASE_SPEC,
     host_build,
     host_service,
+    instance_unit,
     noted_rollout,
 )
-from ansible.module_utils.flipback_runtime import instance_unit
 
 # What `action: stage` reports of its prepare step, beside the stage's own result.
 PREPARED = (

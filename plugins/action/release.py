@@ -151,7 +151,10 @@ class ActionModule(ActionBase):
             if noted is not None:
                 known = self._templar.template((task_vars or {}).get("flipback_rollout") or {})
                 rollout = noted_rollout(known, args["service"].get("name"), noted)
-                result["ansible_facts"] = {"flipback_rollout": rollout}
+                # Beside any fact the call returned (the interpreter discovered on the
+                # module path: later calls then take the direct path).
+                facts = dict(result.get("ansible_facts") or {})
+                result["ansible_facts"] = {**facts, "flipback_rollout": rollout}
         return result
 
     def _rollout_note(self, args: dict, result: dict) -> dict | None:

@@ -946,6 +946,26 @@ def test_release_notes_a_staging_in_the_rollout_state():
     assert known == {"other": {"outcome": "switched"}}
 
 
+def test_release_keeps_the_facts_of_the_call_beside_its_note():
+    """The module path returns the interpreter it discovered as a fact: the note must not
+    drop it, or every later call would discover again and never take the direct path."""
+    discovered = {"discovered_interpreter_python": "/usr/bin/python3"}
+    host = _ReleaseHost(
+        switch={
+            "outcome": "switched",
+            "current": "r2",
+            "changed": True,
+            "ansible_facts": discovered,
+        }
+    )
+    args = {"action": "switch", "service": SHOP, "release": "r2", "note_in_rollout": True}
+
+    result = _release_action(host, args).run(task_vars={})
+
+    assert result["ansible_facts"]["discovered_interpreter_python"] == "/usr/bin/python3"
+    assert result["ansible_facts"]["flipback_rollout"]["shop"]["outcome"] == "switched"
+
+
 def test_release_notes_a_switch_over_what_the_staging_noted():
     host = _ReleaseHost(switch={"outcome": "switched", "current": "r2", "changed": True})
     args = {

@@ -38,9 +38,9 @@ __import__(package + ".flipback_runner", fromlist=["main"]).main()
 # Run by the host's python3 with the version's zip on stdin. argv: RUNNER_HOME, digest.
 # It unpacks into a private directory, compiles, marks it complete and renames it into
 # place (a concurrent install of the same version wins or loses whole), then removes
-# the oldest versions beyond RUNNER_KEEP.
+# the oldest versions beyond RUNNER_KEEP and what an install that died half-way left.
 INSTALL = """\
-import compileall, io, json, os, shutil, sys, tempfile, zipfile
+import compileall, io, json, os, shutil, sys, tempfile, time, zipfile
 home, digest, keep = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.umask(0o022)
 os.makedirs(home, mode=0o755, exist_ok=True)
@@ -60,13 +60,23 @@ if not os.path.isfile(os.path.join(final, ".complete")):
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.isfile(os.path.join(final, ".complete")):
             raise
+entries = [
+    entry
+    for entry in os.scandir(home)
+    if entry.name != digest and entry.is_dir(follow_symlinks=False)
+]
 versions = sorted(
-    (entry for entry in os.scandir(home) if entry.name != digest),
+    (entry for entry in entries if not entry.name.startswith(".")),
     key=lambda entry: entry.stat(follow_symlinks=False).st_mtime,
     reverse=True,
 )
 for entry in versions[max(keep - 1, 0):]:
-    if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+    shutil.rmtree(entry.path, ignore_errors=True)
+# An install that died half-way leaves its private directory: gone after an hour (an
+# install under way takes a second).
+stale = time.time() - 3600
+for entry in entries:
+    if entry.name.startswith(".") and entry.stat(follow_symlinks=False).st_mtime < stale:
         shutil.rmtree(entry.path, ignore_errors=True)
 sys.stdout.write(json.dumps({"flipback_runner": "installed", "home": final}))
 """

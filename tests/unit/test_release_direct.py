@@ -236,6 +236,10 @@ def test_install_keeps_the_newest_versions_only(plugin_module, tmp_path):
         old = home / f"old{number}"
         old.mkdir()
         os.utime(old, (1_000_000 + number, 1_000_000 + number))
+    # What installs left: one died long ago, one is under way.
+    (home / ".deadbeef.dead").mkdir()
+    os.utime(home / ".deadbeef.dead", (1_000_000, 1_000_000))
+    (home / ".deadbeef.live").mkdir()
     package, digest, paths = plugin_module.host_code()
     shell = Shell()
     out = shell(
@@ -245,7 +249,7 @@ def test_install_keeps_the_newest_versions_only(plugin_module, tmp_path):
     )
 
     assert json.loads(out["stdout"])["flipback_runner"] == "installed", out
-    assert sorted(os.listdir(home)) == sorted([digest, "old9", "old8"])
+    assert sorted(os.listdir(home)) == sorted([digest, "old9", "old8", ".deadbeef.live"])
 
 
 def test_the_digest_names_the_code_and_the_zip_holds_its_package(plugin_module):
